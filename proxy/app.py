@@ -1,0 +1,118 @@
+"""The ASGI application: `/v1` and `/experiments/NAME/v1` to the forwarder, the rest to Starlette.
+
+The forwarding path skips Starlette's router on purpose (issue 3's measurements: routing and
+StreamingResponse cost more than the whole relay); Starlette serves the read API and the UI.
+The lifespan owns the upstream session and the writer thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from functools import partial
+from typing import Any
+
+from starlette.applications import Starlette
+
+from llmtap.proxy.api import api_routes
+from llmtap.proxy.config import Settings
+from llmtap.proxy.errors import UpstreamAborted
+from llmtap.proxy.forward import Forwarder, Receive, Scope, Send
+from llmtap.proxy.ui import ui_routes
+from llmtap.recorder.reader import TraceReader
+from llmtap.recorder.records import Mode
+from llmtap.recorder.sqlite import SqliteStore
+from llmtap.recorder.tracing import build_batch
+from llmtap.recorder.writer import Writer
+
+log = logging.getLogger("llmtap")
+
+_EXPERIMENTS = "/experiments/"
+
+
+def split_api_path(path: str) -> tuple[str | None, str] | None:
+    """(experiment, path below /v1) for a forwarded path, or None for llmtap's own routes."""
+    if path == "/v1" or path.startswith("/v1/"):
+        return None, path[3:]
+    if path.startswith(_EXPERIMENTS):
+        name, sep, rest = path[len(_EXPERIMENTS):].partition("/")
+        if name and sep and (rest == "v1" or rest.startswith("v1/")):
+            return name, rest[2:]
+    return None
+
+
+class LlmtapApp:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.writer: Writer | None = None
+        if settings.mode != Mode.OFF:
+            self.writer = Writer(
+                sink_factory=partial(SqliteStore, settings.db),
+                build=partial(build_batch, log_traces=settings.log_traces),
+            )
+        self.forwarder = Forwarder(settings, self.writer)
+        reader = TraceReader(settings.db)
+        health = self.writer.health if self.writer else None
+        self.site = Starlette(routes=[*api_routes(settings, reader, health), *ui_routes(reader)])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            target = split_api_path(scope["path"])
+            if target is not None:
+                await self.forwarder.handle(scope, receive, send, target[1], target[0])
+                return
+            await self.site(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        else:  # websockets are not part of the OpenAI HTTP API
+            await self.site(scope, receive, send)
+
+    async def startup(self) -> None:
+        if self.writer is not None:
+            await asyncio.to_thread(self.writer.start)
+        await self.forwarder.start()
+
+    async def shutdown(self) -> None:
+        await self.forwarder.close()
+        if self.writer is not None:
+            await asyncio.to_thread(self.writer.close)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_app(settings: Settings) -> LlmtapApp:
+    return LlmtapApp(settings)
+
+
+class _QuietAborts(logging.Filter):
+    """An upstream that broke mid-stream is recorded, not a server error worth a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, UpstreamAborted):
+            log.warning("upstream broke mid-response (%s); client connection aborted", exc)
+            return False
+        return True
+
+
+def install_log_filters() -> None:
+    logging.getLogger("uvicorn.error").addFilter(_QuietAborts())
+
+
+def uvicorn_kwargs() -> dict[str, Any]:
+    """uvicorn settings llmtap relies on: the upstream's own Date and Server headers pass through."""
+    return {"server_header": False, "date_header": False, "access_log": False,
+            "lifespan": "on"}

@@ -1,0 +1,157 @@
+"""The `llmtap` command: serve, demo, and the reading commands (traces, trace, export)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+import orjson
+
+from llmtap.proxy import __version__
+from llmtap.proxy.config import Settings, load_toml, setting_fields
+from llmtap.recorder.reader import TraceQuery, TraceReader
+
+F = Callable[..., Any]
+
+
+def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Eager --config: the file fills click's default_map, below env and command line."""
+    if value:
+        try:
+            ctx.default_map = {**(ctx.default_map or {}), **load_toml(value)}
+        except (OSError, ValueError) as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
+    return value
+
+
+def settings_options(func: F) -> F:
+    """One click option per Settings field, each also read from LLMTAP_<NAME>."""
+    for f in reversed(setting_fields()):
+        name = f.name.replace("_", "-")
+        kwargs: dict[str, Any] = {"envvar": f"LLMTAP_{f.name.upper()}", "show_default": True,
+                                  "help": f.metadata["help"], "default": f.default}
+        if "choices" in f.metadata:
+            kwargs["type"] = click.Choice(f.metadata["choices"])
+            kwargs["default"] = str(f.default)
+        if isinstance(f.default, bool):
+            func = click.option(f"--{name}/--no-{name}", f.name, **kwargs)(func)
+        else:
+            if not isinstance(f.default, str) and f.default is not None:
+                kwargs["type"] = kwargs.get("type", type(f.default))
+            func = click.option(f"--{name}", f.name, **kwargs)(func)
+    return click.option(
+        "--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
+        callback=_load_config, envvar="LLMTAP_CONFIG", help="TOML file with any of these options.",
+    )(func)
+
+
+def _db_option(func: F) -> F:
+    return click.option("--db", envvar="LLMTAP_DB", default="./llmtap.db", show_default=True,
+                        help="The llmtap database to read.")(func)
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode()
+
+
+@click.group()
+@click.version_option(__version__, prog_name="llmtap")
+def main() -> None:
+    """llmtap: a local recording proxy for the OpenAI API."""
+
+
+@main.command()
+@settings_options
+@click.option("--print-config", is_flag=True,
+              help="Print the settings as resolved from flags, environment and file, then exit.")
+def serve(print_config: bool, **params: Any) -> None:
+    """Start the proxy."""
+    from llmtap.proxy.serve import run_server
+
+    settings = Settings(**params)
+    if print_config:
+        click.echo(_dumps({f.name: getattr(settings, f.name) for f in setting_fields()}))
+        return
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    run_server(settings)
+
+
+@main.command()
+@_db_option
+@click.option("--serve", "keep_serving", is_flag=True, help="Keep the UI up until Ctrl-C.")
+def demo(db: str, keep_serving: bool) -> None:
+    """Run the proxy in front of a built-in offline OpenAI simulator and make a few real calls."""
+    from llmtap.proxy.demo import run_demo
+
+    run_demo(db, keep_serving=keep_serving)
+
+
+def _reader(db: str) -> TraceReader:
+    if not os.path.exists(db):
+        raise click.ClickException(f"no llmtap database at {db} (run `llmtap serve` or `llmtap demo` first, or pass --db)")
+    return TraceReader(db)
+
+
+@main.command()
+@_db_option
+@click.option("--experiment", help="Only traces of this experiment.")
+@click.option("--session", help="Only traces of this session.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--json", "as_json", is_flag=True, help="JSON for scripts.")
+def traces(db: str, experiment: str | None, session: str | None, limit: int, as_json: bool) -> None:
+    """List recorded traces, newest first."""
+    rows = _reader(db).list_traces(TraceQuery(experiment=experiment, session=session, limit=limit))
+    if as_json:
+        click.echo(_dumps({"traces": rows}))
+        return
+    from llmtap.proxy.tables import print_traces
+
+    print_traces(rows)
+
+
+@main.command()
+@_db_option
+@click.argument("trace_id")
+@click.option("--json", "as_json", is_flag=True, help="JSON for scripts.")
+def trace(db: str, trace_id: str, as_json: bool) -> None:
+    """One trace with its spans."""
+    reader = _reader(db)
+    found = reader.get_trace(trace_id)
+    if found is None:
+        near = reader.closest_trace_ids(trace_id)
+        hint = f"; did you mean {', '.join(near)}?" if near else ""
+        raise click.ClickException(f"no trace with id {trace_id}{hint}")
+    if as_json:
+        click.echo(_dumps(found))
+        return
+    from llmtap.proxy.tables import print_trace
+
+    print_trace(found)
+
+
+@main.command()
+@_db_option
+@click.option("--format", "fmt", type=click.Choice(["jsonl"]), default="jsonl", show_default=True)
+@click.option("--experiment", help="Only traces of this experiment.")
+@click.option("-o", "--output", type=click.File("w"), default="-", help="File to write (default: stdout).")
+def export(db: str, fmt: str, experiment: str | None, output: Any) -> None:
+    """Traces as JSON lines, one trace per line in the shape of GET /api/traces/{id}."""
+    reader = _reader(db)
+    offset, page = 0, 500
+    while True:
+        rows = reader.list_traces(TraceQuery(experiment=experiment, limit=page, offset=offset))
+        for info in rows:
+            full = reader.get_trace(info["trace_id"])
+            if full is not None:
+                output.write(orjson.dumps(full, option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
+        if len(rows) < page:
+            break
+        offset += page
+
+
+if __name__ == "__main__":
+    sys.exit(main())

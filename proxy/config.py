@@ -1,0 +1,75 @@
+"""Settings: the one source of option names, defaults and help text.
+
+`llmtap serve` turns every field into a click option with `envvar="LLMTAP_<NAME>"`, and the
+TOML file given by `--config` fills click's `default_map`; click then resolves
+command line > environment > file > default, which is SPEC section 1's order.
+`config.example.toml` is checked against these fields by a test.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from llmtap.recorder.records import Mode
+
+
+def _option(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = _option("127.0.0.1", "Address to listen on (loopback by default).")
+    port: int = _option(8787, "Port to listen on (0 picks a free one).")
+    upstream: str = _option(
+        "https://api.openai.com/v1", "Base URL of the OpenAI-compatible API to forward to."
+    )
+    db: str = _option("./llmtap.db", "SQLite file that holds traces, models and exchanges.")
+    mode: Mode = _option(
+        Mode.RECORD, "record | replay | auto | off", choices=[m.value for m in Mode]
+    )
+    log_traces: bool = _option(True, "Record traces.")
+    log_models: bool = _option(False, "Record model records (one version per configuration).")
+    log_model_signatures: bool = _option(
+        False, "With log_models: store the input/output signature inferred from traffic."
+    )
+    log_input_examples: bool = _option(
+        False, "With log_models: store the first request's inputs as the input example."
+    )
+    registered_model_name: str | None = _option(
+        None, "With log_models: register model versions under this name."
+    )
+    max_body_size: int = _option(
+        32 * 1024 * 1024, "Largest request body accepted, in bytes (larger gets 413)."
+    )
+    connect_timeout: float = _option(10.0, "Seconds to wait for a connection to the upstream.")
+    read_timeout: float = _option(
+        600.0, "Seconds to wait for the upstream's next byte (headers or stream data)."
+    )
+    log_level: str = _option(
+        "info", "debug | info | warning | error",
+        choices=["debug", "info", "warning", "error"],
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", Mode(self.mode))
+        object.__setattr__(self, "upstream", self.upstream.rstrip("/"))
+
+
+def setting_fields() -> list[Any]:
+    """The dataclass fields of `Settings`, in declaration order."""
+    return list(fields(Settings))
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a config file; unknown keys are an error so that typos do not pass silently."""
+    with open(path, "rb") as f:
+        data = tomllib.load(f)
+    known = {f.name for f in setting_fields()}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown option(s) {', '.join(unknown)}; known: {sorted(known)}")
+    return data

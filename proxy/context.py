@@ -1,0 +1,60 @@
+"""RequestContext from the request path and the `llmtap-*` / `traceparent` controls."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+
+from llmtap.recorder.records import RequestContext
+
+DEFAULT_EXPERIMENT = "Default"
+_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+_HEX32 = re.compile(r"^[0-9a-f]{32}$")
+
+
+def parse_traceparent(value: str) -> tuple[str, str] | None:
+    """(trace_id, parent span id) of a valid W3C traceparent, else None.
+
+    Version ff and all-zero ids are invalid by the W3C spec; such a header is ignored rather
+    than trusted, so that a broken client cannot merge unrelated calls into one trace.
+    """
+    match = _TRACEPARENT.match(value.strip().lower())
+    if not match:
+        return None
+    version, trace_id, parent_id, _flags = match.groups()
+    if version == "ff" or trace_id == "0" * 32 or parent_id == "0" * 16:
+        return None
+    return trace_id, parent_id
+
+
+def normalise_trace_id(value: str) -> str:
+    """A 32-hex trace id from what a client sent: hex or a UUID as is, anything else hashed.
+
+    Hashing keeps a free-form run name usable: the same name always lands in the same trace.
+    """
+    compact = value.strip().lower().replace("-", "")
+    if _HEX32.match(compact):
+        return compact
+    return hashlib.blake2b(value.encode(), digest_size=16).hexdigest()
+
+
+def build_context(experiment: str | None, controls: Mapping[str, str]) -> RequestContext:
+    """The context of one request; `controls` are its llmtap-* headers without the prefix."""
+    if not controls:
+        return RequestContext(experiment=experiment or DEFAULT_EXPERIMENT)
+    trace_id = parent_id = None
+    if "traceparent" in controls:
+        parsed = parse_traceparent(controls["traceparent"])
+        if parsed:
+            trace_id, parent_id = parsed
+    if "trace-id" in controls and controls["trace-id"].strip():
+        trace_id = normalise_trace_id(controls["trace-id"])
+    tags = {k[4:]: v for k, v in controls.items() if k.startswith("tag-") and len(k) > 4}
+    return RequestContext(
+        experiment=experiment or controls.get("experiment") or DEFAULT_EXPERIMENT,
+        trace_id=trace_id,
+        parent_id=parent_id,
+        session=controls.get("session") or None,
+        tags=tags,
+    )

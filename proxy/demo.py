@@ -1,0 +1,97 @@
+"""`llmtap demo`: the proxy in front of the built-in simulator, driven by the real OpenAI SDK.
+
+Needs no network and no key; what it records lands in the database like any other traffic,
+so `llmtap traces` and the UI show it afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+from llmtap.proxy.app import create_app, install_log_filters, uvicorn_kwargs
+from llmtap.proxy.config import Settings
+from llmtap.proxy.server import ServerThread
+from llmtap.proxy.simulator import create_simulator
+from llmtap.proxy.tables import print_traces
+from llmtap.recorder.reader import TraceQuery, TraceReader
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def make_calls(base_url: str) -> list[str]:
+    """A few real SDK calls through the proxy; returns one line per call for the user."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=base_url, api_key="sk-demo-not-a-real-key", max_retries=0)
+    said: list[str] = []
+    chat = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "system", "content": "You are terse."},
+                  {"role": "user", "content": "Say hello to llmtap."}],
+        temperature=0.2,
+    )
+    said.append(f"chat:        {chat.choices[0].message.content}")
+    with client.chat.completions.stream(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        tools=[WEATHER_TOOL],
+    ) as stream:
+        final = stream.get_final_completion()
+    calls = final.choices[0].message.tool_calls or []
+    said.append("stream+tool: " + ", ".join(
+        f"{c.function.name}({c.function.arguments})" for c in calls if c.type == "function"))
+    emb = client.embeddings.create(model="text-embedding-3-small", input="llmtap records this")
+    said.append(f"embeddings:  {len(emb.data[0].embedding)} floats")
+    legacy = client.completions.create(model="gpt-3.5-turbo-instruct", prompt="Once upon a time",
+                                       max_tokens=16)
+    said.append(f"completion:  {legacy.choices[0].text.strip()}")
+    return said
+
+
+def run_demo(db: str, keep_serving: bool = False) -> None:
+    install_log_filters()
+    with ServerThread(create_simulator()) as simulator:
+        settings = Settings(upstream=f"{simulator.url}/v1", db=db, port=0)
+        proxy = ServerThread(create_app(settings), **uvicorn_kwargs()).start()
+        try:
+            click.echo(f"simulator (offline OpenAI) at {simulator.url}/v1")
+            click.echo(f"llmtap proxy at {proxy.url}/v1, recording into {db}\n")
+            started = time.time_ns()
+            for line in make_calls(f"{proxy.url}/v1"):
+                click.echo("  " + line)
+            click.echo("")
+            recent = [t for t in TraceReader(db).list_traces(TraceQuery(limit=20))
+                      if t["start_time_ns"] >= started]
+            print_traces(recent)
+            click.echo(f"\n{len(recent)} traces recorded into {db}.")
+            if keep_serving:
+                click.echo(f"UI: {proxy.url}/  (Ctrl-C to stop)")
+                _wait_for_interrupt()
+            else:
+                click.echo(f"UI: {proxy.url}/ (up while the demo runs: `llmtap demo --serve` keeps "
+                           "it open; `llmtap traces` and `llmtap trace ID` read the database)")
+                click.echo("first trace: " + json.dumps(recent[-1]["trace_id"]) if recent else "")
+        finally:
+            proxy.stop()
+
+
+def _wait_for_interrupt() -> None:
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        click.echo("stopped")

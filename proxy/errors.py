@@ -1,0 +1,52 @@
+"""Errors llmtap answers with itself, always in OpenAI's shape so that SDKs raise cleanly.
+
+    LlmtapError                      an answer llmtap gives instead of the upstream's
+    ├── RequestTooLarge    413       the body is over `max_body_size`
+    ├── UpstreamUnreachable 502      refused, reset, DNS, TLS: no response came
+    ├── UpstreamTimeout     504      no byte within `read_timeout` (or no connection in time)
+    └── ReplayMiss          404      replay mode and no recording matches (see replay)
+
+`UpstreamAborted` is not an answer: the upstream broke after the response had started, so
+the relay aborts the client's connection as the upstream aborted ours.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+
+class LlmtapError(Exception):
+    status = 500
+    type = "llmtap_error"
+    code: str | None = None
+
+    def body(self) -> bytes:
+        return openai_error(self.status, self.type, str(self), self.code)
+
+
+class RequestTooLarge(LlmtapError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class UpstreamUnreachable(LlmtapError):
+    status = 502
+    type = "llmtap_upstream_error"
+    code = "upstream_unreachable"
+
+
+class UpstreamTimeout(LlmtapError):
+    status = 504
+    type = "llmtap_upstream_error"
+    code = "upstream_timeout"
+
+
+class UpstreamAborted(Exception):
+    """The upstream broke mid-response; raised to make the server drop the client connection."""
+
+
+def openai_error(status: int, type: str, message: str, code: str | None = None) -> bytes:
+    return orjson.dumps(
+        {"error": {"message": message, "type": type, "param": None, "code": code, "status": status}}
+    )

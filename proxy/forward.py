@@ -1,0 +1,228 @@
+"""The `/v1` endpoint: forward to the configured upstream, relay the answer, record it.
+
+The hot path is a plain ASGI handler (no router, no StreamingResponse): it reads the body,
+forwards it over one pooled aiohttp session, and relays each chunk as it arrives. It parses
+nothing; the Recording only collects bytes and times, and the writer thread does the rest.
+
+Ordering that makes SPEC section 6 hold: the piece of the response that completes it for the
+client (`data: [DONE]` in a stream, the end of any other body) is sent only after the
+recording is committed. Every earlier chunk goes out at once, so time to first token is
+untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from llmtap.proxy.context import build_context
+from llmtap.proxy.errors import (
+    LlmtapError,
+    RequestTooLarge,
+    UpstreamAborted,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from llmtap.proxy.headers import split_request_headers, split_response_headers
+from llmtap.proxy.config import Settings
+from llmtap.recorder.recording import Recording
+from llmtap.recorder.records import Mode
+from llmtap.recorder.writer import Writer
+
+log = logging.getLogger("llmtap.proxy")
+
+Scope = dict[str, Any]
+Receive = Any
+Send = Any
+
+_DONE = b"[DONE]"
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class Forwarder:
+    """Owns the upstream session; `handle()` serves one `/v1/...` request."""
+
+    def __init__(self, settings: Settings, writer: Writer | None) -> None:
+        self.settings = settings
+        self.writer = writer if settings.mode != Mode.OFF else None
+        self.base = settings.upstream
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            # the client gets the upstream's bytes as sent; recording decodes its own copy
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=s.connect_timeout, sock_read=s.read_timeout
+            ),
+            # never share one client's cookies with another
+            cookie_jar=aiohttp.DummyCookieJar(),
+            # forward the client's headers, not aiohttp's defaults
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+        )
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, api_path: str,
+                     experiment: str | None) -> None:
+        split = split_request_headers(scope["headers"])
+        ctx = build_context(experiment, split.controls)
+        query = scope.get("query_string", b"").decode("latin-1")
+        rec = Recording(scope["method"], api_path, query, split.stored, b"", ctx, split.key_fingerprint)
+        try:
+            rec.request_body = await _read_body(receive, self.settings.max_body_size)
+        except RequestTooLarge as exc:
+            await self._answer_error(send, rec, exc)
+            return
+        except ClientGone:
+            self._submit(rec.fail("client disconnected before sending its whole body"))
+            return
+        url = self.base + api_path + ("?" + query if query else "")
+        await self._forward(scope, receive, send, rec, url, split.forward)
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, rec: Recording,
+                       url: str, headers: list[tuple[str, str]]) -> None:
+        assert self.session is not None
+        try:
+            upstream = await self.session.request(
+                rec.method, URL(url, encoded=True), headers=headers,
+                data=rec.request_body or None, allow_redirects=False,
+            )
+        except TimeoutError as exc:
+            await self._answer_error(send, rec, UpstreamTimeout(
+                f"llmtap: the upstream {self.base} did not answer in time ({exc or 'timeout'})"))
+            return
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            await self._answer_error(send, rec, UpstreamUnreachable(
+                f"llmtap: could not reach the upstream {self.base}: {exc or type(exc).__name__}"))
+            return
+        relay_headers, stored = split_response_headers(upstream.raw_headers)
+        rec.respond(upstream.status, stored)
+        watch = _DisconnectWatch(receive)
+        complete = False
+        try:
+            await send({"type": "http.response.start", "status": upstream.status,
+                        "headers": relay_headers})
+            if (upstream.content_type or "") == "text/event-stream":
+                await self._relay_stream(send, rec, upstream)
+            else:
+                await self._relay_body(send, rec, upstream)
+            complete = True
+        except asyncio.CancelledError:
+            if not watch.disconnected:
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            self._submit(rec.fail("client disconnected"))
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            reason = "timeout" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+            self._submit(rec.fail(f"upstream broke mid-response: {reason}"))
+            raise UpstreamAborted(reason) from exc
+        finally:
+            watch.stop()
+            # a connection whose response was not read to the end cannot be reused
+            upstream.release() if complete else upstream.close()
+
+    async def _relay_stream(self, send: Send, rec: Recording,
+                            upstream: aiohttp.ClientResponse) -> None:
+        committed_at = 0  # how many chunks the committed copy holds
+        tail = b""
+        async for chunk in upstream.content.iter_any():
+            rec.feed(chunk)
+            # the SDK stops reading at [DONE]: commit before the client can see it
+            if not committed_at and (_DONE in chunk or _DONE in tail + chunk[:8]):
+                await self._commit(rec.finish())
+                committed_at = len(rec.chunks)
+            tail = chunk[-8:]
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if not committed_at:
+            await self._commit(rec.finish())
+        elif len(rec.chunks) > committed_at:  # bytes after [DONE]: the fuller copy replaces it
+            self._submit(rec.finish())
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _relay_body(self, send: Send, rec: Recording,
+                          upstream: aiohttp.ClientResponse) -> None:
+        # hold back one chunk: the last one goes out only after the commit
+        pending: bytes | None = None
+        async for chunk in upstream.content.iter_any():
+            rec.feed(chunk)
+            if pending is not None:
+                await send({"type": "http.response.body", "body": pending, "more_body": True})
+            pending = chunk
+        await self._commit(rec.finish())
+        await send({"type": "http.response.body", "body": pending or b"", "more_body": False})
+
+    async def _answer_error(self, send: Send, rec: Recording, exc: LlmtapError) -> None:
+        body = exc.body()
+        rec.respond(exc.status, [("content-type", "application/json")])
+        await self._commit(rec.fail(str(exc), exc.status, body))
+        await send({"type": "http.response.start", "status": exc.status, "headers": [
+            *_JSON_HEADERS, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def _commit(self, rec: Recording) -> None:
+        if self.writer is not None:
+            await self.writer.commit(rec)
+
+    def _submit(self, rec: Recording) -> None:
+        if self.writer is not None:
+            self.writer.submit_nowait(rec)
+
+
+class ClientGone(Exception):
+    """The client went away before its request was read."""
+
+
+class _DisconnectWatch:
+    """Cancels the handling task when the client goes away mid-response.
+
+    uvicorn's `send()` returns silently once the client is gone, so without this a relay
+    would read a long stream to its end for nobody.
+    """
+
+    __slots__ = ("_task", "_waiter", "_stopped", "disconnected")
+
+    def __init__(self, receive: Receive) -> None:
+        self._task = asyncio.current_task()
+        self._stopped = False
+        self.disconnected = False
+        self._waiter = asyncio.ensure_future(receive())
+        self._waiter.add_done_callback(self._on_message)
+
+    def _on_message(self, waiter: asyncio.Future[Any]) -> None:
+        if self._stopped or waiter.cancelled() or waiter.exception() is not None:
+            return
+        if waiter.result().get("type") == "http.disconnect" and self._task is not None:
+            self.disconnected = True
+            self._task.cancel()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._waiter.cancel()
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLarge(
+                f"llmtap: request body is larger than max_body_size ({limit} bytes); "
+                "raise it with --max-body-size or LLMTAP_MAX_BODY_SIZE"
+            )
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -1,0 +1,27 @@
+"""`llmtap serve`: the proxy in the foreground, with a banner that says where everything is."""
+
+from __future__ import annotations
+
+import click
+
+from llmtap.proxy.app import create_app, install_log_filters, uvicorn_kwargs
+from llmtap.proxy.config import Settings
+from llmtap.proxy.server import bind_socket, make_server, url_of
+
+
+def run_server(settings: Settings) -> None:
+    try:
+        sock = bind_socket(settings.host, settings.port)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {settings.host}:{settings.port}: {exc}") from exc
+    url = url_of(sock)
+    app = create_app(settings)
+    install_log_filters()
+    click.echo(f"llmtap listening on {url}", err=False)
+    click.echo(f"  OPENAI_BASE_URL={url}/v1")
+    click.echo(f"  upstream  {settings.upstream}")
+    click.echo(f"  database  {settings.db}")
+    click.echo(f"  mode      {settings.mode}")
+    click.echo(f"  UI        {url}/")
+    server = make_server(app, log_level=settings.log_level, **uvicorn_kwargs())
+    server.run(sockets=[sock])

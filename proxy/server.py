@@ -1,0 +1,73 @@
+"""Running an ASGI app on uvicorn: in the foreground for `llmtap serve`, or in a thread.
+
+A socket bound up front makes `--port 0` work: the real port is known before the first
+request, printed for the user, and handed to tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from typing import Any
+
+import uvicorn
+import uvloop
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def make_server(app: Any, log_level: str = "warning", **config: Any) -> uvicorn.Server:
+    return uvicorn.Server(uvicorn.Config(
+        app, loop="uvloop", http="httptools", log_level=log_level, **config
+    ))
+
+
+class ServerThread:
+    """An ASGI app served on 127.0.0.1 (a free port by default) from a background thread."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, **config: Any) -> None:
+        self.sock = bind_socket(host, port)
+        self.url = url_of(self.sock)
+        self.server = make_server(app, **config)
+        self._thread = threading.Thread(target=self._run, name=f"uvicorn {self.url}", daemon=True)
+
+    def _run(self) -> None:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(self.server.serve(sockets=[self.sock]))
+
+    def start(self, timeout: float = 10.0) -> ServerThread:
+        self._thread.start()
+        waited = 0.0
+        while not self.server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError(f"server at {self.url} failed to start")
+            threading.Event().wait(0.01)
+            waited += 0.01
+            if waited > timeout:
+                raise TimeoutError(f"server at {self.url} did not start in {timeout}s")
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(10)
+        self.sock.close()
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

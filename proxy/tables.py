@@ -1,0 +1,67 @@
+"""Terminal output of the reading commands: rich tables in a terminal, plain text when piped."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+
+def _console() -> Console:
+    return Console(soft_wrap=False, highlight=False)
+
+
+def _status(code: str) -> str:
+    return f"[red]{code}[/red]" if code == "ERROR" else f"[green]{code}[/green]"
+
+
+def _model(trace: dict[str, Any]) -> str:
+    for span in trace.get("spans", ()):
+        model = span.get("attributes", {}).get("model")
+        if model:
+            return str(model)
+    return ""
+
+
+def print_traces(rows: list[dict[str, Any]]) -> None:
+    console = _console()
+    if not rows:
+        console.print("no traces recorded yet")
+        return
+    table = Table(box=None, header_style="bold")
+    for name in ("trace_id", "time (UTC)", "experiment", "session", "status", "spans", "tokens",
+                 "ms"):
+        table.add_column(name, no_wrap=True, justify="right" if name in ("spans", "tokens", "ms") else "left")
+    for t in rows:
+        table.add_row(
+            t["trace_id"], t["request_time"].replace("T", " ")[:23], t["experiment"],
+            t["session"] or "", _status(t["status"]), str(t["span_count"]),
+            str(t["usage"]["total_tokens"]), f"{t['execution_time_ms']:.1f}",
+        )
+    console.print(table)
+
+
+def _preview(value: Any, limit: int = 400) -> str:
+    text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def print_trace(trace: dict[str, Any]) -> None:
+    console = _console()
+    info = trace["info"]
+    console.print(f"[bold]trace {info['trace_id']}[/bold]  {_status(info['status'])}  "
+                  f"{info['request_time']}  {info['execution_time_ms']:.1f} ms  "
+                  f"experiment={info['experiment']}  session={info['session'] or '-'}  "
+                  f"tokens={info['usage']['total_tokens']}")
+    for span in trace["spans"]:
+        attrs = span["attributes"]
+        ms = (span["end_time_ns"] - span["start_time_ns"]) / 1e6
+        console.print(f"\n[bold]{span['name']}[/bold] {span['span_type']} "
+                      f"{_status(span['status']['code'])} {ms:.1f} ms  model={attrs.get('model')}  "
+                      f"stream={attrs.get('stream')}  usage={attrs.get('usage')}")
+        if span["status"]["message"]:
+            console.print(f"  [red]{span['status']['message']}[/red]")
+        console.print(f"  in:  {_preview(span['inputs'])}", markup=False)
+        console.print(f"  out: {_preview(span['outputs'])}", markup=False)

@@ -1,0 +1,240 @@
+"""Reassemble a `chat.completion.chunk` stream into the `chat.completion` it stands for.
+
+The result equals what the OpenAI SDK's own accumulator builds from the same chunks
+(`ChatCompletionStreamState.handle_chunk()` then `get_final_completion()`, dumped without the
+SDK-only `parsed` and `parsed_arguments` keys), because it follows the same rules: the first
+chunk gives the envelope, each choice's first chunk gives its fields, deltas merge as the SDK's
+`accumulate_delta` merges them (strings concatenate, dicts merge, lists of indexed entries merge
+by `index`), and logprobs lists extend.
+
+Where the SDK misbehaves on shapes real providers send, we differ on purpose:
+- `id`, `name` and `role` repeated in later deltas are kept once (the SDK concatenates them,
+  giving `"assistantassistant"`); numbers are replaced, not added.
+- identity fields (`id`, `model`, `created`, ...) take the first non-empty value, so an Azure
+  annotation chunk first in the stream (`id: ""`, `created: 0`) does not blank them.
+- `usage`, `system_fingerprint` and `moderation` take the last non-null value (the SDK takes the
+  last chunk's, null or not, and loses a usage that came before the last chunk).
+- list-typed `content` (Databricks) is joined into a string (the SDK drops it).
+- choices and tool calls are keyed by their `index`, so gaps or out-of-order indexes do not
+  crash or cross-wire them; a choice first seen after the first chunk keeps its logprobs once
+  (the SDK appends them twice).
+- junk never raises: it is skipped and noted in `problems`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeGuard
+
+_FIRST_WINS = frozenset({"id", "name", "role"})  # the SDK concatenates repeats of these
+_REPLACED = frozenset({"index", "type"})  # the SDK replaces these, as do we
+_LAST_NON_NULL = frozenset({"usage", "system_fingerprint", "moderation"})
+_ENVELOPE_SKIPPED = frozenset({"choices", "obfuscation"})  # obfuscation is stream padding
+# the SDK's final message carries every `ChatCompletionMessage` field, null when never sent
+_MESSAGE_FIELDS: dict[str, Any] = dict.fromkeys(
+    ("content", "refusal", "annotations", "audio", "function_call", "tool_calls")
+)
+
+
+def copy_json(value: Any) -> Any:
+    """A deep copy of parsed JSON, so that merging never mutates the caller's payloads."""
+    if isinstance(value, Mapping):
+        return {key: copy_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [copy_json(item) for item in value]
+    return value
+
+
+def is_index(value: Any) -> TypeGuard[int]:
+    return type(value) is int  # bool is an int subclass, and never an index
+
+
+class Envelope:
+    """The fields around `choices`: first non-empty identity, last non-null usage and the like."""
+
+    def __init__(self, object_name: str) -> None:
+        self.fields: dict[str, Any] = {}
+        self._object = object_name
+
+    def feed(self, chunk: Mapping[str, Any]) -> None:
+        fields = self.fields
+        for key, value in chunk.items():
+            if key in _ENVELOPE_SKIPPED:
+                continue
+            if key in _LAST_NON_NULL:
+                if value is not None or key not in fields:
+                    fields[key] = copy_json(value)
+            elif fields.get(key) in (None, "", 0):
+                fields[key] = copy_json(value)
+
+    def result(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        out = dict(self.fields)
+        out["object"] = self._object
+        out["choices"] = choices
+        out.setdefault("system_fingerprint", None)
+        out.setdefault("usage", None)
+        return out
+
+
+def merge_delta(acc: dict[str, Any], delta: Mapping[str, Any], problems: list[str]) -> None:
+    """Merge one delta into `acc` in place, as the SDK's `accumulate_delta` does (module doc)."""
+    for key, value in delta.items():
+        current = acc.get(key)
+        if current is None:
+            if not _has_indexed_entries(value):
+                acc[key] = copy_json(value)
+                continue
+            current = acc[key] = []
+        if key in _REPLACED:
+            acc[key] = copy_json(value)
+        elif key in _FIRST_WINS and isinstance(current, str) and current:
+            continue
+        elif isinstance(current, str) and isinstance(value, str):
+            acc[key] = current + value
+        elif isinstance(current, dict) and isinstance(value, Mapping):
+            merge_delta(current, value, problems)
+        elif isinstance(current, list) and isinstance(value, list):
+            _merge_list(key, current, value, problems)
+        elif isinstance(current, int | float) and isinstance(value, int | float):
+            acc[key] = value
+        elif value is not None:
+            problems.append(
+                f"delta field {key!r}: cannot merge {type(value).__name__} into "
+                f"{type(current).__name__}; kept the first"
+            )
+
+
+def _has_indexed_entries(value: Any) -> bool:
+    return isinstance(value, list) and any(
+        isinstance(entry, Mapping) and "index" in entry for entry in value
+    )
+
+
+def _merge_list(key: str, acc: list[Any], delta: list[Any], problems: list[str]) -> None:
+    if not _has_indexed_entries(delta) and not _has_indexed_entries(acc):
+        acc.extend(copy_json(delta))  # plain lists only ever grow
+        return
+    for entry in delta:
+        index = entry.get("index") if isinstance(entry, Mapping) else None
+        if not is_index(index):
+            problems.append(f"{key} entry without an integer index: appended as is")
+            acc.append(copy_json(entry))
+            continue
+        _merge_indexed(acc, index, entry, problems)
+
+
+def _merge_indexed(
+    acc: list[Any], index: int, entry: Mapping[str, Any], problems: list[str]
+) -> None:
+    position = len(acc)
+    for i, existing in enumerate(acc):
+        existing_index = existing.get("index") if isinstance(existing, dict) else None
+        if existing_index == index and isinstance(existing, dict):
+            merge_delta(existing, entry, problems)
+            return
+        if is_index(existing_index) and existing_index > index and position == len(acc):
+            position = i
+    acc.insert(position, copy_json(entry))  # kept in index order, whatever the arrival order
+
+
+class ChatAssembler:
+    """Feeds on parsed `chat.completion.chunk` payloads; `result()` is the `chat.completion`."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self._envelope = Envelope("chat.completion")
+        self._choices: dict[int, dict[str, Any]] = {}
+        self._fed = False
+
+    def feed(self, chunk: Mapping[str, Any]) -> None:
+        """Take one chunk. Never raises: what cannot be used is noted in `problems`."""
+        try:
+            self._feed(chunk)
+        except Exception as exc:  # a last resort: junk must never stop a recording
+            self.problems.append(f"chunk not understood: {exc!r}")
+
+    def result(self) -> dict[str, Any] | None:
+        """The `chat.completion`, or None if no chunk had a `choices` list."""
+        if not self._fed:
+            return None
+        choices = [self._final_choice(self._choices[i]) for i in sorted(self._choices)]
+        return self._envelope.result(choices)
+
+    def _feed(self, chunk: Mapping[str, Any]) -> None:
+        if not isinstance(chunk, Mapping):
+            self.problems.append(f"chunk is a {type(chunk).__name__}, not an object")
+            return
+        choices = chunk.get("choices")
+        if not isinstance(choices, list):
+            self.problems.append(f"chunk without a choices list: {str(chunk)[:200]}")
+            return
+        self._fed = True
+        self._envelope.feed(chunk)
+        for choice in choices:
+            self._feed_choice(choice)
+
+    def _feed_choice(self, choice: Any) -> None:
+        index = choice.get("index") if isinstance(choice, Mapping) else None
+        if not is_index(index):
+            self.problems.append(f"choice without an integer index: {str(choice)[:200]}")
+            return
+        delta = choice.get("delta")
+        if not isinstance(delta, Mapping):
+            if delta is not None:
+                self.problems.append(f"choice {index}: delta is not an object")
+            delta = {}
+        snapshot = self._choices.get(index)
+        if snapshot is None:
+            snapshot = {key: copy_json(value) for key, value in choice.items() if key != "delta"}
+            snapshot["message"] = {}
+            self._choices[index] = snapshot
+        else:
+            self._feed_logprobs(snapshot, choice.get("logprobs"))
+        merge_delta(snapshot["message"], _with_text_content(delta, self.problems), self.problems)
+        if choice.get("finish_reason"):
+            snapshot["finish_reason"] = choice["finish_reason"]
+
+    def _feed_logprobs(self, snapshot: dict[str, Any], logprobs: Any) -> None:
+        if logprobs is None:
+            return
+        if not isinstance(logprobs, Mapping):
+            self.problems.append("logprobs is not an object")
+            return
+        current = snapshot.get("logprobs")
+        if not isinstance(current, dict):
+            snapshot["logprobs"] = {
+                "content": copy_json(logprobs.get("content")),
+                "refusal": copy_json(logprobs.get("refusal")),
+            }
+            return
+        for key in ("content", "refusal"):
+            tokens = logprobs.get(key)
+            if not tokens:
+                continue
+            if not isinstance(tokens, list) or not isinstance(current.get(key) or [], list):
+                self.problems.append(f"logprobs.{key} is not a list")
+                continue
+            current[key] = (current.get(key) or []) + copy_json(tokens)
+
+    def _final_choice(self, snapshot: dict[str, Any]) -> dict[str, Any]:
+        choice = dict(snapshot)
+        message = snapshot["message"]
+        role = {"role": message["role"]} if "role" in message else {}  # first, for readers
+        choice["message"] = {**role, **_MESSAGE_FIELDS, **message}
+        return choice
+
+
+def _with_text_content(delta: Mapping[str, Any], problems: list[str]) -> Mapping[str, Any]:
+    """Databricks and others send `content` as a list of parts; the wire format is a string."""
+    parts = delta.get("content")
+    if not isinstance(parts, list):
+        return delta
+    texts: list[str] = []
+    for part in parts:
+        if isinstance(part, str):
+            texts.append(part)
+        elif isinstance(part, Mapping) and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        else:
+            problems.append(f"content part without text dropped: {str(part)[:200]}")
+    return {**delta, "content": "".join(texts)}

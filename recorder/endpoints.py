@@ -1,0 +1,117 @@
+"""The traced endpoints, registered as an extension would register one.
+
+A new endpoint is one assembler module plus one entry here; nothing else in llmtap asks
+"is this the chat path?".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from llmtap.recorder.assemble import ASSEMBLERS, Assembler
+from llmtap.recorder.assemble.embeddings import decode_embeddings
+from llmtap.recorder.records import SpanType, Usage
+
+# request fields that are the input itself, not a setting of the model
+INPUT_FIELDS = frozenset({"messages", "prompt", "input", "stream", "stream_options"})
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    path: str
+    name: str
+    span_type: SpanType
+    new_assembler: Callable[[], Assembler]
+    is_terminal: Callable[[str | None, Mapping[str, Any] | None], bool]
+    """True for the event that ends a stream (the SSE `event:` name and its parsed data)."""
+    carries_output: Callable[[Mapping[str, Any]], bool]
+    """True for the first event that carries generated output (time to first token)."""
+    response_output: Callable[[dict[str, Any]], Any] = lambda body: body
+    """A non-streamed response as the SDK hands it to the caller (the span's `outputs`)."""
+
+
+def _done_only(event: str | None, data: Mapping[str, Any] | None) -> bool:
+    return data is None  # `data: [DONE]` is passed as None
+
+
+def _choice_has_output(data: Mapping[str, Any]) -> bool:
+    for choice in data.get("choices") or ():
+        if not isinstance(choice, Mapping):
+            continue
+        delta = choice.get("delta")
+        if isinstance(delta, Mapping):
+            if delta.get("content") or delta.get("refusal") or delta.get("tool_calls") or delta.get(
+                "function_call"
+            ):
+                return True
+        elif choice.get("text"):
+            return True
+    return False
+
+
+_RESPONSE_TERMINALS = frozenset({"response.completed", "response.failed", "response.incomplete"})
+
+
+def _response_terminal(event: str | None, data: Mapping[str, Any] | None) -> bool:
+    kind = data.get("type") if data is not None else None
+    return event in _RESPONSE_TERMINALS or kind in _RESPONSE_TERMINALS or data is None
+
+
+def _response_has_output(data: Mapping[str, Any]) -> bool:
+    return str(data.get("type", "")).endswith(".delta")
+
+
+def _never(data: Mapping[str, Any]) -> bool:
+    return False
+
+
+CHAT = Endpoint(
+    "/chat/completions", "chat.completions", SpanType.CHAT_MODEL, ASSEMBLERS["chat.completions"],
+    _done_only, _choice_has_output,
+)
+COMPLETIONS = Endpoint(
+    "/completions", "completions", SpanType.LLM, ASSEMBLERS["completions"],
+    _done_only, _choice_has_output,
+)
+EMBEDDINGS = Endpoint(
+    "/embeddings", "embeddings", SpanType.EMBEDDING, ASSEMBLERS["embeddings"],
+    _done_only, _never, decode_embeddings,
+)
+RESPONSES = Endpoint(
+    "/responses", "responses", SpanType.CHAT_MODEL, ASSEMBLERS["responses"],
+    _response_terminal, _response_has_output,
+)
+
+ENDPOINTS: dict[str, Endpoint] = {e.path: e for e in (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES)}
+
+
+def endpoint_for(path: str) -> Endpoint | None:
+    """The traced endpoint for an API path (below the base URL), or None."""
+    return ENDPOINTS.get(path.rstrip("/"))
+
+
+def usage_of(payload: Mapping[str, Any] | None) -> Usage | None:
+    """Token usage from any endpoint's `usage` object (prompt/completion or input/output names)."""
+    if not isinstance(payload, Mapping):
+        return None
+    raw = payload.get("usage")
+    if not isinstance(raw, Mapping):
+        response = payload.get("response")  # a Responses API event wraps the response
+        raw = response.get("usage") if isinstance(response, Mapping) else None
+    if not isinstance(raw, Mapping):
+        return None
+    inp = _int(raw.get("input_tokens", raw.get("prompt_tokens")))
+    out = _int(raw.get("output_tokens", raw.get("completion_tokens")))
+    total = _int(raw.get("total_tokens")) or inp + out
+    return Usage(inp, out, total)
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def invocation_params(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of a request: every field but the input itself."""
+    return {k: v for k, v in body.items() if k not in INPUT_FIELDS}

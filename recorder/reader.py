@@ -1,0 +1,124 @@
+"""TraceReader: the read side of the store, shared by the HTTP API and the CLI.
+
+Each call opens its own read-only connection: readers never take the writer's lock, and a
+reader works whether or not a server is running.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from llmtap.recorder.sqlite import connect_for_reading
+
+_TRACE_COLUMNS = (
+    "trace_id, experiment, session, status, request_time, start_time_ns, end_time_ns, "
+    "execution_time_ms, tags, span_count, input_tokens, output_tokens, total_tokens"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TraceQuery:
+    experiment: str | None = None
+    session: str | None = None
+    status: str | None = None
+    limit: int = 50
+    offset: int = 0
+
+
+def trace_info(row: sqlite3.Row) -> dict[str, Any]:
+    """A traces row in the shape of SPEC section 3's TraceInfo."""
+    return {
+        "trace_id": row["trace_id"],
+        "experiment": row["experiment"],
+        "session": row["session"],
+        "status": row["status"],
+        "request_time": row["request_time"],
+        "execution_time_ms": row["execution_time_ms"],
+        "start_time_ns": row["start_time_ns"],
+        "end_time_ns": row["end_time_ns"],
+        "tags": orjson.loads(row["tags"] or "{}"),
+        "span_count": row["span_count"],
+        "usage": {
+            "input_tokens": row["input_tokens"],
+            "output_tokens": row["output_tokens"],
+            "total_tokens": row["total_tokens"],
+        },
+    }
+
+
+def span_dict(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "span_id": row["span_id"],
+        "trace_id": row["trace_id"],
+        "parent_id": row["parent_id"],
+        "name": row["name"],
+        "span_type": row["span_type"],
+        "start_time_ns": row["start_time_ns"],
+        "end_time_ns": row["end_time_ns"],
+        "status": {"code": row["status_code"], "message": row["status_message"]},
+        "inputs": _loads(row["inputs"]),
+        "outputs": _loads(row["outputs"]),
+        "attributes": _loads(row["attributes"]) or {},
+    }
+
+
+def _loads(text: str | None) -> Any:
+    return orjson.loads(text) if text else None
+
+
+class TraceReader:
+    def __init__(self, path: str | Path) -> None:
+        self.path = path
+
+    def _connect(self) -> sqlite3.Connection:
+        return connect_for_reading(self.path)
+
+    def list_traces(self, query: TraceQuery) -> list[dict[str, Any]]:
+        where, params = [], []
+        for column in ("experiment", "session", "status"):
+            value = getattr(query, column)
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        sql = f"SELECT {_TRACE_COLUMNS} FROM traces"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY start_time_ns DESC LIMIT ? OFFSET ?"
+        with closing(self._connect()) as conn:
+            rows = conn.execute(sql, [*params, query.limit, query.offset]).fetchall()
+        return [trace_info(r) for r in rows]
+
+    def get_trace(self, trace_id: str) -> dict[str, Any] | None:
+        """{"info": TraceInfo, "spans": [Span...]} or None when there is no such trace."""
+        with closing(self._connect()) as conn:
+            row = conn.execute(
+                f"SELECT {_TRACE_COLUMNS} FROM traces WHERE trace_id = ?", [trace_id]
+            ).fetchone()
+            if row is None:
+                return None
+            spans = conn.execute(
+                "SELECT * FROM spans WHERE trace_id = ? ORDER BY start_time_ns, rowid", [trace_id]
+            ).fetchall()
+        return {"info": trace_info(row), "spans": [span_dict(s) for s in spans]}
+
+    def closest_trace_ids(self, prefix: str, limit: int = 3) -> list[str]:
+        """Ids that start like the given one (for "did you mean" in the CLI)."""
+        with closing(self._connect()) as conn:
+            rows = conn.execute(
+                "SELECT trace_id FROM traces WHERE trace_id >= ? ORDER BY trace_id LIMIT ?",
+                [prefix[:4], limit],
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        with closing(self._connect()) as conn:
+            return {
+                table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                for table in ("traces", "spans", "exchanges")
+            }

@@ -1,0 +1,73 @@
+"""Recording: one exchange's state while it is on the wire.
+
+Everything here is cheap on purpose: the event loop only appends bytes and timestamps. All
+parsing (decompression, SSE, reassembly, spans) happens later in the writer thread, in
+`llmtap.recorder.tracing.build_batch`.
+
+Contract: `feed()` any number of times, then `finish()` or `fail(reason)`; a recording that
+was finished early (committed at `[DONE]`) may still be fed and finished again, in which case
+the later, fuller copy replaces the earlier one in the store.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from llmtap.recorder.records import RequestContext
+
+
+def new_trace_id() -> str:
+    return os.urandom(16).hex()
+
+
+def new_span_id() -> str:
+    return os.urandom(8).hex()
+
+
+@dataclass(slots=True)
+class Recording:
+    method: str
+    path: str
+    """The API path below the base URL, e.g. `/chat/completions`."""
+    query: str
+    request_headers: list[tuple[str, str]]
+    """Already redacted by `llmtap.proxy.headers`."""
+    request_body: bytes
+    context: RequestContext
+    key_fingerprint: str | None = None
+    started_ns: int = field(default_factory=time.time_ns)
+    exchange_id: str = field(default_factory=new_span_id)
+    span_id: str = field(default_factory=new_span_id)
+    status: int | None = None
+    response_headers: list[tuple[str, str]] = field(default_factory=list)
+    chunks: list[bytes] = field(default_factory=list)
+    chunk_times_ns: list[int] = field(default_factory=list)
+    ended_ns: int | None = None
+    error: str | None = None
+    error_status: int | None = None
+    """Set when llmtap itself answered (502/504/413...) instead of the upstream."""
+    error_body: bytes | None = None
+    replayed: bool = False
+
+    def respond(self, status: int, headers: list[tuple[str, str]]) -> None:
+        self.status = status
+        self.response_headers = headers
+
+    def feed(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        self.chunk_times_ns.append(time.time_ns())
+
+    def finish(self) -> Recording:
+        self.ended_ns = time.time_ns()
+        return self
+
+    def fail(self, reason: str, status: int | None = None, body: bytes | None = None) -> Recording:
+        """Mark the exchange failed; `status`/`body` are what llmtap sent the client, if anything."""
+        self.error = reason
+        if status is not None:
+            self.error_status = status
+            self.error_body = body
+        self.ended_ns = time.time_ns()
+        return self

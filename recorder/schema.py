@@ -1,0 +1,93 @@
+"""The SQLite schema, as migrations. docs/schema.md documents every table and column here.
+
+Each migration is applied once, in order, inside a transaction (sqlite-utils `Migrations`);
+a database written by an older llmtap moves forward when it is opened for writing.
+"""
+
+from __future__ import annotations
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("llmtap")
+
+SCHEMA_V1 = """
+CREATE TABLE IF NOT EXISTS experiments (
+    name TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS traces (
+    trace_id TEXT PRIMARY KEY,
+    experiment TEXT NOT NULL,
+    session TEXT,
+    status TEXT NOT NULL,
+    request_time TEXT NOT NULL,
+    start_time_ns INTEGER NOT NULL,
+    end_time_ns INTEGER NOT NULL,
+    execution_time_ms REAL NOT NULL,
+    tags TEXT NOT NULL DEFAULT '{}',
+    span_count INTEGER NOT NULL DEFAULT 0,
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    total_tokens INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS traces_by_time ON traces (start_time_ns DESC);
+CREATE INDEX IF NOT EXISTS traces_by_experiment ON traces (experiment, start_time_ns DESC);
+CREATE INDEX IF NOT EXISTS traces_by_session ON traces (session, start_time_ns DESC);
+CREATE TABLE IF NOT EXISTS spans (
+    span_id TEXT PRIMARY KEY,
+    trace_id TEXT NOT NULL,
+    parent_id TEXT,
+    name TEXT NOT NULL,
+    span_type TEXT NOT NULL,
+    start_time_ns INTEGER NOT NULL,
+    end_time_ns INTEGER NOT NULL,
+    status_code TEXT NOT NULL,
+    status_message TEXT NOT NULL DEFAULT '',
+    inputs TEXT,
+    outputs TEXT,
+    attributes TEXT NOT NULL DEFAULT '{}',
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    total_tokens INTEGER NOT NULL DEFAULT 0,
+    exchange_id TEXT
+);
+CREATE INDEX IF NOT EXISTS spans_by_trace ON spans (trace_id, start_time_ns);
+CREATE TABLE IF NOT EXISTS exchanges (
+    exchange_id TEXT PRIMARY KEY,
+    experiment TEXT NOT NULL,
+    trace_id TEXT,
+    span_id TEXT,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    query TEXT NOT NULL DEFAULT '',
+    match_key TEXT NOT NULL,
+    request_headers TEXT NOT NULL,
+    request_body BLOB NOT NULL,
+    status INTEGER,
+    response_headers TEXT NOT NULL,
+    response_body BLOB NOT NULL,
+    chunks TEXT NOT NULL,
+    stream INTEGER NOT NULL DEFAULT 0,
+    started_ns INTEGER NOT NULL,
+    first_byte_ns INTEGER,
+    ended_ns INTEGER NOT NULL,
+    error TEXT,
+    key_fingerprint TEXT,
+    replayed INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS exchanges_by_key ON exchanges (match_key, started_ns);
+CREATE INDEX IF NOT EXISTS exchanges_by_time ON exchanges (started_ns);
+"""
+
+
+@migrations(name="0001_initial")
+def initial(db: Database) -> None:
+    # one statement at a time: executescript() would COMMIT the migration's transaction
+    for statement in SCHEMA_V1.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def migrate(db: Database) -> None:
+    migrations.apply(db)

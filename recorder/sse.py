@@ -1,0 +1,109 @@
+"""Server-sent events, decoded incrementally from raw bytes.
+
+`SseDecoder` follows the WHATWG event-stream rules: lines end with CR, LF or CRLF (and a CRLF
+split across two pieces is one line end), each complete line is decoded as UTF-8 on its own (so
+a character split across pieces is whole again), and an empty line dispatches the event.
+It never raises: invalid UTF-8 is replaced, unknown fields are ignored.
+
+The work per piece is a handful of bytes methods (`splitlines` only splits on CR, LF and CRLF
+for bytes), so there is no Python loop over bytes.
+"""
+
+from __future__ import annotations
+
+from llmtap.recorder.records import SseEvent
+
+_BOM = "\ufeff"
+_LINE_ENDS = (b"\n", b"\r")
+
+
+class SseDecoder:
+    """Turns a byte stream, cut anywhere, into the `SseEvent`s a client would dispatch.
+
+    Call `feed()` with each piece as it arrives, then `finish()` once at the end of the stream.
+    """
+
+    def __init__(self) -> None:
+        self._pending = bytearray()  # an unterminated line, waiting for its line end
+        self._skip_lf = False  # the last piece ended with CR: a leading LF belongs to it
+        self._at_start = True  # a BOM is skipped only at the very start of the stream
+        self._data: list[str] = []
+        self._event: str | None = None
+        self._retry: int | None = None
+        self._last_id: str | None = None  # persists across events, as the spec says
+
+    def feed(self, data: bytes) -> list[SseEvent]:
+        """Decode one piece of the stream; return the events it completed, in order."""
+        if not data:
+            return []
+        if self._skip_lf and data[:1] == b"\n":
+            data = data[1:]
+        self._skip_lf = False
+        if b"\n" not in data and b"\r" not in data:
+            self._pending += data  # a piece inside a long line: no copy of the prefix
+            return []
+        lines = (bytes(self._pending) + data).splitlines(keepends=True)
+        self._pending.clear()
+        last = lines[-1]
+        if not last.endswith(_LINE_ENDS):
+            self._pending += lines.pop()
+        elif last.endswith(b"\r"):
+            self._skip_lf = True
+        events: list[SseEvent] = []
+        for line in lines:
+            event = self._line(line.rstrip(b"\r\n"))
+            if event is not None:
+                events.append(event)
+        return events
+
+    def finish(self) -> list[SseEvent]:
+        """End of stream: dispatch what is left even without its closing blank line.
+
+        The WHATWG rules would drop an unterminated last event; a recorder wants to keep it,
+        since an upstream that closes right after its last `data:` line still sent it.
+        """
+        events: list[SseEvent] = []
+        if self._pending:
+            line = bytes(self._pending)
+            self._pending.clear()
+            event = self._line(line)
+            if event is not None:
+                events.append(event)
+        event = self._dispatch()
+        if event is not None:
+            events.append(event)
+        return events
+
+    def _line(self, raw: bytes) -> SseEvent | None:
+        line = raw.decode("utf-8", "replace")
+        if self._at_start:
+            self._at_start = False
+            if line.startswith(_BOM):
+                line = line[1:]
+        if not line:
+            return self._dispatch()
+        if line[0] == ":":
+            return None  # a comment, often a keep-alive
+        name, colon, value = line.partition(":")
+        if colon and value[:1] == " ":
+            value = value[1:]
+        self._field(name, value)
+        return None
+
+    def _field(self, name: str, value: str) -> None:
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id":
+            if "\0" not in value:
+                self._last_id = value
+        elif name == "retry" and value.isascii() and value.isdigit():
+            self._retry = int(value)
+
+    def _dispatch(self) -> SseEvent | None:
+        data, event, retry = self._data, self._event, self._retry
+        self._data, self._event, self._retry = [], None, None
+        if not data:
+            return None  # the spec dispatches nothing for an event without data
+        return SseEvent(data="\n".join(data), event=event or None, id=self._last_id, retry=retry)

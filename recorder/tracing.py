@@ -1,0 +1,228 @@
+"""From a finished Recording to what the store keeps: the raw exchange, a span, its trace.
+
+Runs in the writer thread. Nothing here raises on bad traffic: a body that is not JSON, a
+stream cut short, garbage from the upstream all become a span that says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from llmtap.recorder.assemble import Assembler
+from llmtap.recorder.decoding import decoder_for
+from llmtap.recorder.endpoints import Endpoint, endpoint_for, invocation_params, usage_of
+from llmtap.recorder.matching import match_key
+from llmtap.recorder.recording import Recording, new_trace_id
+from llmtap.recorder.records import Batch, Exchange, Span, SseEvent, Status, TraceHead
+from llmtap.recorder.sse import SseDecoder
+
+
+@dataclass(slots=True)
+class StreamSummary:
+    """What a replayed or recorded SSE stream said, event by event."""
+
+    output: dict[str, Any] | None = None
+    terminal_seen: bool = False
+    error: Any = None
+    first_output_ns: int | None = None
+    last_payload: Mapping[str, Any] | None = None
+    usage_payload: Mapping[str, Any] | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+def header(headers: list[tuple[str, str]], name: str) -> str | None:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+def _events_with_times(rec: Recording, problems: list[str]) -> list[tuple[SseEvent, int]]:
+    """Decode the response chunk by chunk, so that each event keeps its arrival time."""
+    try:
+        decompressor = decoder_for(header(rec.response_headers, "content-encoding"))
+    except ValueError as exc:
+        problems.append(str(exc))
+        return []
+    decoder = SseDecoder()
+    timed: list[tuple[SseEvent, int]] = []
+    at = rec.started_ns
+    try:
+        for chunk, at in zip(rec.chunks, rec.chunk_times_ns, strict=True):
+            timed.extend((event, at) for event in decoder.feed(decompressor.decompress(chunk)))
+        timed.extend((event, at) for event in decoder.feed(decompressor.flush()))
+    except Exception as exc:  # corrupt compressed data: keep what decoded so far
+        problems.append(f"could not decode the response: {exc}")
+    timed.extend((event, at) for event in decoder.finish())
+    return timed
+
+
+def summarise_stream(endpoint: Endpoint, rec: Recording) -> StreamSummary:
+    summary = StreamSummary()
+    assembler: Assembler = endpoint.new_assembler()
+    for event, at in _events_with_times(rec, summary.problems):
+        if event.data.strip() == "[DONE]":
+            summary.terminal_seen = summary.terminal_seen or endpoint.is_terminal(event.event, None)
+            continue
+        try:
+            data = orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            summary.problems.append(f"event is not JSON: {event.data[:200]!r}")
+            continue
+        if not isinstance(data, dict):
+            summary.problems.append(f"event is not a JSON object: {event.data[:200]!r}")
+            continue
+        if "error" in data and not data.get("choices") and event.event != "error":
+            summary.error = data["error"]
+            continue
+        if event.event == "error" or data.get("type") == "error":
+            summary.error = data.get("error", data)
+        if summary.first_output_ns is None and endpoint.carries_output(data):
+            summary.first_output_ns = at
+        if usage_of(data) is not None:
+            summary.usage_payload = data
+        summary.terminal_seen = summary.terminal_seen or endpoint.is_terminal(event.event, data)
+        assembler.feed(data)
+        summary.last_payload = data
+    summary.output = assembler.result()
+    summary.problems.extend(getattr(assembler, "problems", ()))
+    return summary
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        return body.decode("utf-8", "replace")
+
+
+def _decoded_body(rec: Recording, body: bytes, problems: list[str]) -> bytes:
+    try:
+        decompressor = decoder_for(header(rec.response_headers, "content-encoding"))
+        return decompressor.decompress(body) + decompressor.flush()
+    except Exception as exc:
+        problems.append(f"could not decode the response: {exc}")
+        return b""
+
+
+def _error_message(error: Any) -> str:
+    if isinstance(error, Mapping):
+        inner = error.get("error", error)
+        if isinstance(inner, Mapping) and inner.get("message"):
+            return str(inner["message"])
+    return str(error)[:500] if error is not None else ""
+
+
+def build_exchange(rec: Recording, body: bytes, is_stream: bool) -> Exchange:
+    started = rec.started_ns
+    return Exchange(
+        exchange_id=rec.exchange_id,
+        method=rec.method,
+        path=rec.path,
+        query=rec.query,
+        request_headers=tuple(rec.request_headers),
+        request_body=rec.request_body,
+        status=rec.error_status or rec.status,
+        response_headers=tuple(rec.response_headers),
+        response_body=body,
+        chunks=tuple(
+            (len(c), round((t - started) / 1e6, 3))
+            for c, t in zip(rec.chunks, rec.chunk_times_ns, strict=True)
+        ) if is_stream else (),
+        started_ns=started,
+        ended_ns=rec.ended_ns or started,
+        first_byte_ns=rec.chunk_times_ns[0] if rec.chunk_times_ns else None,
+        error=rec.error,
+        key_fingerprint=rec.key_fingerprint,
+        experiment=rec.context.experiment,
+    )
+
+
+def build_batch(rec: Recording, *, log_traces: bool = True) -> Batch:
+    """The exchange, and for a traced endpoint its span and trace head."""
+    is_stream = (header(rec.response_headers, "content-type") or "").startswith(
+        "text/event-stream"
+    )
+    body = rec.error_body if rec.error_status else b"".join(rec.chunks)
+    exchange = build_exchange(rec, body or b"", is_stream)
+    key = match_key(rec.method, rec.path, rec.request_body)
+    endpoint = endpoint_for(rec.path)
+    if endpoint is None or not log_traces or rec.method != "POST":
+        return Batch(exchange, key, is_stream)
+    span = build_span(endpoint, rec, exchange, is_stream)
+    ctx = rec.context
+    head = TraceHead(span.trace_id, ctx.experiment, ctx.session, dict(ctx.tags))
+    return Batch(exchange, key, is_stream, (span,), head)
+
+
+def build_span(endpoint: Endpoint, rec: Recording, exchange: Exchange, is_stream: bool) -> Span:
+    problems: list[str] = []
+    inputs = _parse_json(rec.request_body)
+    attributes: dict[str, Any] = {"endpoint": endpoint.name}
+    if isinstance(inputs, dict):
+        attributes.update(invocation_params(inputs))
+    else:
+        problems.append("request body is not a JSON object")
+    attributes["model"] = inputs.get("model") if isinstance(inputs, dict) else None
+    attributes["stream"] = is_stream
+    attributes["http_status"] = exchange.status
+    error: Any = None
+    outputs: Any = None
+    usage = None
+    if rec.error_status:
+        error = _parse_json(rec.error_body or b"")
+    elif is_stream:
+        summary = summarise_stream(endpoint, rec)
+        outputs, error = summary.output, summary.error
+        problems.extend(summary.problems)
+        usage = usage_of(summary.output) or usage_of(summary.usage_payload)
+        if summary.first_output_ns is not None:
+            attributes["time_to_first_token_ms"] = round(
+                (summary.first_output_ns - rec.started_ns) / 1e6, 3
+            )
+        if not summary.terminal_seen and rec.error is None and error is None:
+            rec_error = "the stream ended before its final event"
+            problems.append(rec_error)
+            error = error or rec_error
+    else:
+        decoded = _parse_json(_decoded_body(rec, exchange.response_body, problems))
+        if (exchange.status or 0) >= 400:
+            error = decoded
+        else:
+            outputs = endpoint.response_output(decoded) if isinstance(decoded, dict) else decoded
+            usage = usage_of(decoded if isinstance(decoded, dict) else None)
+    if usage is not None:
+        attributes["usage"] = usage.as_dict()
+    if problems:
+        attributes["llmtap.reassembly_problems"] = problems[:20]
+    status = _status(rec, exchange, error)
+    if error is not None and outputs is None and status.code == "ERROR":
+        outputs = error if isinstance(error, (dict, list)) else {"error": error}
+    ctx = rec.context
+    return Span(
+        span_id=rec.span_id,
+        trace_id=ctx.trace_id or new_trace_id(),
+        parent_id=ctx.parent_id,
+        name=endpoint.name,
+        span_type=endpoint.span_type,
+        start_time_ns=rec.started_ns,
+        end_time_ns=exchange.ended_ns,
+        status=status,
+        inputs=inputs,
+        outputs=outputs,
+        attributes=attributes,
+    )
+
+
+def _status(rec: Recording, exchange: Exchange, error: Any) -> Status:
+    if rec.error:
+        return Status("ERROR", rec.error)
+    if (exchange.status or 0) >= 400:
+        return Status("ERROR", _error_message(error) or f"HTTP {exchange.status}")
+    if error is not None:
+        return Status("ERROR", _error_message(error))
+    return Status("OK", "")

@@ -1,0 +1,74 @@
+"""Settings precedence (command line > environment > file > default) and the example file."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from llmtap.proxy.cli import main, serve
+from llmtap.proxy.config import Settings, setting_fields
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def resolved(args: list[str], env: dict[str, str] | None = None) -> dict[str, object]:
+    result = CliRunner().invoke(main, ["serve", "--print-config", *args], env=env)
+    assert result.exit_code == 0, result.output
+    return orjson.loads(result.output)
+
+
+def test_defaults_match_spec() -> None:
+    got = resolved([])
+    assert got["host"] == "127.0.0.1" and got["port"] == 8787
+    assert got["upstream"] == "https://api.openai.com/v1"
+    assert got["db"] == "./llmtap.db" and got["mode"] == "record"
+    assert got["log_traces"] is True and got["log_models"] is False
+    assert got["log_model_signatures"] is False and got["log_input_examples"] is False
+    assert got["registered_model_name"] is None
+
+
+def test_command_line_beats_environment_beats_file_beats_default(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('port = 1111\nmode = "auto"\ndb = "file.db"\nlog_models = true\n')
+    from_file = resolved(["--config", str(config)])
+    assert (from_file["port"], from_file["mode"], from_file["db"]) == (1111, "auto", "file.db")
+    assert from_file["log_models"] is True
+    env = {"LLMTAP_PORT": "2222", "LLMTAP_LOG_MODELS": "false"}
+    from_env = resolved(["--config", str(config)], env)
+    assert from_env["port"] == 2222 and from_env["log_models"] is False
+    assert from_env["mode"] == "auto"  # the file still fills what env does not
+    from_flag = resolved(["--config", str(config), "--port", "3333"], env)
+    assert from_flag["port"] == 3333
+
+
+def test_config_file_from_environment_and_unknown_keys(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('upstream = "http://localhost:11434/v1/"\n')
+    assert resolved([], {"LLMTAP_CONFIG": str(config)})["upstream"] == "http://localhost:11434/v1"
+    config.write_text("prot = 1\n")
+    result = CliRunner().invoke(main, ["serve", "--print-config", "--config", str(config)])
+    assert result.exit_code != 0 and "unknown option(s) prot" in result.output
+
+
+def test_example_config_serve_options_and_settings_are_one_set() -> None:
+    example = (ROOT / "config.example.toml").read_text()
+    keys = set(tomllib.loads(example)) | set(re.findall(r"^# (\w+) = ", example, re.M))
+    fields = {f.name for f in setting_fields()}
+    options = {p.name for p in serve.params} - {"config", "print_config"}
+    assert keys == fields == options
+    # and the example's values are the defaults
+    defaults = Settings()
+    for name, value in tomllib.loads(example).items():
+        assert getattr(defaults, name) == value, name
+
+
+def test_bad_values_are_refused() -> None:
+    result = CliRunner().invoke(main, ["serve", "--print-config", "--mode", "sideways"])
+    assert result.exit_code != 0 and "sideways" in result.output
+    with pytest.raises(ValueError):
+        Settings(mode="sideways")  # type: ignore[arg-type]

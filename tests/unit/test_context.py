@@ -1,0 +1,42 @@
+"""RequestContext from paths and headers: experiments, W3C traceparent, trace ids, tags."""
+
+from __future__ import annotations
+
+from llmtap.proxy.app import split_api_path
+from llmtap.proxy.context import build_context, normalise_trace_id, parse_traceparent
+
+VALID = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_split_api_path() -> None:
+    assert split_api_path("/v1/chat/completions") == (None, "/chat/completions")
+    assert split_api_path("/v1") == (None, "")
+    assert split_api_path("/experiments/nightly/v1/embeddings") == ("nightly", "/embeddings")
+    assert split_api_path("/experiments/x/v2/embeddings") is None
+    assert split_api_path("/v10/x") is None
+    assert split_api_path("/api/traces") is None
+    assert split_api_path("/experiments//v1/x") is None
+
+
+def test_traceparent_validation() -> None:
+    assert parse_traceparent(VALID) == ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")
+    assert parse_traceparent(VALID.upper()) is not None
+    for bad in ("", "00-xyz", VALID.replace("00-", "ff-", 1), "00-" + "0" * 32 + "-00f067aa0ba902b7-01",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-" + "0" * 16 + "-01", VALID + "-extra"):
+        assert parse_traceparent(bad) is None, bad
+
+
+def test_trace_id_normalisation() -> None:
+    uuid = "4bf92f35-77b3-4da6-a3ce-929d0e0e4736"
+    assert normalise_trace_id(uuid) == "4bf92f3577b34da6a3ce929d0e0e4736"
+    named = normalise_trace_id("nightly run 7")
+    assert len(named) == 32 and named == normalise_trace_id("nightly run 7")
+
+
+def test_context_from_controls() -> None:
+    ctx = build_context(None, {"traceparent": VALID, "session": "s", "tag-team": "core",
+                               "tag-": "ignored", "experiment": "hdr"})
+    assert ctx.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736" and ctx.parent_id == "00f067aa0ba902b7"
+    assert ctx.session == "s" and ctx.tags == {"team": "core"} and ctx.experiment == "hdr"
+    assert build_context("path", {"experiment": "hdr"}).experiment == "path"
+    assert build_context(None, {}).experiment == "Default"
