@@ -42,6 +42,10 @@ class Settings:
     registered_model_name: str | None = _option(
         None, "With log_models: register model versions under this name."
     )
+    stream_usage: bool = _option(
+        True, "Ask the upstream for token usage on streams that do not request it; the extra "
+        "usage is removed from what the client receives."
+    )
     max_body_size: int = _option(
         32 * 1024 * 1024, "Largest request body accepted, in bytes (larger gets 413)."
     )

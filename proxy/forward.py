@@ -29,6 +29,7 @@ from llmtap.proxy.errors import (
 )
 from llmtap.proxy.headers import split_request_headers, split_response_headers
 from llmtap.proxy.config import Settings
+from llmtap.proxy.usage_injection import UsageStripper, injected_body
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.records import Mode
 from llmtap.recorder.writer import Writer
@@ -86,16 +87,34 @@ class Forwarder:
             self._submit(rec.fail("client disconnected before sending its whole body"))
             return
         url = self.base + api_path + ("?" + query if query else "")
-        await self._forward(scope, receive, send, rec, url, split.forward)
+        body, headers = rec.request_body, split.forward
+        if self.settings.stream_usage and self.writer is not None and rec.method == "POST":
+            injected = injected_body(api_path, body)
+            if injected is not None:
+                rec.usage_injected = True
+                body = injected
+                # an uncompressed stream, so the extra usage can be taken out again
+                headers = [h for h in headers if h[0] != "accept-encoding"]
+                headers.append(("accept-encoding", "identity"))
+        await self._forward(scope, receive, send, rec, url, headers, body, split.forward)
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, rec: Recording,
-                       url: str, headers: list[tuple[str, str]]) -> None:
+                       url: str, headers: list[tuple[str, str]], body: bytes,
+                       original_headers: list[tuple[str, str]]) -> None:
         assert self.session is not None
         try:
             upstream = await self.session.request(
                 rec.method, URL(url, encoded=True), headers=headers,
-                data=rec.request_body or None, allow_redirects=False,
+                data=body or None, allow_redirects=False,
             )
+            if rec.usage_injected and upstream.status == 400:
+                # a server that refuses stream_options gets the request exactly as sent
+                upstream.release()
+                rec.usage_injected = False
+                upstream = await self.session.request(
+                    rec.method, URL(url, encoded=True), headers=original_headers,
+                    data=rec.request_body or None, allow_redirects=False,
+                )
         except TimeoutError as exc:
             await self._answer_error(send, rec, UpstreamTimeout(
                 f"llmtap: the upstream {self.base} did not answer in time ({exc or 'timeout'})"))
@@ -134,6 +153,7 @@ class Forwarder:
                             upstream: aiohttp.ClientResponse) -> None:
         committed_at = 0  # how many chunks the committed copy holds
         tail = b""
+        stripper = UsageStripper() if rec.usage_injected else None
         async for chunk in upstream.content.iter_any():
             rec.feed(chunk)
             # the SDK stops reading at [DONE]: commit before the client can see it
@@ -141,12 +161,15 @@ class Forwarder:
                 await self._commit(rec.finish())
                 committed_at = len(rec.chunks)
             tail = chunk[-8:]
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            out = stripper.feed(chunk) if stripper is not None else chunk
+            if out:
+                await send({"type": "http.response.body", "body": out, "more_body": True})
         if not committed_at:
             await self._commit(rec.finish())
         elif len(rec.chunks) > committed_at:  # bytes after [DONE]: the fuller copy replaces it
             self._submit(rec.finish())
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        rest = stripper.flush() if stripper is not None else b""
+        await send({"type": "http.response.body", "body": rest, "more_body": False})
 
     async def _relay_body(self, send: Send, rec: Recording,
                           upstream: aiohttp.ClientResponse) -> None:

@@ -50,6 +50,8 @@ class Recording:
     """Set when llmtap itself answered (502/504/413...) instead of the upstream."""
     error_body: bytes | None = None
     replayed: bool = False
+    usage_injected: bool = False
+    """llmtap asked the upstream for stream usage the client did not request."""
 
     def respond(self, status: int, headers: list[tuple[str, str]]) -> None:
         self.status = status

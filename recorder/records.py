@@ -98,6 +98,7 @@ class Exchange:
     error: str | None
     key_fingerprint: str | None
     experiment: str
+    usage_injected: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,8 +45,9 @@ def connect_for_reading(path: str | Path) -> sqlite3.Connection:
 _INSERT_EXCHANGE = """
 INSERT OR REPLACE INTO exchanges (exchange_id, experiment, trace_id, span_id, method, path,
     query, match_key, request_headers, request_body, status, response_headers, response_body,
-    chunks, stream, started_ns, first_byte_ns, ended_ns, error, key_fingerprint, replayed)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    chunks, stream, started_ns, first_byte_ns, ended_ns, error, key_fingerprint, replayed,
+    usage_injected)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 _INSERT_SPAN = """
 INSERT OR REPLACE INTO spans (span_id, trace_id, parent_id, name, span_type, start_time_ns,
@@ -81,7 +82,7 @@ def _exchange_row(x: Exchange, match_key: str, trace_id: str | None, span_id: st
         x.exchange_id, x.experiment, trace_id, span_id, x.method, x.path, x.query, match_key,
         _json(x.request_headers), x.request_body, x.status, _json(x.response_headers),
         x.response_body, _json(x.chunks), int(stream), x.started_ns, x.first_byte_ns,
-        x.ended_ns, x.error, x.key_fingerprint, 0,
+        x.ended_ns, x.error, x.key_fingerprint, 0, int(x.usage_injected),
     )
 
 

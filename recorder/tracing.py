@@ -139,6 +139,7 @@ def build_exchange(rec: Recording, body: bytes, is_stream: bool) -> Exchange:
         error=rec.error,
         key_fingerprint=rec.key_fingerprint,
         experiment=rec.context.experiment,
+        usage_injected=rec.usage_injected,
     )
 
 

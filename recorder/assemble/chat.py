@@ -90,7 +90,8 @@ def merge_delta(acc: dict[str, Any], delta: Mapping[str, Any], problems: list[st
         elif key in _FIRST_WINS and isinstance(current, str) and current:
             continue
         elif isinstance(current, str) and isinstance(value, str):
-            acc[key] = current + value
+            current = None  # let go, so that `_concat` holds the only reference
+            _concat(acc, key, value)
         elif isinstance(current, dict) and isinstance(value, Mapping):
             merge_delta(current, value, problems)
         elif isinstance(current, list) and isinstance(value, list):
@@ -102,6 +103,12 @@ def merge_delta(acc: dict[str, Any], delta: Mapping[str, Any], problems: list[st
                 f"delta field {key!r}: cannot merge {type(value).__name__} into "
                 f"{type(current).__name__}; kept the first"
             )
+
+
+def _concat(acc: dict[str, Any], key: str, value: str) -> None:
+    text: str = acc.pop(key)
+    text += value  # CPython grows a string in place when nothing else refers to it: not quadratic
+    acc[key] = text
 
 
 def _has_indexed_entries(value: Any) -> bool:

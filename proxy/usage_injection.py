@@ -1,0 +1,102 @@
+"""Token usage for every stream, without changing what the client receives.
+
+OpenAI reports usage in a stream only when the request says `stream_options.include_usage`.
+When a client streams without it, llmtap asks for it anyway, records the usage, and takes back
+out of the client's stream what the client did not ask for: the final usage chunk
+(`"choices": []` with `usage`) and the `"usage": null` that every other chunk then carries.
+The client receives the events it would have received directly, byte for byte.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+# the paths whose streams carry usage only on request
+USAGE_PATHS = frozenset({"/chat/completions", "/completions"})
+
+_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+_USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null|"usage"\s*:\s*null\s*,?')
+
+
+def injected_body(path: str, body: bytes) -> bytes | None:
+    """The body with usage requested, when the client streams without it; else None."""
+    if path not in USAGE_PATHS or b'"stream"' not in body:
+        return None
+    try:
+        request: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(request, dict) or request.get("stream") is not True:
+        return None
+    options = request.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return None
+    if options is not None and not isinstance(options, dict):
+        return None  # malformed: forward as sent and let the upstream say so
+    request["stream_options"] = {**(options or {}), "include_usage": True}
+    return orjson.dumps(request)
+
+
+class UsageStripper:
+    """Removes the usage the client did not ask for from an SSE byte stream.
+
+    `feed(chunk)` returns the bytes of every complete event so far (an event still arriving is
+    held until its end, which no client could have parsed anyway); `flush()` returns the rest.
+    """
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._pending + chunk if self._pending else chunk
+        if b'"usage"' not in data:
+            ends = _last_event_end(data)
+            self._pending = data[ends:]
+            return data[:ends]
+        out: list[bytes] = []
+        start = 0
+        for match in _EVENT_END.finditer(data):
+            event = strip_event(data[start:match.start()])
+            if event is not None:
+                out.append(event + match.group())
+            start = match.end()
+        self._pending = data[start:]
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        rest, self._pending = self._pending, b""
+        return (strip_event(rest) or b"") if rest else b""
+
+
+def _last_event_end(data: bytes) -> int:
+    end = 0
+    for match in _EVENT_END.finditer(data):
+        end = match.end()
+    return end
+
+
+def strip_event(event: bytes) -> bytes | None:
+    """One SSE event without the usage the client did not ask for; None to drop it whole."""
+    if b'"usage"' not in event:
+        return event
+    lines = event.splitlines()
+    data_lines = [line for line in lines if line.startswith(b"data:")]
+    if len(data_lines) != 1:
+        return _USAGE_NULL.sub(b"", event)
+    payload = data_lines[0][5:].strip()
+    try:
+        chunk = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return event
+    if not isinstance(chunk, dict) or chunk.get("usage") is None:
+        return _USAGE_NULL.sub(b"", event)
+    if not chunk.get("choices"):
+        return None  # the usage chunk exists only because llmtap asked for it
+    del chunk["usage"]  # usage riding on a content chunk (some providers do this)
+    rebuilt = b"data: " + orjson.dumps(chunk)
+    return b"\n".join(rebuilt if line is data_lines[0] else line for line in lines)

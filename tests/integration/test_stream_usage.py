@@ -1,0 +1,62 @@
+"""A client streaming without include_usage gets exactly the direct stream; the trace has usage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import orjson
+
+from tests.conftest import Proxy
+
+BODY = {"model": "gpt-4o-mini", "stream": True,
+        "messages": [{"role": "user", "content": "count my tokens please"}]}
+
+
+def events(url: str, path: str, body: dict[str, Any]) -> list[Any]:
+    with httpx.stream("POST", f"{url}{path}", json=body) as response:
+        raw = b"".join(response.iter_raw())
+    parsed = []
+    for block in raw.split(b"\n\n"):
+        if not block.strip():
+            continue
+        data = block.removeprefix(b"data: ")
+        if data == b"[DONE]":
+            parsed.append("[DONE]")
+            continue
+        event = orjson.loads(data)
+        event.pop("id", None)
+        event.pop("created", None)
+        parsed.append(event)
+    return parsed
+
+
+def test_client_stream_is_the_direct_stream_and_the_trace_has_usage(
+        proxy: Proxy, upstream: str) -> None:
+    for path, body in (("/chat/completions", BODY),
+                       ("/completions", {"model": "gpt-3.5-turbo-instruct", "stream": True,
+                                         "prompt": "count my tokens"})):
+        direct = events(upstream, path, body)
+        through = events(proxy.base_url, path, body)
+        assert through == direct
+        assert all("usage" not in e for e in through if isinstance(e, dict))
+    rows = proxy.query("SELECT attributes FROM spans ORDER BY start_time_ns")
+    for row in rows:
+        usage = orjson.loads(row["attributes"])["usage"]
+        assert usage["total_tokens"] > 0 and usage["output_tokens"] > 0
+    assert [r[0] for r in proxy.query("SELECT usage_injected FROM exchanges")] == [1, 1]
+
+
+def test_client_that_asks_for_usage_gets_it_untouched(proxy: Proxy, upstream: str) -> None:
+    body = {**BODY, "stream_options": {"include_usage": True}}
+    assert events(proxy.base_url, "/chat/completions", body) == events(
+        upstream, "/chat/completions", body)
+    assert [r[0] for r in proxy.query("SELECT usage_injected FROM exchanges")] == [0]
+
+
+def test_switched_off_nothing_is_injected(start_proxy: Any, upstream: str) -> None:
+    proxy = start_proxy(stream_usage=False)
+    assert events(proxy.base_url, "/chat/completions", BODY) == events(
+        upstream, "/chat/completions", BODY)
+    (row,) = proxy.query("SELECT attributes FROM spans")
+    assert "usage" not in orjson.loads(row["attributes"])

@@ -1,0 +1,86 @@
+"""Usage injection: the request asks for usage, and the client's stream loses it again exactly."""
+
+from __future__ import annotations
+
+import random
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llmtap.proxy.usage_injection import UsageStripper, injected_body
+
+
+def chunk(i: int, content: str | None, usage: bool) -> dict:
+    c: dict = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+               "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}]}
+    if usage:
+        c["usage"] = None
+    return c
+
+
+def stream(n: int, with_usage: bool, sep: bytes = b"\n\n") -> bytes:
+    events = [orjson.dumps(chunk(i, f"w{i} ", with_usage)) for i in range(n)]
+    if with_usage:
+        events.append(orjson.dumps({"id": "chatcmpl-1", "object": "chat.completion.chunk",
+                                    "created": 1, "model": "m", "choices": [],
+                                    "usage": {"prompt_tokens": 3, "completion_tokens": n,
+                                              "total_tokens": 3 + n}}))
+    events.append(b"[DONE]")
+    return b"".join(b"data: " + e + sep for e in events)
+
+
+def strip_all(data: bytes, cuts: list[int]) -> bytes:
+    stripper = UsageStripper()
+    out, last = [], 0
+    for cut in sorted(set(cuts)) + [len(data)]:
+        out.append(stripper.feed(data[last:cut]))
+        last = cut
+    out.append(stripper.flush())
+    return b"".join(out)
+
+
+def test_injection_only_when_streaming_without_usage() -> None:
+    body = orjson.dumps({"model": "m", "stream": True, "messages": []})
+    injected = orjson.loads(injected_body("/chat/completions", body) or b"{}")
+    assert injected["stream_options"] == {"include_usage": True}
+    assert list(injected)[:3] == ["model", "stream", "messages"]  # key order kept
+    kept = orjson.dumps({"model": "m", "stream": True, "stream_options": {"include_usage": True}})
+    assert injected_body("/chat/completions", kept) is None
+    other = orjson.dumps({"stream": True, "stream_options": {"include_obfuscation": False}})
+    assert orjson.loads(injected_body("/completions", other) or b"{}")["stream_options"] == {
+        "include_obfuscation": False, "include_usage": True}
+    assert injected_body("/chat/completions", b'{"stream": false}') is None
+    assert injected_body("/embeddings", b'{"stream": true}') is None
+    assert injected_body("/chat/completions", b'{"stream": tru') is None
+    assert injected_body("/chat/completions", b'{"stream": true, "stream_options": 3}') is None
+
+
+def test_stripped_stream_equals_the_stream_without_usage_at_every_cut() -> None:
+    with_usage, without = stream(4, True), stream(4, False)
+    for cut in range(len(with_usage)):
+        assert strip_all(with_usage, [cut]) == without, cut
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 30), st.lists(st.integers(0, 4000), max_size=12),
+       st.sampled_from([b"\n\n", b"\r\n\r\n"]))
+def test_stripped_stream_at_random_cuts(n: int, cuts: list[int], sep: bytes) -> None:
+    with_usage = stream(n, True, sep)
+    assert strip_all(with_usage, [c % (len(with_usage) + 1) for c in cuts]) == stream(n, False, sep)
+
+
+def test_usage_on_a_content_chunk_is_removed_but_the_chunk_kept() -> None:
+    c = chunk(0, "hi", False)
+    c["usage"] = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+    data = b"data: " + orjson.dumps(c) + b"\n\ndata: [DONE]\n\n"
+    out = strip_all(data, [random.Random(1).randrange(len(data))])
+    first = orjson.loads(out.split(b"\n\n")[0][6:])
+    assert "usage" not in first and first["choices"][0]["delta"]["content"] == "hi"
+
+
+def test_streams_without_usage_pass_untouched() -> None:
+    plain = stream(3, False)
+    assert strip_all(plain, [5, 50, 51]) == plain
+    spaced = b'data: {"choices": [{"delta": {}}], "usage": null}\n\n'
+    assert strip_all(spaced, []) == b'data: {"choices": [{"delta": {}}]}\n\n'
