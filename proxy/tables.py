@@ -25,21 +25,36 @@ def _model(trace: dict[str, Any]) -> str:
     return ""
 
 
+_TRACE_COLUMNS = ("trace_id", "time (UTC)", "name", "model", "status", "spans", "tokens", "ms",
+                  "experiment", "session")
+_NUMERIC = {"spans", "tokens", "ms"}
+
+
+def _trace_cells(t: dict[str, Any]) -> list[str]:
+    return [
+        t["trace_id"], t["request_time"].replace("T", " ")[:19], t.get("name") or "",
+        t.get("model") or "", t["status"], str(t["span_count"]), str(t["usage"]["total_tokens"]),
+        f"{t['execution_time_ms']:.1f}", t["experiment"], t["session"] or "",
+    ]
+
+
 def print_traces(rows: list[dict[str, Any]]) -> None:
     console = _console()
     if not rows:
         console.print("no traces recorded yet")
         return
+    if not console.is_terminal:  # piped: one tab-separated line per trace, nothing cut
+        print("\t".join(_TRACE_COLUMNS))
+        for t in rows:
+            print("\t".join(_trace_cells(t)))
+        return
     table = Table(box=None, header_style="bold")
-    for name in ("trace_id", "time (UTC)", "experiment", "session", "status", "spans", "tokens",
-                 "ms"):
-        table.add_column(name, no_wrap=True, justify="right" if name in ("spans", "tokens", "ms") else "left")
+    for name in _TRACE_COLUMNS:
+        table.add_column(name, no_wrap=True, justify="right" if name in _NUMERIC else "left")
     for t in rows:
-        table.add_row(
-            t["trace_id"], t["request_time"].replace("T", " ")[:23], t["experiment"],
-            t["session"] or "", _status(t["status"]), str(t["span_count"]),
-            str(t["usage"]["total_tokens"]), f"{t['execution_time_ms']:.1f}",
-        )
+        cells = _trace_cells(t)
+        cells[4] = _status(cells[4])
+        table.add_row(*cells)
     console.print(table)
 
 

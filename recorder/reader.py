@@ -16,9 +16,12 @@ import orjson
 
 from llmtap.recorder.sqlite import connect_for_reading
 
+# the first span names the trace and its model, as a list view wants them
 _TRACE_COLUMNS = (
     "trace_id, experiment, session, status, request_time, start_time_ns, end_time_ns, "
-    "execution_time_ms, tags, span_count, input_tokens, output_tokens, total_tokens"
+    "execution_time_ms, tags, span_count, input_tokens, output_tokens, total_tokens, "
+    "(SELECT json_array(name, json_extract(attributes, '$.model')) FROM spans "
+    " WHERE spans.trace_id = traces.trace_id ORDER BY start_time_ns LIMIT 1) AS first_span"
 )
 
 
@@ -33,6 +36,7 @@ class TraceQuery:
 
 def trace_info(row: sqlite3.Row) -> dict[str, Any]:
     """A traces row in the shape of SPEC section 3's TraceInfo."""
+    name, model = orjson.loads(row["first_span"]) if row["first_span"] else (None, None)
     return {
         "trace_id": row["trace_id"],
         "experiment": row["experiment"],
@@ -44,6 +48,8 @@ def trace_info(row: sqlite3.Row) -> dict[str, Any]:
         "end_time_ns": row["end_time_ns"],
         "tags": orjson.loads(row["tags"] or "{}"),
         "span_count": row["span_count"],
+        "name": name,
+        "model": model,
         "usage": {
             "input_tokens": row["input_tokens"],
             "output_tokens": row["output_tokens"],
@@ -108,11 +114,11 @@ class TraceReader:
         return {"info": trace_info(row), "spans": [span_dict(s) for s in spans]}
 
     def closest_trace_ids(self, prefix: str, limit: int = 3) -> list[str]:
-        """Ids that start like the given one (for "did you mean" in the CLI)."""
+        """Ids that sort right after the given one: those it prefixes come first."""
         with closing(self._connect()) as conn:
             rows = conn.execute(
                 "SELECT trace_id FROM traces WHERE trace_id >= ? ORDER BY trace_id LIMIT ?",
-                [prefix[:4], limit],
+                [prefix, limit],
             ).fetchall()
         return [r[0] for r in rows]
 
