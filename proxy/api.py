@@ -25,8 +25,9 @@ class JSONResponse(Response):
 
 
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse(orjson.loads(openai_error(status, "invalid_request_error", message)),
-                        status_code=status)
+    return JSONResponse(
+        orjson.loads(openai_error(status, "invalid_request_error", message)), status_code=status
+    )
 
 
 def _int_param(request: Request, name: str, default: int, upper: int) -> int:
@@ -41,14 +42,16 @@ def _int_param(request: Request, name: str, default: int, upper: int) -> int:
 
 def api_routes(settings: Settings, reader: TraceReader, health: WriterHealth | None) -> list[Route]:
     async def get_health(request: Request) -> JSONResponse:
-        return JSONResponse({
-            "status": "ok",
-            "version": __version__,
-            "mode": str(settings.mode),
-            "upstream": settings.upstream,
-            "db": settings.db,
-            "store": health.as_dict() if health is not None else None,
-        })
+        return JSONResponse(
+            {
+                "status": "ok",
+                "version": __version__,
+                "mode": str(settings.mode),
+                "upstream": settings.upstream,
+                "db": settings.db,
+                "store": health.as_dict() if health is not None else None,
+            }
+        )
 
     async def list_traces(request: Request) -> JSONResponse:
         params = request.query_params

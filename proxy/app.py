@@ -35,7 +35,7 @@ def split_api_path(path: str) -> tuple[str | None, str] | None:
     if path == "/v1" or path.startswith("/v1/"):
         return None, path[3:]
     if path.startswith(_EXPERIMENTS):
-        name, sep, rest = path[len(_EXPERIMENTS):].partition("/")
+        name, sep, rest = path[len(_EXPERIMENTS) :].partition("/")
         if name and sep and (rest == "v1" or rest.startswith("v1/")):
             return name, rest[2:]
     return None
@@ -113,6 +113,5 @@ def install_log_filters() -> None:
 
 
 def uvicorn_kwargs() -> dict[str, Any]:
-    """uvicorn settings llmtap relies on: the upstream's own Date and Server headers pass through."""
-    return {"server_header": False, "date_header": False, "access_log": False,
-            "lifespan": "on"}
+    """uvicorn settings llmtap relies on: the upstream's own Date and Server headers pass."""
+    return {"server_header": False, "date_header": False, "access_log": False, "lifespan": "on"}

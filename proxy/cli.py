@@ -32,8 +32,12 @@ def settings_options(func: F) -> F:
     """One click option per Settings field, each also read from LLMTAP_<NAME>."""
     for f in reversed(setting_fields()):
         name = f.name.replace("_", "-")
-        kwargs: dict[str, Any] = {"envvar": f"LLMTAP_{f.name.upper()}", "show_default": True,
-                                  "help": f.metadata["help"], "default": f.default}
+        kwargs: dict[str, Any] = {
+            "envvar": f"LLMTAP_{f.name.upper()}",
+            "show_default": True,
+            "help": f.metadata["help"],
+            "default": f.default,
+        }
         if "choices" in f.metadata:
             kwargs["type"] = click.Choice(f.metadata["choices"])
             kwargs["default"] = str(f.default)
@@ -44,14 +48,24 @@ def settings_options(func: F) -> F:
                 kwargs["type"] = kwargs.get("type", type(f.default))
             func = click.option(f"--{name}", f.name, **kwargs)(func)
     return click.option(
-        "--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
-        callback=_load_config, envvar="LLMTAP_CONFIG", help="TOML file with any of these options.",
+        "--config",
+        type=click.Path(dir_okay=False),
+        is_eager=True,
+        expose_value=False,
+        callback=_load_config,
+        envvar="LLMTAP_CONFIG",
+        help="TOML file with any of these options.",
     )(func)
 
 
 def _db_option(func: F) -> F:
-    return click.option("--db", envvar="LLMTAP_DB", default="./llmtap.db", show_default=True,
-                        help="The llmtap database to read.")(func)
+    return click.option(
+        "--db",
+        envvar="LLMTAP_DB",
+        default="./llmtap.db",
+        show_default=True,
+        help="The llmtap database to read.",
+    )(func)
 
 
 def _dumps(value: Any) -> str:
@@ -66,8 +80,11 @@ def main() -> None:
 
 @main.command()
 @settings_options
-@click.option("--print-config", is_flag=True,
-              help="Print the settings as resolved from flags, environment and file, then exit.")
+@click.option(
+    "--print-config",
+    is_flag=True,
+    help="Print the settings as resolved from flags, environment and file, then exit.",
+)
 def serve(print_config: bool, **params: Any) -> None:
     """Start the proxy."""
     from llmtap.proxy.serve import run_server
@@ -92,7 +109,9 @@ def demo(db: str, keep_serving: bool) -> None:
 
 def _reader(db: str) -> TraceReader:
     if not os.path.exists(db):
-        raise click.ClickException(f"no llmtap database at {db} (run `llmtap serve` or `llmtap demo` first, or pass --db)")
+        raise click.ClickException(
+            f"no llmtap database at {db} (run `llmtap serve` or `llmtap demo` first, or pass --db)"
+        )
     return TraceReader(db)
 
 
@@ -142,7 +161,9 @@ def trace(db: str, trace_id: str, as_json: bool) -> None:
 @_db_option
 @click.option("--format", "fmt", type=click.Choice(["jsonl"]), default="jsonl", show_default=True)
 @click.option("--experiment", help="Only traces of this experiment.")
-@click.option("-o", "--output", type=click.File("w"), default="-", help="File to write (default: stdout).")
+@click.option(
+    "-o", "--output", type=click.File("w"), default="-", help="File to write (default: stdout)."
+)
 def export(db: str, fmt: str, experiment: str | None, output: Any) -> None:
     """Traces as JSON lines, one trace per line in the shape of GET /api/traces/{id}."""
     reader = _reader(db)

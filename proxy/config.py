@@ -43,8 +43,9 @@ class Settings:
         None, "With log_models: register model versions under this name."
     )
     stream_usage: bool = _option(
-        True, "Ask the upstream for token usage on streams that do not request it; the extra "
-        "usage is removed from what the client receives."
+        True,
+        "Ask the upstream for token usage on streams that do not request it; the extra "
+        "usage is removed from what the client receives.",
     )
     max_body_size: int = _option(
         32 * 1024 * 1024, "Largest request body accepted, in bytes (larger gets 413)."
@@ -54,7 +55,8 @@ class Settings:
         600.0, "Seconds to wait for the upstream's next byte (headers or stream data)."
     )
     log_level: str = _option(
-        "info", "debug | info | warning | error",
+        "info",
+        "debug | info | warning | error",
         choices=["debug", "info", "warning", "error"],
     )
 

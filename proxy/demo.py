@@ -40,8 +40,10 @@ def make_calls(base_url: str) -> list[str]:
     said: list[str] = []
     chat = client.chat.completions.create(
         model="gpt-4o-mini",
-        messages=[{"role": "system", "content": "You are terse."},
-                  {"role": "user", "content": "Say hello to llmtap."}],
+        messages=[
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Say hello to llmtap."},
+        ],
         temperature=0.2,
     )
     said.append(f"chat:        {chat.choices[0].message.content}")
@@ -52,12 +54,17 @@ def make_calls(base_url: str) -> list[str]:
     ) as stream:
         final = stream.get_final_completion()
     calls = final.choices[0].message.tool_calls or []
-    said.append("stream+tool: " + ", ".join(
-        f"{c.function.name}({c.function.arguments})" for c in calls if c.type == "function"))
+    said.append(
+        "stream+tool: "
+        + ", ".join(
+            f"{c.function.name}({c.function.arguments})" for c in calls if c.type == "function"
+        )
+    )
     emb = client.embeddings.create(model="text-embedding-3-small", input="llmtap records this")
     said.append(f"embeddings:  {len(emb.data[0].embedding)} floats")
-    legacy = client.completions.create(model="gpt-3.5-turbo-instruct", prompt="Once upon a time",
-                                       max_tokens=16)
+    legacy = client.completions.create(
+        model="gpt-3.5-turbo-instruct", prompt="Once upon a time", max_tokens=16
+    )
     said.append(f"completion:  {legacy.choices[0].text.strip()}")
     return said
 
@@ -74,16 +81,21 @@ def run_demo(db: str, keep_serving: bool = False) -> None:
             for line in make_calls(f"{proxy.url}/v1"):
                 click.echo("  " + line)
             click.echo("")
-            recent = [t for t in TraceReader(db).list_traces(TraceQuery(limit=20))
-                      if t["start_time_ns"] >= started]
+            recent = [
+                t
+                for t in TraceReader(db).list_traces(TraceQuery(limit=20))
+                if t["start_time_ns"] >= started
+            ]
             print_traces(recent)
             click.echo(f"\n{len(recent)} traces recorded into {db}.")
             if keep_serving:
                 click.echo(f"UI: {proxy.url}/  (Ctrl-C to stop)")
                 _wait_for_interrupt()
             else:
-                click.echo(f"UI: {proxy.url}/ (up while the demo runs: `llmtap demo --serve` keeps "
-                           "it open; `llmtap traces` and `llmtap trace ID` read the database)")
+                click.echo(
+                    f"UI: {proxy.url}/ (up while the demo runs: `llmtap demo --serve` keeps "
+                    "it open; `llmtap traces` and `llmtap trace ID` read the database)"
+                )
                 click.echo("first trace: " + json.dumps(recent[-1]["trace_id"]) if recent else "")
         finally:
             proxy.stop()

@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from llmtap.proxy.config import Settings
 from llmtap.proxy.context import build_context
 from llmtap.proxy.errors import (
     LlmtapError,
@@ -28,7 +29,6 @@ from llmtap.proxy.errors import (
     UpstreamUnreachable,
 )
 from llmtap.proxy.headers import split_request_headers, split_response_headers
-from llmtap.proxy.config import Settings
 from llmtap.proxy.usage_injection import UsageStripper, injected_body
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.records import Mode
@@ -72,12 +72,15 @@ class Forwarder:
         if self.session is not None:
             await self.session.close()
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send, api_path: str,
-                     experiment: str | None) -> None:
+    async def handle(
+        self, scope: Scope, receive: Receive, send: Send, api_path: str, experiment: str | None
+    ) -> None:
         split = split_request_headers(scope["headers"])
         ctx = build_context(experiment, split.controls)
         query = scope.get("query_string", b"").decode("latin-1")
-        rec = Recording(scope["method"], api_path, query, split.stored, b"", ctx, split.key_fingerprint)
+        rec = Recording(
+            scope["method"], api_path, query, split.stored, b"", ctx, split.key_fingerprint
+        )
         try:
             rec.request_body = await _read_body(receive, self.settings.max_body_size)
         except RequestTooLarge as exc:
@@ -98,38 +101,63 @@ class Forwarder:
                 headers.append(("accept-encoding", "identity"))
         await self._forward(scope, receive, send, rec, url, headers, body, split.forward)
 
-    async def _forward(self, scope: Scope, receive: Receive, send: Send, rec: Recording,
-                       url: str, headers: list[tuple[str, str]], body: bytes,
-                       original_headers: list[tuple[str, str]]) -> None:
+    async def _forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        rec: Recording,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        original_headers: list[tuple[str, str]],
+    ) -> None:
         assert self.session is not None
         try:
             upstream = await self.session.request(
-                rec.method, URL(url, encoded=True), headers=headers,
-                data=body or None, allow_redirects=False,
+                rec.method,
+                URL(url, encoded=True),
+                headers=headers,
+                data=body or None,
+                allow_redirects=False,
             )
             if rec.usage_injected and upstream.status == 400:
                 # a server that refuses stream_options gets the request exactly as sent
                 upstream.release()
                 rec.usage_injected = False
                 upstream = await self.session.request(
-                    rec.method, URL(url, encoded=True), headers=original_headers,
-                    data=rec.request_body or None, allow_redirects=False,
+                    rec.method,
+                    URL(url, encoded=True),
+                    headers=original_headers,
+                    data=rec.request_body or None,
+                    allow_redirects=False,
                 )
         except TimeoutError as exc:
-            await self._answer_error(send, rec, UpstreamTimeout(
-                f"llmtap: the upstream {self.base} did not answer in time ({exc or 'timeout'})"))
+            await self._answer_error(
+                send,
+                rec,
+                UpstreamTimeout(
+                    f"llmtap: the upstream {self.base} did not answer in time ({exc or 'timeout'})"
+                ),
+            )
             return
         except (aiohttp.ClientError, OSError, ValueError) as exc:
-            await self._answer_error(send, rec, UpstreamUnreachable(
-                f"llmtap: could not reach the upstream {self.base}: {exc or type(exc).__name__}"))
+            await self._answer_error(
+                send,
+                rec,
+                UpstreamUnreachable(
+                    f"llmtap: could not reach the upstream {self.base}: {exc or type(exc).__name__}"
+                ),
+            )
             return
         relay_headers, stored = split_response_headers(upstream.raw_headers)
         rec.respond(upstream.status, stored)
         watch = _DisconnectWatch(receive)
         complete = False
         try:
-            await send({"type": "http.response.start", "status": upstream.status,
-                        "headers": relay_headers})
+            await send(
+                {"type": "http.response.start", "status": upstream.status, "headers": relay_headers}
+            )
             if (upstream.content_type or "") == "text/event-stream":
                 await self._relay_stream(send, rec, upstream)
             else:
@@ -139,7 +167,8 @@ class Forwarder:
             if not watch.disconnected:
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            self._submit(rec.fail("client disconnected"))
+            if not rec.committed:  # a client leaving after [DONE] had all it wanted
+                self._submit(rec.fail("client disconnected"))
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             reason = "timeout" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
             self._submit(rec.fail(f"upstream broke mid-response: {reason}"))
@@ -149,16 +178,20 @@ class Forwarder:
             # a connection whose response was not read to the end cannot be reused
             upstream.release() if complete else upstream.close()
 
-    async def _relay_stream(self, send: Send, rec: Recording,
-                            upstream: aiohttp.ClientResponse) -> None:
+    async def _relay_stream(
+        self, send: Send, rec: Recording, upstream: aiohttp.ClientResponse
+    ) -> None:
         committed_at = 0  # how many chunks the committed copy holds
         tail = b""
-        stripper = UsageStripper() if rec.usage_injected else None
+        # a server that compressed despite `identity` keeps its bytes: the client then sees the
+        # usage it did not ask for, which SDKs accept, rather than a stream we cannot edit
+        stripper = UsageStripper() if rec.usage_injected and _identity(upstream) else None
         async for chunk in upstream.content.iter_any():
             rec.feed(chunk)
             # the SDK stops reading at [DONE]: commit before the client can see it
             if not committed_at and (_DONE in chunk or _DONE in tail + chunk[:8]):
                 await self._commit(rec.finish())
+                rec.committed = True
                 committed_at = len(rec.chunks)
             tail = chunk[-8:]
             out = stripper.feed(chunk) if stripper is not None else chunk
@@ -171,8 +204,9 @@ class Forwarder:
         rest = stripper.flush() if stripper is not None else b""
         await send({"type": "http.response.body", "body": rest, "more_body": False})
 
-    async def _relay_body(self, send: Send, rec: Recording,
-                          upstream: aiohttp.ClientResponse) -> None:
+    async def _relay_body(
+        self, send: Send, rec: Recording, upstream: aiohttp.ClientResponse
+    ) -> None:
         # hold back one chunk: the last one goes out only after the commit
         pending: bytes | None = None
         async for chunk in upstream.content.iter_any():
@@ -187,8 +221,13 @@ class Forwarder:
         body = exc.body()
         rec.respond(exc.status, [("content-type", "application/json")])
         await self._commit(rec.fail(str(exc), exc.status, body))
-        await send({"type": "http.response.start", "status": exc.status, "headers": [
-            *_JSON_HEADERS, (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": exc.status,
+                "headers": [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _commit(self, rec: Recording) -> None:
@@ -198,6 +237,10 @@ class Forwarder:
     def _submit(self, rec: Recording) -> None:
         if self.writer is not None:
             self.writer.submit_nowait(rec)
+
+
+def _identity(upstream: aiohttp.ClientResponse) -> bool:
+    return upstream.headers.get("content-encoding", "identity").lower() == "identity"
 
 
 class ClientGone(Exception):

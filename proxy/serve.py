@@ -13,7 +13,9 @@ def run_server(settings: Settings) -> None:
     try:
         sock = bind_socket(settings.host, settings.port)
     except OSError as exc:
-        raise click.ClickException(f"cannot listen on {settings.host}:{settings.port}: {exc}") from exc
+        raise click.ClickException(
+            f"cannot listen on {settings.host}:{settings.port}: {exc}"
+        ) from exc
     url = url_of(sock)
     app = create_app(settings)
     install_log_filters()

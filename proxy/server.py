@@ -31,9 +31,9 @@ def url_of(sock: socket.socket) -> str:
 
 
 def make_server(app: Any, log_level: str = "warning", **config: Any) -> uvicorn.Server:
-    return uvicorn.Server(uvicorn.Config(
-        app, loop="uvloop", http="httptools", log_level=log_level, **config
-    ))
+    return uvicorn.Server(
+        uvicorn.Config(app, loop="uvloop", http="httptools", log_level=log_level, **config)
+    )
 
 
 class ServerThread:

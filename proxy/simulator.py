@@ -59,7 +59,8 @@ PARSE_ERROR = error_body(
     "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
     "using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was "
     "sent was not valid JSON. If you have trouble figuring out how to fix this, please contact "
-    "us through our help center at help.openai.com.)")
+    "us through our help center at help.openai.com.)"
+)
 NO_MODEL = error_body("you must provide a model parameter")
 STATIC_HEADERS = [
     (b"openai-organization", b"user-simulator"),
@@ -84,6 +85,7 @@ ENDPOINTS = {
 
 # --------------------------------------------------------------------------------- app
 
+
 class SimulatorApp(Starlette):
     """Starlette, plus the server's raw ``send`` kept in the scope (for connection resets)."""
 
@@ -105,8 +107,9 @@ async def _read_body(receive: Any) -> bytes:
     return b"".join(parts)
 
 
-async def _send_json(send: Any, status: int, obj: Any, extra: list | None = None,
-                     content_type: bytes = JSON_TYPE) -> None:
+async def _send_json(
+    send: Any, status: int, obj: Any, extra: list | None = None, content_type: bytes = JSON_TYPE
+) -> None:
     data = obj if isinstance(obj, bytes) else orjson.dumps(obj)
     headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(data))]
     if extra:
@@ -137,9 +140,15 @@ class _V1:
                 body, parsed = orjson.loads(raw), True
             except orjson.JSONDecodeError:
                 body = raw.decode("utf-8", "replace")
-        self.log.append({"method": method, "path": scope["path"],
-                         "query": scope.get("query_string", b"").decode("latin-1"),
-                         "headers": headers, "body": body})
+        self.log.append(
+            {
+                "method": method,
+                "path": scope["path"],
+                "query": scope.get("query_string", b"").decode("latin-1"),
+                "headers": headers,
+                "body": body,
+            }
+        )
         seq = next(self.counter)
         common = [(b"x-request-id", request_id(seq).encode()), *STATIC_HEADERS]
         cycle = getattr(scope.get("simulator.send"), "__self__", None)
@@ -189,14 +198,24 @@ class _V1:
         elif method == "GET" and path.startswith("/models/") and len(path) > 8:
             model = MODEL_OBJECTS.get(path[8:])
             if model is None:
-                await _send_json(send, 404, error_body(
-                    f"The model '{path[8:]}' does not exist or you do not have access to it.",
-                    code="model_not_found"), common)
+                await _send_json(
+                    send,
+                    404,
+                    error_body(
+                        f"The model '{path[8:]}' does not exist or you do not have access to it.",
+                        code="model_not_found",
+                    ),
+                    common,
+                )
                 return
             result = model
         else:
-            await _send_json(send, 404, error_body(
-                f"Invalid URL ({method} {scope['path']})", code="unknown_url"), common)
+            await _send_json(
+                send,
+                404,
+                error_body(f"Invalid URL ({method} {scope['path']})", code="unknown_url"),
+                common,
+            )
             return
 
         if isinstance(result, SSEStream):
@@ -204,8 +223,9 @@ class _V1:
         else:
             await self._json(send, cycle, result, faults, encoding, common)
 
-    async def _json(self, send: Any, cycle: Any, obj: Any, faults: Faults,
-                    encoding: str | None, common: list) -> None:
+    async def _json(
+        self, send: Any, cycle: Any, obj: Any, faults: Faults, encoding: str | None, common: list
+    ) -> None:
         data = orjson.dumps(obj)
         headers = [(b"content-type", JSON_TYPE)]
         if encoding:
@@ -224,8 +244,15 @@ class _V1:
             data = data[half:]
         await send({"type": "http.response.body", "body": data})
 
-    async def _stream(self, send: Any, cycle: Any, stream: SSEStream, faults: Faults,
-                      encoding: str | None, common: list) -> None:
+    async def _stream(
+        self,
+        send: Any,
+        cycle: Any,
+        stream: SSEStream,
+        faults: Faults,
+        encoding: str | None,
+        common: list,
+    ) -> None:
         events = stream.events
         if faults is not NO_FAULTS:
             events = list(events)
@@ -289,21 +316,26 @@ class _Health:
 
 class _NotFound:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await _send_json(send, 404, error_body(
-            f"Invalid URL ({scope['method']} {scope['path']})", code="unknown_url"))
+        await _send_json(
+            send,
+            404,
+            error_body(f"Invalid URL ({scope['method']} {scope['path']})", code="unknown_url"),
+        )
 
 
 def create_simulator(request_log_size: int = REQUEST_LOG_SIZE) -> Starlette:
     """A fresh simulator app (own request counter and request log, ``app.state.requests``)."""
     log: collections.deque = collections.deque(maxlen=request_log_size)
     v1 = _V1(log)
-    app = SimulatorApp(routes=[
-        Route("/v1/{rest:path}", v1),
-        Route("/v1", v1),
-        Route("/_simulator/requests", _RequestLog(log), methods=["GET", "DELETE"]),
-        Route("/_simulator/health", _Health(), methods=["GET"]),
-        Route("/{rest:path}", _NotFound()),
-    ])
+    app = SimulatorApp(
+        routes=[
+            Route("/v1/{rest:path}", v1),
+            Route("/v1", v1),
+            Route("/_simulator/requests", _RequestLog(log), methods=["GET", "DELETE"]),
+            Route("/_simulator/health", _Health(), methods=["GET"]),
+            Route("/{rest:path}", _NotFound()),
+        ]
+    )
     app.state.requests = log
     return app
 
@@ -311,14 +343,20 @@ def create_simulator(request_log_size: int = REQUEST_LOG_SIZE) -> Starlette:
 def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
-    parser = argparse.ArgumentParser(description="Offline OpenAI API simulator (base URL "
-                                                 "http://HOST:PORT/v1).")
+    parser = argparse.ArgumentParser(
+        description="Offline OpenAI API simulator (base URL http://HOST:PORT/v1)."
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args(argv)
-    uvicorn.run(create_simulator(), host=args.host, port=args.port, log_level=args.log_level,
-                access_log=False)
+    uvicorn.run(
+        create_simulator(),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=False,
+    )
 
 
 if __name__ == "__main__":

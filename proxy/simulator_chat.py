@@ -28,8 +28,9 @@ from .simulator_text import (
 
 DONE = b"data: [DONE]\n\n"
 ERROR_EVENT = b"data: " + orjson.dumps(STREAM_ERROR) + b"\n\n"
-MALFORMED_EVENT = (b'data: {"id": "chatcmpl-broken", "object": "chat.completion.chunk", '
-                   b'"choices": [\n\n')
+MALFORMED_EVENT = (
+    b'data: {"id": "chatcmpl-broken", "object": "chat.completion.chunk", "choices": [\n\n'
+)
 _CONTENT_FILTER = {
     "hate": {"filtered": False, "severity": "safe"},
     "self_harm": {"filtered": False, "severity": "safe"},
@@ -47,8 +48,11 @@ def int_param(body: dict, key: str, default: int | None, lo: int, hi: int) -> in
     if value is None:
         return default
     if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise BadRequest(f"Invalid '{key}': expected an integer between {lo} and {hi}.",
-                         key, "integer_below_min_value" if isinstance(value, int) else None)
+        raise BadRequest(
+            f"Invalid '{key}': expected an integer between {lo} and {hi}.",
+            key,
+            "integer_below_min_value" if isinstance(value, int) else None,
+        )
     return value
 
 
@@ -57,8 +61,13 @@ class _Choice:
 
     __slots__ = ("kind", "pieces", "calls", "finish", "tokens")
 
-    def __init__(self, kind: str, pieces: list[str], calls: list[tuple[str, str, str, list[str]]],
-                 finish: str) -> None:
+    def __init__(
+        self,
+        kind: str,
+        pieces: list[str],
+        calls: list[tuple[str, str, str, list[str]]],
+        finish: str,
+    ) -> None:
         self.kind = kind
         self.pieces = pieces
         self.calls = calls  # (call id, name, arguments, argument fragments)
@@ -81,15 +90,17 @@ def _prompt_tokens(messages: list, body: dict) -> int:
             fn = call.get("function") if isinstance(call, dict) else None
             if isinstance(fn, dict):
                 total += count_tokens(str(fn.get("name", ""))) + count_tokens(
-                    str(fn.get("arguments", "")))
+                    str(fn.get("arguments", ""))
+                )
     for key in ("tools", "functions", "response_format"):
         if body.get(key):
             total += count_tokens(orjson.dumps(body[key]).decode()) // 2
     return total
 
 
-def _plan_chat(body: dict, messages: list, n: int, forced: int | None, seq: int,
-               model_req: str) -> tuple[list[_Choice], str, str | None]:
+def _plan_chat(
+    body: dict, messages: list, n: int, forced: int | None, seq: int, model_req: str
+) -> tuple[list[_Choice], str, str | None]:
     last = messages[-1] if isinstance(messages[-1], dict) else {}
     last_role = last.get("role")
     user_text = ""
@@ -112,12 +123,20 @@ def _plan_chat(body: dict, messages: list, n: int, forced: int | None, seq: int,
     else:
         text = "Hello! How can I help you today?"
 
-    tools = [(t["function"].get("name", ""), t["function"].get("parameters") or {})
-             for t in body.get("tools") or ()
-             if isinstance(t, dict) and t.get("type") == "function"
-             and isinstance(t.get("function"), dict)]
-    chosen = pick_tools(tools, body.get("tool_choice"), body.get("parallel_tool_calls"),
-                        user_text, last_role == "tool")
+    tools = [
+        (t["function"].get("name", ""), t["function"].get("parameters") or {})
+        for t in body.get("tools") or ()
+        if isinstance(t, dict)
+        and t.get("type") == "function"
+        and isinstance(t.get("function"), dict)
+    ]
+    chosen = pick_tools(
+        tools,
+        body.get("tool_choice"),
+        body.get("parallel_tool_calls"),
+        user_text,
+        last_role == "tool",
+    )
     function = None
     functions = [f for f in body.get("functions") or () if isinstance(f, dict)]
     if not chosen and functions and body.get("function_call") != "none":
@@ -168,22 +187,35 @@ def _plan_chat(body: dict, messages: list, n: int, forced: int | None, seq: int,
 
 def _message(c: _Choice) -> dict:
     if c.kind == "tools":
-        return {"role": "assistant", "content": None,
-                "tool_calls": [{"id": cid, "type": "function",
-                                "function": {"name": name, "arguments": args}}
-                               for cid, name, args, _ in c.calls],
-                "refusal": None, "annotations": []}
+        return {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": cid, "type": "function", "function": {"name": name, "arguments": args}}
+                for cid, name, args, _ in c.calls
+            ],
+            "refusal": None,
+            "annotations": [],
+        }
     if c.kind == "function":
         _, name, args, _ = c.calls[0]
-        return {"role": "assistant", "content": None,
-                "function_call": {"name": name, "arguments": args},
-                "refusal": None, "annotations": []}
+        return {
+            "role": "assistant",
+            "content": None,
+            "function_call": {"name": name, "arguments": args},
+            "refusal": None,
+            "annotations": [],
+        }
     text = "".join(c.pieces)
     if c.kind == "refusal":
         return {"role": "assistant", "content": None, "refusal": text, "annotations": []}
     if c.kind == "list":
-        return {"role": "assistant", "content": [{"type": "text", "text": text}],
-                "refusal": None, "annotations": []}
+        return {
+            "role": "assistant",
+            "content": [{"type": "text", "text": text}],
+            "refusal": None,
+            "annotations": [],
+        }
     return {"role": "assistant", "content": text, "refusal": None, "annotations": []}
 
 
@@ -203,8 +235,16 @@ def _deltas(c: _Choice, want_lp: bool, top: int) -> list[tuple[dict, dict | None
             if c.kind == "function":
                 head: dict = {"function_call": {"name": name, "arguments": ""}}
             else:
-                head = {"tool_calls": [{"index": k, "id": cid, "type": "function",
-                                        "function": {"name": name, "arguments": ""}}]}
+                head = {
+                    "tool_calls": [
+                        {
+                            "index": k,
+                            "id": cid,
+                            "type": "function",
+                            "function": {"name": name, "arguments": ""},
+                        }
+                    ]
+                }
             if k == 0:
                 head = {"role": "assistant", "content": None, **head, "refusal": None}
             out.append((head, None))
@@ -212,8 +252,9 @@ def _deltas(c: _Choice, want_lp: bool, top: int) -> list[tuple[dict, dict | None
                 if c.kind == "function":
                     out.append(({"function_call": {"arguments": frag}}, None))
                 else:
-                    out.append(({"tool_calls": [{"index": k, "function": {"arguments": frag}}]},
-                                None))
+                    out.append(
+                        ({"tool_calls": [{"index": k, "function": {"arguments": frag}}]}, None)
+                    )
         return out
     if c.kind == "refusal":
         out.append(({"role": "assistant", "content": None, "refusal": ""}, None))
@@ -237,8 +278,9 @@ def _deltas(c: _Choice, want_lp: bool, top: int) -> list[tuple[dict, dict | None
 def chat_completion(body: dict, seq: int, created: int, forced: int | None) -> dict | SSEStream:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise BadRequest("Missing required parameter: 'messages'.", "messages",
-                         "missing_required_parameter")
+        raise BadRequest(
+            "Missing required parameter: 'messages'.", "messages", "missing_required_parameter"
+        )
     n = int_param(body, "n", 1, 1, 128) or 1
     top = int_param(body, "top_logprobs", 0, 0, 20) or 0
     want_lp = bool(body.get("logprobs"))
@@ -256,27 +298,45 @@ def chat_completion(body: dict, seq: int, created: int, forced: int | None) -> d
         out_choices = []
         if magic != "EMPTY_CHOICES":
             for i, c in enumerate(choices):
-                choice = {"index": i, "message": _message(c),
-                          "logprobs": _logprobs(c, top) if want_lp else None,
-                          "finish_reason": c.finish}
+                choice = {
+                    "index": i,
+                    "message": _message(c),
+                    "logprobs": _logprobs(c, top) if want_lp else None,
+                    "finish_reason": c.finish,
+                }
                 if magic == "AZURE_ANNOTATIONS":
                     choice["content_filter_results"] = _CONTENT_FILTER
                 out_choices.append(choice)
-        result = {"id": cid, "object": "chat.completion", "created": created, "model": model,
-                  "choices": out_choices, "usage": usage, "service_tier": tier,
-                  "system_fingerprint": fp}
+        result = {
+            "id": cid,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": out_choices,
+            "usage": usage,
+            "service_tier": tier,
+            "system_fingerprint": fp,
+        }
         if magic == "AZURE_ANNOTATIONS":
             result["prompt_filter_results"] = [
-                {"prompt_index": 0, "content_filter_results": _CONTENT_FILTER}]
+                {"prompt_index": 0, "content_filter_results": _CONTENT_FILTER}
+            ]
         return result
 
     if magic == "EMPTY_STREAM":
-        return SSEStream([DONE], terminal=True, error_event=ERROR_EVENT,
-                         malformed_event=MALFORMED_EVENT)
+        return SSEStream(
+            [DONE], terminal=True, error_event=ERROR_EVENT, malformed_event=MALFORMED_EVENT
+        )
     opts = body.get("stream_options")
     include_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
-    head = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-            "service_tier": tier, "system_fingerprint": fp}
+    head = {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "service_tier": tier,
+        "system_fingerprint": fp,
+    }
 
     def chunk(out_choices: list, chunk_usage: Any = None) -> bytes:
         d = dict(head)
@@ -289,27 +349,54 @@ def chat_completion(body: dict, seq: int, created: int, forced: int | None) -> d
     if magic == "EMPTY_CHOICES":
         events.append(chunk([]))
     if magic == "AZURE_ANNOTATIONS":
-        events.append(sse({"choices": [], "created": 0, "id": "", "model": "", "object": "",
-                            "prompt_filter_results": [
-                                {"prompt_index": 0, "content_filter_results": _CONTENT_FILTER}]}))
+        events.append(
+            sse(
+                {
+                    "choices": [],
+                    "created": 0,
+                    "id": "",
+                    "model": "",
+                    "object": "",
+                    "prompt_filter_results": [
+                        {"prompt_index": 0, "content_filter_results": _CONTENT_FILTER}
+                    ],
+                }
+            )
+        )
     per_choice = [_deltas(c, want_lp, top) for c in choices]
     steps = max(map(len, per_choice))
     for s in range(steps):
         for i, deltas in enumerate(per_choice):
             if s < len(deltas):
                 delta, lp = deltas[s]
-                events.append(chunk([{"index": i, "delta": delta, "logprobs": lp,
-                                      "finish_reason": None}]))
+                events.append(
+                    chunk([{"index": i, "delta": delta, "logprobs": lp, "finish_reason": None}])
+                )
                 if magic == "ERROR_MID_STREAM" and s == 1:
                     events.append(ERROR_EVENT)
-                    return SSEStream(events, terminal=False, error_event=ERROR_EVENT,
-                                     malformed_event=MALFORMED_EVENT)
+                    return SSEStream(
+                        events,
+                        terminal=False,
+                        error_event=ERROR_EVENT,
+                        malformed_event=MALFORMED_EVENT,
+                    )
     for i, c in enumerate(choices):
-        events.append(chunk([{"index": i, "delta": {}, "logprobs": None,
-                              "finish_reason": c.finish}]))
+        events.append(
+            chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": c.finish}])
+        )
     if magic == "AZURE_ANNOTATIONS":
-        events.append(sse({"choices": [], "created": 0, "id": "", "model": "", "object": "",
-                            "content_filter_results": _CONTENT_FILTER}))
+        events.append(
+            sse(
+                {
+                    "choices": [],
+                    "created": 0,
+                    "id": "",
+                    "model": "",
+                    "object": "",
+                    "content_filter_results": _CONTENT_FILTER,
+                }
+            )
+        )
         d = dict(head)
         d["choices"] = []
         d["usage"] = usage
@@ -317,5 +404,6 @@ def chat_completion(body: dict, seq: int, created: int, forced: int | None) -> d
     elif include_usage:
         events.append(chunk([], usage))
     events.append(DONE)
-    return SSEStream(events, terminal=True, error_event=ERROR_EVENT,
-                     malformed_event=MALFORMED_EVENT)
+    return SSEStream(
+        events, terminal=True, error_event=ERROR_EVENT, malformed_event=MALFORMED_EVENT
+    )

@@ -21,8 +21,9 @@ from .simulator_text import (
 def _prompts(body: dict) -> list[str]:
     prompt = body.get("prompt")
     if prompt is None:
-        raise BadRequest("Missing required parameter: 'prompt'.", "prompt",
-                         "missing_required_parameter")
+        raise BadRequest(
+            "Missing required parameter: 'prompt'.", "prompt", "missing_required_parameter"
+        )
     if isinstance(prompt, str):
         return [prompt]
     if isinstance(prompt, list) and prompt:
@@ -47,10 +48,12 @@ def _legacy_logprobs(tokens: list[str], top: int, offset0: int, first_null: int)
         pos += len(t)
     return {
         "tokens": tokens,
-        "token_logprobs": [None if k < first_null else token_logprob(t)
-                           for k, t in enumerate(tokens)],
-        "top_logprobs": [None if k < first_null else legacy_top(t, top)
-                         for k, t in enumerate(tokens)],
+        "token_logprobs": [
+            None if k < first_null else token_logprob(t) for k, t in enumerate(tokens)
+        ],
+        "top_logprobs": [
+            None if k < first_null else legacy_top(t, top) for k, t in enumerate(tokens)
+        ],
         "text_offset": offsets,
     }
 
@@ -74,8 +77,11 @@ def completion(body: dict, seq: int, created: int, forced: int | None) -> dict |
             plans.append((pi * n + j, prompt, pieces, finish))
     prompt_tokens = sum(count_tokens(p) for p in prompts)
     comp_tokens = sum(len(p[2]) for p in plans)
-    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": comp_tokens,
-             "total_tokens": prompt_tokens + comp_tokens}
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": comp_tokens,
+        "total_tokens": prompt_tokens + comp_tokens,
+    }
     cid = "cmpl-" + make_id("cmpl", seq, 29)
 
     if not body.get("stream"):
@@ -90,20 +96,38 @@ def completion(body: dict, seq: int, created: int, forced: int | None) -> dict |
                         lp = _legacy_logprobs(ptoks + pieces, top, 0, 1 if ptoks else 0)
                     else:
                         lp = _legacy_logprobs(pieces, top, len(prompt), 0)
-                choices.append({"text": (prompt + text) if echo else text, "index": index,
-                                "logprobs": lp, "finish_reason": finish})
-        return {"id": cid, "object": "text_completion", "created": created, "model": model,
-                "choices": choices, "usage": usage}
+                choices.append(
+                    {
+                        "text": (prompt + text) if echo else text,
+                        "index": index,
+                        "logprobs": lp,
+                        "finish_reason": finish,
+                    }
+                )
+        return {
+            "id": cid,
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "choices": choices,
+            "usage": usage,
+        }
 
     opts = body.get("stream_options")
     include_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
     if magic == "EMPTY_STREAM":
-        return SSEStream([DONE], terminal=True, error_event=ERROR_EVENT,
-                         malformed_event=MALFORMED_EVENT)
+        return SSEStream(
+            [DONE], terminal=True, error_event=ERROR_EVENT, malformed_event=MALFORMED_EVENT
+        )
 
     def chunk(out_choices: list, chunk_usage: Any = None) -> bytes:
-        d = {"id": cid, "object": "text_completion", "created": created,
-             "choices": out_choices, "model": model}
+        d = {
+            "id": cid,
+            "object": "text_completion",
+            "created": created,
+            "choices": out_choices,
+            "model": model,
+        }
         if include_usage:
             d["usage"] = chunk_usage
         return sse(d)
@@ -116,8 +140,7 @@ def completion(body: dict, seq: int, created: int, forced: int | None) -> dict |
         offset = len(prompt)
         items = []
         if echo:
-            items.append((prompt, None if top is None else
-                          _legacy_logprobs([prompt], top, 0, 1)))
+            items.append((prompt, None if top is None else _legacy_logprobs([prompt], top, 0, 1)))
         for p in pieces:
             items.append((p, None if top is None else _legacy_logprobs([p], top, offset, 0)))
             offset += len(p)
@@ -127,17 +150,24 @@ def completion(body: dict, seq: int, created: int, forced: int | None) -> dict |
         for index, items in per_choice:
             if s < len(items):
                 text, lp = items[s]
-                events.append(chunk([{"text": text, "index": index, "logprobs": lp,
-                                      "finish_reason": None}]))
+                events.append(
+                    chunk([{"text": text, "index": index, "logprobs": lp, "finish_reason": None}])
+                )
                 if magic == "ERROR_MID_STREAM":
                     events.append(ERROR_EVENT)
-                    return SSEStream(events, terminal=False, error_event=ERROR_EVENT,
-                                     malformed_event=MALFORMED_EVENT)
+                    return SSEStream(
+                        events,
+                        terminal=False,
+                        error_event=ERROR_EVENT,
+                        malformed_event=MALFORMED_EVENT,
+                    )
     for index, _, _, finish in plans:
-        events.append(chunk([{"text": "", "index": index, "logprobs": None,
-                              "finish_reason": finish}]))
+        events.append(
+            chunk([{"text": "", "index": index, "logprobs": None, "finish_reason": finish}])
+        )
     if include_usage:
         events.append(chunk([], usage))
     events.append(DONE)
-    return SSEStream(events, terminal=True, error_event=ERROR_EVENT,
-                     malformed_event=MALFORMED_EVENT)
+    return SSEStream(
+        events, terminal=True, error_event=ERROR_EVENT, malformed_event=MALFORMED_EVENT
+    )

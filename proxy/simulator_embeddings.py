@@ -32,8 +32,7 @@ MODELS = [
     ("text-embedding-3-large", 1705953180, "system"),
     ("text-embedding-ada-002", 1671217299, "openai-internal"),
 ]
-MODEL_OBJECTS = {m: {"id": m, "object": "model", "created": c, "owned_by": o}
-                 for m, c, o in MODELS}
+MODEL_OBJECTS = {m: {"id": m, "object": "model", "created": c, "owned_by": o} for m, c, o in MODELS}
 MODEL_LIST = {"object": "list", "data": list(MODEL_OBJECTS.values())}
 
 
@@ -59,8 +58,9 @@ def embeddings(body: dict, seq: int, created: int, forced: int | None) -> dict:
     model = body["model"]
     value = body.get("input")
     if value is None:
-        raise BadRequest("Missing required parameter: 'input'.", "input",
-                         "missing_required_parameter")
+        raise BadRequest(
+            "Missing required parameter: 'input'.", "input", "missing_required_parameter"
+        )
     keys: list[tuple[str, int]] = []  # (key, tokens)
     if isinstance(value, str):
         values: list = [value]
@@ -69,16 +69,22 @@ def embeddings(body: dict, seq: int, created: int, forced: int | None) -> dict:
     elif isinstance(value, list) and value:
         values = value
     else:
-        raise BadRequest("'$.input' is invalid. Please check the API reference: "
-                         "https://platform.openai.com/docs/api-reference.", "input")
+        raise BadRequest(
+            "'$.input' is invalid. Please check the API reference: "
+            "https://platform.openai.com/docs/api-reference.",
+            "input",
+        )
     for v in values:
         if isinstance(v, str) and v:
             keys.append((v, count_tokens(v) or 1))
         elif isinstance(v, list) and v and all(isinstance(t, int) for t in v):
             keys.append(("tokens:" + ",".join(map(str, v)), len(v)))
         else:
-            raise BadRequest("'$.input' is invalid. Please check the API reference: "
-                             "https://platform.openai.com/docs/api-reference.", "input")
+            raise BadRequest(
+                "'$.input' is invalid. Please check the API reference: "
+                "https://platform.openai.com/docs/api-reference.",
+                "input",
+            )
     native = NATIVE_DIMENSIONS.get(model, 1536)
     dims = body.get("dimensions")
     if dims is None:
@@ -86,15 +92,23 @@ def embeddings(body: dict, seq: int, created: int, forced: int | None) -> dict:
     elif model == "text-embedding-ada-002":
         raise BadRequest("This model does not support specifying dimensions.", "dimensions")
     elif not isinstance(dims, int) or isinstance(dims, bool) or not 1 <= dims <= native:
-        raise BadRequest(f"Invalid 'dimensions': expected an integer between 1 and {native}.",
-                         "dimensions")
+        raise BadRequest(
+            f"Invalid 'dimensions': expected an integer between 1 and {native}.", "dimensions"
+        )
     fmt = body.get("encoding_format") or "float"
     if fmt not in ("float", "base64"):
-        raise BadRequest("Invalid 'encoding_format': expected 'float' or 'base64'.",
-                         "encoding_format")
+        raise BadRequest(
+            "Invalid 'encoding_format': expected 'float' or 'base64'.", "encoding_format"
+        )
     slot = 1 if fmt == "base64" else 0
-    data = [{"object": "embedding", "index": i, "embedding": vector(f"{model}\0{key}", dims)[slot]}
-            for i, (key, _) in enumerate(keys)]
+    data = [
+        {"object": "embedding", "index": i, "embedding": vector(f"{model}\0{key}", dims)[slot]}
+        for i, (key, _) in enumerate(keys)
+    ]
     tokens = sum(t for _, t in keys)
-    return {"object": "list", "data": data, "model": model,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }

@@ -13,9 +13,20 @@ from .simulator_text import BadRequest
 
 # ------------------------------------------------------------------------------- faults
 
+
 class Faults:
-    __slots__ = ("status", "reset_before", "reset_mid", "no_done", "malformed", "error_event",
-                 "slow_ms", "stall_ms", "delay_ms", "garbage")
+    __slots__ = (
+        "status",
+        "reset_before",
+        "reset_mid",
+        "no_done",
+        "malformed",
+        "error_event",
+        "slow_ms",
+        "stall_ms",
+        "delay_ms",
+        "garbage",
+    )
 
     def __init__(self) -> None:
         self.status = 0
@@ -25,11 +36,19 @@ class Faults:
 
 
 NO_FAULTS = Faults()
-_FLAGS = {"reset-before-headers": "reset_before", "reset-mid-stream": "reset_mid",
-          "no-done": "no_done", "malformed-chunk": "malformed", "error-event": "error_event",
-          "garbage": "garbage"}
-_DELAYS = {"slow-first-byte-ms": "slow_ms", "stall-mid-stream-ms": "stall_ms",
-           "chunk-delay-ms": "delay_ms"}
+_FLAGS = {
+    "reset-before-headers": "reset_before",
+    "reset-mid-stream": "reset_mid",
+    "no-done": "no_done",
+    "malformed-chunk": "malformed",
+    "error-event": "error_event",
+    "garbage": "garbage",
+}
+_DELAYS = {
+    "slow-first-byte-ms": "slow_ms",
+    "stall-mid-stream-ms": "stall_ms",
+    "chunk-delay-ms": "delay_ms",
+}
 _fault_cache: dict[str, Faults] = {}
 
 
@@ -55,8 +74,9 @@ def parse_faults(value: str | None) -> Faults:
         elif name in _DELAYS and arg.isdigit():
             setattr(faults, _DELAYS[name], int(arg))
         else:
-            raise BadRequest(f"Unknown x-simulator-fault {raw.strip()!r}.", None,
-                             "unknown_simulator_fault")
+            raise BadRequest(
+                f"Unknown x-simulator-fault {raw.strip()!r}.", None, "unknown_simulator_fault"
+            )
     if len(_fault_cache) < 1024:
         _fault_cache[value] = faults
     return faults
@@ -73,8 +93,10 @@ async def abort_connection(cycle: Any) -> None:
     """
     transport = getattr(cycle, "transport", None)
     if transport is None:
-        raise RuntimeError("x-simulator-fault reset: the server's transport is not reachable "
-                           "(only uvicorn is supported)")
+        raise RuntimeError(
+            "x-simulator-fault reset: the server's transport is not reachable "
+            "(only uvicorn is supported)"
+        )
     sock = transport.get_extra_info("socket")
     if sock is not None:
         with contextlib.suppress(OSError):
@@ -88,6 +110,7 @@ async def abort_connection(cycle: Any) -> None:
 
 
 # -------------------------------------------------------------------------- compression
+
 
 def _accepts(accept: str, enc: str) -> bool:
     for token in accept.split(","):
@@ -108,8 +131,9 @@ def choose_encoding(headers: dict[str, str]) -> str | None:
     if wanted == "auto":
         return next((e for e in ("zstd", "br", "gzip", "deflate") if _accepts(accept, e)), None)
     if wanted not in ("gzip", "deflate", "br", "zstd"):
-        raise BadRequest(f"Unknown x-simulator-compress {wanted!r}.", None,
-                         "unknown_simulator_compress")
+        raise BadRequest(
+            f"Unknown x-simulator-compress {wanted!r}.", None, "unknown_simulator_compress"
+        )
     return wanted if force or _accepts(accept, wanted) else None
 
 

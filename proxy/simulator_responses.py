@@ -22,11 +22,15 @@ from .simulator_text import (
     tool_answer,
 )
 
-_ERROR = {"type": "error", "code": "server_error",
-          "message": "The server had an error while processing your request. Sorry about that!",
-          "param": None}
-MALFORMED_EVENT = (b'event: response.output_text.delta\n'
-                   b'data: {"type": "response.output_text.delta", "delta": \n\n')
+_ERROR = {
+    "type": "error",
+    "code": "server_error",
+    "message": "The server had an error while processing your request. Sorry about that!",
+    "param": None,
+}
+MALFORMED_EVENT = (
+    b'event: response.output_text.delta\ndata: {"type": "response.output_text.delta", "delta": \n\n'
+)
 
 
 def _hex_id(prefix: str, kind: str, n: int) -> str:
@@ -69,10 +73,14 @@ def responses(body: dict, seq: int, created: int, forced: int | None) -> dict | 
     else:
         text = "Hello! How can I help you today?"
 
-    tools = [(t.get("name", ""), t.get("parameters") or {}) for t in body.get("tools") or ()
-             if isinstance(t, dict) and t.get("type") == "function"]
-    chosen = pick_tools(tools, body.get("tool_choice"), body.get("parallel_tool_calls"),
-                        user_text, answering)
+    tools = [
+        (t.get("name", ""), t.get("parameters") or {})
+        for t in body.get("tools") or ()
+        if isinstance(t, dict) and t.get("type") == "function"
+    ]
+    chosen = pick_tools(
+        tools, body.get("tool_choice"), body.get("parallel_tool_calls"), user_text, answering
+    )
     limit = body.get("max_output_tokens")
     text_opts: dict = body["text"] if isinstance(body.get("text"), dict) else {}
     fmt: dict = text_opts["format"] if isinstance(text_opts.get("format"), dict) else {}
@@ -85,10 +93,16 @@ def responses(body: dict, seq: int, created: int, forced: int | None) -> dict | 
         for k, (name, params) in enumerate(chosen):
             args = orjson.dumps(ArgFiller(params, user_text).value(params)).decode()
             frags = fragment_pieces(args, forced)
-            outputs.append({"id": _hex_id("fc_", "fc", seq * 64 + k), "type": "function_call",
-                            "status": "completed", "arguments": args,
-                            "call_id": "call_" + _hex_id("", "call", seq * 64 + k)[:24],
-                            "name": name})
+            outputs.append(
+                {
+                    "id": _hex_id("fc_", "fc", seq * 64 + k),
+                    "type": "function_call",
+                    "status": "completed",
+                    "arguments": args,
+                    "call_id": "call_" + _hex_id("", "call", seq * 64 + k)[:24],
+                    "name": name,
+                }
+            )
             fragments.append(frags)
             out_tokens += len(frags) + count_tokens(name) + 4
     else:
@@ -98,7 +112,8 @@ def responses(body: dict, seq: int, created: int, forced: int | None) -> dict | 
         elif fmt.get("type") == "json_schema":
             schema = fmt.get("schema") or {}
             pieces = fragment_pieces(
-                orjson.dumps(ArgFiller(schema, user_text).value(schema)).decode(), forced)
+                orjson.dumps(ArgFiller(schema, user_text).value(schema)).decode(), forced
+            )
         elif fmt.get("type") == "json_object":
             pieces = fragment_pieces(orjson.dumps({"response": text}).decode(), forced)
         else:
@@ -106,17 +121,27 @@ def responses(body: dict, seq: int, created: int, forced: int | None) -> dict | 
         if isinstance(limit, int) and 0 < limit < len(pieces):
             pieces, incomplete = pieces[:limit], True
         joined = "".join(pieces)
-        part = ({"type": "refusal", "refusal": joined} if refusal else
-                {"type": "output_text", "annotations": [], "logprobs": [], "text": joined})
-        outputs.append({"id": _hex_id("msg_", "msg", seq), "type": "message",
-                        "status": "incomplete" if incomplete else "completed",
-                        "content": [part], "role": "assistant"})
+        part = (
+            {"type": "refusal", "refusal": joined}
+            if refusal
+            else {"type": "output_text", "annotations": [], "logprobs": [], "text": joined}
+        )
+        outputs.append(
+            {
+                "id": _hex_id("msg_", "msg", seq),
+                "type": "message",
+                "status": "incomplete" if incomplete else "completed",
+                "content": [part],
+                "role": "assistant",
+            }
+        )
         fragments.append(pieces)
         out_tokens = len(pieces)
 
     in_tokens = count_tokens(content_text(body.get("instructions"))) + sum(
         3 + count_tokens(content_text(i.get("content", i.get("output", i.get("arguments")))))
-        for i in items)
+        for i in items
+    )
     if body.get("tools"):
         in_tokens += count_tokens(orjson.dumps(body["tools"]).decode()) // 2
     response = {
@@ -140,8 +165,10 @@ def responses(body: dict, seq: int, created: int, forced: int | None) -> dict | 
         "service_tier": "default",
         "store": body.get("store", True),
         "temperature": body.get("temperature", 1.0),
-        "text": {"format": fmt or {"type": "text"},
-                 "verbosity": text_opts.get("verbosity", "medium")},
+        "text": {
+            "format": fmt or {"type": "text"},
+            "verbosity": text_opts.get("verbosity", "medium"),
+        },
         "tool_choice": body.get("tool_choice", "auto"),
         "tools": body.get("tools") or [],
         "top_logprobs": body.get("top_logprobs", 0),
@@ -156,8 +183,9 @@ def responses(body: dict, seq: int, created: int, forced: int | None) -> dict | 
     return _stream(response, outputs, fragments, magic == "ERROR_MID_STREAM")
 
 
-def _stream(response: dict, outputs: list[dict], fragments: list[list[str]],
-            error_mid: bool) -> SSEStream:
+def _stream(
+    response: dict, outputs: list[dict], fragments: list[list[str]], error_mid: bool
+) -> SSEStream:
     events: list[bytes] = []
     seq = 0
 
@@ -166,30 +194,48 @@ def _stream(response: dict, outputs: list[dict], fragments: list[list[str]],
         events.append(_event(type_, {"type": type_, "sequence_number": seq, **fields}))
         seq += 1
 
-    start = dict(response, status="in_progress", output=[], usage=None,
-                 incomplete_details=None)
+    start = dict(response, status="in_progress", output=[], usage=None, incomplete_details=None)
     emit("response.created", response=start)
     emit("response.in_progress", response=start)
     error_event = b""
     for index, (item, frags) in enumerate(zip(outputs, fragments, strict=True)):
         if item["type"] == "function_call":
-            emit("response.output_item.added", output_index=index,
-                 item=dict(item, status="in_progress", arguments=""))
+            emit(
+                "response.output_item.added",
+                output_index=index,
+                item=dict(item, status="in_progress", arguments=""),
+            )
             for frag in frags:
-                emit("response.function_call_arguments.delta", item_id=item["id"],
-                     output_index=index, delta=frag)
-            emit("response.function_call_arguments.done", item_id=item["id"],
-                 output_index=index, name=item["name"], arguments=item["arguments"])
+                emit(
+                    "response.function_call_arguments.delta",
+                    item_id=item["id"],
+                    output_index=index,
+                    delta=frag,
+                )
+            emit(
+                "response.function_call_arguments.done",
+                item_id=item["id"],
+                output_index=index,
+                name=item["name"],
+                arguments=item["arguments"],
+            )
             emit("response.output_item.done", output_index=index, item=item)
             continue
         part = item["content"][0]
         refusal = part["type"] == "refusal"
-        emit("response.output_item.added", output_index=index,
-             item=dict(item, status="in_progress", content=[]))
+        emit(
+            "response.output_item.added",
+            output_index=index,
+            item=dict(item, status="in_progress", content=[]),
+        )
         ids = {"item_id": item["id"], "output_index": index, "content_index": 0}
-        emit("response.content_part.added", **ids,
-             part={"type": "refusal", "refusal": ""} if refusal else
-             {"type": "output_text", "annotations": [], "logprobs": [], "text": ""})
+        emit(
+            "response.content_part.added",
+            **ids,
+            part={"type": "refusal", "refusal": ""}
+            if refusal
+            else {"type": "output_text", "annotations": [], "logprobs": [], "text": ""},
+        )
         for k, frag in enumerate(frags):
             if refusal:
                 emit("response.refusal.delta", **ids, delta=frag)
@@ -197,8 +243,9 @@ def _stream(response: dict, outputs: list[dict], fragments: list[list[str]],
                 emit("response.output_text.delta", **ids, delta=frag, logprobs=[])
             if error_mid and k == 0:
                 emit("error", **_ERROR)
-                return SSEStream(events, terminal=False, error_event=events[-1],
-                                 malformed_event=MALFORMED_EVENT)
+                return SSEStream(
+                    events, terminal=False, error_event=events[-1], malformed_event=MALFORMED_EVENT
+                )
         if refusal:
             emit("response.refusal.done", **ids, refusal=part["refusal"])
         else:
@@ -209,5 +256,6 @@ def _stream(response: dict, outputs: list[dict], fragments: list[list[str]],
     error_event = _event("error", {"type": "error", "sequence_number": seq, **_ERROR})
     final = "response.incomplete" if response["status"] == "incomplete" else "response.completed"
     emit(final, response=response)
-    return SSEStream(events, terminal=True, error_event=error_event,
-                     malformed_event=MALFORMED_EVENT)
+    return SSEStream(
+        events, terminal=True, error_event=error_event, malformed_event=MALFORMED_EVENT
+    )

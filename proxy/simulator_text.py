@@ -42,8 +42,29 @@ _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 _PIECE_RE = re.compile(r"\s*\S+")
 _JSON_PIECE_RE = re.compile(r"\w+|\s+|[^\w\s]+")
 _NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?")
-_ALTERNATES = (" the", " a", ",", ".", " and", " I", " to", " of", "!", " is", " you", " it",
-               " that", " in", " for", " on", " with", " this", " be", " are", " we")
+_ALTERNATES = (
+    " the",
+    " a",
+    ",",
+    ".",
+    " and",
+    " I",
+    " to",
+    " of",
+    "!",
+    " is",
+    " you",
+    " it",
+    " that",
+    " in",
+    " for",
+    " on",
+    " with",
+    " this",
+    " be",
+    " are",
+    " we",
+)
 
 
 def make_id(kind: str, n: int, length: int) -> str:
@@ -103,7 +124,7 @@ def word_pieces(text: str) -> list[str]:
         return [text] if text else []
     rest = len(text) - sum(map(len, pieces))
     if rest:
-        pieces[-1] += text[len(text) - rest:]
+        pieces[-1] += text[len(text) - rest :]
     return pieces
 
 
@@ -120,7 +141,7 @@ def split_even(text: str, n: int) -> list[str]:
     out, pos = [], 0
     for i in range(n):
         step = size + (1 if i < extra else 0)
-        out.append(text[pos:pos + step])
+        out.append(text[pos : pos + step])
         pos += step
     return out
 
@@ -131,7 +152,7 @@ def regroup(pieces: list[str], n: int) -> list[str]:
     out, pos = [], 0
     for i in range(n):
         step = size + (1 if i < extra else 0)
-        out.append("".join(pieces[pos:pos + step]))
+        out.append("".join(pieces[pos : pos + step]))
         pos += step
     return out
 
@@ -173,8 +194,13 @@ def chat_logprob(token: str, top: int) -> dict:
             if len(tops) >= top:
                 break
             if alt != token:
-                tops.append({"token": alt, "logprob": round(lp - 1.25 * len(tops), 4),
-                             "bytes": list(alt.encode())})
+                tops.append(
+                    {
+                        "token": alt,
+                        "logprob": round(lp - 1.25 * len(tops), 4),
+                        "bytes": list(alt.encode()),
+                    }
+                )
         entry["top_logprobs"] = tops
     return entry
 
@@ -217,26 +243,43 @@ def responses_usage(prompt: int, completion: int) -> dict:
 
 # ---------------------------------------------------------------------------------- errors
 
-def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
-               code: str | None = None) -> dict:
+
+def error_body(
+    message: str,
+    type_: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+) -> dict:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
 STATUS_ERRORS: dict[int, tuple[str, str, str | None]] = {
     400: ("Bad request (simulated).", "invalid_request_error", None),
-    401: ("Incorrect API key provided: sk-simu***********. You can find your API key at "
-          "https://platform.openai.com/account/api-keys.", "invalid_request_error",
-          "invalid_api_key"),
-    403: ("You are not allowed to access this resource (simulated).", "invalid_request_error",
-          "unsupported_country_region_territory"),
+    401: (
+        "Incorrect API key provided: sk-simu***********. You can find your API key at "
+        "https://platform.openai.com/account/api-keys.",
+        "invalid_request_error",
+        "invalid_api_key",
+    ),
+    403: (
+        "You are not allowed to access this resource (simulated).",
+        "invalid_request_error",
+        "unsupported_country_region_territory",
+    ),
     404: ("The requested resource does not exist (simulated).", "invalid_request_error", None),
     409: ("Conflict (simulated).", "invalid_request_error", None),
     422: ("Unprocessable entity (simulated).", "invalid_request_error", None),
-    429: ("Rate limit reached for gpt-4o-mini in organization org-simulator on requests per min "
-          "(RPM): Limit 3, Used 3, Requested 1. Please try again in 1s.", "requests",
-          "rate_limit_exceeded"),
-    500: ("The server had an error while processing your request. Sorry about that!",
-          "server_error", None),
+    429: (
+        "Rate limit reached for gpt-4o-mini in organization org-simulator on requests per min "
+        "(RPM): Limit 3, Used 3, Requested 1. Please try again in 1s.",
+        "requests",
+        "rate_limit_exceeded",
+    ),
+    500: (
+        "The server had an error while processing your request. Sorry about that!",
+        "server_error",
+        None,
+    ),
     502: ("Bad gateway.", "server_error", None),
     503: ("The engine is currently overloaded, please try again later.", "server_error", None),
     504: ("Gateway timeout.", "server_error", None),
@@ -245,26 +288,39 @@ STATUS_ERRORS: dict[int, tuple[str, str, str | None]] = {
 
 def status_error(status: int) -> dict:
     message, type_, code = STATUS_ERRORS.get(
-        status, (f"Simulated error with HTTP status {status}.",
-                 "server_error" if status >= 500 else "invalid_request_error", None))
+        status,
+        (
+            f"Simulated error with HTTP status {status}.",
+            "server_error" if status >= 500 else "invalid_request_error",
+            None,
+        ),
+    )
     return error_body(message, type_, None, code)
 
 
-STREAM_ERROR = error_body("The server had an error while processing your request. Sorry about "
-                          "that!", "server_error")
+STREAM_ERROR = error_body(
+    "The server had an error while processing your request. Sorry about that!", "server_error"
+)
 
 
 class BadRequest(Exception):
     """Raised by endpoint builders: becomes a 4xx OpenAI-style error response."""
 
-    def __init__(self, message: str, param: str | None = None, code: str | None = None,
-                 status: int = 400, type_: str = "invalid_request_error") -> None:
+    def __init__(
+        self,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        status: int = 400,
+        type_: str = "invalid_request_error",
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.body = error_body(message, type_, param, code)
 
 
 # ----------------------------------------------------------------------- schema examples
+
 
 class ArgFiller:
     """Builds a value valid against a JSON schema, filling strings with the user text and
@@ -308,9 +364,10 @@ class ArgFiller:
         for key in ("anyOf", "oneOf"):
             options = schema.get(key)
             if isinstance(options, list) and options:
-                chosen = next((o for o in options
-                               if not (isinstance(o, dict) and o.get("type") == "null")),
-                              options[0])
+                chosen = next(
+                    (o for o in options if not (isinstance(o, dict) and o.get("type") == "null")),
+                    options[0],
+                )
                 return self.value(chosen, depth + 1)
         if isinstance(schema.get("allOf"), list) and schema["allOf"]:
             merged: dict = {}
@@ -358,13 +415,15 @@ class ArgFiller:
 
 # ------------------------------------------------------------------------- shared shapes
 
+
 class SSEStream:
     """A streamed answer: its SSE events (bytes, in order) and how to fault-inject into it."""
 
     __slots__ = ("events", "terminal", "error_event", "malformed_event")
 
-    def __init__(self, events: list[bytes], *, terminal: bool, error_event: bytes,
-                 malformed_event: bytes) -> None:
+    def __init__(
+        self, events: list[bytes], *, terminal: bool, error_event: bytes, malformed_event: bytes
+    ) -> None:
         self.events = events
         # the last event is the end marker (``data: [DONE]`` / ``response.completed``)
         self.terminal = terminal
@@ -372,8 +431,13 @@ class SSEStream:
         self.malformed_event = malformed_event
 
 
-def pick_tools(tools: list[tuple[str, dict]], tool_choice: Any, parallel: Any,
-               user_text: str, answering_tools: bool) -> list[tuple[str, dict]]:
+def pick_tools(
+    tools: list[tuple[str, dict]],
+    tool_choice: Any,
+    parallel: Any,
+    user_text: str,
+    answering_tools: bool,
+) -> list[tuple[str, dict]]:
     """Which (name, parameters) tools the scripted agent calls; [] means answer with text.
 
     ``tool_choice="none"`` -> none; a named choice -> that tool; after tool results (last

@@ -25,16 +25,33 @@ def _model(trace: dict[str, Any]) -> str:
     return ""
 
 
-_TRACE_COLUMNS = ("trace_id", "time (UTC)", "name", "model", "status", "spans", "tokens", "ms",
-                  "experiment", "session")
+_TRACE_COLUMNS = (
+    "trace_id",
+    "time (UTC)",
+    "name",
+    "model",
+    "status",
+    "spans",
+    "tokens",
+    "ms",
+    "experiment",
+    "session",
+)
 _NUMERIC = {"spans", "tokens", "ms"}
 
 
 def _trace_cells(t: dict[str, Any]) -> list[str]:
     return [
-        t["trace_id"], t["request_time"].replace("T", " ")[:19], t.get("name") or "",
-        t.get("model") or "", t["status"], str(t["span_count"]), str(t["usage"]["total_tokens"]),
-        f"{t['execution_time_ms']:.1f}", t["experiment"], t["session"] or "",
+        t["trace_id"],
+        t["request_time"].replace("T", " ")[:19],
+        t.get("name") or "",
+        t.get("model") or "",
+        t["status"],
+        str(t["span_count"]),
+        str(t["usage"]["total_tokens"]),
+        f"{t['execution_time_ms']:.1f}",
+        t["experiment"],
+        t["session"] or "",
     ]
 
 
@@ -66,16 +83,20 @@ def _preview(value: Any, limit: int = 400) -> str:
 def print_trace(trace: dict[str, Any]) -> None:
     console = _console()
     info = trace["info"]
-    console.print(f"[bold]trace {info['trace_id']}[/bold]  {_status(info['status'])}  "
-                  f"{info['request_time']}  {info['execution_time_ms']:.1f} ms  "
-                  f"experiment={info['experiment']}  session={info['session'] or '-'}  "
-                  f"tokens={info['usage']['total_tokens']}")
+    console.print(
+        f"[bold]trace {info['trace_id']}[/bold]  {_status(info['status'])}  "
+        f"{info['request_time']}  {info['execution_time_ms']:.1f} ms  "
+        f"experiment={info['experiment']}  session={info['session'] or '-'}  "
+        f"tokens={info['usage']['total_tokens']}"
+    )
     for span in trace["spans"]:
         attrs = span["attributes"]
         ms = (span["end_time_ns"] - span["start_time_ns"]) / 1e6
-        console.print(f"\n[bold]{span['name']}[/bold] {span['span_type']} "
-                      f"{_status(span['status']['code'])} {ms:.1f} ms  model={attrs.get('model')}  "
-                      f"stream={attrs.get('stream')}  usage={attrs.get('usage')}")
+        console.print(
+            f"\n[bold]{span['name']}[/bold] {span['span_type']} "
+            f"{_status(span['status']['code'])} {ms:.1f} ms  model={attrs.get('model')}  "
+            f"stream={attrs.get('stream')}  usage={attrs.get('usage')}"
+        )
         if span["status"]["message"]:
             console.print(f"  [red]{span['status']['message']}[/red]")
         console.print(f"  in:  {_preview(span['inputs'])}", markup=False)

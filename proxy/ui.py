@@ -17,7 +17,8 @@ from llmtap.recorder.reader import TraceQuery, TraceReader
 
 _STYLE = """
 body{font:14px system-ui,sans-serif;margin:2rem;color:#222}
-table{border-collapse:collapse;width:100%}td,th{padding:.35rem .6rem;border-bottom:1px solid #eee;text-align:left}
+table{border-collapse:collapse;width:100%}
+td,th{padding:.35rem .6rem;border-bottom:1px solid #eee;text-align:left}
 .ERROR{color:#b00}.OK{color:#080}pre{background:#f6f6f6;padding:.8rem;overflow:auto;white-space:pre-wrap}
 a{color:#036}h1 a{text-decoration:none;color:inherit}
 """
@@ -43,8 +44,11 @@ def ui_routes(reader: TraceReader) -> list[Route]:
             f"<td>{t['usage']['total_tokens']}</td><td>{t['execution_time_ms']:.1f} ms</td></tr>"
             for t in traces
         )
-        return _page("llmtap traces", "<table><tr><th>trace</th><th>time</th><th>experiment</th>"
-                     f"<th>status</th><th>spans</th><th>tokens</th><th>latency</th></tr>{rows}</table>")
+        return _page(
+            "llmtap traces",
+            "<table><tr><th>trace</th><th>time</th><th>experiment</th>"
+            f"<th>status</th><th>spans</th><th>tokens</th><th>latency</th></tr>{rows}</table>",
+        )
 
     async def trace_page(request: Request) -> HTMLResponse:
         trace = await run_in_threadpool(reader.get_trace, request.path_params["trace_id"])

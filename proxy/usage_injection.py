@@ -61,7 +61,7 @@ class UsageStripper:
         out: list[bytes] = []
         start = 0
         for match in _EVENT_END.finditer(data):
-            event = strip_event(data[start:match.start()])
+            event = strip_event(data[start : match.start()])
             if event is not None:
                 out.append(event + match.group())
             start = match.end()

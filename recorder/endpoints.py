@@ -42,8 +42,11 @@ def _choice_has_output(data: Mapping[str, Any]) -> bool:
             continue
         delta = choice.get("delta")
         if isinstance(delta, Mapping):
-            if delta.get("content") or delta.get("refusal") or delta.get("tool_calls") or delta.get(
-                "function_call"
+            if (
+                delta.get("content")
+                or delta.get("refusal")
+                or delta.get("tool_calls")
+                or delta.get("function_call")
             ):
                 return True
         elif choice.get("text"):
@@ -68,20 +71,37 @@ def _never(data: Mapping[str, Any]) -> bool:
 
 
 CHAT = Endpoint(
-    "/chat/completions", "chat.completions", SpanType.CHAT_MODEL, ASSEMBLERS["chat.completions"],
-    _done_only, _choice_has_output,
+    "/chat/completions",
+    "chat.completions",
+    SpanType.CHAT_MODEL,
+    ASSEMBLERS["chat.completions"],
+    _done_only,
+    _choice_has_output,
 )
 COMPLETIONS = Endpoint(
-    "/completions", "completions", SpanType.LLM, ASSEMBLERS["completions"],
-    _done_only, _choice_has_output,
+    "/completions",
+    "completions",
+    SpanType.LLM,
+    ASSEMBLERS["completions"],
+    _done_only,
+    _choice_has_output,
 )
 EMBEDDINGS = Endpoint(
-    "/embeddings", "embeddings", SpanType.EMBEDDING, ASSEMBLERS["embeddings"],
-    _done_only, _never, decode_embeddings,
+    "/embeddings",
+    "embeddings",
+    SpanType.EMBEDDING,
+    ASSEMBLERS["embeddings"],
+    _done_only,
+    _never,
+    decode_embeddings,
 )
 RESPONSES = Endpoint(
-    "/responses", "responses", SpanType.CHAT_MODEL, ASSEMBLERS["responses"],
-    _response_terminal, _response_has_output,
+    "/responses",
+    "responses",
+    SpanType.CHAT_MODEL,
+    ASSEMBLERS["responses"],
+    _response_terminal,
+    _response_has_output,
 )
 
 ENDPOINTS: dict[str, Endpoint] = {e.path: e for e in (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES)}

@@ -50,8 +50,16 @@ class Recording:
     """Set when llmtap itself answered (502/504/413...) instead of the upstream."""
     error_body: bytes | None = None
     replayed: bool = False
+    committed: bool = False
+    """A complete copy is in the store (a stream is complete for its client at [DONE])."""
+    trace_id: str = ""
+    """Fixed at creation, so that writing the recording again updates the same trace."""
     usage_injected: bool = False
     """llmtap asked the upstream for stream usage the client did not request."""
+
+    def __post_init__(self) -> None:
+        if not self.trace_id:
+            self.trace_id = self.context.trace_id or new_trace_id()
 
     def respond(self, status: int, headers: list[tuple[str, str]]) -> None:
         self.status = status
@@ -66,7 +74,7 @@ class Recording:
         return self
 
     def fail(self, reason: str, status: int | None = None, body: bytes | None = None) -> Recording:
-        """Mark the exchange failed; `status`/`body` are what llmtap sent the client, if anything."""
+        """Mark the exchange failed; `status`/`body`: what llmtap itself answered, if anything."""
         self.error = reason
         if status is not None:
             self.error_status = status

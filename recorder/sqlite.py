@@ -36,7 +36,9 @@ def connect_for_reading(path: str | Path) -> sqlite3.Connection:
     """A read-only connection; raises FileNotFoundError when there is no database yet."""
     if not Path(path).exists():
         raise FileNotFoundError(f"no llmtap database at {path}")
-    conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True, check_same_thread=False)
+    conn = sqlite3.connect(
+        f"file:{Path(path).resolve()}?mode=ro", uri=True, check_same_thread=False
+    )
     conn.execute("PRAGMA busy_timeout=5000")
     conn.row_factory = sqlite3.Row
     return conn
@@ -76,23 +78,54 @@ ON CONFLICT (trace_id) DO UPDATE SET
 """
 
 
-def _exchange_row(x: Exchange, match_key: str, trace_id: str | None, span_id: str | None,
-                  stream: bool) -> tuple[Any, ...]:
+def _exchange_row(
+    x: Exchange, match_key: str, trace_id: str | None, span_id: str | None, stream: bool
+) -> tuple[Any, ...]:
     return (
-        x.exchange_id, x.experiment, trace_id, span_id, x.method, x.path, x.query, match_key,
-        _json(x.request_headers), x.request_body, x.status, _json(x.response_headers),
-        x.response_body, _json(x.chunks), int(stream), x.started_ns, x.first_byte_ns,
-        x.ended_ns, x.error, x.key_fingerprint, 0, int(x.usage_injected),
+        x.exchange_id,
+        x.experiment,
+        trace_id,
+        span_id,
+        x.method,
+        x.path,
+        x.query,
+        match_key,
+        _json(x.request_headers),
+        x.request_body,
+        x.status,
+        _json(x.response_headers),
+        x.response_body,
+        _json(x.chunks),
+        int(stream),
+        x.started_ns,
+        x.first_byte_ns,
+        x.ended_ns,
+        x.error,
+        x.key_fingerprint,
+        0,
+        int(x.usage_injected),
     )
 
 
 def _span_row(s: Span, exchange_id: str | None) -> tuple[Any, ...]:
     usage = s.attributes.get("usage") or {}
     return (
-        s.span_id, s.trace_id, s.parent_id, s.name, str(s.span_type), s.start_time_ns,
-        s.end_time_ns, s.status.code, s.status.message, _json(s.inputs), _json(s.outputs),
-        _json(s.attributes), int(usage.get("input_tokens") or 0),
-        int(usage.get("output_tokens") or 0), int(usage.get("total_tokens") or 0), exchange_id,
+        s.span_id,
+        s.trace_id,
+        s.parent_id,
+        s.name,
+        str(s.span_type),
+        s.start_time_ns,
+        s.end_time_ns,
+        s.status.code,
+        s.status.message,
+        _json(s.inputs),
+        _json(s.outputs),
+        _json(s.attributes),
+        int(usage.get("input_tokens") or 0),
+        int(usage.get("output_tokens") or 0),
+        int(usage.get("total_tokens") or 0),
+        exchange_id,
     )
 
 
@@ -122,21 +155,31 @@ class SqliteStore:
             x = batch.exchange
             experiments.add(x.experiment)
             first = batch.spans[0] if batch.spans else None
-            conn.execute(_INSERT_EXCHANGE, _exchange_row(
-                x, batch.match_key, first.trace_id if first else None,
-                first.span_id if first else None, batch.stream,
-            ))
+            conn.execute(
+                _INSERT_EXCHANGE,
+                _exchange_row(
+                    x,
+                    batch.match_key,
+                    first.trace_id if first else None,
+                    first.span_id if first else None,
+                    batch.stream,
+                ),
+            )
             if batch.spans:
                 conn.executemany(_INSERT_SPAN, [_span_row(s, x.exchange_id) for s in batch.spans])
             if batch.trace is not None:
-                heads[batch.trace.trace_id] = _merge_heads(heads.get(batch.trace.trace_id), batch.trace)
+                heads[batch.trace.trace_id] = _merge_heads(
+                    heads.get(batch.trace.trace_id), batch.trace
+                )
         conn.executemany(
             "INSERT OR IGNORE INTO experiments (name, created_at) "
             "VALUES (?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
             [(name,) for name in experiments],
         )
         for head in heads.values():
-            conn.execute(_UPSERT_TRACE, (head.trace_id, head.experiment, head.session, _json(head.tags)))
+            conn.execute(
+                _UPSERT_TRACE, (head.trace_id, head.experiment, head.session, _json(head.tags))
+            )
 
     def close(self) -> None:
         self.conn.close()

@@ -16,7 +16,7 @@ from llmtap.recorder.assemble import Assembler
 from llmtap.recorder.decoding import decoder_for
 from llmtap.recorder.endpoints import Endpoint, endpoint_for, invocation_params, usage_of
 from llmtap.recorder.matching import match_key
-from llmtap.recorder.recording import Recording, new_trace_id
+from llmtap.recorder.recording import Recording
 from llmtap.recorder.records import Batch, Exchange, Span, SseEvent, Status, TraceHead
 from llmtap.recorder.sse import SseDecoder
 
@@ -132,7 +132,9 @@ def build_exchange(rec: Recording, body: bytes, is_stream: bool) -> Exchange:
         chunks=tuple(
             (len(c), round((t - started) / 1e6, 3))
             for c, t in zip(rec.chunks, rec.chunk_times_ns, strict=True)
-        ) if is_stream else (),
+        )
+        if is_stream
+        else (),
         started_ns=started,
         ended_ns=rec.ended_ns or started,
         first_byte_ns=rec.chunk_times_ns[0] if rec.chunk_times_ns else None,
@@ -145,9 +147,7 @@ def build_exchange(rec: Recording, body: bytes, is_stream: bool) -> Exchange:
 
 def build_batch(rec: Recording, *, log_traces: bool = True) -> Batch:
     """The exchange, and for a traced endpoint its span and trace head."""
-    is_stream = (header(rec.response_headers, "content-type") or "").startswith(
-        "text/event-stream"
-    )
+    is_stream = (header(rec.response_headers, "content-type") or "").startswith("text/event-stream")
     body = rec.error_body if rec.error_status else b"".join(rec.chunks)
     exchange = build_exchange(rec, body or b"", is_stream)
     key = match_key(rec.method, rec.path, rec.request_body)
@@ -206,7 +206,7 @@ def build_span(endpoint: Endpoint, rec: Recording, exchange: Exchange, is_stream
     ctx = rec.context
     return Span(
         span_id=rec.span_id,
-        trace_id=ctx.trace_id or new_trace_id(),
+        trace_id=rec.trace_id,
         parent_id=ctx.parent_id,
         name=endpoint.name,
         span_type=endpoint.span_type,

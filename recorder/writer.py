@@ -12,6 +12,7 @@ False, the failure is counted and kept in `health`, and the proxy goes on forwar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -20,8 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from llmtap.recorder.records import Batch
 from llmtap.recorder.recording import Recording
+from llmtap.recorder.records import Batch
 
 log = logging.getLogger("llmtap.writer")
 
@@ -137,10 +138,9 @@ class Writer:
             if future is not None:
                 by_loop.setdefault(future.get_loop(), []).append((future, result))
         for loop, results in by_loop.items():
-            try:
+            # the loop may have closed while we wrote: then nobody is waiting any more
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve, results)
-            except RuntimeError:  # the loop closed while we wrote; nobody is waiting any more
-                pass
 
     def _build(self, recording: Recording) -> Batch | None:
         try:

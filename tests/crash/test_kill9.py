@@ -24,9 +24,22 @@ def start_serve(db: Path, upstream: str) -> tuple[subprocess.Popen[bytes], str]:
     log = db.with_suffix(f".{time.monotonic_ns()}.log")
     with open(log, "wb") as out:  # a file, not a pipe: a full pipe would stall the server
         proc = subprocess.Popen(
-            [sys.executable, "-m", "llmtap.proxy.cli", "serve", "--port", "0", "--db", str(db),
-             "--upstream", upstream, "--log-level", "warning"],
-            stdout=out, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "llmtap.proxy.cli",
+                "serve",
+                "--port",
+                "0",
+                "--db",
+                str(db),
+                "--upstream",
+                upstream,
+                "--log-level",
+                "warning",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -43,8 +56,11 @@ def start_serve(db: Path, upstream: str) -> tuple[subprocess.Popen[bytes], str]:
 def one_call(base: str, i: int) -> str:
     """One complete exchange; returns the marker that must be found in the database."""
     marker = f"marker-{i}-{os.urandom(4).hex()}"
-    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": marker}],
-            "stream": i % 2 == 0}
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": marker}],
+        "stream": i % 2 == 0,
+    }
     headers = {"authorization": f"Bearer {TEST_KEY}"}
     with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, headers=headers) as r:
         assert r.status_code == 200
@@ -63,7 +79,8 @@ def test_kill_minus_9_right_after_responses_loses_nothing(tmp_path: Path, upstre
         proc, url = start_serve(db, upstream)
         try:
             with ThreadPoolExecutor(8) as pool:
-                seen.extend(pool.map(lambda i: one_call(url, i), range(round_ * 100, round_ * 100 + 16)))
+                calls = range(round_ * 100, round_ * 100 + 16)
+                seen.extend(pool.map(one_call, [url] * len(calls), calls))
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)

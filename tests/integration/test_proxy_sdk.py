@@ -15,8 +15,11 @@ WEATHER = {
     "type": "function",
     "function": {
         "name": "get_weather",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                       "required": ["city"]},
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
     },
 }
 TIME = {
@@ -39,35 +42,49 @@ def sdk_dump(obj: Any) -> dict[str, Any]:
     return obj.model_dump(mode="json", exclude_unset=True)
 
 
-def test_chat_non_streamed_is_one_trace_with_inputs_outputs_and_usage(proxy: Proxy, client: OpenAI) -> None:
+def test_chat_non_streamed_is_one_trace_with_inputs_outputs_and_usage(
+    proxy: Proxy, client: OpenAI
+) -> None:
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
     raw = client.chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=messages, temperature=0.3, max_tokens=50)
+        model="gpt-4o-mini", messages=messages, temperature=0.3, max_tokens=50
+    )
     completion = raw.parse()
     trace = only_trace(proxy)
     info, (span,) = trace["info"], trace["spans"]
     assert len(info["trace_id"]) == 32 and info["status"] == "OK" and info["span_count"] == 1
     assert info["experiment"] == "Default" and info["request_time"].endswith("Z")
     assert span["span_type"] == "CHAT_MODEL" and len(span["span_id"]) == 16
-    assert span["inputs"] == {"model": "gpt-4o-mini", "messages": messages, "temperature": 0.3,
-                              "max_tokens": 50}
+    assert span["inputs"] == {
+        "model": "gpt-4o-mini",
+        "messages": messages,
+        "temperature": 0.3,
+        "max_tokens": 50,
+    }
     assert span["outputs"] == raw.http_response.json()
-    assert span["outputs"]["choices"][0]["message"]["content"] == completion.choices[0].message.content
+    assert (
+        span["outputs"]["choices"][0]["message"]["content"] == completion.choices[0].message.content
+    )
     attrs = span["attributes"]
     assert attrs["endpoint"] == "chat.completions" and attrs["model"] == "gpt-4o-mini"
     assert attrs["stream"] is False and attrs["http_status"] == 200
     assert attrs["temperature"] == 0.3 and attrs["max_tokens"] == 50
     usage = completion.usage
-    assert attrs["usage"] == {"input_tokens": usage.prompt_tokens,
-                              "output_tokens": usage.completion_tokens,
-                              "total_tokens": usage.total_tokens}
+    assert attrs["usage"] == {
+        "input_tokens": usage.prompt_tokens,
+        "output_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
     assert info["usage"] == attrs["usage"]
 
 
 def test_streamed_chat_with_parallel_tool_calls_matches_the_sdk_accumulator(
-        proxy: Proxy, client: OpenAI) -> None:
+    proxy: Proxy, client: OpenAI
+) -> None:
     with client.chat.completions.stream(
-        model="gpt-4o-mini", tools=[WEATHER, TIME], parallel_tool_calls=True,
+        model="gpt-4o-mini",
+        tools=[WEATHER, TIME],
+        parallel_tool_calls=True,
         messages=[{"role": "user", "content": "weather and time in Paris"}],
         stream_options={"include_usage": True},
     ) as stream:
@@ -89,10 +106,12 @@ def test_async_client_streamed_and_not(proxy: Proxy) -> None:
     async def run() -> tuple[str, str]:
         async with AsyncOpenAI(base_url=proxy.base_url, api_key=TEST_KEY, max_retries=0) as c:
             plain = await c.chat.completions.create(
-                model="gpt-4o-mini", messages=[{"role": "user", "content": "one"}])
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "one"}]
+            )
             pieces = []
             stream = await c.chat.completions.create(
-                model="gpt-4o-mini", messages=[{"role": "user", "content": "two"}], stream=True)
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "two"}], stream=True
+            )
             async for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta.content:
                     pieces.append(chunk.choices[0].delta.content)
@@ -110,7 +129,8 @@ def test_async_client_streamed_and_not(proxy: Proxy) -> None:
 
 
 def test_embeddings_base64_are_recorded_as_the_floats_the_sdk_returns(
-        proxy: Proxy, client: OpenAI) -> None:
+    proxy: Proxy, client: OpenAI
+) -> None:
     result = client.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
     span = only_trace(proxy)["spans"][0]
     assert span["span_type"] == "EMBEDDING"
@@ -122,8 +142,13 @@ def test_embeddings_base64_are_recorded_as_the_floats_the_sdk_returns(
 
 def test_legacy_completions_streamed_and_not(proxy: Proxy, client: OpenAI) -> None:
     plain = client.completions.create(model="gpt-3.5-turbo-instruct", prompt="Once", max_tokens=8)
-    text = "".join(c.choices[0].text for c in client.completions.create(
-        model="gpt-3.5-turbo-instruct", prompt="Twice", max_tokens=8, stream=True) if c.choices)
+    text = "".join(
+        c.choices[0].text
+        for c in client.completions.create(
+            model="gpt-3.5-turbo-instruct", prompt="Twice", max_tokens=8, stream=True
+        )
+        if c.choices
+    )
     rows = proxy.query("SELECT span_type, outputs FROM spans ORDER BY start_time_ns")
     import orjson
 
@@ -149,8 +174,11 @@ def test_responses_api_streamed_and_not(proxy: Proxy, client: OpenAI) -> None:
 def test_experiment_by_path_and_by_header(proxy: Proxy) -> None:
     with OpenAI(base_url=f"{proxy.url}/experiments/nightly/v1", api_key=TEST_KEY) as c:
         c.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
-    with OpenAI(base_url=proxy.base_url, api_key=TEST_KEY,
-                default_headers={"llmtap-experiment": "by-header"}) as c:
+    with OpenAI(
+        base_url=proxy.base_url,
+        api_key=TEST_KEY,
+        default_headers={"llmtap-experiment": "by-header"},
+    ) as c:
         c.chat.completions.create(model="m", messages=[{"role": "user", "content": "y"}])
     proxy.flush()
     for name in ("nightly", "by-header"):
@@ -160,13 +188,22 @@ def test_experiment_by_path_and_by_header(proxy: Proxy) -> None:
 
 def test_llmtap_headers_are_consumed_and_hop_by_hop_dropped(proxy: Proxy, simulator: Any) -> None:
     httpx.delete(f"{simulator.url}/_simulator/requests")
-    httpx.post(f"{proxy.base_url}/chat/completions",
-               json={"model": "m", "messages": [{"role": "user", "content": "x"}]},
-               headers={"llmtap-session": "s1", "llmtap-tag-team": "core",
-                        "authorization": f"Bearer {TEST_KEY}", "x-custom": "kept"})
+    httpx.post(
+        f"{proxy.base_url}/chat/completions",
+        json={"model": "m", "messages": [{"role": "user", "content": "x"}]},
+        headers={
+            "llmtap-session": "s1",
+            "llmtap-tag-team": "core",
+            "authorization": f"Bearer {TEST_KEY}",
+            "x-custom": "kept",
+        },
+    )
     seen = httpx.get(f"{simulator.url}/_simulator/requests").json()
-    headers = {k.lower(): v for k, v in seen[-1]["headers"].items()} if isinstance(
-        seen[-1]["headers"], dict) else {k.lower(): v for k, v in seen[-1]["headers"]}
+    headers = (
+        {k.lower(): v for k, v in seen[-1]["headers"].items()}
+        if isinstance(seen[-1]["headers"], dict)
+        else {k.lower(): v for k, v in seen[-1]["headers"]}
+    )
     assert not any(name.startswith("llmtap-") for name in headers)
     assert headers["authorization"] == f"Bearer {TEST_KEY}"  # the key is forwarded...
     assert headers["x-custom"] == "kept"
@@ -177,16 +214,23 @@ def test_llmtap_headers_are_consumed_and_hop_by_hop_dropped(proxy: Proxy, simula
 def test_grouping_by_traceparent_and_trace_id(proxy: Proxy) -> None:
     trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
     body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
-    httpx.post(f"{proxy.base_url}/chat/completions", json=body,
-               headers={"traceparent": f"00-{trace_id}-{parent}-01"})
-    httpx.post(f"{proxy.base_url}/chat/completions", json=body,
-               headers={"llmtap-trace-id": trace_id})
+    httpx.post(
+        f"{proxy.base_url}/chat/completions",
+        json=body,
+        headers={"traceparent": f"00-{trace_id}-{parent}-01"},
+    )
+    httpx.post(
+        f"{proxy.base_url}/chat/completions", json=body, headers={"llmtap-trace-id": trace_id}
+    )
     proxy.flush()
     trace = httpx.get(f"{proxy.url}/api/traces/{trace_id}").json()
     assert trace["info"]["span_count"] == 2
     assert trace["spans"][0]["parent_id"] == parent
-    bad = httpx.post(f"{proxy.base_url}/chat/completions", json=body,
-                     headers={"traceparent": "00-zzzz-00f067aa0ba902b7-01"})
+    bad = httpx.post(
+        f"{proxy.base_url}/chat/completions",
+        json=body,
+        headers={"traceparent": "00-zzzz-00f067aa0ba902b7-01"},
+    )
     assert bad.status_code == 200  # an invalid header is ignored, never an error
 
 
@@ -196,9 +240,12 @@ def test_stream_is_relayed_chunk_by_chunk_not_buffered(proxy: Proxy) -> None:
     import time
 
     start = time.perf_counter()
-    with httpx.stream("POST", f"{proxy.base_url}/chat/completions", json=body,
-                      headers={"x-simulator-fault": "chunk-delay-ms=60",
-                               "x-simulator-chunks": "8"}) as response:
+    with httpx.stream(
+        "POST",
+        f"{proxy.base_url}/chat/completions",
+        json=body,
+        headers={"x-simulator-fault": "chunk-delay-ms=60", "x-simulator-chunks": "8"},
+    ) as response:
         for _ in response.iter_raw():
             arrivals.append(time.perf_counter() - start)
     # 8+ events 60 ms apart: the first must arrive long before the last
@@ -208,9 +255,11 @@ def test_stream_is_relayed_chunk_by_chunk_not_buffered(proxy: Proxy) -> None:
 
 def test_upstream_down_gives_502_and_an_error_span(start_proxy: Any) -> None:
     proxy = start_proxy(upstream="http://127.0.0.1:9/v1")
-    with OpenAI(base_url=proxy.base_url, api_key=TEST_KEY, max_retries=0) as c:
-        with pytest.raises(Exception) as caught:
-            c.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+    with (
+        OpenAI(base_url=proxy.base_url, api_key=TEST_KEY, max_retries=0) as c,
+        pytest.raises(Exception) as caught,
+    ):
+        c.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
     response = getattr(caught.value, "response", None)
     assert response is not None and response.status_code == 502
     assert response.json()["error"]["type"] == "llmtap_upstream_error"
@@ -222,48 +271,89 @@ def test_upstream_down_gives_502_and_an_error_span(start_proxy: Any) -> None:
 
 def test_upstream_timeout_gives_504(start_proxy: Any) -> None:
     proxy = start_proxy(read_timeout=0.3)
-    response = httpx.post(f"{proxy.base_url}/chat/completions",
-                          json={"model": "m", "messages": [{"role": "user", "content": "x"}]},
-                          headers={"x-simulator-fault": "slow-first-byte-ms=2000"}, timeout=10)
+    response = httpx.post(
+        f"{proxy.base_url}/chat/completions",
+        json={"model": "m", "messages": [{"role": "user", "content": "x"}]},
+        headers={"x-simulator-fault": "slow-first-byte-ms=2000"},
+        timeout=10,
+    )
     assert response.status_code == 504
     assert response.json()["error"]["type"] == "llmtap_upstream_error"
     assert only_trace(proxy)["spans"][0]["status"]["code"] == "ERROR"
     # and the next request is served
-    ok = httpx.post(f"{proxy.base_url}/chat/completions",
-                    json={"model": "m", "messages": [{"role": "user", "content": "x"}]})
+    ok = httpx.post(
+        f"{proxy.base_url}/chat/completions",
+        json={"model": "m", "messages": [{"role": "user", "content": "x"}]},
+    )
     assert ok.status_code == 200
 
 
 def test_oversized_body_gets_413(start_proxy: Any) -> None:
     proxy = start_proxy(max_body_size=1000)
-    response = httpx.post(f"{proxy.base_url}/chat/completions",
-                          json={"model": "m", "messages": [{"role": "user", "content": "x" * 5000}]})
+    response = httpx.post(
+        f"{proxy.base_url}/chat/completions",
+        json={"model": "m", "messages": [{"role": "user", "content": "x" * 5000}]},
+    )
     assert response.status_code == 413
     assert "max_body_size" in response.json()["error"]["message"]
 
 
 def test_malformed_json_is_forwarded_and_recorded(proxy: Proxy) -> None:
-    response = httpx.post(f"{proxy.base_url}/chat/completions", content=b"{not json",
-                          headers={"content-type": "application/json"})
+    response = httpx.post(
+        f"{proxy.base_url}/chat/completions",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+    )
     assert response.status_code == 400  # the upstream's own answer
     span = only_trace(proxy)["spans"][0]
     assert span["inputs"] == "{not json" and span["status"]["code"] == "ERROR"
 
 
-def test_gzip_response_reaches_the_client_as_sent_and_is_decoded_for_recording(
-        proxy: Proxy) -> None:
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "zstd"])
+def test_compressed_response_reaches_the_client_as_sent_and_is_decoded_for_recording(
+    proxy: Proxy, encoding: str
+) -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": "zip"}]}
-    with httpx.stream("POST", f"{proxy.base_url}/chat/completions", json=body,
-                      headers={"accept-encoding": "gzip", "x-simulator-compress": "gzip"}) as r:
+    with httpx.stream(
+        "POST",
+        f"{proxy.base_url}/chat/completions",
+        json=body,
+        headers={"accept-encoding": encoding, "x-simulator-compress": encoding},
+    ) as r:
         raw = b"".join(r.iter_raw())
-        assert r.headers["content-encoding"] == "gzip"
-    import gzip
-
-    decoded = gzip.decompress(raw)
+        assert r.headers["content-encoding"] == encoding
+        decoded = httpx.Response(200, headers={"content-encoding": encoding}, content=raw).read()
+    assert raw != decoded
     span = only_trace(proxy)["spans"][0]
     import orjson
 
     assert span["outputs"] == orjson.loads(decoded)
+    (row,) = proxy.query("SELECT response_body FROM exchanges")
+    assert bytes(row[0]) == raw  # kept as sent, for a faithful replay
+
+
+# the SDK's HTTP client reads gzip and br; zstd is covered by the raw test above
+@pytest.mark.parametrize("encoding", ["gzip", "br"])
+def test_compressed_stream_is_reassembled(proxy: Proxy, encoding: str) -> None:
+    with (
+        OpenAI(
+            base_url=proxy.base_url,
+            api_key=TEST_KEY,
+            max_retries=0,
+            default_headers={"accept-encoding": encoding, "x-simulator-compress": encoding},
+        ) as c,
+        c.chat.completions.stream(
+            model="m",
+            messages=[{"role": "user", "content": "compress this stream"}],
+            stream_options={"include_usage": True},
+        ) as stream,
+    ):
+        final = stream.get_final_completion()
+    span = only_trace(proxy)["spans"][0]
+    assert span["outputs"]["choices"][0]["message"]["content"] == final.choices[0].message.content
+    assert span["attributes"]["usage"]["total_tokens"] == final.usage.total_tokens
+    (row,) = proxy.query("SELECT response_headers FROM exchanges")
+    assert f'"content-encoding","{encoding}"' in row[0]
 
 
 def test_not_traced_paths_are_forwarded_and_kept(proxy: Proxy, client: OpenAI) -> None:
@@ -277,3 +367,52 @@ def test_not_traced_paths_are_forwarded_and_kept(proxy: Proxy, client: OpenAI) -
 def test_health(proxy: Proxy) -> None:
     health = httpx.get(f"{proxy.url}/api/health").json()
     assert health["status"] == "ok" and health["store"]["ok"] is True
+
+
+def wait_for_spans(proxy: Proxy, count: int) -> list[Any]:
+    import time
+
+    for _ in range(200):
+        rows = proxy.query("SELECT status_code, status_message, outputs FROM spans")
+        if len(rows) >= count:
+            return rows
+        time.sleep(0.02)
+    raise AssertionError(f"expected {count} spans, found {len(rows)}")
+
+
+def test_client_leaving_mid_stream_is_an_error_span_with_partial_output(proxy: Proxy) -> None:
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "long story"}]}
+    with httpx.stream(
+        "POST",
+        f"{proxy.base_url}/chat/completions",
+        json=body,
+        headers={"x-simulator-fault": "chunk-delay-ms=50", "x-simulator-chunks": "40"},
+    ) as response:
+        pieces = response.iter_raw()
+        next(pieces), next(pieces), next(pieces)
+    (row,) = wait_for_spans(proxy, 1)
+    assert row["status_code"] == "ERROR" and row["status_message"] == "client disconnected"
+    import orjson
+
+    partial = orjson.loads(row["outputs"])["choices"][0]["message"]["content"]
+    assert partial and len(partial) < 200  # what had arrived, not the whole answer
+    # the proxy goes on serving
+    assert (
+        httpx.post(f"{proxy.base_url}/chat/completions", json={**body, "stream": False}).status_code
+        == 200
+    )
+
+
+def test_client_leaving_right_after_done_is_a_complete_ok_span(
+    proxy: Proxy, client: OpenAI
+) -> None:
+    for _ in range(5):
+        stream = client.chat.completions.create(
+            model="m", stream=True, messages=[{"role": "user", "content": "short"}]
+        )
+        for _chunk in stream:
+            pass
+        stream.close()
+    rows = wait_for_spans(proxy, 5)
+    assert [r["status_code"] for r in rows] == ["OK"] * 5
+    assert proxy.query("SELECT count(*) FROM traces")[0][0] == 5

@@ -17,11 +17,13 @@ def database_bytes(db: Path) -> bytes:
 
 
 def test_no_secret_reaches_the_database_files(proxy: Proxy) -> None:
-    with OpenAI(base_url=proxy.base_url, api_key=TEST_KEY, organization=ORG, project=PROJECT,
-                max_retries=0) as client:
+    with OpenAI(
+        base_url=proxy.base_url, api_key=TEST_KEY, organization=ORG, project=PROJECT, max_retries=0
+    ) as client:
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
         for _ in client.chat.completions.create(
-                model="m", messages=[{"role": "user", "content": "y"}], stream=True):
+            model="m", messages=[{"role": "user", "content": "y"}], stream=True
+        ):
             pass
         client.embeddings.create(model="text-embedding-3-small", input="z")
     proxy.flush()
@@ -38,9 +40,11 @@ def test_no_secret_reaches_the_database_files(proxy: Proxy) -> None:
 def test_response_cookies_and_account_headers_are_relayed_but_not_stored(proxy: Proxy) -> None:
     import httpx
 
-    response = httpx.post(f"{proxy.base_url}/chat/completions",
-                          json={"model": "m", "messages": [{"role": "user", "content": "x"}]},
-                          headers={"authorization": f"Bearer {TEST_KEY}"})
+    response = httpx.post(
+        f"{proxy.base_url}/chat/completions",
+        json={"model": "m", "messages": [{"role": "user", "content": "x"}]},
+        headers={"authorization": f"Bearer {TEST_KEY}"},
+    )
     assert "set-cookie" in response.headers and "openai-organization" in response.headers
     cookie = response.headers["set-cookie"].split(";")[0].split("=", 1)[1]
     org = response.headers["openai-organization"]

@@ -9,8 +9,11 @@ import orjson
 
 from tests.conftest import Proxy
 
-BODY = {"model": "gpt-4o-mini", "stream": True,
-        "messages": [{"role": "user", "content": "count my tokens please"}]}
+BODY = {
+    "model": "gpt-4o-mini",
+    "stream": True,
+    "messages": [{"role": "user", "content": "count my tokens please"}],
+}
 
 
 def events(url: str, path: str, body: dict[str, Any]) -> list[Any]:
@@ -32,10 +35,15 @@ def events(url: str, path: str, body: dict[str, Any]) -> list[Any]:
 
 
 def test_client_stream_is_the_direct_stream_and_the_trace_has_usage(
-        proxy: Proxy, upstream: str) -> None:
-    for path, body in (("/chat/completions", BODY),
-                       ("/completions", {"model": "gpt-3.5-turbo-instruct", "stream": True,
-                                         "prompt": "count my tokens"})):
+    proxy: Proxy, upstream: str
+) -> None:
+    for path, body in (
+        ("/chat/completions", BODY),
+        (
+            "/completions",
+            {"model": "gpt-3.5-turbo-instruct", "stream": True, "prompt": "count my tokens"},
+        ),
+    ):
         direct = events(upstream, path, body)
         through = events(proxy.base_url, path, body)
         assert through == direct
@@ -50,13 +58,15 @@ def test_client_stream_is_the_direct_stream_and_the_trace_has_usage(
 def test_client_that_asks_for_usage_gets_it_untouched(proxy: Proxy, upstream: str) -> None:
     body = {**BODY, "stream_options": {"include_usage": True}}
     assert events(proxy.base_url, "/chat/completions", body) == events(
-        upstream, "/chat/completions", body)
+        upstream, "/chat/completions", body
+    )
     assert [r[0] for r in proxy.query("SELECT usage_injected FROM exchanges")] == [0]
 
 
 def test_switched_off_nothing_is_injected(start_proxy: Any, upstream: str) -> None:
     proxy = start_proxy(stream_usage=False)
     assert events(proxy.base_url, "/chat/completions", BODY) == events(
-        upstream, "/chat/completions", BODY)
+        upstream, "/chat/completions", BODY
+    )
     (row,) = proxy.query("SELECT attributes FROM spans")
     assert "usage" not in orjson.loads(row["attributes"])

@@ -49,7 +49,7 @@ def _choice(index: int, delta: dict[str, Any], *, logprobs: Any = None, **extra:
     return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": None, **extra}
 
 
-def choice_events(  # noqa: PLR0913 - a factory takes many knobs, all keyword
+def choice_events(
     index: int = 0,
     *,
     content: str | None = "Hello there!",
@@ -128,7 +128,7 @@ def usage_body(prompt: int = 12, completion: int = 34) -> dict[str, Any]:
     }
 
 
-def make_chunks(  # noqa: PLR0913
+def make_chunks(
     content: str | None = "Hello there!",
     *,
     n: int = 1,
@@ -217,8 +217,9 @@ def sdk_final_completion(chunks: list[Chunk]) -> dict[str, Any]:
 
     Chunks are built as the SDK's `Stream` builds them (`construct_type`, no validation). The
     dump drops only what the SDK's parser adds on top of the wire format: `parsed` on messages
-    and `parsed_arguments` on tool calls. A `length` or `content_filter` finish makes `get_final_completion()` raise by
-    design (it is for parsed outputs); the completion it carries is the same accumulation.
+    and `parsed_arguments` on tool calls. A `length` or `content_filter` finish makes
+    `get_final_completion()` raise by design (it is for parsed outputs); the completion that
+    the exception carries is the same accumulation.
     """
     state = ChatCompletionStreamState()
     with warnings.catch_warnings():

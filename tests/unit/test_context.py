@@ -21,8 +21,14 @@ def test_split_api_path() -> None:
 def test_traceparent_validation() -> None:
     assert parse_traceparent(VALID) == ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")
     assert parse_traceparent(VALID.upper()) is not None
-    for bad in ("", "00-xyz", VALID.replace("00-", "ff-", 1), "00-" + "0" * 32 + "-00f067aa0ba902b7-01",
-                "00-4bf92f3577b34da6a3ce929d0e0e4736-" + "0" * 16 + "-01", VALID + "-extra"):
+    for bad in (
+        "",
+        "00-xyz",
+        VALID.replace("00-", "ff-", 1),
+        "00-" + "0" * 32 + "-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-" + "0" * 16 + "-01",
+        VALID + "-extra",
+    ):
         assert parse_traceparent(bad) is None, bad
 
 
@@ -34,9 +40,19 @@ def test_trace_id_normalisation() -> None:
 
 
 def test_context_from_controls() -> None:
-    ctx = build_context(None, {"traceparent": VALID, "session": "s", "tag-team": "core",
-                               "tag-": "ignored", "experiment": "hdr"})
-    assert ctx.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736" and ctx.parent_id == "00f067aa0ba902b7"
+    ctx = build_context(
+        None,
+        {
+            "traceparent": VALID,
+            "session": "s",
+            "tag-team": "core",
+            "tag-": "ignored",
+            "experiment": "hdr",
+        },
+    )
+    assert (
+        ctx.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736" and ctx.parent_id == "00f067aa0ba902b7"
+    )
     assert ctx.session == "s" and ctx.tags == {"team": "core"} and ctx.experiment == "hdr"
     assert build_context("path", {"experiment": "hdr"}).experiment == "path"
     assert build_context(None, {}).experiment == "Default"

@@ -7,20 +7,34 @@ from llmtap.proxy.headers import fingerprint, split_request_headers, split_respo
 
 def test_request_headers_split_in_one_pass() -> None:
     raw = [
-        (b"Host", b"127.0.0.1:8787"), (b"Authorization", b"Bearer sk-abc"),
-        (b"Content-Type", b"application/json"), (b"Connection", b"keep-alive"),
-        (b"Content-Length", b"12"), (b"llmtap-session", b"s1"), (b"LLMTAP-Tag-Team", b"core"),
-        (b"OpenAI-Organization", b"org-1"), (b"traceparent", b"00-ab-cd-01"),
-        (b"Cookie", b"a=b"), (b"x-stainless-lang", b"python"),
+        (b"Host", b"127.0.0.1:8787"),
+        (b"Authorization", b"Bearer sk-abc"),
+        (b"Content-Type", b"application/json"),
+        (b"Connection", b"keep-alive"),
+        (b"Content-Length", b"12"),
+        (b"llmtap-session", b"s1"),
+        (b"LLMTAP-Tag-Team", b"core"),
+        (b"OpenAI-Organization", b"org-1"),
+        (b"traceparent", b"00-ab-cd-01"),
+        (b"Cookie", b"a=b"),
+        (b"x-stainless-lang", b"python"),
     ]
     split = split_request_headers(raw)
     forward = dict(split.forward)
-    assert forward == {"authorization": "Bearer sk-abc", "content-type": "application/json",
-                       "openai-organization": "org-1", "traceparent": "00-ab-cd-01",
-                       "cookie": "a=b", "x-stainless-lang": "python"}
+    assert forward == {
+        "authorization": "Bearer sk-abc",
+        "content-type": "application/json",
+        "openai-organization": "org-1",
+        "traceparent": "00-ab-cd-01",
+        "cookie": "a=b",
+        "x-stainless-lang": "python",
+    }
     stored = dict(split.stored)
-    assert stored == {"content-type": "application/json", "traceparent": "00-ab-cd-01",
-                      "x-stainless-lang": "python"}
+    assert stored == {
+        "content-type": "application/json",
+        "traceparent": "00-ab-cd-01",
+        "x-stainless-lang": "python",
+    }
     assert split.controls == {"session": "s1", "tag-team": "core", "traceparent": "00-ab-cd-01"}
     assert split.key_fingerprint == fingerprint("Bearer sk-abc")
 
@@ -37,11 +51,20 @@ def test_api_key_header_is_fingerprinted_and_not_stored() -> None:
 
 
 def test_response_headers_relay_cookies_but_never_store_them() -> None:
-    raw = ((b"Content-Type", b"application/json"), (b"Set-Cookie", b"__cf_bm=x"),
-           (b"openai-organization", b"org-1"), (b"openai-project", b"proj_1"),
-           (b"Transfer-Encoding", b"chunked"), (b"x-request-id", b"req_1"))
+    raw = (
+        (b"Content-Type", b"application/json"),
+        (b"Set-Cookie", b"__cf_bm=x"),
+        (b"openai-organization", b"org-1"),
+        (b"openai-project", b"proj_1"),
+        (b"Transfer-Encoding", b"chunked"),
+        (b"x-request-id", b"req_1"),
+    )
     relay, stored = split_response_headers(raw)
-    assert dict(relay) == {b"content-type": b"application/json", b"set-cookie": b"__cf_bm=x",
-                           b"openai-organization": b"org-1", b"openai-project": b"proj_1",
-                           b"x-request-id": b"req_1"}
+    assert dict(relay) == {
+        b"content-type": b"application/json",
+        b"set-cookie": b"__cf_bm=x",
+        b"openai-organization": b"org-1",
+        b"openai-project": b"proj_1",
+        b"x-request-id": b"req_1",
+    }
     assert dict(stored) == {"content-type": "application/json", "x-request-id": "req_1"}

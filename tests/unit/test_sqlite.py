@@ -13,16 +13,28 @@ from llmtap.recorder.records import RequestContext
 from llmtap.recorder.sqlite import SqliteStore
 from llmtap.recorder.tracing import build_batch
 
-CHAT = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
-                     "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+CHAT = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "gpt-4o-mini",
+    "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
+    ],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+}
 
 
 def chat_recording(ctx: RequestContext | None = None, status: int = 200) -> Recording:
     body = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]})
-    rec = Recording("POST", "/chat/completions", "", [("content-type", "application/json")], body,
-                    ctx or RequestContext())
+    rec = Recording(
+        "POST",
+        "/chat/completions",
+        "",
+        [("content-type", "application/json")],
+        body,
+        ctx or RequestContext(),
+    )
     rec.respond(status, [("content-type", "application/json")])
     rec.feed(orjson.dumps(CHAT))
     return rec.finish()
@@ -65,8 +77,12 @@ def test_rewriting_a_span_never_double_counts(tmp_path: Path) -> None:
 def test_error_span_makes_the_trace_error(tmp_path: Path) -> None:
     db = tmp_path / "t.db"
     store = SqliteStore(db)
-    store.write([build_batch(chat_recording(RequestContext(trace_id="b" * 32))),
-                 build_batch(chat_recording(RequestContext(trace_id="b" * 32), status=500))])
+    store.write(
+        [
+            build_batch(chat_recording(RequestContext(trace_id="b" * 32))),
+            build_batch(chat_recording(RequestContext(trace_id="b" * 32), status=500)),
+        ]
+    )
     store.close()
     (info,) = TraceReader(db).list_traces(TraceQuery())
     assert info["status"] == "ERROR"

@@ -12,8 +12,13 @@ from llmtap.proxy.usage_injection import UsageStripper, injected_body
 
 
 def chunk(i: int, content: str | None, usage: bool) -> dict:
-    c: dict = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m",
-               "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}]}
+    c: dict = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}],
+    }
     if usage:
         c["usage"] = None
     return c
@@ -22,10 +27,18 @@ def chunk(i: int, content: str | None, usage: bool) -> dict:
 def stream(n: int, with_usage: bool, sep: bytes = b"\n\n") -> bytes:
     events = [orjson.dumps(chunk(i, f"w{i} ", with_usage)) for i in range(n)]
     if with_usage:
-        events.append(orjson.dumps({"id": "chatcmpl-1", "object": "chat.completion.chunk",
-                                    "created": 1, "model": "m", "choices": [],
-                                    "usage": {"prompt_tokens": 3, "completion_tokens": n,
-                                              "total_tokens": 3 + n}}))
+        events.append(
+            orjson.dumps(
+                {
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion.chunk",
+                    "created": 1,
+                    "model": "m",
+                    "choices": [],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": n, "total_tokens": 3 + n},
+                }
+            )
+        )
     events.append(b"[DONE]")
     return b"".join(b"data: " + e + sep for e in events)
 
@@ -49,7 +62,9 @@ def test_injection_only_when_streaming_without_usage() -> None:
     assert injected_body("/chat/completions", kept) is None
     other = orjson.dumps({"stream": True, "stream_options": {"include_obfuscation": False}})
     assert orjson.loads(injected_body("/completions", other) or b"{}")["stream_options"] == {
-        "include_obfuscation": False, "include_usage": True}
+        "include_obfuscation": False,
+        "include_usage": True,
+    }
     assert injected_body("/chat/completions", b'{"stream": false}') is None
     assert injected_body("/embeddings", b'{"stream": true}') is None
     assert injected_body("/chat/completions", b'{"stream": tru') is None
@@ -63,8 +78,11 @@ def test_stripped_stream_equals_the_stream_without_usage_at_every_cut() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(1, 30), st.lists(st.integers(0, 4000), max_size=12),
-       st.sampled_from([b"\n\n", b"\r\n\r\n"]))
+@given(
+    st.integers(1, 30),
+    st.lists(st.integers(0, 4000), max_size=12),
+    st.sampled_from([b"\n\n", b"\r\n\r\n"]),
+)
 def test_stripped_stream_at_random_cuts(n: int, cuts: list[int], sep: bytes) -> None:
     with_usage = stream(n, True, sep)
     assert strip_all(with_usage, [c % (len(with_usage) + 1) for c in cuts]) == stream(n, False, sep)
