@@ -18,6 +18,7 @@ from llmtap.proxy.api import api_routes
 from llmtap.proxy.config import Settings
 from llmtap.proxy.errors import UpstreamAborted
 from llmtap.proxy.forward import Forwarder, Receive, Scope, Send
+from llmtap.proxy.replaying import Replayer
 from llmtap.proxy.ui import ui_routes
 from llmtap.recorder.reader import TraceReader
 from llmtap.recorder.records import Mode
@@ -45,12 +46,14 @@ class LlmtapApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.writer: Writer | None = None
+        self.replayer = Replayer(settings)
         if settings.mode != Mode.OFF:
             self.writer = Writer(
                 sink_factory=partial(SqliteStore, settings.db),
                 build=partial(build_batch, log_traces=settings.log_traces),
+                on_written=self.replayer.on_written,
             )
-        self.forwarder = Forwarder(settings, self.writer)
+        self.forwarder = Forwarder(settings, self.writer, self.replayer)
         reader = TraceReader(settings.db)
         health = self.writer.health if self.writer else None
         self.site = Starlette(routes=[*api_routes(settings, reader, health), *ui_routes(reader)])
@@ -71,6 +74,8 @@ class LlmtapApp:
         if self.writer is not None:
             await asyncio.to_thread(self.writer.start)
         await self.forwarder.start()
+        if self.settings.mode in (Mode.REPLAY, Mode.AUTO):
+            await self.replayer.ready()  # answer the first request without a wait
 
     async def shutdown(self) -> None:
         await self.forwarder.close()

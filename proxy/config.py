@@ -47,6 +47,18 @@ class Settings:
         "Ask the upstream for token usage on streams that do not request it; the extra "
         "usage is removed from what the client receives.",
     )
+    replay_ignore_fields: str = _option(
+        "", "Comma-separated top-level request fields replay matching ignores (e.g. user,metadata)."
+    )
+    replay_exhausted: str = _option(
+        "repeat",
+        "When the recordings of a request are used up: repeat the last, or miss.",
+        choices=["repeat", "miss"],
+    )
+    replay_timing: str = _option(
+        "instant",
+        "Replay streams instantly, at the recorded pace, or at a speed factor (2 = twice as fast).",
+    )
     max_body_size: int = _option(
         32 * 1024 * 1024, "Largest request body accepted, in bytes (larger gets 413)."
     )
@@ -63,6 +75,32 @@ class Settings:
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode(self.mode))
         object.__setattr__(self, "upstream", self.upstream.rstrip("/"))
+        if self.replay_exhausted not in ("repeat", "miss"):
+            raise ValueError(
+                f"replay_exhausted must be repeat or miss, not {self.replay_exhausted}"
+            )
+        replay_speed(self.replay_timing)  # fail at start, not at the first replayed stream
+
+    @property
+    def ignored_fields(self) -> tuple[str, ...]:
+        return tuple(f.strip() for f in self.replay_ignore_fields.split(",") if f.strip())
+
+
+def replay_speed(timing: str) -> float | None:
+    """None for instant replay, else the factor to divide recorded delays by."""
+    if timing == "instant":
+        return None
+    if timing == "recorded":
+        return 1.0
+    try:
+        factor = float(timing)
+    except ValueError:
+        raise ValueError(
+            f"replay_timing must be instant, recorded or a speed factor, not {timing!r}"
+        ) from None
+    if factor <= 0:
+        raise ValueError("replay_timing speed factor must be positive")
+    return factor
 
 
 def setting_fields() -> list[Any]:
@@ -74,6 +112,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a config file; unknown keys are an error so that typos do not pass silently."""
     with open(path, "rb") as f:
         data = tomllib.load(f)
+    if isinstance(data.get("replay_ignore_fields"), list):  # a TOML list reads naturally too
+        data["replay_ignore_fields"] = ",".join(map(str, data["replay_ignore_fields"]))
     known = {f.name for f in setting_fields()}
     unknown = sorted(set(data) - known)
     if unknown:

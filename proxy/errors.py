@@ -2,6 +2,7 @@
 
     LlmtapError                      an answer llmtap gives instead of the upstream's
     ├── RequestTooLarge    413       the body is over `max_body_size`
+    ├── BadControl         400       an `llmtap-*` header llmtap cannot follow
     ├── UpstreamUnreachable 502      refused, reset, DNS, TLS: no response came
     ├── UpstreamTimeout     504      no byte within `read_timeout` (or no connection in time)
     └── ReplayMiss          404      replay mode and no recording matches (see replay)
@@ -28,6 +29,12 @@ class RequestTooLarge(LlmtapError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+
+
+class BadControl(LlmtapError):
+    status = 400
+    type = "invalid_request_error"
+    code = "bad_llmtap_header"
 
 
 class UpstreamUnreachable(LlmtapError):

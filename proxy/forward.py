@@ -22,6 +22,7 @@ from yarl import URL
 from llmtap.proxy.config import Settings
 from llmtap.proxy.context import build_context
 from llmtap.proxy.errors import (
+    BadControl,
     LlmtapError,
     RequestTooLarge,
     UpstreamAborted,
@@ -29,6 +30,7 @@ from llmtap.proxy.errors import (
     UpstreamUnreachable,
 )
 from llmtap.proxy.headers import split_request_headers, split_response_headers
+from llmtap.proxy.replaying import Replayer
 from llmtap.proxy.usage_injection import UsageStripper, injected_body
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.records import Mode
@@ -47,9 +49,10 @@ _JSON_HEADERS = [(b"content-type", b"application/json")]
 class Forwarder:
     """Owns the upstream session; `handle()` serves one `/v1/...` request."""
 
-    def __init__(self, settings: Settings, writer: Writer | None) -> None:
+    def __init__(self, settings: Settings, writer: Writer | None, replayer: Replayer) -> None:
         self.settings = settings
-        self.writer = writer if settings.mode != Mode.OFF else None
+        self.writer = writer
+        self.replayer = replayer
         self.base = settings.upstream
         self.session: aiohttp.ClientSession | None = None
 
@@ -89,9 +92,28 @@ class Forwarder:
         except ClientGone:
             self._submit(rec.fail("client disconnected before sending its whole body"))
             return
+        mode = self.settings.mode
+        if "mode" in split.controls:
+            try:
+                mode = Mode(split.controls["mode"].strip().lower())
+            except ValueError:
+                await self._answer_error(
+                    send,
+                    rec,
+                    BadControl(
+                        f"llmtap: llmtap-mode must be one of record, replay, auto, off; "
+                        f"not {split.controls['mode']!r}"
+                    ),
+                )
+                return
+        if mode in (Mode.REPLAY, Mode.AUTO) and await self.replayer.answer(
+            send, rec.method, api_path, query, rec.request_body, must_answer=mode == Mode.REPLAY
+        ):
+            return
+        rec.discard = mode == Mode.OFF
         url = self.base + api_path + ("?" + query if query else "")
         body, headers = rec.request_body, split.forward
-        if self.settings.stream_usage and self.writer is not None and rec.method == "POST":
+        if self.settings.stream_usage and self.writer and not rec.discard and rec.method == "POST":
             injected = injected_body(api_path, body)
             if injected is not None:
                 rec.usage_injected = True
@@ -231,11 +253,11 @@ class Forwarder:
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _commit(self, rec: Recording) -> None:
-        if self.writer is not None:
+        if self.writer is not None and not rec.discard:
             await self.writer.commit(rec)
 
     def _submit(self, rec: Recording) -> None:
-        if self.writer is not None:
+        if self.writer is not None and not rec.discard:
             self.writer.submit_nowait(rec)
 
 

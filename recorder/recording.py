@@ -49,7 +49,8 @@ class Recording:
     error_status: int | None = None
     """Set when llmtap itself answered (502/504/413...) instead of the upstream."""
     error_body: bytes | None = None
-    replayed: bool = False
+    discard: bool = False
+    """Forward only (mode off for this request): nothing is written."""
     committed: bool = False
     """A complete copy is in the store (a stream is complete for its client at [DONE])."""
     trace_id: str = ""

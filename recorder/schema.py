@@ -74,7 +74,6 @@ CREATE TABLE IF NOT EXISTS exchanges (
     ended_ns INTEGER NOT NULL,
     error TEXT,
     key_fingerprint TEXT,
-    replayed INTEGER NOT NULL DEFAULT 0,
     usage_injected INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS exchanges_by_key ON exchanges (match_key, started_ns);

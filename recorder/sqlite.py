@@ -47,9 +47,9 @@ def connect_for_reading(path: str | Path) -> sqlite3.Connection:
 _INSERT_EXCHANGE = """
 INSERT OR REPLACE INTO exchanges (exchange_id, experiment, trace_id, span_id, method, path,
     query, match_key, request_headers, request_body, status, response_headers, response_body,
-    chunks, stream, started_ns, first_byte_ns, ended_ns, error, key_fingerprint, replayed,
+    chunks, stream, started_ns, first_byte_ns, ended_ns, error, key_fingerprint,
     usage_injected)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 _INSERT_SPAN = """
 INSERT OR REPLACE INTO spans (span_id, trace_id, parent_id, name, span_type, start_time_ns,
@@ -102,7 +102,6 @@ def _exchange_row(
         x.ended_ns,
         x.error,
         x.key_fingerprint,
-        0,
         int(x.usage_injected),
     )
 

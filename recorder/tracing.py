@@ -150,7 +150,7 @@ def build_batch(rec: Recording, *, log_traces: bool = True) -> Batch:
     is_stream = (header(rec.response_headers, "content-type") or "").startswith("text/event-stream")
     body = rec.error_body if rec.error_status else b"".join(rec.chunks)
     exchange = build_exchange(rec, body or b"", is_stream)
-    key = match_key(rec.method, rec.path, rec.request_body)
+    key = match_key(rec.method, rec.path, rec.request_body, query=rec.query)
     endpoint = endpoint_for(rec.path)
     if endpoint is None or not log_traces or rec.method != "POST":
         return Batch(exchange, key, is_stream)

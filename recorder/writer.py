@@ -61,6 +61,8 @@ _Message = _Item | threading.Event | None
 class Writer:
     sink_factory: Callable[[], Sink]
     build: Callable[[Recording], Batch]
+    on_written: Callable[[list[Batch]], None] | None = None
+    """Called in the writer thread with the batches that reached the store."""
     health: WriterHealth = field(default_factory=WriterHealth)
     _queue: queue.SimpleQueue[_Message] = field(default_factory=queue.SimpleQueue)
     _thread: threading.Thread | None = None
@@ -132,6 +134,8 @@ class Writer:
         batches = [self._build(r) for r, _ in items]
         ok = self._write(sink, batches)
         self.health.written += sum(ok)
+        if self.on_written is not None:
+            self.on_written([b for b, good in zip(batches, ok, strict=True) if good and b])
         self.health.batches += 1
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[bool], bool]]] = {}
         for (_, future), result in zip(items, ok, strict=True):

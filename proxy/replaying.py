@@ -1,0 +1,111 @@
+"""Answering from recordings: the replay and auto modes of the `/v1` endpoint.
+
+Replay never opens a connection to the upstream and needs no API key. A stream replays as
+the recorded pieces (same bytes, same cuts), instantly or at the recorded pace; a stream for
+which llmtap had asked the upstream for usage replays without it, as the client first saw it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from llmtap.proxy.config import Settings, replay_speed
+from llmtap.proxy.errors import openai_error
+from llmtap.proxy.usage_injection import UsageStripper
+from llmtap.recorder.records import Batch
+from llmtap.recorder.replay import Recorded, ReplayIndex
+
+Send = Any
+
+# the relay sets its own framing; the rest of the recorded headers go back as recorded
+_FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
+
+
+class Replayer:
+    def __init__(self, settings: Settings) -> None:
+        self.index = ReplayIndex(
+            settings.db, settings.ignored_fields, repeat_last=settings.replay_exhausted == "repeat"
+        )
+        self.speed = replay_speed(settings.replay_timing)
+        self._loaded: asyncio.Future[int] | None = None
+
+    async def ready(self) -> ReplayIndex:
+        """The index, built on first use (in a thread: it reads the whole store)."""
+        if self._loaded is None:
+            self._loaded = asyncio.ensure_future(asyncio.to_thread(self.index.load))
+        await asyncio.shield(self._loaded)
+        return self.index
+
+    def on_written(self, batches: list[Batch]) -> None:
+        """Writer callback: what was just recorded can be replayed (auto mode)."""
+        if self._loaded is None:
+            return  # the first use will read it from the store
+        for batch in batches:
+            x = batch.exchange
+            if x.error is None and x.status is not None:
+                self.index.add(x.exchange_id, x.method, x.path, x.query, x.request_body)
+
+    async def answer(
+        self, send: Send, method: str, path: str, query: str, body: bytes, must_answer: bool
+    ) -> bool:
+        """Replay the next recording for this request; False when there is none and the
+        request may go upstream instead (auto); with `must_answer` a miss is answered 404."""
+        index = await self.ready()
+        key = index.key_for(method, path, query, body)
+        found = index.next(key)
+        if isinstance(found, str):
+            recorded = index.cached(found) or await asyncio.to_thread(index.fetch, found)
+            await self._send(send, recorded)
+            return True
+        if not must_answer:
+            return False
+        miss = await asyncio.to_thread(index.miss, method, path, body, key, found or 0)
+        error = openai_error(404, "llmtap_replay_miss", miss.message(), "replay_miss")
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 404,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(error)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": error, "more_body": False})
+        return True
+
+    async def _send(self, send: Send, recorded: Recorded) -> None:
+        headers = [
+            (k.encode("latin-1"), v.encode("latin-1"))
+            for k, v in recorded.headers
+            if k not in _FRAMING
+        ]
+        headers.append((b"llmtap-replayed", recorded.exchange_id.encode()))
+        if not recorded.stream:
+            headers.append((b"content-length", str(len(recorded.body)).encode()))
+            await send(
+                {"type": "http.response.start", "status": recorded.status, "headers": headers}
+            )
+            await send({"type": "http.response.body", "body": recorded.body, "more_body": False})
+            return
+        await send({"type": "http.response.start", "status": recorded.status, "headers": headers})
+        stripper = UsageStripper() if recorded.usage_injected else None
+        offset, previous_ms = 0, 0.0
+        for size, at_ms in recorded.chunks:
+            piece = recorded.body[offset : offset + size]
+            offset += size
+            if self.speed is not None and at_ms > previous_ms:
+                await asyncio.sleep((at_ms - previous_ms) / 1000 / self.speed)
+            previous_ms = at_ms
+            out = stripper.feed(piece) if stripper is not None else piece
+            if out:
+                await send({"type": "http.response.body", "body": out, "more_body": True})
+        rest = stripper.flush() if stripper is not None else b""
+        await send(
+            {
+                "type": "http.response.body",
+                "body": rest + recorded.body[offset:],
+                "more_body": False,
+            }
+        )

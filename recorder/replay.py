@@ -1,0 +1,188 @@
+"""Replay: recorded exchanges answer requests again, in the order they were recorded.
+
+`ReplayIndex` maps each match key to its recordings, oldest first, and keeps one cursor per
+key: the Nth identical request gets the Nth recorded answer (an agent loop that sends the
+same request twice gets both answers). Past the end it repeats the last answer, or misses,
+as configured. The index is built once from the store, in a thread; exchanges recorded later
+(auto mode) are added as the writer commits them. Bodies load lazily and are kept in a small
+cache, so a large database costs memory only for its keys.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+from contextlib import closing
+from dataclasses import dataclass
+
+import orjson
+
+from llmtap.recorder.matching import canonical_value, json_diff, match_key, parse_body
+from llmtap.recorder.sqlite import connect_for_reading
+
+CACHE_SIZE = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """One recorded answer, as replay sends it back."""
+
+    exchange_id: str
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    chunks: tuple[tuple[int, float], ...]
+    stream: bool
+    usage_injected: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Miss:
+    """No recording answers a request; says what was sought and what came closest."""
+
+    method: str
+    path: str
+    key: str
+    nearest_diff: tuple[str, ...] | None
+    exhausted: int = 0
+    """How many recordings of this exact request were all used up (with `miss` past the end)."""
+
+    def message(self) -> str:
+        what = f"{self.method} /v1{self.path}"
+        if self.exhausted:
+            return (
+                f"llmtap replay: all {self.exhausted} recording(s) of this {what} request were "
+                'already used (replay_exhausted = "miss")'
+            )
+        text = f"llmtap replay: no recording matches {what} (key {self.key[:12]})"
+        if self.nearest_diff is None:
+            return text + f"; nothing was recorded for {what} at all"
+        return text + "; the nearest recording differs in: " + "; ".join(self.nearest_diff)
+
+
+_SELECT = (
+    "SELECT exchange_id, method, path, query, request_body FROM exchanges "
+    "WHERE error IS NULL AND status IS NOT NULL ORDER BY started_ns, rowid"
+)
+
+
+class ReplayIndex:
+    def __init__(self, db: str, ignore: Iterable[str] = (), repeat_last: bool = True) -> None:
+        self.db = db
+        self.ignore = tuple(ignore)
+        self.repeat_last = repeat_last
+        self._keys: dict[str, list[str]] = {}
+        self._by_route: dict[tuple[str, str], list[str]] = {}
+        self._cursors: dict[str, int] = {}
+        self._used: set[str] = set()
+        self._known: set[str] = set()
+        self._cache: OrderedDict[str, Recorded] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def key_for(self, method: str, path: str, query: str, body: bytes) -> str:
+        return match_key(method, path, body, self.ignore, query)
+
+    def load(self) -> int:
+        """Index every replayable exchange in the store; returns how many."""
+        try:
+            conn = connect_for_reading(self.db)
+        except FileNotFoundError:
+            return 0
+        with closing(conn):
+            rows = conn.execute(_SELECT).fetchall()
+        for row in rows:
+            self.add(
+                row["exchange_id"],
+                row["method"],
+                row["path"],
+                row["query"],
+                bytes(row["request_body"]),
+            )
+        return len(rows)
+
+    def add(self, exchange_id: str, method: str, path: str, query: str, body: bytes) -> None:
+        key = self.key_for(method, path, query, body)
+        with self._lock:
+            if exchange_id in self._known:  # loaded and reported by the writer both
+                return
+            self._known.add(exchange_id)
+            self._keys.setdefault(key, []).append(exchange_id)
+            self._by_route.setdefault((method, path), []).append(exchange_id)
+
+    def next(self, key: str) -> str | int | None:
+        """The exchange id for the next request with this key; the count if all are used up
+        (and past-the-end misses); None if nothing was ever recorded for it."""
+        with self._lock:
+            ids = self._keys.get(key)
+            if not ids:
+                return None
+            at = self._cursors.get(key, 0)
+            if at >= len(ids):
+                if not self.repeat_last:
+                    return len(ids)
+                at = len(ids) - 1
+            self._cursors[key] = at + 1
+            self._used.add(ids[at])
+            return ids[at]
+
+    def cached(self, exchange_id: str) -> Recorded | None:
+        with self._lock:
+            found = self._cache.get(exchange_id)
+            if found is not None:
+                self._cache.move_to_end(exchange_id)
+            return found
+
+    def fetch(self, exchange_id: str) -> Recorded:
+        """Load one recorded answer (blocking: call it from a thread)."""
+        with closing(connect_for_reading(self.db)) as conn:
+            row = conn.execute(
+                "SELECT exchange_id, status, response_headers, response_body, chunks, stream, "
+                "usage_injected FROM exchanges WHERE exchange_id = ?",
+                [exchange_id],
+            ).fetchone()
+        recorded = Recorded(
+            exchange_id=row["exchange_id"],
+            status=row["status"],
+            headers=tuple((name, value) for name, value in orjson.loads(row["response_headers"])),
+            body=bytes(row["response_body"]),
+            chunks=tuple((size, at) for size, at in orjson.loads(row["chunks"])),
+            stream=bool(row["stream"]),
+            usage_injected=bool(row["usage_injected"]),
+        )
+        with self._lock:
+            self._cache[exchange_id] = recorded
+            if len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return recorded
+
+    def miss(self, method: str, path: str, body: bytes, key: str, exhausted: int = 0) -> Miss:
+        """Explain a miss (blocking: reads the candidates' bodies)."""
+        if exhausted:
+            return Miss(method, path, key, None, exhausted)
+        with self._lock:
+            candidates = list(self._by_route.get((method, path), ()))
+        if not candidates:
+            return Miss(method, path, key, None)
+        sent = canonical_value(parse_body(body), self.ignore)
+        best: list[str] | None = None
+        with closing(connect_for_reading(self.db)) as conn:
+            for exchange_id in candidates[-200:]:  # the most recent ones are the likely match
+                row = conn.execute(
+                    "SELECT request_body FROM exchanges WHERE exchange_id = ?", [exchange_id]
+                ).fetchone()
+                recorded = canonical_value(parse_body(bytes(row[0])), self.ignore)
+                diff = json_diff(recorded, sent)
+                if best is None or len(diff) < len(best):
+                    best = diff
+        return Miss(
+            method,
+            path,
+            key,
+            tuple((best or ["(no difference in the body: the query string differs)"])[:8]),
+        )
+
+    def unused(self) -> list[str]:
+        """Recorded exchanges that no request has replayed (for the pytest plugin's report)."""
+        with self._lock:
+            return [i for ids in self._keys.values() for i in ids if i not in self._used]

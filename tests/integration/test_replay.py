@@ -1,0 +1,228 @@
+"""Replay with the real SDK: record against the simulator, stop it, answer from the recordings."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from openai import AsyncOpenAI, NotFoundError, OpenAI
+
+from llmtap.proxy.app import create_app, uvicorn_kwargs
+from llmtap.proxy.config import Settings
+from llmtap.proxy.server import ServerThread
+from llmtap.proxy.simulator import create_simulator
+from tests.conftest import TEST_KEY
+from tests.integration.test_proxy_sdk import TIME, WEATHER
+
+Start = Callable[..., ServerThread]
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Start]:
+    """Start llmtap on tmp_path/llmtap.db with the given settings; all stopped at the end."""
+    servers: list[ServerThread] = []
+
+    def run(**overrides: Any) -> ServerThread:
+        settings = Settings(**{"db": str(tmp_path / "llmtap.db"), "port": 0, **overrides})
+        server = ServerThread(create_app(settings), **uvicorn_kwargs()).start()
+        servers.append(server)
+        return server
+
+    yield run
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def private_upstream() -> Iterator[ServerThread]:
+    """A simulator of this test's own, so that the test can stop it."""
+    server = ServerThread(create_simulator()).start()
+    yield server
+    if server.server.started and not server.server.should_exit:
+        server.stop()
+
+
+def sdk_calls(base_url: str) -> dict[str, Any]:
+    """The same calls for recording and replaying; what the app saw."""
+    with OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0) as c:
+        chat = c.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hello"}], temperature=0
+        )
+        with c.chat.completions.stream(
+            model="gpt-4o-mini",
+            tools=[WEATHER, TIME],
+            parallel_tool_calls=True,
+            messages=[{"role": "user", "content": "weather and time in Oslo"}],
+        ) as stream:
+            streamed = stream.get_final_completion()
+        emb = c.embeddings.create(model="text-embedding-3-small", input="replay me")
+        resp = c.responses.create(model="gpt-4o-mini", input="and the responses API")
+
+    async def async_call() -> str:
+        async with AsyncOpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0) as ac:
+            out = []
+            async for chunk in await ac.chat.completions.create(
+                model="gpt-4o-mini", stream=True, messages=[{"role": "user", "content": "async"}]
+            ):
+                if chunk.choices and chunk.choices[0].delta.content:
+                    out.append(chunk.choices[0].delta.content)
+            return "".join(out)
+
+    return {
+        "chat": chat.model_dump(),
+        "stream": streamed.model_dump(),
+        "embedding": emb.data[0].embedding,
+        "responses": resp.model_dump(),
+        "async": asyncio.run(async_call()),
+    }
+
+
+def test_record_then_replay_with_the_upstream_gone(
+    start: Start, private_upstream: ServerThread
+) -> None:
+    recorder = start(upstream=f"{private_upstream.url}/v1")
+    recorded = sdk_calls(f"{recorder.url}/v1")
+    recorder.stop()
+    private_upstream.stop()
+    replayer = start(mode="replay", upstream="http://127.0.0.1:9/v1")
+    replayed = sdk_calls(f"{replayer.url}/v1")
+    assert replayed == recorded  # same ids, same tool call arguments, same vectors, same text
+
+
+def test_a_miss_says_what_differs_from_the_nearest_recording(start: Start, upstream: str) -> None:
+    server = start(upstream=upstream)
+    with OpenAI(base_url=f"{server.url}/v1", api_key=TEST_KEY, max_retries=0) as c:
+        c.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[
+                {"role": "system", "content": "be kind"},
+                {"role": "user", "content": "what is 2+2?"},
+            ],
+        )
+    server.stop()
+    replay = start(mode="replay")
+    with (
+        OpenAI(base_url=f"{replay.url}/v1", api_key="unused", max_retries=0) as c,
+        pytest.raises(NotFoundError) as caught,
+    ):
+        c.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[
+                {"role": "system", "content": "be kind"},
+                {"role": "user", "content": "what is 3+3?"},
+            ],
+        )
+    error = caught.value.body
+    assert error["type"] == "llmtap_replay_miss" and error["code"] == "replay_miss"
+    assert "POST /v1/chat/completions" in error["message"]
+    assert "messages[1].content: 'what is 2+2?' -> 'what is 3+3?'" in error["message"]
+    miss = httpx.post(f"{replay.url}/v1/embeddings", json={"model": "x", "input": "y"})
+    assert miss.status_code == 404 and "nothing was recorded" in miss.json()["error"]["message"]
+
+
+def test_identical_requests_replay_in_recorded_order(start: Start, upstream: str) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "again"}]}
+    server = start(upstream=upstream)
+    ids = [
+        httpx.post(f"{server.url}/v1/chat/completions", json=body).json()["id"] for _ in range(3)
+    ]
+    assert len(set(ids)) == 3
+    server.stop()
+    replay = start(mode="replay")
+    got = [
+        httpx.post(f"{replay.url}/v1/chat/completions", json=body).json()["id"] for _ in range(4)
+    ]
+    assert got == [*ids, ids[-1]]  # past the end: the last one again, by default
+    replay.stop()
+    strict = start(mode="replay", replay_exhausted="miss")
+    for _ in range(3):
+        httpx.post(f"{strict.url}/v1/chat/completions", json=body)
+    past = httpx.post(f"{strict.url}/v1/chat/completions", json=body)
+    assert past.status_code == 404 and "already used" in past.json()["error"]["message"]
+
+
+def test_key_order_whitespace_and_ignored_fields_do_not_matter(start: Start, upstream: str) -> None:
+    server = start(upstream=upstream)
+    first = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        content=b'{"model": "m", "user": "alice", "messages": [{"role": "user", "content": "k"}]}',
+        headers={"content-type": "application/json"},
+    ).json()
+    server.stop()
+    replay = start(mode="replay", replay_ignore_fields="user,metadata")
+    again = httpx.post(
+        f"{replay.url}/v1/chat/completions",
+        content=b'{"messages":[{"content":"k","role":"user"}],"metadata":{"run":2},"model":"m",'
+        b'"user":"bob"}',
+        headers={"content-type": "application/json"},
+    )
+    assert again.status_code == 200 and again.json() == first
+
+
+def test_streams_replay_instantly_or_at_the_recorded_pace(start: Start, upstream: str) -> None:
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "pace"}]}
+    headers = {"x-simulator-fault": "chunk-delay-ms=60", "x-simulator-chunks": "6"}
+
+    def timed(url: str) -> tuple[bytes, float, int]:
+        began = time.perf_counter()
+        with httpx.stream(
+            "POST", f"{url}/v1/chat/completions", json=body, headers=headers
+        ) as response:
+            pieces = list(response.iter_raw())
+        return b"".join(pieces), time.perf_counter() - began, len(pieces)
+
+    server = start(upstream=upstream)
+    original, took, _ = timed(server.url)
+    assert took > 0.3
+    server.stop()
+    instant = start(mode="replay")
+    fast, fast_took, _ = timed(instant.url)
+    instant.stop()
+    paced = start(mode="replay", replay_timing="recorded")
+    slow, slow_took, pieces = timed(paced.url)
+    assert fast == slow == original  # the same bytes
+    assert fast_took < 0.2 and slow_took > 0.3 and pieces >= 6
+
+
+def test_auto_mode_records_what_is_new_and_replays_what_is_known(
+    start: Start, upstream: str
+) -> None:
+    server = start(mode="auto", upstream=upstream)
+    body = {"model": "m", "messages": [{"role": "user", "content": "auto"}]}
+    first = httpx.post(f"{server.url}/v1/chat/completions", json=body)
+    second = httpx.post(f"{server.url}/v1/chat/completions", json=body)
+    assert "llmtap-replayed" not in first.headers and "llmtap-replayed" in second.headers
+    assert first.json() == second.json()
+
+
+def test_mode_per_request_header(start: Start, upstream: str) -> None:
+    server = start(upstream=upstream)
+    body = {"model": "m", "messages": [{"role": "user", "content": "header"}]}
+    recorded = httpx.post(f"{server.url}/v1/chat/completions", json=body).json()
+    replayed = httpx.post(
+        f"{server.url}/v1/chat/completions", json=body, headers={"llmtap-mode": "replay"}
+    )
+    assert replayed.json() == recorded and "llmtap-replayed" in replayed.headers
+    bad = httpx.post(
+        f"{server.url}/v1/chat/completions", json=body, headers={"llmtap-mode": "sideways"}
+    )
+    assert bad.status_code == 400 and "llmtap-mode" in bad.json()["error"]["message"]
+
+
+def test_a_stream_recorded_with_injected_usage_replays_without_it(
+    start: Start, upstream: str
+) -> None:
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "usage"}]}
+    server = start(upstream=upstream)
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body) as r:
+        live = b"".join(r.iter_raw())
+    server.stop()
+    replay = start(mode="replay")
+    with httpx.stream("POST", f"{replay.url}/v1/chat/completions", json=body) as r:
+        again = b"".join(r.iter_raw())
+    assert again == live and b'"usage"' not in again
