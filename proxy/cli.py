@@ -179,5 +179,70 @@ def export(db: str, fmt: str, experiment: str | None, output: Any) -> None:
         offset += page
 
 
+@main.group()
+def cassette() -> None:
+    """Recordings as YAML files that live in git: export, import, check."""
+
+
+@cassette.command("export")
+@_db_option
+@click.option("--experiment", help="Only exchanges of this experiment.")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The cassette file to write.",
+)
+def cassette_export(db: str, experiment: str | None, output: str) -> None:
+    """Write the database's recorded exchanges to a cassette."""
+    from llmtap.recorder.cassettes import export_cassette
+
+    _reader(db)
+    count = export_cassette(db, output, experiment)
+    click.echo(f"{count} exchanges written to {output}")
+
+
+@cassette.command("import")
+@_db_option
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+def cassette_import(db: str, path: str) -> None:
+    """Add a cassette's exchanges to the database (for replay)."""
+    from llmtap.recorder.cassettes import import_cassette
+
+    try:
+        count = import_cassette(path, db)
+    except (ValueError, KeyError) as exc:
+        raise click.ClickException(f"{path}: not a valid llmtap cassette ({exc})") from exc
+    click.echo(f"{count} exchanges imported into {db}")
+
+
+@cassette.command("check")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+def cassette_check(paths: tuple[str, ...]) -> None:
+    """Fail when a cassette holds something that looks like a key or a secret header."""
+    from pathlib import Path
+
+    from llmtap.recorder.cassettes import find_secrets
+
+    files = [
+        p
+        for path in paths
+        for p in (sorted(Path(path).rglob("*.yaml")) if Path(path).is_dir() else [Path(path)])
+    ]
+    bad = 0
+    for file in files:
+        try:
+            findings = find_secrets(file)
+        except ValueError as exc:
+            findings = [str(exc)]
+        for finding in findings:
+            click.echo(f"{file}: {finding}", err=True)
+        bad += bool(findings)
+    if bad:
+        raise click.ClickException(f"{bad} of {len(files)} cassette(s) hold secrets")
+    click.echo(f"{len(files)} cassette(s) clean")
+
+
 if __name__ == "__main__":
     sys.exit(main())

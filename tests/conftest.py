@@ -16,6 +16,8 @@ from llmtap.proxy.config import Settings
 from llmtap.proxy.server import ServerThread
 from llmtap.proxy.simulator import create_simulator
 
+pytest_plugins = ["pytester"]
+
 TEST_KEY = "sk-test-llmtap-9f8e7d6c5b4a39281706"
 
 

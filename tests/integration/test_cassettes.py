@@ -1,0 +1,100 @@
+"""Cassettes: export, import, round trips, replay from them, and the secret check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+from click.testing import CliRunner
+from openai import OpenAI
+
+from llmtap.proxy.cli import main
+from tests.conftest import TEST_KEY, Proxy
+
+
+def record_some(proxy: Proxy) -> dict[str, bytes]:
+    """A few exchanges, compressed and not, streamed and not; what the client received."""
+    got = {}
+    with OpenAI(base_url=proxy.base_url, api_key=TEST_KEY, max_retries=0) as c:
+        c.chat.completions.create(model="m", messages=[{"role": "user", "content": "ünïcode ✓"}])
+        for _ in c.chat.completions.create(
+            model="m", stream=True, messages=[{"role": "user", "content": "s"}]
+        ):
+            pass
+        c.embeddings.create(model="text-embedding-3-small", input="e")
+    for name, headers in (
+        ("gzip", {"accept-encoding": "gzip", "x-simulator-compress": "gzip"}),
+        ("plain", {}),
+    ):
+        body = {
+            "model": "m",
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": name}],
+        }
+        with httpx.stream(
+            "POST", f"{proxy.base_url}/chat/completions", json=body, headers=headers
+        ) as r:
+            got[name] = r.read()  # decoded, as a client sees it
+    proxy.flush()
+    return got
+
+
+def cli(*args: str) -> Any:
+    return CliRunner().invoke(main, list(args))
+
+
+def test_export_import_export_is_unchanged_and_replays_the_same_bytes(
+    proxy: Proxy, start_proxy: Any, tmp_path: Path
+) -> None:
+    live = record_some(proxy)
+    first, second = tmp_path / "one.yaml", tmp_path / "two.yaml"
+    result = cli("cassette", "export", "--db", str(proxy.db), "-o", str(first))
+    assert result.exit_code == 0 and "5 exchanges" in result.output, result.output
+    imported = tmp_path / "imported.db"
+    assert cli("cassette", "import", "--db", str(imported), str(first)).exit_code == 0
+    assert cli("cassette", "import", "--db", str(imported), str(first)).exit_code == 0  # no dupes
+    assert cli("cassette", "export", "--db", str(imported), "-o", str(second)).exit_code == 0
+    assert first.read_text() == second.read_text()
+    text = first.read_text()
+    assert "content-encoding" not in text and "ünïcode ✓" in text
+    assert TEST_KEY not in text and "set-cookie" not in text
+    replay = start_proxy(mode="replay", db=str(imported))
+    for name in ("gzip", "plain"):
+        body = {
+            "model": "m",
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": name}],
+        }
+        again = httpx.post(f"{replay.base_url}/chat/completions", json=body)
+        assert again.content == live[name]
+
+
+def test_check_fails_on_anything_that_looks_like_a_key(proxy: Proxy, tmp_path: Path) -> None:
+    record_some(proxy)
+    cassette = tmp_path / "c.yaml"
+    cli("cassette", "export", "--db", str(proxy.db), "-o", str(cassette))
+    clean = cli("cassette", "check", str(tmp_path))
+    assert clean.exit_code == 0 and "1 cassette(s) clean" in clean.output
+    text = cassette.read_text()
+    leaked = tmp_path / "leaked.yaml"
+    leaked.write_text(text.replace("ünïcode ✓", "my key is sk-proj-" + "a1B2" * 10, 1))
+    header = tmp_path / "header.yaml"
+    header.write_text(
+        text.replace("- [content-type, application/json]", "- [authorization, Basic xyz]", 1)
+    )
+    for bad in (leaked, header):
+        result = cli("cassette", "check", str(bad))
+        assert result.exit_code == 1, result.output
+    assert "looks like a key" in cli("cassette", "check", str(leaked)).output
+    assert "request header authorization" in cli("cassette", "check", str(header)).output
+    assert cli("cassette", "check", str(tmp_path)).exit_code == 1
+
+
+def test_import_refuses_what_is_not_a_cassette(tmp_path: Path) -> None:
+    bogus = tmp_path / "x.yaml"
+    bogus.write_text("hello: world\n")
+    result = cli("cassette", "import", "--db", str(tmp_path / "d.db"), str(bogus))
+    assert result.exit_code == 1 and "not a valid llmtap cassette" in result.output
