@@ -1,9 +1,9 @@
-# Two commands for a fresh clone: `make demo` and `make test`. Each sets up .venv first.
+# Two commands for a fresh clone: `make demo` and `make test`. Each sets up what it needs first.
 VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test quick-test
+.PHONY: demo test quick-test node-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -11,10 +11,16 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# the Node openai package, for the any-language replay tests (skipped where npm is missing)
+node-deps:
+	@if command -v npm >/dev/null 2>&1; then \
+		cd tests/node && npm install --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: the Node tests will be skipped"; fi
+
 demo: $(STAMP)
 	$(VENV)/bin/llmtap demo
 
-test: $(STAMP)
+test: $(STAMP) node-deps
 	$(VENV)/bin/python -m pytest
 
 quick-test: $(STAMP)

@@ -31,6 +31,12 @@ class Result:
     body_size: int = 0
     chunks: list[tuple[int, bytes]] = field(default_factory=list)
 
+    def end_delay_ns(self, pace_ns: int) -> int | None:
+        """End of the answer (after [DONE]) minus when the upstream wrote [DONE]: one pace
+        after the last stamped event (the upstream keeps an absolute schedule)."""
+        stamps = _FP.findall(b"".join(c for _, c in self.chunks))
+        return self.done_ns - (int(stamps[-1]) + pace_ns) if stamps else None
+
     def event_delays_ns(self) -> list[int]:
         """For each event stamped by the upstream: client arrival minus upstream send time."""
         data = b"".join(c for _, c in self.chunks)

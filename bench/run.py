@@ -379,6 +379,8 @@ def measure_paced(ctx: Ctx, sc: Scenario, t: Target, seconds: float, warm: float
     ok = [r for r in results if r.status == 200]
     ttfb = [(r.first_body_ns - r.sent_ns) / 1e6 for r in ok]
     delays = [d / 1e6 for r in ok for d in r.event_delays_ns()]
+    pace_ns = int(float(sc.headers["x-bench-pace-ms"]) * 1e6)
+    ends = [d / 1e6 for r in ok if (d := r.end_delay_ns(pace_ns)) is not None]
     events = len(delays)
     return {
         "streams": len(ok),
@@ -389,6 +391,8 @@ def measure_paced(ctx: Ctx, sc: Scenario, t: Target, seconds: float, warm: float
         "event_p50_ms": _pct(delays, 50),
         "event_p99_ms": _pct(delays, 99),
         "event_max_ms": max(delays) if delays else float("nan"),
+        "end_p50_ms": _pct(ends, 50),
+        "end_p99_ms": _pct(ends, 99),
         "cpu_us_event": (c1 - c0) / events * 1e6 if t.pids and events else None,
         "cpu_us_stream": (c1 - c0) / len(ok) * 1e6 if t.pids and ok else None,
     }
@@ -478,12 +482,14 @@ def table_paced(sc: Scenario, res: dict[str, dict]) -> str:
     lines = [
         f"### {sc.name}: {sc.title}",
         "",
-        "Event delay: client arrival minus the upstream's write of that event (same clock).",
+        "Event delay: client arrival minus the upstream's write of that event (same clock). "
+        "[DONE] delay: end of the answer minus the upstream's write of `[DONE]` (llmtap holds "
+        "`[DONE]` until the recording is committed).",
         "",
         "| row | streams | first event p50 ms | +p50 vs direct | first event p99 ms "
         "| event delay p50 ms | +p50 | event delay p99 ms | +p99 | max ms "
-        "| proxy CPU us/event | us/stream | errors |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| [DONE] delay p50 ms | p99 ms | proxy CPU us/event | us/stream | errors |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for key, r in res.items():
         other = key != DIRECT and d
@@ -494,7 +500,8 @@ def table_paced(sc: Scenario, res: dict[str, dict]) -> str:
             f"| {_f(r['event_p50_ms'] - d['event_p50_ms'] if other else None, 3)} "
             f"| {_f(r['event_p99_ms'], 3)} "
             f"| {_f(r['event_p99_ms'] - d['event_p99_ms'] if other else None, 3)} "
-            f"| {_f(r['event_max_ms'], 2)} | {_f(r['cpu_us_event'], 1)} "
+            f"| {_f(r['event_max_ms'], 2)} | {_f(r['end_p50_ms'], 2)} | {_f(r['end_p99_ms'], 2)} "
+            f"| {_f(r['cpu_us_event'], 1)} "
             f"| {_f(r['cpu_us_stream'])} | {r['errors']} |"
         )
     return "\n".join(lines)
@@ -538,7 +545,8 @@ def targets(results: dict[str, Any]) -> str:
         "{:.0f} us")
     cpu = get("paced", "cpu_us_event")
     add("paced: CPU per event <= 20 us", cpu, cpu is not None and cpu <= 20, "{:.1f} us")
-    for key, label in (("ttfb_p50_ms", "first event p50"), ("event_p99_ms", "event delay p99")):
+    for key, label in (("ttfb_p50_ms", "first event p50"), ("event_p99_ms", "event delay p99"),
+                       ("end_p99_ms", "[DONE] delay p99")):
         v, dv = get("paced", key), get("paced", key, DIRECT)
         if v is not None and dv is not None:
             add(f"paced: {label} within 1 ms of direct", v - dv, v - dv <= 1.0, "+{:.2f} ms")

@@ -192,7 +192,9 @@ class Upstream(asyncio.Protocol):
         start = loop.time()
         count = n + (1 if usage else 0) + 1
         for i in range(count):
-            if i:
+            # the usage chunk and [DONE] go out together, right after the last content chunk's
+            # pace, as OpenAI sends them: [DONE] is due at start + n * pace either way
+            if i and i <= n:
                 # absolute schedule, so that late wake-ups do not accumulate
                 delay = start + i * pace - loop.time()
                 await asyncio.sleep(max(delay, 0))
