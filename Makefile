@@ -3,6 +3,9 @@ VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed-stamp
 
+AGENTS_VENV ?= .venv-agents
+AGENTS_STAMP := $(AGENTS_VENV)/.installed-stamp
+
 .PHONY: demo test quick-test node-deps
 
 $(STAMP): pyproject.toml
@@ -10,6 +13,12 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+# agent frameworks (Swarm, Agents SDK) pin openai versions of their own: a venv of their own
+$(AGENTS_STAMP): tests/agents/requirements.txt
+	$(PYTHON) -m venv $(AGENTS_VENV)
+	$(AGENTS_VENV)/bin/python -m pip install --quiet -r tests/agents/requirements.txt
+	touch $(AGENTS_STAMP)
 
 # the Node openai package, for the any-language replay tests (skipped where npm is missing)
 node-deps:
@@ -20,7 +29,7 @@ node-deps:
 demo: $(STAMP)
 	$(VENV)/bin/llmtap demo
 
-test: $(STAMP) node-deps
+test: $(STAMP) $(AGENTS_STAMP) node-deps
 	$(VENV)/bin/python -m pytest
 
 quick-test: $(STAMP)

@@ -135,9 +135,7 @@ async def run(
     deadline = loop.time() + duration if duration is not None else None
 
     async def worker() -> None:
-        _, conn = await loop.create_connection(
-            lambda: _Conn(keep_chunks), u.hostname, u.port or 80
-        )
+        _, conn = await loop.create_connection(lambda: _Conn(keep_chunks), u.hostname, u.port or 80)
         try:
             while True:
                 i = next(counter)

@@ -21,8 +21,15 @@ from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
 HOP = {
-    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
-    "upgrade", "host", "content-length",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
 }
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
@@ -100,7 +107,11 @@ def main() -> None:
     sock.listen(2048)
     print(f"passthrough listening on http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
     config = uvicorn.Config(
-        app, loop="uvloop", http="httptools", log_level="warning", access_log=False,
+        app,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
         lifespan="off",
     )
     uvicorn.Server(config).run(sockets=[sock])

@@ -25,18 +25,30 @@ from llmtap.recorder.recording import Recording  # noqa: E402
 from llmtap.recorder.sqlite import SqliteStore  # noqa: E402
 from llmtap.recorder.tracing import build_batch  # noqa: E402
 
-REQ_HEADERS = [(b"content-type", b"application/json"), (b"authorization", b"Bearer sk-x"),
-               (b"user-agent", b"bench")]
-CHAT = (b'{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful '
-        b'assistant."},{"role":"user","content":"Say hello in one short sentence, please."}],'
-        b'"temperature":0.2,"max_tokens":64}')
+REQ_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"authorization", b"Bearer sk-x"),
+    (b"user-agent", b"bench"),
+]
+CHAT = (
+    b'{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful '
+    b'assistant."},{"role":"user","content":"Say hello in one short sentence, please."}],'
+    b'"temperature":0.2,"max_tokens":64}'
+)
 STREAM = CHAT[:-1] + b',"stream":true,"stream_options":{"include_usage":true}}'
 
 
 def recording(stream: bool) -> Recording:
     split = split_request_headers(REQ_HEADERS)
-    rec = Recording("POST", "/chat/completions", "", split.stored, STREAM if stream else CHAT,
-                    build_context(None, split.controls), split.key_fingerprint)
+    rec = Recording(
+        "POST",
+        "/chat/completions",
+        "",
+        split.stored,
+        STREAM if stream else CHAT,
+        build_context(None, split.controls),
+        split.key_fingerprint,
+    )
     if stream:
         rec.respond(200, [("content-type", "text/event-stream; charset=utf-8")])
         for event in upstream.stream_events(100, usage=True):
@@ -60,8 +72,10 @@ def measure(kind: str, n: int, batch: int, db: Path) -> None:
     t2 = time.perf_counter()
     store.close()
     size = db.stat().st_size / 2**20
-    print(f"{kind:7} n={n:,} batch={batch}: build {(t1 - t0) / n * 1e6:7.1f} us, "
-          f"write {(t2 - t1) / n * 1e6:7.1f} us per recording (db {size:.0f} MB)")
+    print(
+        f"{kind:7} n={n:,} batch={batch}: build {(t1 - t0) / n * 1e6:7.1f} us, "
+        f"write {(t2 - t1) / n * 1e6:7.1f} us per recording (db {size:.0f} MB)"
+    )
 
 
 def main() -> None:

@@ -20,10 +20,11 @@ from llmtap.proxy.errors import UpstreamAborted
 from llmtap.proxy.forward import Forwarder, Receive, Scope, Send
 from llmtap.proxy.replaying import Replayer
 from llmtap.proxy.ui import ui_routes
+from llmtap.recorder.prices import load_prices
 from llmtap.recorder.reader import TraceReader
 from llmtap.recorder.records import Mode
 from llmtap.recorder.sqlite import SqliteStore
-from llmtap.recorder.tracing import build_batch
+from llmtap.recorder.tracing import Tracer
 from llmtap.recorder.writer import Writer
 
 log = logging.getLogger("llmtap")
@@ -50,7 +51,9 @@ class LlmtapApp:
         if settings.mode != Mode.OFF:
             self.writer = Writer(
                 sink_factory=partial(SqliteStore, settings.db),
-                build=partial(build_batch, log_traces=settings.log_traces),
+                build=Tracer(
+                    log_traces=settings.log_traces, prices=load_prices(settings.prices_file)
+                ).build,
                 on_written=self.replayer.on_written,
             )
         self.forwarder = Forwarder(settings, self.writer, self.replayer)

@@ -47,6 +47,11 @@ class Settings:
         "Ask the upstream for token usage on streams that do not request it; the extra "
         "usage is removed from what the client receives.",
     )
+    prices_file: str | None = _option(
+        None,
+        "TOML or JSON file of prices per 1M tokens ({model = {input, cached_input, "
+        "output}}) laid over the built-in table.",
+    )
     replay_ignore_fields: str = _option(
         "", "Comma-separated top-level request fields replay matching ignores (e.g. user,metadata)."
     )

@@ -23,6 +23,8 @@ class Endpoint:
     path: str
     name: str
     span_type: SpanType
+    operation: str
+    """The OpenTelemetry GenAI operation name (`gen_ai.operation.name`)."""
     new_assembler: Callable[[], Assembler]
     is_terminal: Callable[[str | None, Mapping[str, Any] | None], bool]
     """True for the event that ends a stream (the SSE `event:` name and its parsed data)."""
@@ -74,6 +76,7 @@ CHAT = Endpoint(
     "/chat/completions",
     "chat.completions",
     SpanType.CHAT_MODEL,
+    "chat",
     ASSEMBLERS["chat.completions"],
     _done_only,
     _choice_has_output,
@@ -82,6 +85,7 @@ COMPLETIONS = Endpoint(
     "/completions",
     "completions",
     SpanType.LLM,
+    "text_completion",
     ASSEMBLERS["completions"],
     _done_only,
     _choice_has_output,
@@ -90,6 +94,7 @@ EMBEDDINGS = Endpoint(
     "/embeddings",
     "embeddings",
     SpanType.EMBEDDING,
+    "embeddings",
     ASSEMBLERS["embeddings"],
     _done_only,
     _never,
@@ -99,6 +104,7 @@ RESPONSES = Endpoint(
     "/responses",
     "responses",
     SpanType.CHAT_MODEL,
+    "chat",
     ASSEMBLERS["responses"],
     _response_terminal,
     _response_has_output,

@@ -19,7 +19,7 @@ from llmtap.recorder.sqlite import connect_for_reading
 # the first span names the trace and its model, as a list view wants them
 _TRACE_COLUMNS = (
     "trace_id, experiment, session, status, request_time, start_time_ns, end_time_ns, "
-    "execution_time_ms, tags, span_count, input_tokens, output_tokens, total_tokens, "
+    "execution_time_ms, tags, span_count, input_tokens, output_tokens, total_tokens, total_cost, "
     "(SELECT json_array(name, json_extract(attributes, '$.model')) FROM spans "
     " WHERE spans.trace_id = traces.trace_id ORDER BY start_time_ns LIMIT 1) AS first_span"
 )
@@ -55,6 +55,7 @@ def trace_info(row: sqlite3.Row) -> dict[str, Any]:
             "output_tokens": row["output_tokens"],
             "total_tokens": row["total_tokens"],
         },
+        "cost": None if row["total_cost"] is None else {"total_cost": row["total_cost"]},
     }
 
 
@@ -72,6 +73,28 @@ def span_dict(row: sqlite3.Row) -> dict[str, Any]:
         "outputs": _loads(row["outputs"]),
         "attributes": _loads(row["attributes"]) or {},
     }
+
+
+def tree_order(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Depth first, each parent before its children, siblings by start time: a span that
+    starts with its parent (an AGENT root and its first call) still comes after it."""
+    ids = {s["span_id"] for s in spans}
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    for span in spans:  # already sorted by start time
+        parent = span["parent_id"] if span["parent_id"] in ids else None
+        children.setdefault(parent, []).append(span)
+    ordered: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    stack = list(reversed(children.get(None, [])))
+    while stack:
+        span = stack.pop()
+        if span["span_id"] in seen:
+            continue
+        seen.add(span["span_id"])
+        ordered.append(span)
+        stack.extend(reversed(children.get(span["span_id"], [])))
+    # spans caught in a parent cycle are not reachable from a root: list them all the same
+    return ordered + [s for s in spans if s["span_id"] not in seen]
 
 
 def _loads(text: str | None) -> Any:
@@ -111,7 +134,7 @@ class TraceReader:
             spans = conn.execute(
                 "SELECT * FROM spans WHERE trace_id = ? ORDER BY start_time_ns, rowid", [trace_id]
             ).fetchall()
-        return {"info": trace_info(row), "spans": [span_dict(s) for s in spans]}
+        return {"info": trace_info(row), "spans": tree_order([span_dict(s) for s in spans])}
 
     def closest_trace_ids(self, prefix: str, limit: int = 3) -> list[str]:
         """Ids that sort right after the given one: those it prefixes come first."""

@@ -142,3 +142,5 @@ class Batch:
     stream: bool = False
     spans: tuple[Span, ...] = ()
     trace: TraceHead | None = None
+    reparent: tuple[tuple[str, str], ...] = ()
+    """(span_id, parent_id) of spans written earlier that now nest under an AGENT root."""

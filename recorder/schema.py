@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS traces (
     span_count INTEGER NOT NULL DEFAULT 0,
     input_tokens INTEGER NOT NULL DEFAULT 0,
     output_tokens INTEGER NOT NULL DEFAULT 0,
-    total_tokens INTEGER NOT NULL DEFAULT 0
+    total_tokens INTEGER NOT NULL DEFAULT 0,
+    total_cost REAL
 );
 CREATE INDEX IF NOT EXISTS traces_by_time ON traces (start_time_ns DESC);
 CREATE INDEX IF NOT EXISTS traces_by_experiment ON traces (experiment, start_time_ns DESC);
@@ -50,6 +51,7 @@ CREATE TABLE IF NOT EXISTS spans (
     input_tokens INTEGER NOT NULL DEFAULT 0,
     output_tokens INTEGER NOT NULL DEFAULT 0,
     total_tokens INTEGER NOT NULL DEFAULT 0,
+    total_cost REAL,
     exchange_id TEXT
 );
 CREATE INDEX IF NOT EXISTS spans_by_trace ON spans (trace_id, start_time_ns);

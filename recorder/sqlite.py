@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from sqlite_utils import Database
 
-from llmtap.recorder.records import Batch, Exchange, Span, TraceHead
+from llmtap.recorder.records import Batch, Exchange, Span, SpanType, TraceHead
 from llmtap.recorder.schema import migrate
 
 
@@ -54,19 +54,20 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 _INSERT_SPAN = """
 INSERT OR REPLACE INTO spans (span_id, trace_id, parent_id, name, span_type, start_time_ns,
     end_time_ns, status_code, status_message, inputs, outputs, attributes, input_tokens,
-    output_tokens, total_tokens, exchange_id)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    output_tokens, total_tokens, total_cost, exchange_id)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 # a trace row is derived from its spans, so re-writing a span (a stream recorded at [DONE] and
 # again at EOF) can never double-count; `WHERE true` resolves SQLite's upsert parse ambiguity
 _UPSERT_TRACE = """
 INSERT INTO traces (trace_id, experiment, session, status, request_time, start_time_ns,
-    end_time_ns, execution_time_ms, tags, span_count, input_tokens, output_tokens, total_tokens)
+    end_time_ns, execution_time_ms, tags, span_count, input_tokens, output_tokens, total_tokens,
+    total_cost)
 SELECT ?1, ?2, ?3,
     CASE WHEN sum(status_code = 'ERROR') > 0 THEN 'ERROR' ELSE 'OK' END,
     strftime('%Y-%m-%dT%H:%M:%fZ', min(start_time_ns) / 1e9, 'unixepoch'),
     min(start_time_ns), max(end_time_ns), (max(end_time_ns) - min(start_time_ns)) / 1e6,
-    ?4, count(*), sum(input_tokens), sum(output_tokens), sum(total_tokens)
+    ?4, count(*), sum(input_tokens), sum(output_tokens), sum(total_tokens), sum(total_cost)
 FROM spans WHERE trace_id = ?1 AND true
 ON CONFLICT (trace_id) DO UPDATE SET
     session = coalesce(traces.session, excluded.session),
@@ -74,7 +75,8 @@ ON CONFLICT (trace_id) DO UPDATE SET
     start_time_ns = excluded.start_time_ns, end_time_ns = excluded.end_time_ns,
     execution_time_ms = excluded.execution_time_ms, tags = json_patch(traces.tags, excluded.tags),
     span_count = excluded.span_count, input_tokens = excluded.input_tokens,
-    output_tokens = excluded.output_tokens, total_tokens = excluded.total_tokens
+    output_tokens = excluded.output_tokens, total_tokens = excluded.total_tokens,
+    total_cost = excluded.total_cost
 """
 
 
@@ -124,7 +126,8 @@ def _span_row(s: Span, exchange_id: str | None) -> tuple[Any, ...]:
         int(usage.get("input_tokens") or 0),
         int(usage.get("output_tokens") or 0),
         int(usage.get("total_tokens") or 0),
-        exchange_id,
+        (s.attributes.get("cost") or {}).get("total_cost"),
+        exchange_id if s.span_type not in (SpanType.AGENT, SpanType.TOOL) else None,
     )
 
 
@@ -153,19 +156,23 @@ class SqliteStore:
         for batch in batches:
             x = batch.exchange
             experiments.add(x.experiment)
-            first = batch.spans[0] if batch.spans else None
+            own = batch.spans[-1] if batch.spans else None  # the call's span comes last
             conn.execute(
                 _INSERT_EXCHANGE,
                 _exchange_row(
                     x,
                     batch.match_key,
-                    first.trace_id if first else None,
-                    first.span_id if first else None,
+                    own.trace_id if own else None,
+                    own.span_id if own else None,
                     batch.stream,
                 ),
             )
             if batch.spans:
                 conn.executemany(_INSERT_SPAN, [_span_row(s, x.exchange_id) for s in batch.spans])
+            if batch.reparent:
+                conn.executemany(
+                    "UPDATE spans SET parent_id = ?2 WHERE span_id = ?1", batch.reparent
+                )
             if batch.trace is not None:
                 heads[batch.trace.trace_id] = _merge_heads(
                     heads.get(batch.trace.trace_id), batch.trace

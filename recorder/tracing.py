@@ -12,12 +12,15 @@ from typing import Any
 
 import orjson
 
+from llmtap.recorder.agents import AgentLinker
 from llmtap.recorder.assemble import Assembler
 from llmtap.recorder.decoding import decoder_for
 from llmtap.recorder.endpoints import Endpoint, endpoint_for, invocation_params, usage_of
 from llmtap.recorder.matching import match_key
+from llmtap.recorder.prices import PriceTable, cost_of, default_prices
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.records import Batch, Exchange, Span, SseEvent, Status, TraceHead
+from llmtap.recorder.semconv import genai_attributes
 from llmtap.recorder.sse import SseDecoder
 
 
@@ -145,24 +148,58 @@ def build_exchange(rec: Recording, body: bytes, is_stream: bool) -> Exchange:
     )
 
 
+@dataclass
+class Tracer:
+    """Builds batches in the writer thread; keeps what links one call to the next."""
+
+    log_traces: bool = True
+    prices: PriceTable = field(default_factory=default_prices)
+    linker: AgentLinker = field(default_factory=AgentLinker)
+
+    def build(self, rec: Recording) -> Batch:
+        """The exchange, and for a traced endpoint its spans and trace head."""
+        content_type = header(rec.response_headers, "content-type") or ""
+        is_stream = content_type.startswith("text/event-stream")
+        body = rec.error_body if rec.error_status else b"".join(rec.chunks)
+        exchange = build_exchange(rec, body or b"", is_stream)
+        key = match_key(rec.method, rec.path, rec.request_body, query=rec.query)
+        endpoint = endpoint_for(rec.path)
+        if endpoint is None or not self.log_traces or rec.method != "POST":
+            return Batch(exchange, key, is_stream)
+        inputs = _parse_json(rec.request_body)
+        links = self.linker.link(rec, inputs, explicit_trace=rec.context.trace_id is not None)
+        if links.trace_id is not None:
+            rec.trace_id = links.trace_id  # kept: writing the recording again lands here too
+        span = build_span(
+            endpoint,
+            rec,
+            exchange,
+            is_stream,
+            inputs,
+            self.prices,
+            links.parent_id or rec.context.parent_id,
+        )
+        self.linker.remember(rec, span)
+        ctx = rec.context
+        head = TraceHead(span.trace_id, ctx.experiment, ctx.session, dict(ctx.tags))
+        return Batch(exchange, key, is_stream, (*links.spans, span), head, links.reparent)
+
+
 def build_batch(rec: Recording, *, log_traces: bool = True) -> Batch:
-    """The exchange, and for a traced endpoint its span and trace head."""
-    is_stream = (header(rec.response_headers, "content-type") or "").startswith("text/event-stream")
-    body = rec.error_body if rec.error_status else b"".join(rec.chunks)
-    exchange = build_exchange(rec, body or b"", is_stream)
-    key = match_key(rec.method, rec.path, rec.request_body, query=rec.query)
-    endpoint = endpoint_for(rec.path)
-    if endpoint is None or not log_traces or rec.method != "POST":
-        return Batch(exchange, key, is_stream)
-    span = build_span(endpoint, rec, exchange, is_stream)
-    ctx = rec.context
-    head = TraceHead(span.trace_id, ctx.experiment, ctx.session, dict(ctx.tags))
-    return Batch(exchange, key, is_stream, (span,), head)
+    """One recording on its own, with no memory of earlier calls (tests, tools)."""
+    return Tracer(log_traces=log_traces).build(rec)
 
 
-def build_span(endpoint: Endpoint, rec: Recording, exchange: Exchange, is_stream: bool) -> Span:
+def build_span(
+    endpoint: Endpoint,
+    rec: Recording,
+    exchange: Exchange,
+    is_stream: bool,
+    inputs: Any,
+    prices: PriceTable,
+    parent_id: str | None,
+) -> Span:
     problems: list[str] = []
-    inputs = _parse_json(rec.request_body)
     attributes: dict[str, Any] = {"endpoint": endpoint.name}
     if isinstance(inputs, dict):
         attributes.update(invocation_params(inputs))
@@ -198,16 +235,33 @@ def build_span(endpoint: Endpoint, rec: Recording, exchange: Exchange, is_stream
             usage = usage_of(decoded if isinstance(decoded, dict) else None)
     if usage is not None:
         attributes["usage"] = usage.as_dict()
+    attributes["llmtap.usage_source"] = "provider" if usage is not None else "missing"
+    if rec.usage_injected:
+        attributes["llmtap.usage_requested_by_llmtap"] = True
+    request_model = attributes.get("model")
+    attributes.update(
+        genai_attributes(endpoint.operation, request_model, outputs, usage, rec.context)
+    )
+    if usage is not None:
+        raw_usage = outputs.get("usage") if isinstance(outputs, dict) else None
+        cost = cost_of(
+            prices,
+            (attributes.get("gen_ai.response.model"), request_model),
+            raw_usage if isinstance(raw_usage, dict) else {},
+            usage.input_tokens,
+            usage.output_tokens,
+        )
+        if cost is not None:
+            attributes["cost"] = cost
     if problems:
         attributes["llmtap.reassembly_problems"] = problems[:20]
     status = _status(rec, exchange, error)
     if error is not None and outputs is None and status.code == "ERROR":
         outputs = error if isinstance(error, (dict, list)) else {"error": error}
-    ctx = rec.context
     return Span(
         span_id=rec.span_id,
         trace_id=rec.trace_id,
-        parent_id=ctx.parent_id,
+        parent_id=parent_id,
         name=endpoint.name,
         span_type=endpoint.span_type,
         start_time_ns=rec.started_ns,

@@ -1,0 +1,167 @@
+"""Agent runs from the wire: tool calls and their results become one trace with TOOL spans."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+from openai import OpenAI
+
+from tests.conftest import TEST_KEY, Proxy
+from tests.integration.test_proxy_sdk import WEATHER
+
+
+def traces(proxy: Proxy, **params: str) -> list[dict[str, Any]]:
+    proxy.flush()
+    return httpx.get(f"{proxy.url}/api/traces", params=params).json()["traces"]
+
+
+def trace(proxy: Proxy, trace_id: str) -> dict[str, Any]:
+    return httpx.get(f"{proxy.url}/api/traces/{trace_id}").json()
+
+
+def run_chat_agent(client: OpenAI, question: str) -> str:
+    """The loop every agent framework runs: call, execute the tools, send results, repeat."""
+    messages: list[Any] = [{"role": "user", "content": question}]
+    for _ in range(4):
+        answer = client.chat.completions.create(
+            model="gpt-4o-mini", messages=messages, tools=[WEATHER]
+        )
+        message = answer.choices[0].message
+        if not message.tool_calls:
+            return message.content or ""
+        messages.append(message.model_dump(exclude_none=True))
+        for call in message.tool_calls:
+            city = json.loads(call.function.arguments)["city"]
+            messages.append(
+                {"role": "tool", "tool_call_id": call.id, "content": f"sunny, 21 C in {city}"}
+            )
+    raise AssertionError("the agent did not finish")
+
+
+def test_a_chat_agent_loop_is_one_trace_with_an_agent_root_and_tool_spans(
+    proxy: Proxy, client: OpenAI
+) -> None:
+    final = run_chat_agent(client, "weather in Paris")
+    assert "sunny" in final
+    (info,) = traces(proxy)
+    spans = trace(proxy, info["trace_id"])["spans"]
+    kinds = [s["span_type"] for s in spans]
+    assert kinds == ["AGENT", "CHAT_MODEL", "TOOL", "CHAT_MODEL"], kinds
+    root, first, tool, second = spans
+    assert root["parent_id"] is None
+    assert first["parent_id"] == tool["parent_id"] == second["parent_id"] == root["span_id"]
+    assert tool["name"] == "get_weather"
+    assert json.loads(tool["inputs"]["arguments"])["city"]
+    assert tool["outputs"].startswith("sunny, 21 C")
+    assert tool["attributes"]["client_time_ms"] >= 0
+    assert (
+        tool["start_time_ns"]
+        == first["end_time_ns"]
+        <= tool["end_time_ns"]
+        <= second["start_time_ns"]
+    )
+    assert (
+        root["start_time_ns"] == first["start_time_ns"]
+        and root["end_time_ns"] >= second["end_time_ns"]
+    )
+    assert info["span_count"] == 4
+    assert info["usage"]["total_tokens"] == sum(
+        s["attributes"].get("usage", {}).get("total_tokens", 0) for s in spans
+    )
+
+
+def test_two_clients_with_the_same_call_ids_never_merge(start_proxy: Any) -> None:
+    proxy = start_proxy()
+    for key in ("sk-client-one-000000000000000000", "sk-client-two-000000000000000000"):
+        with OpenAI(base_url=proxy.base_url, api_key=key, max_retries=0) as c:
+            run_chat_agent(c, "weather in Rome")
+    assert [t["span_count"] for t in traces(proxy)] == [4, 4]
+
+
+def test_session_header_groups_and_scopes(proxy: Proxy) -> None:
+    with OpenAI(
+        base_url=proxy.base_url,
+        api_key=TEST_KEY,
+        max_retries=0,
+        default_headers={"llmtap-session": "conv-7"},
+    ) as c:
+        run_chat_agent(c, "weather in Lima")
+        c.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "thanks"}]
+        )
+    session = traces(proxy, session="conv-7")
+    assert len(session) == 2 and {t["session"] for t in session} == {"conv-7"}
+    spans = trace(proxy, session[-1]["trace_id"])["spans"]
+    assert spans[1]["attributes"]["session.id"] == "conv-7"
+
+
+def test_responses_api_function_calls_and_previous_response_chains(
+    proxy: Proxy, client: OpenAI
+) -> None:
+    tool = {
+        "type": "function",
+        "name": "get_weather",
+        "parameters": WEATHER["function"]["parameters"],
+    }
+    first = client.responses.create(model="gpt-4o-mini", input="weather in Oslo", tools=[tool])
+    call = next(item for item in first.output if item.type == "function_call")
+    second = client.responses.create(
+        model="gpt-4o-mini",
+        tools=[tool],
+        input=[
+            {"type": "message", "role": "user", "content": "weather in Oslo"},
+            call.model_dump(exclude_none=True),
+            {"type": "function_call_output", "call_id": call.call_id, "output": "snow"},
+        ],
+    )
+    client.responses.create(
+        model="gpt-4o-mini", input="and tomorrow?", previous_response_id=second.id
+    )
+    (info,) = traces(proxy)
+    spans = trace(proxy, info["trace_id"])["spans"]
+    assert [s["span_type"] for s in spans] == [
+        "AGENT",
+        "CHAT_MODEL",
+        "TOOL",
+        "CHAT_MODEL",
+        "CHAT_MODEL",
+    ]
+    assert spans[2]["name"] == "get_weather" and spans[2]["outputs"] == "snow"
+
+
+def test_genai_attributes_usage_provenance_and_cost(proxy: Proxy, client: OpenAI) -> None:
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    client.chat.completions.create(
+        model="my-own-finetune", messages=[{"role": "user", "content": "x"}]
+    )
+    newest, oldest = traces(proxy)
+    priced = trace(proxy, oldest["trace_id"])["spans"][0]["attributes"]
+    assert priced["gen_ai.operation.name"] == "chat" and priced["gen_ai.provider.name"] == "openai"
+    assert priced["gen_ai.request.model"] == "gpt-4o-mini"
+    assert priced["gen_ai.response.model"].startswith("gpt-4o-mini")
+    assert priced["gen_ai.response.finish_reasons"] == ["stop"]
+    assert priced["gen_ai.usage.input_tokens"] == priced["usage"]["input_tokens"]
+    assert priced["llmtap.usage_source"] == "provider"
+    usage = priced["usage"]
+    expected = usage["input_tokens"] * 0.15 / 1e6 + usage["output_tokens"] * 0.60 / 1e6
+    assert abs(priced["cost"]["total_cost"] - expected) < 1e-12
+    assert oldest["cost"]["total_cost"] == priced["cost"]["total_cost"]
+    unknown = trace(proxy, newest["trace_id"])["spans"][0]["attributes"]
+    assert "cost" not in unknown and newest["cost"] is None  # never a guessed price
+
+
+def test_prices_file_overrides(start_proxy: Any, tmp_path: Any) -> None:
+    prices = tmp_path / "prices.toml"
+    prices.write_text("[my-own-finetune]\ninput = 1.0\noutput = 2.0\n")
+    proxy = start_proxy(prices_file=str(prices))
+    with OpenAI(base_url=proxy.base_url, api_key=TEST_KEY, max_retries=0) as c:
+        done = c.chat.completions.create(
+            model="my-own-finetune", messages=[{"role": "user", "content": "x"}]
+        )
+    (info,) = traces(proxy)
+    usage = done.usage
+    assert info["cost"]["total_cost"] == round(
+        usage.prompt_tokens * 1e-6 + usage.completion_tokens * 2e-6, 10
+    )

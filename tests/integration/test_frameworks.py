@@ -1,0 +1,77 @@
+"""Real agent frameworks through llmtap, each in its own process and virtual environment, as
+users run them: OpenAI Swarm's handoff example and an OpenAI Agents SDK run with a tool."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Proxy
+
+ROOT = Path(__file__).resolve().parents[2]
+AGENTS_PYTHON = Path(os.environ.get("LLMTAP_AGENTS_PYTHON", ROOT / ".venv-agents/bin/python"))
+pytestmark = pytest.mark.skipif(
+    not AGENTS_PYTHON.exists(),
+    reason=f"no agent-frameworks venv at {AGENTS_PYTHON} (make test creates it)",
+)
+
+
+def run_app(script: str, proxy: Proxy) -> dict[str, Any]:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "OPENAI_BASE_URL": proxy.base_url,
+        "OPENAI_API_KEY": "sk-framework-test-000000000000",
+    }
+    run = subprocess.run(
+        [str(AGENTS_PYTHON), str(ROOT / "tests/agents" / script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def only_trace_spans(proxy: Proxy) -> list[dict[str, Any]]:
+    proxy.flush()
+    traces = httpx.get(f"{proxy.url}/api/traces").json()["traces"]
+    assert len(traces) == 1, [t["span_count"] for t in traces]
+    return httpx.get(f"{proxy.url}/api/traces/{traces[0]['trace_id']}").json()["spans"]
+
+
+def test_swarm_handoff_is_one_trace_showing_the_transfer(proxy: Proxy) -> None:
+    seen = run_app("swarm_handoff.py", proxy)
+    assert seen["agent"] == "Agent B"
+    spans = only_trace_spans(proxy)
+    assert [s["span_type"] for s in spans] == ["AGENT", "CHAT_MODEL", "TOOL", "CHAT_MODEL"]
+    first, tool, second = spans[1:]
+    assert first["inputs"]["messages"][0] == {
+        "role": "system",
+        "content": "You are a helpful agent.",
+    }
+    assert first["outputs"]["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == (
+        "transfer_to_agent_b"
+    )
+    assert tool["name"] == "transfer_to_agent_b" and "Agent B" in tool["outputs"]
+    assert second["inputs"]["messages"][0]["content"] == "Only speak in Haikus."
+    assert second["outputs"]["choices"][0]["message"]["content"] == seen["last"]
+
+
+def test_agents_sdk_function_tool_run_is_one_trace(proxy: Proxy) -> None:
+    seen = run_app("agents_sdk_tool.py", proxy)
+    spans = only_trace_spans(proxy)
+    assert [s["span_type"] for s in spans] == ["AGENT", "CHAT_MODEL", "TOOL", "CHAT_MODEL"]
+    first, tool, second = spans[1:]
+    assert first["name"] == second["name"] == "responses"
+    assert tool["name"] == "get_weather"
+    assert json.loads(tool["inputs"]["arguments"])["city"]
+    assert tool["outputs"].startswith("sunny and 21 C")
+    assert seen["final"] and seen["final"] in json.dumps(second["outputs"])
