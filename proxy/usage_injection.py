@@ -18,6 +18,7 @@ import orjson
 USAGE_PATHS = frozenset({"/chat/completions", "/completions"})
 
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+_COMPACT_NULL = b',"usage":null'  # how OpenAI writes it: removed without parsing anything
 _USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null|"usage"\s*:\s*null\s*,?')
 
 
@@ -54,6 +55,8 @@ class UsageStripper:
 
     def feed(self, chunk: bytes) -> bytes:
         data = self._pending + chunk if self._pending else chunk
+        if _COMPACT_NULL in data:
+            data = data.replace(_COMPACT_NULL, b"")
         if b'"usage"' not in data:
             ends = _last_event_end(data)
             self._pending = data[ends:]

@@ -14,7 +14,6 @@ bounded (least recently used entries go first) and lives in the writer thread on
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -64,12 +63,12 @@ def _scope(rec: Recording) -> tuple[str, str]:
 
 def tool_results(inputs: Any) -> list[tuple[str, Any]]:
     """(call id, result) for each tool result a chat or Responses request carries."""
-    if not isinstance(inputs, Mapping):
+    if not isinstance(inputs, dict):
         return []
     found: list[tuple[str, Any]] = []
     for message in inputs.get("messages") or ():
         if (
-            isinstance(message, Mapping)
+            isinstance(message, dict)
             and message.get("role") == "tool"
             and isinstance(message.get("tool_call_id"), str)
         ):
@@ -77,7 +76,7 @@ def tool_results(inputs: Any) -> list[tuple[str, Any]]:
     items = inputs.get("input")
     for item in items if isinstance(items, list) else ():
         if (
-            isinstance(item, Mapping)
+            isinstance(item, dict)
             and item.get("type") == "function_call_output"
             and isinstance(item.get("call_id"), str)
         ):
@@ -87,18 +86,18 @@ def tool_results(inputs: Any) -> list[tuple[str, Any]]:
 
 def tool_calls(outputs: Any) -> list[tuple[str, str, Any]]:
     """(call id, name, arguments) for each tool call in a chat or Responses answer."""
-    if not isinstance(outputs, Mapping):
+    if not isinstance(outputs, dict):
         return []
     found: list[tuple[str, str, Any]] = []
     for choice in outputs.get("choices") or ():
-        message = choice.get("message") if isinstance(choice, Mapping) else None
-        for call in (message or {}).get("tool_calls") or () if isinstance(message, Mapping) else ():
-            function = call.get("function") if isinstance(call, Mapping) else None
-            if isinstance(function, Mapping) and isinstance(call.get("id"), str):
+        message = choice.get("message") if isinstance(choice, dict) else None
+        for call in (message or {}).get("tool_calls") or () if isinstance(message, dict) else ():
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict) and isinstance(call.get("id"), str):
                 found.append((call["id"], str(function.get("name")), function.get("arguments")))
     for item in outputs.get("output") or () if isinstance(outputs.get("output"), list) else ():
         if (
-            isinstance(item, Mapping)
+            isinstance(item, dict)
             and item.get("type") == "function_call"
             and isinstance(item.get("call_id"), str)
         ):
@@ -121,7 +120,7 @@ class AgentLinker:
             (self._calls.get((scope, cid)), cid, result) for cid, result in tool_results(inputs)
         ]
         known = [(call, cid, result) for call, cid, result in known if call is not None]
-        previous = inputs.get("previous_response_id") if isinstance(inputs, Mapping) else None
+        previous = inputs.get("previous_response_id") if isinstance(inputs, dict) else None
         via_response = self._responses.get(previous) if isinstance(previous, str) else None
         if not known and via_response is None:
             return Links()
@@ -200,6 +199,6 @@ class AgentLinker:
             self._calls.remember(
                 (scope, cid), ToolCall(span.trace_id, span.span_id, cid, name, arguments, ended)
             )
-        response_id = span.outputs.get("id") if isinstance(span.outputs, Mapping) else None
+        response_id = span.outputs.get("id") if isinstance(span.outputs, dict) else None
         if span.name == "responses" and isinstance(response_id, str):
             self._responses.remember(response_id, (span.trace_id, span.span_id))

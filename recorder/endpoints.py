@@ -40,10 +40,10 @@ def _done_only(event: str | None, data: Mapping[str, Any] | None) -> bool:
 
 def _choice_has_output(data: Mapping[str, Any]) -> bool:
     for choice in data.get("choices") or ():
-        if not isinstance(choice, Mapping):
+        if not isinstance(choice, dict):
             continue
         delta = choice.get("delta")
-        if isinstance(delta, Mapping):
+        if isinstance(delta, dict):
             if (
                 delta.get("content")
                 or delta.get("refusal")
@@ -120,13 +120,13 @@ def endpoint_for(path: str) -> Endpoint | None:
 
 def usage_of(payload: Mapping[str, Any] | None) -> Usage | None:
     """Token usage from any endpoint's `usage` object (prompt/completion or input/output names)."""
-    if not isinstance(payload, Mapping):
-        return None
+    if not isinstance(payload, dict) or ("usage" not in payload and "response" not in payload):
+        return None  # most stream events: no usage, nothing to look at
     raw = payload.get("usage")
-    if not isinstance(raw, Mapping):
+    if not isinstance(raw, dict):
         response = payload.get("response")  # a Responses API event wraps the response
-        raw = response.get("usage") if isinstance(response, Mapping) else None
-    if not isinstance(raw, Mapping):
+        raw = response.get("usage") if isinstance(response, dict) else None
+    if not isinstance(raw, dict):
         return None
     inp = _int(raw.get("input_tokens", raw.get("prompt_tokens")))
     out = _int(raw.get("output_tokens", raw.get("completion_tokens")))

@@ -31,7 +31,7 @@ def load_prices(path: str | None) -> PriceTable:
         raw = Path(path).read_bytes()
         extra = tomllib.loads(raw.decode()) if path.endswith(".toml") else json.loads(raw)
         for model, entry in extra.items():
-            if not isinstance(entry, Mapping) or not {"input", "output"} <= set(entry):
+            if not isinstance(entry, dict) or not {"input", "output"} <= set(entry):
                 raise ValueError(f"{path}: {model} needs input and output prices per 1M tokens")
             table[model] = {k: float(v) for k, v in entry.items()}
     return table
@@ -46,7 +46,7 @@ def price_for(table: PriceTable, model: str | None) -> dict[str, float] | None:
 def _cached_tokens(usage: Mapping[str, Any]) -> int:
     for name in ("prompt_tokens_details", "input_tokens_details"):
         details = usage.get(name)
-        if isinstance(details, Mapping) and isinstance(details.get("cached_tokens"), int):
+        if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
             return int(details["cached_tokens"])
     return 0
 

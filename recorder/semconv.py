@@ -6,19 +6,18 @@ plain names (`model`, `usage`, `cost`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from llmtap.recorder.records import RequestContext, Usage
 
 
 def finish_reasons(outputs: Any) -> list[str]:
-    if not isinstance(outputs, Mapping):
+    if not isinstance(outputs, dict):
         return []
     reasons = [
         c.get("finish_reason")
         for c in outputs.get("choices") or ()
-        if isinstance(c, Mapping) and c.get("finish_reason")
+        if isinstance(c, dict) and c.get("finish_reason")
     ]
     if not reasons and isinstance(outputs.get("status"), str) and "output" in outputs:
         reasons = [outputs["status"]]  # a Responses API response says how it ended here
@@ -33,7 +32,7 @@ def genai_attributes(
         "gen_ai.provider.name": "openai",
         "gen_ai.request.model": request_model,
     }
-    if isinstance(outputs, Mapping):
+    if isinstance(outputs, dict):
         if outputs.get("model"):
             attributes["gen_ai.response.model"] = outputs["model"]
         if outputs.get("id"):

@@ -28,6 +28,9 @@ def connect_for_writing(path: str | Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA busy_timeout=5000")
+    # the writer checkpoints when it is idle (see SqliteStore.idle), not inside a COMMIT that a
+    # client is waiting for
+    conn.execute("PRAGMA wal_autocheckpoint=0")
     migrate(Database(conn))
     return conn
 
@@ -134,9 +137,20 @@ def _span_row(s: Span, exchange_id: str | None) -> tuple[Any, ...]:
 class SqliteStore:
     """Implements the Sink side (`write`) over one connection owned by the writer thread."""
 
+    CHECKPOINT_EVERY = 256
+    """Batches after which a checkpoint runs even under sustained load (bounds the WAL)."""
+
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         self.conn = connect_for_writing(path)
+        self._since_checkpoint = 0
+
+    def idle(self) -> None:
+        """Nothing is waiting: move the WAL into the database now (PASSIVE: never blocks
+        a reader)."""
+        if self._since_checkpoint:
+            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            self._since_checkpoint = 0
 
     def write(self, batches: Sequence[Batch]) -> None:
         """Write all batches in one transaction: all of them land, or none."""
@@ -148,6 +162,9 @@ class SqliteStore:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= self.CHECKPOINT_EVERY:
+            self.idle()
 
     def _insert(self, batches: Iterable[Batch]) -> None:
         conn = self.conn

@@ -36,6 +36,51 @@ class SseDecoder:
         """Decode one piece of the stream; return the events it completed, in order."""
         if not data:
             return []
+        if self._between_events() and b"\r" not in data:
+            return self._feed_blocks(data)
+        return self._feed_lines(data)
+
+    def _between_events(self) -> bool:
+        return not (
+            self._pending
+            or self._data
+            or self._skip_lf
+            or self._at_start
+            or self._event is not None
+            or self._retry is not None
+        )
+
+    def _feed_blocks(self, data: bytes) -> list[SseEvent]:
+        """The common shape, one `data:` line (after an `event:` line, maybe) per event,
+        decoded a whole event at a time; anything else goes through the line rules."""
+        blocks = data.split(b"\n\n")
+        tail = blocks.pop()  # what follows the last blank line: an event still arriving
+        events: list[SseEvent] = []
+        for block in blocks:
+            if block.startswith(b"data: ") and b"\n" not in block:
+                events.append(SseEvent(block[6:].decode("utf-8", "replace"), None, self._last_id))
+                continue
+            name, newline, rest = block.partition(b"\n")
+            if (
+                newline
+                and name.startswith(b"event: ")
+                and rest.startswith(b"data: ")
+                and b"\n" not in rest
+            ):
+                events.append(
+                    SseEvent(
+                        rest[6:].decode("utf-8", "replace"),
+                        name[7:].decode("utf-8", "replace") or None,
+                        self._last_id,
+                    )
+                )
+                continue
+            events.extend(self._feed_lines(block + b"\n\n"))
+        if tail:
+            events.extend(self._feed_lines(tail))
+        return events
+
+    def _feed_lines(self, data: bytes) -> list[SseEvent]:
         if self._skip_lf and data[:1] == b"\n":
             data = data[1:]
         self._skip_lf = False

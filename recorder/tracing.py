@@ -113,9 +113,9 @@ def _decoded_body(rec: Recording, body: bytes, problems: list[str]) -> bytes:
 
 
 def _error_message(error: Any) -> str:
-    if isinstance(error, Mapping):
+    if isinstance(error, dict):
         inner = error.get("error", error)
-        if isinstance(inner, Mapping) and inner.get("message"):
+        if isinstance(inner, dict) and inner.get("message"):
             return str(inner["message"])
     return str(error)[:500] if error is not None else ""
 

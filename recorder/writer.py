@@ -31,6 +31,7 @@ MAX_BATCH = 512
 
 class Sink(Protocol):
     def write(self, batches: Sequence[Batch]) -> None: ...
+    def idle(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -125,6 +126,8 @@ class Writer:
                         item.set()
                 if any(item is None for item in items):
                     return
+                if self._queue.empty():
+                    self._idle(sink)
         finally:
             sink.close()
 
@@ -145,6 +148,12 @@ class Writer:
             # the loop may have closed while we wrote: then nobody is waiting any more
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve, results)
+
+    def _idle(self, sink: Sink) -> None:
+        try:
+            sink.idle()
+        except Exception as exc:  # a checkpoint that fails is retried at the next idle
+            log.warning("checkpoint failed: %s", exc)
 
     def _build(self, recording: Recording) -> Batch | None:
         try:

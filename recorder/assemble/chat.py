@@ -38,7 +38,7 @@ _MESSAGE_FIELDS: dict[str, Any] = dict.fromkeys(
 
 def copy_json(value: Any) -> Any:
     """A deep copy of parsed JSON, so that merging never mutates the caller's payloads."""
-    if isinstance(value, Mapping):
+    if isinstance(value, dict):
         return {key: copy_json(item) for key, item in value.items()}
     if isinstance(value, list):
         return [copy_json(item) for item in value]
@@ -92,7 +92,7 @@ def merge_delta(acc: dict[str, Any], delta: Mapping[str, Any], problems: list[st
         elif isinstance(current, str) and isinstance(value, str):
             current = None  # let go, so that `_concat` holds the only reference
             _concat(acc, key, value)
-        elif isinstance(current, dict) and isinstance(value, Mapping):
+        elif isinstance(current, dict) and isinstance(value, dict):
             merge_delta(current, value, problems)
         elif isinstance(current, list) and isinstance(value, list):
             _merge_list(key, current, value, problems)
@@ -113,7 +113,7 @@ def _concat(acc: dict[str, Any], key: str, value: str) -> None:
 
 def _has_indexed_entries(value: Any) -> bool:
     return isinstance(value, list) and any(
-        isinstance(entry, Mapping) and "index" in entry for entry in value
+        isinstance(entry, dict) and "index" in entry for entry in value
     )
 
 
@@ -122,7 +122,7 @@ def _merge_list(key: str, acc: list[Any], delta: list[Any], problems: list[str])
         acc.extend(copy_json(delta))  # plain lists only ever grow
         return
     for entry in delta:
-        index = entry.get("index") if isinstance(entry, Mapping) else None
+        index = entry.get("index") if isinstance(entry, dict) else None
         if not is_index(index):
             problems.append(f"{key} entry without an integer index: appended as is")
             acc.append(copy_json(entry))
@@ -168,7 +168,7 @@ class ChatAssembler:
         return self._envelope.result(choices)
 
     def _feed(self, chunk: Mapping[str, Any]) -> None:
-        if not isinstance(chunk, Mapping):
+        if not isinstance(chunk, dict):
             self.problems.append(f"chunk is a {type(chunk).__name__}, not an object")
             return
         choices = chunk.get("choices")
@@ -181,12 +181,12 @@ class ChatAssembler:
             self._feed_choice(choice)
 
     def _feed_choice(self, choice: Any) -> None:
-        index = choice.get("index") if isinstance(choice, Mapping) else None
+        index = choice.get("index") if isinstance(choice, dict) else None
         if not is_index(index):
             self.problems.append(f"choice without an integer index: {str(choice)[:200]}")
             return
         delta = choice.get("delta")
-        if not isinstance(delta, Mapping):
+        if not isinstance(delta, dict):
             if delta is not None:
                 self.problems.append(f"choice {index}: delta is not an object")
             delta = {}
@@ -204,7 +204,7 @@ class ChatAssembler:
     def _feed_logprobs(self, snapshot: dict[str, Any], logprobs: Any) -> None:
         if logprobs is None:
             return
-        if not isinstance(logprobs, Mapping):
+        if not isinstance(logprobs, dict):
             self.problems.append("logprobs is not an object")
             return
         current = snapshot.get("logprobs")
@@ -240,7 +240,7 @@ def _with_text_content(delta: Mapping[str, Any], problems: list[str]) -> Mapping
     for part in parts:
         if isinstance(part, str):
             texts.append(part)
-        elif isinstance(part, Mapping) and isinstance(part.get("text"), str):
+        elif isinstance(part, dict) and isinstance(part.get("text"), str):
             texts.append(part["text"])
         else:
             problems.append(f"content part without text dropped: {str(part)[:200]}")

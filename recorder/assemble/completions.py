@@ -38,7 +38,7 @@ class CompletionsAssembler:
         return self._envelope.result([self._choices[i] for i in sorted(self._choices)])
 
     def _feed(self, chunk: Mapping[str, Any]) -> None:
-        choices = chunk.get("choices") if isinstance(chunk, Mapping) else None
+        choices = chunk.get("choices") if isinstance(chunk, dict) else None
         if not isinstance(choices, list):
             self.problems.append(f"chunk without a choices list: {str(chunk)[:200]}")
             return
@@ -48,7 +48,7 @@ class CompletionsAssembler:
             self._feed_choice(choice)
 
     def _feed_choice(self, choice: Any) -> None:
-        index = choice.get("index") if isinstance(choice, Mapping) else None
+        index = choice.get("index") if isinstance(choice, dict) else None
         if not is_index(index):
             self.problems.append(f"choice without an integer index: {str(choice)[:200]}")
             return
@@ -75,7 +75,7 @@ class CompletionsAssembler:
     def _feed_logprobs(self, snapshot: dict[str, Any], logprobs: Any) -> None:
         if logprobs is None:
             return
-        if not isinstance(logprobs, Mapping):
+        if not isinstance(logprobs, dict):
             self.problems.append("logprobs is not an object")
             return
         current = snapshot["logprobs"]

@@ -28,7 +28,7 @@ def decode_embeddings(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _decoded_item(item: Any) -> Any:
-    if not isinstance(item, Mapping) or not isinstance(item.get("embedding"), str):
+    if not isinstance(item, dict) or not isinstance(item.get("embedding"), str):
         return item
     vector = _floats(item["embedding"])
     return item if vector is None else {**item, "embedding": vector}
@@ -54,7 +54,7 @@ class EmbeddingsAssembler:
 
     def feed(self, chunk: Mapping[str, Any]) -> None:
         """Take the response body. Never raises."""
-        if isinstance(chunk, Mapping):
+        if isinstance(chunk, dict):
             self._body = chunk
         else:
             self.problems.append(f"payload is a {type(chunk).__name__}, not an object")

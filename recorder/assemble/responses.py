@@ -75,13 +75,13 @@ class ResponsesAssembler:
         return [self._done[i] if i in self._done else self._items[i] for i in indexes]
 
     def _feed(self, event: Mapping[str, Any]) -> None:
-        kind = event.get("type") if isinstance(event, Mapping) else None
+        kind = event.get("type") if isinstance(event, dict) else None
         if not isinstance(kind, str):
             self.problems.append(f"event without a type: {str(event)[:200]}")
             return
         if kind in _LIFECYCLE or kind in _TERMINAL:
             response = event.get("response")
-            if not isinstance(response, Mapping):
+            if not isinstance(response, dict):
                 self.problems.append(f"{kind} without a response object")
             elif kind in _TERMINAL:
                 self._terminal = copy_json(response)
@@ -101,7 +101,7 @@ class ResponsesAssembler:
 
     def _item_added(self, event: Mapping[str, Any]) -> None:
         index, item = self._output_index(event), event.get("item")
-        if index is not None and isinstance(item, Mapping):
+        if index is not None and isinstance(item, dict):
             self._items[index] = copy_json(item)
 
     def _item_done(self, event: Mapping[str, Any]) -> None:
@@ -111,14 +111,14 @@ class ResponsesAssembler:
 
     def _part_added(self, event: Mapping[str, Any]) -> None:
         item, part = self._item(event), event.get("part")
-        if item is not None and isinstance(part, Mapping):
+        if item is not None and isinstance(part, dict):
             content = item.setdefault("content", [])
             if isinstance(content, list):
                 content.append(copy_json(part))
 
     def _part_done(self, event: Mapping[str, Any]) -> None:
         part = self._part(event)
-        if part is not None and isinstance(event.get("part"), Mapping):
+        if part is not None and isinstance(event.get("part"), dict):
             part.clear()
             part.update(copy_json(event["part"]))
 
@@ -153,7 +153,7 @@ class ResponsesAssembler:
 
     def _error_event(self, event: Mapping[str, Any]) -> None:
         nested = event.get("error")
-        source: Mapping[str, Any] = nested if isinstance(nested, Mapping) else event
+        source: Mapping[str, Any] = nested if isinstance(nested, dict) else event
         error = {
             key: copy_json(value)
             for key, value in source.items()

@@ -28,6 +28,9 @@ class ListSink:
             raise RuntimeError("disk I/O error")
         self.writes.append(list(batches))
 
+    def idle(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
