@@ -24,7 +24,7 @@ from llmtap.recorder.prices import load_prices
 from llmtap.recorder.reader import TraceReader
 from llmtap.recorder.records import Mode
 from llmtap.recorder.sqlite import SqliteStore
-from llmtap.recorder.tracing import Tracer
+from llmtap.recorder.tracing import Tracer, raw_batch
 from llmtap.recorder.writer import Writer
 
 log = logging.getLogger("llmtap")
@@ -54,6 +54,7 @@ class LlmtapApp:
                 build=Tracer(
                     log_traces=settings.log_traces, prices=load_prices(settings.prices_file)
                 ).build,
+                fallback=raw_batch,
                 on_written=self.replayer.on_written,
             )
         self.forwarder = Forwarder(settings, self.writer, self.replayer)

@@ -2,7 +2,7 @@
 
     LlmtapError                      an answer llmtap gives instead of the upstream's
     ├── RequestTooLarge    413       the body is over `max_body_size`
-    ├── BadControl         400       an `llmtap-*` header llmtap cannot follow
+    ├── BadControl         400       an `llmtap-*` header or a request llmtap cannot follow
     ├── UpstreamUnreachable 502      refused, reset, DNS, TLS: no response came
     ├── UpstreamTimeout     504      no byte within `read_timeout` (or no connection in time)
     └── ReplayMiss          404      replay mode and no recording matches (see replay)
@@ -32,9 +32,11 @@ class RequestTooLarge(LlmtapError):
 
 
 class BadControl(LlmtapError):
+    """An `llmtap-*` header, or a request, that llmtap cannot act on as sent."""
+
     status = 400
     type = "invalid_request_error"
-    code = "bad_llmtap_header"
+    code = "bad_request_for_llmtap"
 
 
 class UpstreamUnreachable(LlmtapError):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 from yarl import URL
@@ -111,7 +112,8 @@ class Forwarder:
         ):
             return
         rec.discard = mode == Mode.OFF
-        url = self.base + api_path + ("?" + query if query else "")
+        # the path as the client encoded it: decoding and re-encoding would change the request
+        url = self.base + raw_api_path(scope, api_path) + ("?" + query if query else "")
         body, headers = rec.request_body, split.forward
         if self.settings.stream_usage and self.writer and not rec.discard and rec.method == "POST":
             injected = injected_body(api_path, body)
@@ -163,7 +165,12 @@ class Forwarder:
                 ),
             )
             return
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
+        except ValueError as exc:  # aiohttp refuses to send it (a control character...)
+            await self._answer_error(
+                send, rec, BadControl(f"llmtap: this request cannot be forwarded as it is: {exc}")
+            )
+            return
+        except (aiohttp.ClientError, OSError) as exc:
             await self._answer_error(
                 send,
                 rec,
@@ -259,6 +266,18 @@ class Forwarder:
     def _submit(self, rec: Recording) -> None:
         if self.writer is not None and not rec.discard:
             self.writer.submit_nowait(rec)
+
+
+def raw_api_path(scope: Scope, api_path: str) -> str:
+    """The path below `/v1` exactly as the client sent it (still percent-encoded)."""
+    raw = scope.get("raw_path")
+    if not raw:
+        return quote(api_path, safe="/:@!$&'()*+,;=-._~")
+    text = raw.decode("latin-1")
+    if text.startswith("/v1"):
+        return text[3:]
+    parts = text.split("/", 3)  # "", "experiments", NAME, "v1/..."
+    return parts[3][2:] if len(parts) == 4 else api_path
 
 
 def _identity(upstream: aiohttp.ClientResponse) -> bool:

@@ -36,7 +36,10 @@ def canonical_body(body: bytes, ignore: Iterable[str] = ()) -> bytes:
     value = parse_body(body)
     if isinstance(value, bytes):
         return value
-    return orjson.dumps(canonical_value(value, ignore), option=orjson.OPT_SORT_KEYS)
+    try:
+        return orjson.dumps(canonical_value(value, ignore), option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # nested deeper than orjson writes: the bytes stand for themselves
+        return body
 
 
 def match_key(

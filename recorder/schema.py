@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS spans (
     exchange_id TEXT
 );
 CREATE INDEX IF NOT EXISTS spans_by_trace ON spans (trace_id, start_time_ns);
+CREATE INDEX IF NOT EXISTS spans_by_model ON spans (json_extract(attributes, '$.model'), trace_id);
 CREATE TABLE IF NOT EXISTS exchanges (
     exchange_id TEXT PRIMARY KEY,
     experiment TEXT NOT NULL,

@@ -6,6 +6,7 @@ WAL mode with `synchronous=NORMAL`: a commit is a write() into the WAL, which su
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -143,17 +144,34 @@ class SqliteStore:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         self.conn = connect_for_writing(path)
+        self._inode = _inode(self.path)
         self._since_checkpoint = 0
 
     def idle(self) -> None:
         """Nothing is waiting: move the WAL into the database now (PASSIVE: never blocks
-        a reader)."""
+        a reader), and make sure the file written is still the one at the path."""
         if self._since_checkpoint:
             self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             self._since_checkpoint = 0
+        self.check_file()
+
+    def check_file(self) -> None:
+        """A database deleted or replaced under a running proxy would swallow every write
+        unseen: open the file at the path again (a new one if need be) and say so."""
+        if _inode(self.path) == self._inode:
+            return
+        self.conn.close()
+        self.conn = connect_for_writing(self.path)
+        self._inode = _inode(self.path)
+        raise StoreReplaced(
+            f"the database {self.path} was deleted or replaced while llmtap ran; "
+            "recording goes on into a new file at that path"
+        )
 
     def write(self, batches: Sequence[Batch]) -> None:
         """Write all batches in one transaction: all of them land, or none."""
+        if self._since_checkpoint % 64 == 63:  # under sustained load too, now and then
+            self.check_file()
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -206,6 +224,18 @@ class SqliteStore:
 
     def close(self) -> None:
         self.conn.close()
+
+
+class StoreReplaced(RuntimeError):
+    """The database file changed under the writer; it has been opened again."""
+
+
+def _inode(path: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def _merge_heads(old: TraceHead | None, new: TraceHead) -> TraceHead:

@@ -6,6 +6,7 @@ stream cut short, garbage from the upstream all become a span that says so.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -185,6 +186,15 @@ class Tracer:
         return Batch(exchange, key, is_stream, (*links.spans, span), head, links.reparent)
 
 
+def raw_batch(rec: Recording) -> Batch:
+    """The exchange alone, parsing nothing: the writer's fallback when a full batch fails."""
+    content_type = header(rec.response_headers, "content-type") or ""
+    is_stream = content_type.startswith("text/event-stream")
+    body = rec.error_body if rec.error_status else b"".join(rec.chunks)
+    key = hashlib.sha256(rec.method.encode() + rec.path.encode() + rec.request_body).hexdigest()
+    return Batch(build_exchange(rec, body or b"", is_stream), key, is_stream)
+
+
 def build_batch(rec: Recording, *, log_traces: bool = True) -> Batch:
     """One recording on its own, with no memory of earlier calls (tests, tools)."""
     return Tracer(log_traces=log_traces).build(rec)
@@ -230,9 +240,13 @@ def build_span(
         decoded = _parse_json(_decoded_body(rec, exchange.response_body, problems))
         if (exchange.status or 0) >= 400:
             error = decoded
-        else:
-            outputs = endpoint.response_output(decoded) if isinstance(decoded, dict) else decoded
-            usage = usage_of(decoded if isinstance(decoded, dict) else None)
+        elif isinstance(decoded, dict):
+            outputs = endpoint.response_output(decoded)
+            usage = usage_of(decoded)
+        else:  # garbage with a 200: the client's SDK fails on it, and the span says why
+            outputs = decoded
+            error = {"message": "the upstream's answer is not a JSON object"}
+            problems.append(error["message"])
     if usage is not None:
         attributes["usage"] = usage.as_dict()
     attributes["llmtap.usage_source"] = "provider" if usage is not None else "missing"

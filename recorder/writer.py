@@ -39,16 +39,19 @@ class Sink(Protocol):
 class WriterHealth:
     written: int = 0
     failed: int = 0
+    ok: bool = True
+    """The last write reached the store."""
     last_error: str | None = None
     last_error_at: float | None = None
     batches: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "ok": self.ok,
             "written": self.written,
             "failed": self.failed,
             "last_error": self.last_error,
-            "ok": self.last_error is None,
+            "last_error_at": self.last_error_at,
         }
 
 
@@ -62,6 +65,9 @@ _Message = _Item | threading.Event | None
 class Writer:
     sink_factory: Callable[[], Sink]
     build: Callable[[Recording], Batch]
+    fallback: Callable[[Recording], Batch] | None = None
+    """The raw exchange alone, for a recording whose full batch cannot be built or stored:
+    what the traffic meant may be lost, the exchange itself is not."""
     on_written: Callable[[list[Batch]], None] | None = None
     """Called in the writer thread with the batches that reached the store."""
     health: WriterHealth = field(default_factory=WriterHealth)
@@ -136,6 +142,11 @@ class Writer:
             return
         batches = [self._build(r) for r, _ in items]
         ok = self._write(sink, batches)
+        for i, (recording, _) in enumerate(items):
+            if not ok[i] and self.fallback is not None:
+                raw = self._build(recording, self.fallback)
+                if raw is not None and self._write_one(sink, raw):
+                    ok[i], batches[i] = True, raw
         self.health.written += sum(ok)
         if self.on_written is not None:
             self.on_written([b for b, good in zip(batches, ok, strict=True) if good and b])
@@ -153,14 +164,19 @@ class Writer:
         try:
             sink.idle()
         except Exception as exc:  # a checkpoint that fails is retried at the next idle
-            log.warning("checkpoint failed: %s", exc)
+            self._note_failure(str(exc))
 
-    def _build(self, recording: Recording) -> Batch | None:
+    def _build(
+        self, recording: Recording, build: Callable[[Recording], Batch] | None = None
+    ) -> Batch | None:
         try:
-            return self.build(recording)
-        except Exception:
-            log.exception("could not build a record for %s %s", recording.method, recording.path)
-            self._note_failure("build failed")
+            return (build or self.build)(recording)
+        except Exception as exc:
+            log.warning(
+                "could not build a record of %s %s: %r", recording.method, recording.path, exc
+            )
+            if build is not None or self.fallback is None:
+                self._note_failure(f"could not build a record: {exc!r}")
             return None
 
     def _write(self, sink: Sink, batches: list[Batch | None]) -> list[bool]:
@@ -168,7 +184,7 @@ class Writer:
         try:
             if good:
                 sink.write(good)
-            self.health.last_error = None
+            self.health.ok = True
             return [b is not None for b in batches]
         except Exception as exc:
             if len(good) == 1:
@@ -187,6 +203,7 @@ class Writer:
 
     def _note_failure(self, message: str) -> None:
         self.health.failed += 1
+        self.health.ok = False
         self.health.last_error = message
         self.health.last_error_at = time.time()
         log.error("recording failed: %s", message)

@@ -1,0 +1,133 @@
+"""Client faults over raw sockets: disconnects, slow readers and senders, malformed HTTP."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any
+
+import httpx
+import orjson
+
+from tests.conftest import Proxy
+
+BODY = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+
+
+def raw_request(proxy: Proxy, body: bytes, headers: dict[str, str] | None = None) -> bytes:
+    host, port = proxy.url.removeprefix("http://").split(":")
+    head = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    return (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{head}\r\n"
+    ).encode() + body
+
+
+def connect(proxy: Proxy) -> socket.socket:
+    host, port = proxy.url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def wait_for(proxy: Proxy, sql: str, expected: Any) -> None:
+    for _ in range(300):
+        rows = proxy.query(sql)
+        if rows and rows[0][0] == expected:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{sql} never gave {expected}: {rows and tuple(rows[0])}")
+
+
+def test_disconnect_before_the_response_is_recorded(proxy: Proxy) -> None:
+    sock = connect(proxy)
+    sock.sendall(raw_request(proxy, BODY, {"x-simulator-fault": "slow-first-byte-ms=400"}))
+    time.sleep(0.1)
+    sock.close()
+    wait_for(proxy, "SELECT status_message FROM spans", "client disconnected")
+    assert httpx.post(f"{proxy.base_url}/chat/completions", content=BODY).status_code == 200
+
+
+def test_disconnect_before_sending_the_whole_body(proxy: Proxy) -> None:
+    sock = connect(proxy)
+    sock.sendall(raw_request(proxy, BODY)[:-10])
+    time.sleep(0.1)
+    sock.close()
+    wait_for(
+        proxy, "SELECT error FROM exchanges", "client disconnected before sending its whole body"
+    )
+    assert httpx.post(f"{proxy.base_url}/chat/completions", content=BODY).status_code == 200
+
+
+def test_a_slow_reader_holds_no_one_else_back(proxy: Proxy) -> None:
+    big = orjson.dumps(
+        {"model": "m", "stream": True, "messages": [{"role": "user", "content": "x " * 2000}]}
+    )
+    slow = connect(proxy)
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.sendall(raw_request(proxy, big, {"x-simulator-chunks": "3000"}))
+    slow.recv(100)  # then read nothing for a while
+    began = time.perf_counter()
+    with httpx.Client() as client:
+        for _ in range(20):
+            assert (
+                client.post(f"{proxy.base_url}/chat/completions", content=BODY).status_code == 200
+            )
+    assert time.perf_counter() - began < 5
+    slow.settimeout(10)
+    received = 0
+    while True:  # now read it all: back-pressure, not loss
+        piece = slow.recv(65536)
+        if not piece:
+            break
+        received += len(piece)
+        if received and b"0\r\n\r\n" in piece:
+            break
+    slow.close()
+    assert received > 100_000
+
+
+def test_a_slow_sender_is_served(proxy: Proxy) -> None:
+    sock = connect(proxy)
+    request = raw_request(proxy, BODY)
+    for i in range(0, len(request), 16):
+        sock.sendall(request[i : i + 16])
+        time.sleep(0.01)
+    reply = sock.recv(65536)
+    sock.close()
+    assert reply.startswith(b"HTTP/1.1 200")
+
+
+def test_malformed_http_gets_400_and_the_server_goes_on(proxy: Proxy) -> None:
+    for garbage in (
+        b"NOT HTTP AT ALL\r\n\r\n",
+        b"GET /v1/models HTTP/9.9\r\n\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+        b"\x00\xff\xfe" * 100,
+    ):
+        sock = connect(proxy)
+        sock.sendall(garbage)
+        try:
+            reply = sock.recv(100)
+        except ConnectionResetError:
+            reply = b""
+        sock.close()
+        assert reply == b"" or reply.startswith(b"HTTP/1.1 400"), reply
+    assert httpx.post(f"{proxy.base_url}/chat/completions", content=BODY).status_code == 200
+
+
+def test_many_clients_leaving_mid_stream_leave_nothing_behind(proxy: Proxy) -> None:
+    def leave() -> None:
+        with httpx.stream(
+            "POST",
+            f"{proxy.base_url}/chat/completions",
+            content=orjson.dumps({**orjson.loads(BODY), "stream": True}),
+            headers={"x-simulator-fault": "chunk-delay-ms=20", "x-simulator-chunks": "50"},
+        ) as r:
+            next(r.iter_raw())
+
+    threads = [threading.Thread(target=leave) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    wait_for(proxy, "SELECT count(*) FROM spans WHERE status_message = 'client disconnected'", 20)

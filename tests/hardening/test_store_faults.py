@@ -1,0 +1,121 @@
+"""The store under stress: a reader holding a transaction, the file deleted, the disk full, an
+older schema. The proxy keeps forwarding, says what is wrong, and keeps what it can."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlite_utils import Database
+
+from llmtap.recorder.schema import migrations
+from tests.conftest import Proxy
+
+BODY = {"model": "m", "messages": [{"role": "user", "content": "store"}]}
+
+
+def call(proxy: Proxy, n: int = 1) -> None:
+    with httpx.Client() as client:
+        for _ in range(n):
+            assert client.post(f"{proxy.base_url}/chat/completions", json=BODY).status_code == 200
+
+
+def health(proxy: Proxy) -> dict[str, Any]:
+    return httpx.get(f"{proxy.url}/api/health").json()
+
+
+def test_a_reader_holding_a_transaction_blocks_nothing(proxy: Proxy) -> None:
+    call(proxy)
+    reader = sqlite3.connect(proxy.db)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT count(*) FROM traces").fetchone()[0] == 1
+    call(proxy, 30)  # as datasette or sqlite3 would hold one open
+    proxy.flush()
+    assert reader.execute("SELECT count(*) FROM traces").fetchone()[0] == 1  # its snapshot
+    reader.rollback()
+    reader.close()
+    assert proxy.query("SELECT count(*) FROM traces")[0][0] == 31
+    assert health(proxy)["store"]["ok"]
+
+
+def test_the_file_deleted_under_a_running_proxy(proxy: Proxy) -> None:
+    call(proxy, 2)
+    proxy.flush()
+    for path in proxy.db.parent.glob(proxy.db.name + "*"):
+        path.unlink()
+    call(proxy)  # forwarding never stops
+    for _ in range(100):
+        if "deleted or replaced" in (health(proxy)["store"]["last_error"] or ""):
+            break
+        time.sleep(0.02)
+    assert "deleted or replaced" in health(proxy)["store"]["last_error"]
+    call(proxy, 3)
+    proxy.flush()
+    assert proxy.db.exists()
+    assert proxy.query("SELECT count(*) FROM traces")[0][0] >= 3  # recording goes on
+    assert health(proxy)["store"]["ok"]
+
+
+def test_disk_full(start_proxy: Any, tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(small)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        proxy = start_proxy(db=str(small / "full.db"))
+        big = {"model": "m", "messages": [{"role": "user", "content": "y" * 20_000}]}
+        with httpx.Client() as client:
+            statuses = [
+                client.post(f"{proxy.base_url}/chat/completions", json=big).status_code
+                for _ in range(60)
+            ]
+        assert set(statuses) == {200}  # every client served though the disk filled up
+        proxy.flush()
+        store = health(proxy)["store"]
+        assert store["failed"] > 0 and "full" in store["last_error"].lower()
+        conn = sqlite3.connect(small / "full.db")
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        kept = conn.execute("SELECT count(*) FROM traces").fetchone()[0]
+        conn.close()
+        assert 0 < kept < 60
+        proxy.server.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)
+
+
+def test_an_older_schema_moves_forward_on_start(start_proxy: Any, tmp_path: Path) -> None:
+    db_path = tmp_path / "old.db"
+    names = [m.name for m in migrations._migrations]
+    db = Database(db_path)
+    migrations.apply(db, stop_before=names[1]) if len(names) > 1 else migrations.apply(db)
+    db.close()
+    proxy = start_proxy(db=str(db_path))
+    call(proxy)
+    applied = [r[0] for r in proxy.query("SELECT name FROM _sqlite_migrations ORDER BY id")]
+    assert applied == names
+    assert proxy.query("SELECT count(*) FROM traces")[0][0] == 1
+
+
+def test_the_writer_survives_what_it_cannot_store(proxy: Proxy) -> None:
+    """A poison record (here: a JSON body nested deeper than SQLite's JSON functions allow
+    is fine, but one that orjson cannot serialise back is not) fails alone."""
+    deep: Any = "x"
+    for _ in range(300):
+        deep = [deep]
+    httpx.post(
+        f"{proxy.base_url}/chat/completions",
+        json={"model": "m", "messages": [{"role": "user", "content": "d"}], "x": deep},
+    )
+    call(proxy, 2)
+    proxy.flush()
+    assert proxy.query("SELECT count(*) FROM exchanges")[0][0] == 3
+    assert os.path.getsize(proxy.db) >= 0
