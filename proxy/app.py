@@ -22,12 +22,33 @@ from llmtap.proxy.replaying import Replayer
 from llmtap.proxy.ui import ui_routes
 from llmtap.recorder.prices import load_prices
 from llmtap.recorder.reader import TraceReader
-from llmtap.recorder.records import Mode
+from llmtap.recorder.records import Batch, Mode
 from llmtap.recorder.sqlite import SqliteStore
 from llmtap.recorder.tracing import Tracer, raw_batch
 from llmtap.recorder.writer import Writer
 
 log = logging.getLogger("llmtap")
+request_log = logging.getLogger("llmtap.requests")
+
+
+def request_line(batch: Batch) -> str:
+    """`POST /v1/chat/completions 200 123.4 ms gpt-4o-mini 25 tokens` (and the error, if any)."""
+    x = batch.exchange
+    span = batch.spans[-1] if batch.spans else None
+    parts = [
+        x.method,
+        f"/v1{x.path}",
+        str(x.status or "-"),
+        f"{(x.ended_ns - x.started_ns) / 1e6:.1f} ms",
+    ]
+    if span is not None:
+        usage = span.attributes.get("usage") or {}
+        parts.append(str(span.attributes.get("model") or "-"))
+        parts.append(f"{usage.get('total_tokens', '-')} tokens")
+    if x.error:
+        parts.append(f"({x.error})")
+    return " ".join(parts)
+
 
 _EXPERIMENTS = "/experiments/"
 
@@ -55,12 +76,19 @@ class LlmtapApp:
                     log_traces=settings.log_traces, prices=load_prices(settings.prices_file)
                 ).build,
                 fallback=raw_batch,
-                on_written=self.replayer.on_written,
+                on_written=self._on_written,
             )
         self.forwarder = Forwarder(settings, self.writer, self.replayer)
         reader = TraceReader(settings.db)
         health = self.writer.health if self.writer else None
         self.site = Starlette(routes=[*api_routes(settings, reader, health), *ui_routes(reader)])
+
+    def _on_written(self, batches: list[Batch]) -> None:
+        """In the writer thread: replay learns the new exchanges; one log line each."""
+        self.replayer.on_written(batches)
+        if request_log.isEnabledFor(logging.INFO):
+            for batch in batches:
+                request_log.info(request_line(batch))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

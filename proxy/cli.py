@@ -140,13 +140,12 @@ def trace(db: str, trace_id: str, as_json: bool) -> None:
     """One trace with its spans."""
     reader = _reader(db)
     found = reader.get_trace(trace_id)
-    near: list[str] = []
-    if found is None:  # a unique prefix is enough, as with git
-        near = reader.closest_trace_ids(trace_id.lower())
-        prefixed = [i for i in near if i.startswith(trace_id.lower())]
-        if len(trace_id) >= 4 and len(prefixed) == 1:
+    if found is None and len(trace_id) >= 4:  # a unique prefix is enough, as with git
+        prefixed = reader.ids_starting_with(trace_id.lower())
+        if len(prefixed) == 1:
             found = reader.get_trace(prefixed[0])
     if found is None:
+        near = reader.similar_ids(trace_id.lower())
         hint = f"; did you mean {', '.join(near)}?" if near else ""
         raise click.ClickException(f"no trace with id {trace_id}{hint}")
     if as_json:

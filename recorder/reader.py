@@ -136,14 +136,22 @@ class TraceReader:
             ).fetchall()
         return {"info": trace_info(row), "spans": tree_order([span_dict(s) for s in spans])}
 
-    def closest_trace_ids(self, prefix: str, limit: int = 3) -> list[str]:
-        """Ids that sort right after the given one: those it prefixes come first."""
+    def ids_starting_with(self, prefix: str, limit: int = 2) -> list[str]:
         with closing(self._connect()) as conn:
             rows = conn.execute(
-                "SELECT trace_id FROM traces WHERE trace_id >= ? ORDER BY trace_id LIMIT ?",
+                "SELECT trace_id FROM traces WHERE trace_id >= ?1 AND trace_id < ?1 || 'g' "
+                "ORDER BY trace_id LIMIT ?2",
                 [prefix, limit],
             ).fetchall()
         return [r[0] for r in rows]
+
+    def similar_ids(self, trace_id: str, limit: int = 3) -> list[str]:
+        """The ids that share the longest start with a mistyped one (for "did you mean")."""
+        for length in range(min(len(trace_id), 32), 0, -1):
+            found = self.ids_starting_with(trace_id[:length], limit)
+            if found:
+                return found
+        return []
 
     def counts(self) -> dict[str, int]:
         with closing(self._connect()) as conn:

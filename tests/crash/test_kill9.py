@@ -27,9 +27,23 @@ def start_serve(db: Path, upstream: str, *extra: str) -> tuple[subprocess.Popen[
     log = db.with_suffix(f".{time.monotonic_ns()}.log")
     with open(log, "wb") as out:  # a file, not a pipe: a full pipe would stall the server
         proc = subprocess.Popen(
-            [sys.executable, "-m", "llmtap.proxy.cli", "serve", "--port", "0", "--db", str(db),
-             "--upstream", upstream, "--log-level", "warning", *extra],
-            stdout=out, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "llmtap.proxy.cli",
+                "serve",
+                "--port",
+                "0",
+                "--db",
+                str(db),
+                "--upstream",
+                upstream,
+                "--log-level",
+                "warning",
+                *extra,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -46,12 +60,16 @@ def start_serve(db: Path, upstream: str, *extra: str) -> tuple[subprocess.Popen[
 def one_call(base: str, i: int) -> str | None:
     """One exchange; the marker to find in the database if the response arrived in full."""
     marker = f"marker-{i}-{os.urandom(4).hex()}"
-    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": marker}],
-            "stream": i % 2 == 0}
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": marker}],
+        "stream": i % 2 == 0,
+    }
     headers = {"authorization": f"Bearer {TEST_KEY}"}
     try:
-        with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, headers=headers,
-                          timeout=10) as r:
+        with httpx.stream(
+            "POST", f"{base}/v1/chat/completions", json=body, headers=headers, timeout=10
+        ) as r:
             data = b""
             for piece in r.iter_raw():
                 data += piece
@@ -64,7 +82,8 @@ def one_call(base: str, i: int) -> str | None:
 
 
 def test_kill_minus_9_under_load_loses_nothing_a_client_saw_complete(
-        tmp_path: Path, upstream: str) -> None:
+    tmp_path: Path, upstream: str
+) -> None:
     db = tmp_path / "crash.db"
     seen: list[str] = []
     lock = threading.Lock()
@@ -73,7 +92,7 @@ def test_kill_minus_9_under_load_loses_nothing_a_client_saw_complete(
         proc, url = start_serve(db, upstream)
         stop = threading.Event()
 
-        def load() -> None:
+        def load(url: str = url, stop: threading.Event = stop) -> None:
             while not stop.is_set():
                 with lock:
                     i = next(counter)

@@ -18,8 +18,15 @@ from tests.crash.test_kill9 import start_serve
 pytestmark = pytest.mark.slow
 REQUESTS = int(os.environ.get("LLMTAP_SOAK_REQUESTS", "6000"))
 CONCURRENCY = 64
-FAULTS = ["status-500", "status-429", "no-done", "error-event", "malformed-chunk",
-          "reset-mid-stream", "reset-before-headers"]
+FAULTS = [
+    "status-500",
+    "status-429",
+    "no-done",
+    "error-event",
+    "malformed-chunk",
+    "reset-mid-stream",
+    "reset-before-headers",
+]
 
 
 def rss_kb(pid: int) -> int:
@@ -36,8 +43,7 @@ def open_fds(pid: int) -> int:
 async def drive(url: str, count: int, seed: int) -> int:
     """Send `count` requests; returns how many the client got an HTTP answer to."""
     rng = random.Random(seed)
-    plan = [(i % 2 == 0, rng.choice(FAULTS) if rng.random() < 0.1 else None)
-            for i in range(count)]
+    plan = [(i % 2 == 0, rng.choice(FAULTS) if rng.random() < 0.1 else None) for i in range(count)]
     answered = 0
     queue: asyncio.Queue[tuple[bool, str | None]] = asyncio.Queue()
     for item in plan:
@@ -47,12 +53,16 @@ async def drive(url: str, count: int, seed: int) -> int:
         nonlocal answered
         while not queue.empty():
             stream, fault = queue.get_nowait()
-            body = {"model": "gpt-4o-mini", "stream": stream,
-                    "messages": [{"role": "user", "content": "soak"}]}
+            body = {
+                "model": "gpt-4o-mini",
+                "stream": stream,
+                "messages": [{"role": "user", "content": "soak"}],
+            }
             headers = {"x-simulator-fault": fault} if fault else {}
             try:
-                async with session.post(f"{url}/v1/chat/completions", json=body,
-                                        headers=headers) as response:
+                async with session.post(
+                    f"{url}/v1/chat/completions", json=body, headers=headers
+                ) as response:
                     await response.read()
                     answered += 1
             except aiohttp.ClientError:
