@@ -177,6 +177,7 @@ def build(db: Path, count: int) -> None:
             f" VALUES ({', '.join('?' * 16)})",
             spans,
         )
+    conn.execute("UPDATE spans SET model = json_extract(attributes, '$.model')")
     conn.execute("COMMIT")
     conn.execute("ANALYZE")
     conn.close()
@@ -206,10 +207,7 @@ def pages(count: int) -> list[tuple[str, str]]:
 def add_model_index(db: Path) -> None:
     """The index the UI asks a migration for (see `llmtap.proxy.ui_queries.MODEL_INDEX`)."""
     conn = connect_for_writing(db)
-    conn.execute(
-        f"CREATE INDEX IF NOT EXISTS {MODEL_INDEX} ON spans "
-        "(json_extract(attributes, '$.model'), trace_id)"
-    )
+    conn.execute(f"CREATE INDEX IF NOT EXISTS {MODEL_INDEX} ON spans (model, trace_id)")
     conn.execute("ANALYZE")
     conn.close()
 

@@ -25,12 +25,12 @@ from llmtap.recorder.sqlite import connect_for_reading
 _TRACE_COLUMNS = (
     "trace_id, experiment, session, status, request_time, start_time_ns, end_time_ns, "
     "execution_time_ms, tags, span_count, input_tokens, output_tokens, total_tokens, total_cost, "
-    "(SELECT json_array(name, json_extract(attributes, '$.model')) FROM spans "
+    "(SELECT json_array(name, model) FROM spans "
     " WHERE spans.trace_id = traces.trace_id ORDER BY start_time_ns LIMIT 1) AS first_span"
 )
 MAX_LIMIT = 500
 MODEL_INDEX = "spans_by_model"
-"""Optional: `CREATE INDEX spans_by_model ON spans (json_extract(attributes, '$.model'),
+"""Optional: `CREATE INDEX spans_by_model ON spans (model,
 trace_id)`. Without it, filtering by a model few traces use walks every trace."""
 RARE = 2000  # fewer spans than this: read the model's traces from the index
 
@@ -123,8 +123,7 @@ def _model_condition(conn: sqlite3.Connection, model: str) -> str:
     from the index instead; without that index, counting a model's spans would scan them all.
     """
     probe = (
-        "EXISTS (SELECT 1 FROM spans WHERE spans.trace_id = traces.trace_id"
-        " AND json_extract(spans.attributes, '$.model') = ?)"
+        "EXISTS (SELECT 1 FROM spans WHERE spans.trace_id = traces.trace_id AND spans.model = ?)"
     )
     indexed = conn.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", [MODEL_INDEX]
@@ -132,16 +131,12 @@ def _model_condition(conn: sqlite3.Connection, model: str) -> str:
     if indexed is None:
         return probe
     spans = conn.execute(
-        "SELECT count(*) FROM (SELECT 1 FROM spans"
-        " WHERE json_extract(attributes, '$.model') = ? LIMIT ?)",
+        "SELECT count(*) FROM (SELECT 1 FROM spans WHERE model = ? LIMIT ?)",
         [model, RARE],
     ).fetchone()[0]
     if spans >= RARE:
         return probe
-    return (
-        "traces.trace_id IN (SELECT trace_id FROM spans"
-        " WHERE json_extract(attributes, '$.model') = ?)"
-    )
+    return "traces.trace_id IN (SELECT trace_id FROM spans WHERE model = ?)"
 
 
 def _where(flt: TraceFilter) -> tuple[list[str], list[Any]]:

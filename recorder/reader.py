@@ -20,7 +20,7 @@ from llmtap.recorder.sqlite import connect_for_reading
 _TRACE_COLUMNS = (
     "trace_id, experiment, session, status, request_time, start_time_ns, end_time_ns, "
     "execution_time_ms, tags, span_count, input_tokens, output_tokens, total_tokens, total_cost, "
-    "(SELECT json_array(name, json_extract(attributes, '$.model')) FROM spans "
+    "(SELECT json_array(name, model) FROM spans "
     " WHERE spans.trace_id = traces.trace_id ORDER BY start_time_ns LIMIT 1) AS first_span"
 )
 

@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS spans (
     parent_id TEXT,
     name TEXT NOT NULL,
     span_type TEXT NOT NULL,
+    model TEXT,
     start_time_ns INTEGER NOT NULL,
     end_time_ns INTEGER NOT NULL,
     status_code TEXT NOT NULL,
@@ -55,7 +56,7 @@ CREATE TABLE IF NOT EXISTS spans (
     exchange_id TEXT
 );
 CREATE INDEX IF NOT EXISTS spans_by_trace ON spans (trace_id, start_time_ns);
-CREATE INDEX IF NOT EXISTS spans_by_model ON spans (json_extract(attributes, '$.model'), trace_id);
+CREATE INDEX IF NOT EXISTS spans_by_model ON spans (model, trace_id);
 CREATE TABLE IF NOT EXISTS exchanges (
     exchange_id TEXT PRIMARY KEY,
     experiment TEXT NOT NULL,

@@ -56,10 +56,10 @@ INSERT OR REPLACE INTO exchanges (exchange_id, experiment, trace_id, span_id, me
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 _INSERT_SPAN = """
-INSERT OR REPLACE INTO spans (span_id, trace_id, parent_id, name, span_type, start_time_ns,
+INSERT OR REPLACE INTO spans (span_id, trace_id, parent_id, name, span_type, model, start_time_ns,
     end_time_ns, status_code, status_message, inputs, outputs, attributes, input_tokens,
     output_tokens, total_tokens, total_cost, exchange_id)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 # a trace row is derived from its spans, so re-writing a span (a stream recorded at [DONE] and
 # again at EOF) can never double-count; `WHERE true` resolves SQLite's upsert parse ambiguity
@@ -120,6 +120,7 @@ def _span_row(s: Span, exchange_id: str | None) -> tuple[Any, ...]:
         s.parent_id,
         s.name,
         str(s.span_type),
+        s.attributes.get("model"),
         s.start_time_ns,
         s.end_time_ns,
         s.status.code,
