@@ -6,7 +6,6 @@ so `llmtap traces` and the UI show it afterwards.
 
 from __future__ import annotations
 
-import json
 import time
 
 import click
@@ -92,11 +91,11 @@ def run_demo(db: str, keep_serving: bool = False) -> None:
                 click.echo(f"UI: {proxy.url}/  (Ctrl-C to stop)")
                 _wait_for_interrupt()
             else:
-                click.echo(
-                    f"UI: {proxy.url}/ (up while the demo runs: `llmtap demo --serve` keeps "
-                    "it open; `llmtap traces` and `llmtap trace ID` read the database)"
-                )
-                click.echo("first trace: " + json.dumps(recent[-1]["trace_id"]) if recent else "")
+                click.echo(f"UI: {proxy.url}/ closes with the demo; `llmtap demo --serve` keeps "
+                           "it open until Ctrl-C.")
+                if recent:
+                    click.echo(f"Next: llmtap traces --db {db}   |   "
+                               f"llmtap trace {recent[-1]['trace_id'][:8]} --db {db}")
         finally:
             proxy.stop()
 

@@ -1,0 +1,229 @@
+"""The model identity of a traced call, for `log_models` (MLflow's autolog option, from the wire).
+
+A model version is one distinct configuration: task, model, invocation parameters and prompt
+template (the leading system/developer messages of a chat, a Responses call's `instructions`).
+What the caller asks each time (the user's messages, the prompt, the text to embed) is the
+input, not the model. Pure functions: the writer thread calls `model_record()` while it builds
+a batch, `recorder.model_store` writes the result, `proxy.predict` runs a version again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from llmtap.recorder.cassettes import SECRET_PATTERNS
+from llmtap.recorder.endpoints import invocation_params
+
+TASKS = ("chat.completions", "completions", "embeddings", "responses")
+TEMPLATE_ROLES = frozenset({"system", "developer"})
+# request fields that say who asks or how the answer travels, not how the model behaves:
+# two calls that differ only in these are the same model
+NOT_MODEL_FIELDS = frozenset(
+    {
+        "model",
+        "instructions",
+        "user",
+        "metadata",
+        "safety_identifier",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        "service_tier",
+        "store",
+        "background",
+        "previous_response_id",
+        "conversation",
+        "encoding_format",  # the SDK asks for base64 on its own; the vectors are the same
+    }
+)
+REDACTED = "[REDACTED]"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRecord:
+    """What one call adds to the model registry; the store gives it its version number."""
+
+    name: str
+    """`registered_model_name`, or `EXPERIMENT/MODEL` for a model logged under an experiment."""
+    registered: bool
+    experiment: str
+    config_hash: str
+    """SHA-256 of the canonical configuration: equal hashes are one version."""
+    task: str
+    model: str
+    params: Mapping[str, Any]
+    prompt_template: Mapping[str, Any] | None
+    """The request fields that frame the input: `{"messages": [...]}` for chat,
+    `{"instructions": ..., "input": [...]}` for responses; None when there are none."""
+    signature: Mapping[str, Any] | None = None
+    input_example: Any = None
+
+
+def model_record(
+    task: str,
+    body: Any,
+    experiment: str,
+    *,
+    signatures: bool = False,
+    input_examples: bool = False,
+    registered_model_name: str | None = None,
+) -> ModelRecord | None:
+    """The model version a request body belongs to; None when it names no model."""
+    if task not in TASKS or not isinstance(body, dict) or not isinstance(body.get("model"), str):
+        return None
+    model = body["model"]
+    params = {k: v for k, v in invocation_params(body).items() if k not in NOT_MODEL_FIELDS}
+    template, user_input = split_input(task, body)
+    config = {"task": task, "model": model, "params": params, "prompt_template": template}
+    config_hash = hashlib.sha256(orjson.dumps(config, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return ModelRecord(
+        name=registered_model_name or f"{experiment}/{model}",
+        registered=registered_model_name is not None,
+        experiment=experiment,
+        config_hash=config_hash,
+        task=task,
+        model=model,
+        params=params,
+        prompt_template=template,
+        signature=infer_signature(task, params) if signatures else None,
+        input_example=scrub(user_input) if input_examples else None,
+    )
+
+
+def model_id(name: str, config_hash: str) -> str:
+    """A logged model's id (MLflow 3 style `m-...`): stable for a name and configuration."""
+    return "m-" + hashlib.blake2b(f"{name}\0{config_hash}".encode(), digest_size=16).hexdigest()
+
+
+def split_input(task: str, body: Mapping[str, Any]) -> tuple[dict[str, Any] | None, Any]:
+    """(prompt template, the user's input) of a request body."""
+    if task == "chat.completions":
+        messages = body.get("messages")
+        lead, rest = _leading_template(messages if isinstance(messages, list) else [])
+        return ({"messages": lead} if lead else None), _plain(rest)
+    if task == "responses":
+        template: dict[str, Any] = {}
+        if body.get("instructions") is not None:
+            template["instructions"] = body["instructions"]
+        user_input = body.get("input")
+        if isinstance(user_input, list):
+            lead, rest = _leading_template(user_input)
+            if lead:
+                template["input"] = lead
+            user_input = _plain(rest)
+        return template or None, user_input
+    return None, body.get("prompt" if task == "completions" else "input")
+
+
+def _leading_template(items: list[Any]) -> tuple[list[Any], list[Any]]:
+    # only the leading run frames the conversation: a system message later on is part of it
+    count = 0
+    for item in items:
+        if not (isinstance(item, dict) and item.get("role") in TEMPLATE_ROLES):
+            break
+        count += 1
+    return items[:count], items[count:]
+
+
+def _plain(messages: list[Any]) -> Any:
+    """One user message with text content reads best as that text (MLflow's string input)."""
+    if len(messages) == 1 and isinstance(messages[0], dict):
+        only = messages[0]
+        if only.get("role") == "user" and isinstance(only.get("content"), str):
+            return only["content"]
+    return messages
+
+
+def scrub(value: Any) -> Any:
+    """A copy with anything shaped like a key or a token replaced (input examples are stored)."""
+    if isinstance(value, str):
+        for pattern in SECRET_PATTERNS:
+            value = pattern.sub(REDACTED, value)
+        return value
+    if isinstance(value, list):
+        return [scrub(v) for v in value]
+    if isinstance(value, dict):
+        return {k: scrub(v) for k, v in value.items()}
+    return value
+
+
+# --- signatures, in the JSON shape of MLflow's ModelSignature.to_dict() columns -------------
+
+_STRING = {"type": "string", "required": True}
+_VECTOR = {"type": "tensor", "tensor-spec": {"dtype": "float64", "shape": [-1]}}
+_JSON_TYPES = {"string": "string", "integer": "long", "number": "double", "boolean": "boolean"}
+
+
+def infer_signature(task: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """MLflow's default (string in; string out, or a float64 vector for embeddings), with the
+    output's structure when the traffic declares a JSON schema, and the recorded parameters."""
+    outputs: list[dict[str, Any]] = [dict(_VECTOR) if task == "embeddings" else dict(_STRING)]
+    schema = _output_json_schema(params)
+    if schema is not None:
+        outputs = [{**_colspec(schema), "required": True}]
+    signature: dict[str, Any] = {"inputs": [dict(_STRING)], "outputs": outputs, "params": None}
+    specs = [s for s in (_param_spec(k, v) for k, v in sorted(params.items())) if s]
+    if specs:
+        signature["params"] = specs
+    if schema is not None:
+        signature["output_json_schema"] = schema  # the schema as sent, for non-MLflow readers
+    return signature
+
+
+def _output_json_schema(params: Mapping[str, Any]) -> dict[str, Any] | None:
+    fmt = params.get("response_format")  # chat: {"type": "json_schema", "json_schema": {...}}
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        inner = fmt.get("json_schema")
+        schema = inner.get("schema") if isinstance(inner, dict) else None
+        return schema if isinstance(schema, dict) else None
+    text = params.get("text")  # responses: {"format": {"type": "json_schema", "schema": ...}}
+    fmt = text.get("format") if isinstance(text, dict) else None
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        schema = fmt.get("schema")
+        return schema if isinstance(schema, dict) else None
+    return None
+
+
+def _colspec(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON schema as an MLflow type: Object, Array or a data type (`any` when unclear)."""
+    kind = schema.get("type")
+    if isinstance(kind, list):  # ["string", "null"]: nullable, the type is the other one
+        kind = next((k for k in kind if k != "null"), None)
+    if kind == "object":
+        required = set(schema.get("required") or ())
+        props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        return {
+            "type": "object",
+            "properties": {
+                k: {**_colspec(v if isinstance(v, dict) else {}), "required": k in required}
+                for k, v in props.items()
+            },
+        }
+    if kind == "array":
+        items = schema.get("items")
+        return {"type": "array", "items": _colspec(items if isinstance(items, dict) else {})}
+    return {"type": _JSON_TYPES.get(str(kind), "any")}
+
+
+def _param_spec(name: str, value: Any) -> dict[str, Any] | None:
+    """MLflow's ParamSpec for a scalar (or list of scalars) parameter; None for objects."""
+    scalar = value[0] if isinstance(value, list) and value else value
+    kind = (
+        "boolean"
+        if isinstance(scalar, bool)
+        else "long"
+        if isinstance(scalar, int)
+        else "double"
+        if isinstance(scalar, float)
+        else "string"
+        if isinstance(scalar, str)
+        else None
+    )
+    if kind is None:
+        return None
+    shape = [-1] if isinstance(value, list) else None
+    return {"name": name, "type": kind, "default": value, "shape": shape}

@@ -1,0 +1,21 @@
+"""`llmtap demo`: offline, no key, real SDK calls through the proxy, and what it recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from llmtap.proxy.cli import main
+from llmtap.recorder.reader import TraceQuery, TraceReader
+
+
+def test_demo_records_every_kind_of_call_and_says_where_to_look(tmp_path: Path) -> None:
+    db = tmp_path / "demo.db"
+    result = CliRunner().invoke(main, ["demo", "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    assert "4 traces recorded" in result.output and "UI: http://127.0.0.1:" in result.output
+    assert "get_weather(" in result.output  # the streamed tool call, reassembled
+    names = sorted(t["name"] for t in TraceReader(db).list_traces(TraceQuery()))
+    assert names == ["chat.completions", "chat.completions", "completions", "embeddings"]
+    assert all(t["usage"]["total_tokens"] > 0 for t in TraceReader(db).list_traces(TraceQuery()))
