@@ -18,8 +18,10 @@ from llmtap.proxy.api import api_routes
 from llmtap.proxy.config import Settings
 from llmtap.proxy.errors import UpstreamAborted
 from llmtap.proxy.forward import Forwarder, Receive, Scope, Send
+from llmtap.proxy.models_api import model_routes
 from llmtap.proxy.replaying import Replayer
 from llmtap.proxy.ui import ui_routes
+from llmtap.recorder.model_store import ModelReader
 from llmtap.recorder.prices import load_prices
 from llmtap.recorder.reader import TraceReader
 from llmtap.recorder.records import Batch, Mode
@@ -73,7 +75,12 @@ class LlmtapApp:
             self.writer = Writer(
                 sink_factory=partial(SqliteStore, settings.db),
                 build=Tracer(
-                    log_traces=settings.log_traces, prices=load_prices(settings.prices_file)
+                    log_traces=settings.log_traces,
+                    prices=load_prices(settings.prices_file),
+                    log_models=settings.log_models,
+                    log_model_signatures=settings.log_model_signatures,
+                    log_input_examples=settings.log_input_examples,
+                    registered_model_name=settings.registered_model_name,
                 ).build,
                 fallback=raw_batch,
                 on_written=self._on_written,
@@ -81,7 +88,13 @@ class LlmtapApp:
         self.forwarder = Forwarder(settings, self.writer, self.replayer)
         reader = TraceReader(settings.db)
         health = self.writer.health if self.writer else None
-        self.site = Starlette(routes=[*api_routes(settings, reader, health), *ui_routes(reader)])
+        self.site = Starlette(
+            routes=[
+                *api_routes(settings, reader, health),
+                *model_routes(ModelReader(settings.db), self),
+                *ui_routes(reader),
+            ]
+        )
 
     def _on_written(self, batches: list[Batch]) -> None:
         """In the writer thread: replay learns the new exchanges; one log line each."""

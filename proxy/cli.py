@@ -12,6 +12,7 @@ import click
 import orjson
 
 from llmtap.proxy import __version__
+from llmtap.proxy.cli_models import models, predict
 from llmtap.proxy.config import Settings, load_toml, setting_fields
 from llmtap.recorder.reader import TraceQuery, TraceReader
 
@@ -176,6 +177,10 @@ def export(db: str, fmt: str, experiment: str | None, output: Any) -> None:
         if len(rows) < page:
             break
         offset += page
+
+
+main.add_command(models)
+main.add_command(predict)
 
 
 @main.group()

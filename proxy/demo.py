@@ -91,11 +91,15 @@ def run_demo(db: str, keep_serving: bool = False) -> None:
                 click.echo(f"UI: {proxy.url}/  (Ctrl-C to stop)")
                 _wait_for_interrupt()
             else:
-                click.echo(f"UI: {proxy.url}/ closes with the demo; `llmtap demo --serve` keeps "
-                           "it open until Ctrl-C.")
+                click.echo(
+                    f"UI: {proxy.url}/ closes with the demo; `llmtap demo --serve` keeps "
+                    "it open until Ctrl-C."
+                )
                 if recent:
-                    click.echo(f"Next: llmtap traces --db {db}   |   "
-                               f"llmtap trace {recent[-1]['trace_id'][:8]} --db {db}")
+                    click.echo(
+                        f"Next: llmtap traces --db {db}   |   "
+                        f"llmtap trace {recent[-1]['trace_id'][:8]} --db {db}"
+                    )
         finally:
             proxy.stop()
 

@@ -252,7 +252,7 @@ class UiQueries:
             present = {
                 r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
             }
-            if "models" not in present:
+            if "models" not in present or not conn.execute("SELECT 1 FROM models").fetchone():
                 return []
             for name in ("models", "model_versions"):
                 if name in present:

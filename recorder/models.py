@@ -53,6 +53,8 @@ class ModelRecord:
     experiment: str
     config_hash: str
     """SHA-256 of the canonical configuration: equal hashes are one version."""
+    model_id: str
+    """The logged model's id, `m-` and 32 hex (MLflow 3's LoggedModel ids look alike)."""
     task: str
     model: str
     params: Mapping[str, Any]
@@ -80,11 +82,13 @@ def model_record(
     template, user_input = split_input(task, body)
     config = {"task": task, "model": model, "params": params, "prompt_template": template}
     config_hash = hashlib.sha256(orjson.dumps(config, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    name = registered_model_name or f"{experiment}/{model}"
     return ModelRecord(
-        name=registered_model_name or f"{experiment}/{model}",
+        name=name,
         registered=registered_model_name is not None,
         experiment=experiment,
         config_hash=config_hash,
+        model_id=model_id(name, config_hash),
         task=task,
         model=model,
         params=params,
@@ -195,7 +199,8 @@ def _colspec(schema: Mapping[str, Any]) -> dict[str, Any]:
         kind = next((k for k in kind if k != "null"), None)
     if kind == "object":
         required = set(schema.get("required") or ())
-        props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        props = schema.get("properties")
+        props = props if isinstance(props, dict) else {}
         return {
             "type": "object",
             "properties": {

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from llmtap.recorder.model_store import model_links
 from llmtap.recorder.sqlite import connect_for_reading
 
 # the first span names the trace and its model, as a list view wants them
@@ -134,7 +135,12 @@ class TraceReader:
             spans = conn.execute(
                 "SELECT * FROM spans WHERE trace_id = ? ORDER BY start_time_ns, rowid", [trace_id]
             ).fetchall()
-        return {"info": trace_info(row), "spans": tree_order([span_dict(s) for s in spans])}
+            links = model_links(conn, trace_id)  # lineage: the model version a call ran
+        dicts = [span_dict(s) for s in spans]
+        for span in dicts:
+            if span["span_id"] in links:
+                span["model_version"] = links[span["span_id"]]
+        return {"info": trace_info(row), "spans": tree_order(dicts)}
 
     def ids_starting_with(self, prefix: str, limit: int = 2) -> list[str]:
         with closing(self._connect()) as conn:

@@ -144,3 +144,5 @@ class Batch:
     trace: TraceHead | None = None
     reparent: tuple[tuple[str, str], ...] = ()
     """(span_id, parent_id) of spans written earlier that now nest under an AGENT root."""
+    model_version: Any = None
+    """With log_models: the call's `llmtap.recorder.models.ModelRecord` (the store numbers it)."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
+from llmtap.recorder.model_store import create_tables
+
 migrations = Migrations("llmtap")
 
 SCHEMA_V1 = """
@@ -91,6 +93,11 @@ def initial(db: Database) -> None:
     for statement in SCHEMA_V1.split(";"):
         if statement.strip():
             db.execute(statement)
+
+
+@migrations(name="0002_models")
+def models(db: Database) -> None:
+    create_tables(db)  # the registry's SQL lives with its queries, in model_store
 
 
 def migrate(db: Database) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from sqlite_utils import Database
 
+from llmtap.recorder.model_store import record_version
 from llmtap.recorder.records import Batch, Exchange, Span, SpanType, TraceHead
 from llmtap.recorder.schema import migrate
 
@@ -205,6 +206,8 @@ class SqliteStore:
             )
             if batch.spans:
                 conn.executemany(_INSERT_SPAN, [_span_row(s, x.exchange_id) for s in batch.spans])
+            if batch.model_version is not None and own is not None:
+                record_version(conn, batch.model_version, own)  # numbered in this transaction
             if batch.reparent:
                 conn.executemany(
                     "UPDATE spans SET parent_id = ?2 WHERE span_id = ?1", batch.reparent

@@ -18,6 +18,7 @@ from llmtap.recorder.assemble import Assembler
 from llmtap.recorder.decoding import decoder_for
 from llmtap.recorder.endpoints import Endpoint, endpoint_for, invocation_params, usage_of
 from llmtap.recorder.matching import match_key
+from llmtap.recorder.models import model_record
 from llmtap.recorder.prices import PriceTable, cost_of, default_prices
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.records import Batch, Exchange, Span, SseEvent, Status, TraceHead
@@ -156,6 +157,10 @@ class Tracer:
     log_traces: bool = True
     prices: PriceTable = field(default_factory=default_prices)
     linker: AgentLinker = field(default_factory=AgentLinker)
+    log_models: bool = False
+    log_model_signatures: bool = False
+    log_input_examples: bool = False
+    registered_model_name: str | None = None
 
     def build(self, rec: Recording) -> Batch:
         """The exchange, and for a traced endpoint its spans and trace head."""
@@ -183,7 +188,18 @@ class Tracer:
         self.linker.remember(rec, span)
         ctx = rec.context
         head = TraceHead(span.trace_id, ctx.experiment, ctx.session, dict(ctx.tags))
-        return Batch(exchange, key, is_stream, (*links.spans, span), head, links.reparent)
+        model = None
+        if self.log_models and 200 <= (exchange.status or 0) < 300:  # a configuration that works
+            model = model_record(
+                endpoint.name,
+                inputs,
+                ctx.experiment,
+                signatures=self.log_model_signatures,
+                input_examples=self.log_input_examples,
+                registered_model_name=self.registered_model_name,
+            )
+        spans = (*links.spans, span)
+        return Batch(exchange, key, is_stream, spans, head, links.reparent, model)
 
 
 def raw_batch(rec: Recording) -> Batch:

@@ -147,11 +147,13 @@ def test_experiments_and_sessions(http: httpx.Client) -> None:
 
 def test_models_placeholder_then_generic_rows(site: Site, http: httpx.Client) -> None:
     assert "No model records yet" in http.get("/models").text
-    with sqlite3.connect(site.proxy.db) as conn:
-        conn.execute("CREATE TABLE models (name TEXT PRIMARY KEY, created_at TEXT)")
-        conn.execute("CREATE TABLE model_versions (name TEXT, version INTEGER, model TEXT)")
-        conn.execute("INSERT INTO models VALUES ('triage', '2025-01-01')")
-        conn.execute("INSERT INTO model_versions VALUES ('triage', 1, '<b>gpt-4o</b>')")
+    with sqlite3.connect(site.proxy.db) as conn:  # the tables of migration 0002_models
+        conn.execute("INSERT INTO models VALUES ('triage', 1, 'Default', 1, 1)")
+        conn.execute(
+            "INSERT INTO model_versions (name, version, model_id, config_hash, task, "
+            "model, experiment, created_ns, last_seen_ns) VALUES ('triage', 1, 'm-1', "
+            "'h', 'chat.completions', '<b>gpt-4o</b>', 'Default', 1, 1)"
+        )
     page = http.get("/models").text
     assert "No model records yet" not in page
     assert "triage" in page and "&lt;b&gt;gpt-4o&lt;/b&gt;" in page

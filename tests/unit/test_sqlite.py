@@ -95,4 +95,4 @@ def test_reopening_applies_no_migration_twice(tmp_path: Path) -> None:
     SqliteStore(db).close()
     conn = sqlite3.connect(db)
     names = [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations")]
-    assert names == ["0001_initial"]
+    assert names == ["0001_initial", "0002_models"]

@@ -1,0 +1,99 @@
+"""The model registry over HTTP: list, read, lineage, and predict (SPEC sections 3 and 4).
+
+Names may hold slashes (`Default/gpt-4o-mini`, `meta-llama/Llama-3-8b`), so `{name:path}`
+routes come most specific first. Predict answers `{"predictions": ...}`, as MLflow's scoring
+server does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.routing import Route
+
+from llmtap.proxy.api import JSONResponse
+from llmtap.proxy.errors import openai_error
+from llmtap.proxy.predict import ASGIApp, PredictError, passthrough_headers, run_prediction
+from llmtap.recorder.model_store import ModelReader
+
+
+def _error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
+    return JSONResponse(orjson.loads(openai_error(status, kind, message)), status_code=status)
+
+
+def _version_param(request: Request) -> str | None:
+    version = request.path_params["version"]
+    return version if version.isdigit() or version == "latest" else None
+
+
+def model_routes(reader: ModelReader, app: ASGIApp) -> list[Route]:
+    """Routes over `reader`; predict calls `app`, the running llmtap, in process."""
+
+    async def find_version(request: Request) -> dict[str, Any] | JSONResponse:
+        name, version = request.path_params["name"], _version_param(request)
+        if version is None:
+            return _error(400, "version must be a number or `latest`")
+        found = await run_in_threadpool(reader.get_version, name, version)
+        if found is None:
+            return _error(404, f"no model version models:/{name}/{version}")
+        return found
+
+    async def list_models(request: Request) -> JSONResponse:
+        return JSONResponse({"models": await run_in_threadpool(reader.list_models)})
+
+    async def get_model(request: Request) -> JSONResponse:
+        name = request.path_params["name"]
+        model = await run_in_threadpool(reader.get_model, name)
+        if model is None and name.startswith("m-"):  # a logged model by its id
+            model = await run_in_threadpool(reader.get_version, name, "")
+        if model is None:
+            return _error(404, f"no model named {name}")
+        return JSONResponse(model)
+
+    async def get_version(request: Request) -> JSONResponse:
+        found = await find_version(request)
+        if isinstance(found, JSONResponse):
+            return found
+        traces = await run_in_threadpool(reader.traces_of, found["name"], found["version"])
+        return JSONResponse({**found, "traces": traces})
+
+    async def predict(request: Request) -> JSONResponse:
+        found = await find_version(request)
+        if isinstance(found, JSONResponse):
+            return found
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as exc:
+            return _error(400, f"the body is not JSON: {exc}")
+        if not isinstance(body, dict) or "inputs" not in body:
+            return _error(400, 'the body must be {"inputs": ...}')
+        try:
+            result = await run_prediction(
+                app, found, body["inputs"], passthrough_headers(request.headers.raw)
+            )
+        except PredictError as exc:
+            kind = "invalid_request_error" if exc.status == 400 else "llmtap_upstream_error"
+            return _error(exc.status, str(exc), kind)
+        return JSONResponse(
+            {
+                "predictions": result.predictions,
+                "model_uri": found["model_uri"],
+                "trace_ids": result.trace_ids,
+            }
+        )
+
+    async def trace_models(request: Request) -> JSONResponse:
+        trace_id = request.path_params["trace_id"]
+        versions = await run_in_threadpool(reader.versions_of_trace, trace_id)
+        return JSONResponse({"trace_id": trace_id, "model_versions": versions})
+
+    return [
+        Route("/api/models", list_models),
+        Route("/api/models/{name:path}/versions/{version}/predict", predict, methods=["POST"]),
+        Route("/api/models/{name:path}/versions/{version}", get_version),
+        Route("/api/models/{name:path}", get_model),
+        Route("/api/traces/{trace_id}/models", trace_models),
+    ]

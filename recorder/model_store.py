@@ -1,0 +1,298 @@
+"""The model registry in SQLite: tables, the write inside the batch transaction, the reads.
+
+A version number is assigned inside the writer's transaction (`BEGIN IMMEDIATE`), as the
+largest so far plus one, so that two processes writing one database (a server and `llmtap
+predict`) can never hand out the same number twice. docs/schema.md documents the tables.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:  # at run time sqlite -> model_store must not pull models -> cassettes -> sqlite
+    from sqlite_utils import Database
+
+    from llmtap.recorder.models import ModelRecord
+    from llmtap.recorder.records import Span
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    name TEXT PRIMARY KEY,
+    registered INTEGER NOT NULL,
+    experiment TEXT,
+    created_ns INTEGER NOT NULL,
+    updated_ns INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS model_versions (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    model_id TEXT NOT NULL UNIQUE,
+    config_hash TEXT NOT NULL,
+    task TEXT NOT NULL,
+    model TEXT NOT NULL,
+    params TEXT NOT NULL DEFAULT '{}',
+    prompt_template TEXT,
+    signature TEXT,
+    input_example TEXT,
+    experiment TEXT NOT NULL,
+    source_trace_id TEXT,
+    created_ns INTEGER NOT NULL,
+    last_seen_ns INTEGER NOT NULL,
+    PRIMARY KEY (name, version),
+    UNIQUE (name, config_hash)
+);
+CREATE TABLE IF NOT EXISTS model_version_spans (
+    span_id TEXT PRIMARY KEY,
+    trace_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    start_time_ns INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS model_version_spans_by_version
+    ON model_version_spans (name, version, start_time_ns DESC);
+CREATE INDEX IF NOT EXISTS model_version_spans_by_trace ON model_version_spans (trace_id);
+"""
+
+
+def create_tables(db: Database) -> None:
+    """The body of migration 0002_models."""
+    # one statement at a time: executescript() would COMMIT the migration's transaction
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def record_version(conn: sqlite3.Connection, record: ModelRecord, span: Span) -> int:
+    """Link the span to its configuration's version, creating the version (and the model)
+    on first sight; the caller holds the write transaction. Returns the version number."""
+    at = span.start_time_ns
+    found = conn.execute(
+        "SELECT version FROM model_versions WHERE name = ? AND config_hash = ?",
+        (record.name, record.config_hash),
+    ).fetchone()
+    if found is None:
+        version = conn.execute(
+            "SELECT coalesce(max(version), 0) + 1 FROM model_versions WHERE name = ?",
+            (record.name,),
+        ).fetchone()[0]
+        conn.execute(
+            "INSERT INTO model_versions (name, version, model_id, config_hash, task, model, "
+            "params, prompt_template, signature, input_example, experiment, source_trace_id, "
+            "created_ns, last_seen_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.name,
+                version,
+                record.model_id,
+                record.config_hash,
+                record.task,
+                record.model,
+                _json(dict(record.params)),
+                _json(record.prompt_template),
+                _json(record.signature),
+                _json(record.input_example),
+                record.experiment,
+                span.trace_id,
+                at,
+                at,
+            ),
+        )
+    else:
+        version = found[0]
+        # a switch turned on later fills what is missing; the first example stays the example
+        conn.execute(
+            "UPDATE model_versions SET last_seen_ns = max(last_seen_ns, ?3), "
+            "signature = coalesce(signature, ?4), input_example = coalesce(input_example, ?5) "
+            "WHERE name = ?1 AND version = ?2",
+            (record.name, version, at, _json(record.signature), _json(record.input_example)),
+        )
+    conn.execute(
+        "INSERT INTO models (name, registered, experiment, created_ns, updated_ns) "
+        "VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT (name) DO UPDATE SET "
+        "updated_ns = max(models.updated_ns, excluded.updated_ns)",
+        (record.name, int(record.registered), None if record.registered else record.experiment, at),
+    )
+    conn.execute(
+        "INSERT OR REPLACE INTO model_version_spans (span_id, trace_id, name, version, "
+        "start_time_ns) VALUES (?, ?, ?, ?, ?)",
+        (span.span_id, span.trace_id, record.name, version, at),
+    )
+    return int(version)
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def _time(ns: int | None) -> str | None:
+    if ns is None:
+        return None
+    return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _loads(text: str | None) -> Any:
+    return orjson.loads(text) if text else None
+
+
+def model_uri(name: str, version: int) -> str:
+    return f"models:/{name}/{version}"
+
+
+def parse_model_uri(uri: str) -> tuple[str, str]:
+    """(name, version) of `models:/NAME/VERSION` (VERSION may be `latest`), or
+    (model_id, "") of `models:/m-...`; ValueError otherwise. NAME may hold slashes."""
+    if not uri.startswith("models:/"):
+        raise ValueError(f"{uri!r} is not a model URI (models:/NAME/VERSION)")
+    rest = uri[len("models:/") :].strip("/")
+    name, _, version = rest.rpartition("/")
+    if name and (version.isdigit() or version == "latest"):
+        return name, version
+    if rest.startswith("m-") and "/" not in rest:
+        return rest, ""
+    raise ValueError(f"{uri!r} is not a model URI (models:/NAME/VERSION)")
+
+
+_VERSION_COLUMNS = (
+    "v.*, (SELECT count(DISTINCT trace_id) FROM model_version_spans s "
+    "WHERE s.name = v.name AND s.version = v.version) AS trace_count"
+)
+
+
+def version_dict(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "name": row["name"],
+        "version": row["version"],
+        "model_uri": model_uri(row["name"], row["version"]),
+        "model_id": row["model_id"],
+        "task": row["task"],
+        "model": row["model"],
+        "params": _loads(row["params"]) or {},
+        "prompt_template": _loads(row["prompt_template"]),
+        "signature": _loads(row["signature"]),
+        "input_example": _loads(row["input_example"]),
+        "experiment": row["experiment"],
+        "config_hash": row["config_hash"],
+        "source_trace_id": row["source_trace_id"],
+        "created_time": _time(row["created_ns"]),
+        "last_seen_time": _time(row["last_seen_ns"]),
+        "trace_count": row["trace_count"],
+    }
+
+
+class ModelReader:
+    """Read-only queries for the API and the CLI; each opens its own connection."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = path
+
+    def _query(self, sql: str, *params: Any) -> list[sqlite3.Row]:
+        from llmtap.recorder.sqlite import connect_for_reading
+
+        try:
+            conn = connect_for_reading(self.path)
+        except FileNotFoundError:  # nothing recorded yet
+            return []
+        with closing(conn):
+            try:
+                rows: list[sqlite3.Row] = conn.execute(sql, params).fetchall()
+                return rows
+            except sqlite3.OperationalError as exc:
+                if "no such table" in str(exc):  # a database no llmtap with models has written
+                    return []
+                raise
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """Every model, most recently used first, each with its versions (newest first)."""
+        models = self._query("SELECT * FROM models ORDER BY updated_ns DESC, name")
+        versions: dict[str, list[dict[str, Any]]] = {}
+        for row in self._query(
+            f"SELECT {_VERSION_COLUMNS} FROM model_versions v ORDER BY name, version DESC"
+        ):
+            versions.setdefault(row["name"], []).append(version_dict(row))
+        return [_model_dict(m, versions.get(m["name"], [])) for m in models]
+
+    def get_model(self, name: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT * FROM models WHERE name = ?", name)
+        if not rows:
+            return None
+        versions = self._query(
+            f"SELECT {_VERSION_COLUMNS} FROM model_versions v WHERE name = ? ORDER BY version DESC",
+            name,
+        )
+        return _model_dict(rows[0], [version_dict(v) for v in versions])
+
+    def get_version(self, name: str, version: int | str) -> dict[str, Any] | None:
+        """One version (a number, or `latest`), or a logged model by id when name is `m-...`
+        and version is empty."""
+        params: list[Any] = [name]
+        if version == "" and name.startswith("m-"):
+            where = "model_id = ?"
+        elif version == "latest":
+            where = "name = ? ORDER BY version DESC LIMIT 1"
+        else:
+            where, params = "name = ? AND version = ?", [name, int(version)]
+        rows = self._query(
+            f"SELECT {_VERSION_COLUMNS} FROM model_versions v WHERE {where}", *params
+        )
+        return version_dict(rows[0]) if rows else None
+
+    def traces_of(self, name: str, version: int, limit: int = 100) -> list[dict[str, Any]]:
+        """Lineage, version to traces: the calls made with it, newest first."""
+        rows = self._query(
+            "SELECT trace_id, span_id, start_time_ns FROM model_version_spans "
+            "WHERE name = ? AND version = ? ORDER BY start_time_ns DESC LIMIT ?",
+            name,
+            version,
+            limit,
+        )
+        return [{"trace_id": r[0], "span_id": r[1], "request_time": _time(r[2])} for r in rows]
+
+    def versions_of_trace(self, trace_id: str) -> list[dict[str, Any]]:
+        """Lineage, trace to versions: one entry per linked span of the trace."""
+        rows = self._query(_LINKS, trace_id)
+        return [{"span_id": r[0], **_link(r)} for r in rows]
+
+
+_LINKS = (
+    "SELECT s.span_id, s.name, s.version, v.model_id FROM model_version_spans s "
+    "JOIN model_versions v ON v.name = s.name AND v.version = s.version "
+    "WHERE s.trace_id = ? ORDER BY s.start_time_ns"
+)
+
+
+def _link(row: Any) -> dict[str, Any]:
+    return {
+        "name": row[1],
+        "version": row[2],
+        "model_id": row[3],
+        "model_uri": model_uri(row[1], row[2]),
+    }
+
+
+def model_links(conn: sqlite3.Connection, trace_id: str) -> dict[str, dict[str, Any]]:
+    """span_id -> the model version it ran, for the spans of one trace (on the caller's
+    connection); empty for a database that has no registry tables yet."""
+    try:
+        return {r[0]: _link(r) for r in conn.execute(_LINKS, [trace_id])}
+    except sqlite3.OperationalError:
+        return {}
+
+
+def _model_dict(row: sqlite3.Row, versions: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "name": row["name"],
+        "registered": bool(row["registered"]),
+        "experiment": row["experiment"],
+        "created_time": _time(row["created_ns"]),
+        "updated_time": _time(row["updated_ns"]),
+        "latest_version": versions[0]["version"] if versions else None,
+        "versions": versions,
+    }

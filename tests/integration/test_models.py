@@ -1,0 +1,385 @@
+"""Model records (issue 6): the real openai SDK through a real llmtap in front of the simulator.
+
+Each capture switch with its default (off), versions per configuration, the registry under
+registered_model_name, lineage both ways, and predict from the HTTP API and from the CLI with
+no server running.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from click.testing import CliRunner
+from openai import OpenAI
+
+from llmtap.proxy.cli_models import models as models_command
+from llmtap.proxy.cli_models import predict as predict_command
+from llmtap.recorder.models import model_record
+from tests.conftest import TEST_KEY, Proxy
+
+AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
+SYSTEM = {"role": "system", "content": "You are terse."}
+ANSWER = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "answer",
+        "schema": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "score": {"type": "number"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def sdk(proxy: Proxy, experiment: str | None = None) -> OpenAI:
+    base = f"{proxy.url}/experiments/{experiment}/v1" if experiment else proxy.base_url
+    return OpenAI(base_url=base, api_key=TEST_KEY, max_retries=0)
+
+
+def chat(client: OpenAI, text: str, *, system: bool = True, **params: Any) -> Any:
+    messages = (
+        [SYSTEM, {"role": "user", "content": text}]
+        if system
+        else [{"role": "user", "content": text}]
+    )
+    return client.chat.completions.create(model="gpt-4o-mini", messages=messages, **params)
+
+
+def api(proxy: Proxy, path: str) -> Any:
+    proxy.flush()
+    response = httpx.get(f"{proxy.url}{path}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def versions(proxy: Proxy, name: str) -> list[dict[str, Any]]:
+    return sorted(api(proxy, f"/api/models/{name}")["versions"], key=lambda v: v["version"])
+
+
+def run(command: Any, *args: str, **env: str) -> Any:
+    return CliRunner().invoke(command, list(args), env=env or None)
+
+
+# --- the switches and their defaults ---------------------------------------------------------
+
+
+def test_models_are_off_by_default(proxy: Proxy, client: OpenAI) -> None:
+    chat(client, "hello")
+    assert api(proxy, "/api/models") == {"models": []}
+    assert proxy.query("SELECT count(*) FROM model_versions")[0][0] == 0
+    assert len(api(proxy, "/api/traces")["traces"]) == 1  # traced all the same
+
+
+def test_signatures_and_examples_do_nothing_without_log_models(
+    start_proxy: Callable[..., Proxy],
+) -> None:
+    proxy = start_proxy(
+        log_model_signatures=True, log_input_examples=True, registered_model_name="x"
+    )
+    with sdk(proxy) as client:
+        chat(client, "hello")
+    assert api(proxy, "/api/models") == {"models": []}
+    assert proxy.query("SELECT count(*) FROM models")[0][0] == 0
+
+
+def test_log_models_alone_records_configuration_without_signature_or_example(
+    start_proxy: Callable[..., Proxy],
+) -> None:
+    proxy = start_proxy(log_models=True)
+    with sdk(proxy) as client:
+        chat(client, "hello", temperature=0.2, max_tokens=20)
+    [model] = api(proxy, "/api/models")["models"]
+    assert model["name"] == "Default/gpt-4o-mini"  # logged under the experiment
+    assert model["registered"] is False and model["experiment"] == "Default"
+    [v] = model["versions"]
+    assert v["version"] == 1 and v["task"] == "chat.completions" and v["model"] == "gpt-4o-mini"
+    assert v["params"] == {"temperature": 0.2, "max_tokens": 20}
+    assert v["prompt_template"] == {"messages": [SYSTEM]}
+    assert v["signature"] is None and v["input_example"] is None
+    assert v["model_id"].startswith("m-") and len(v["model_id"]) == 34
+    assert v["model_uri"] == "models:/Default/gpt-4o-mini/1"
+
+
+def test_signatures_mlflow_defaults_and_json_schema(start_proxy: Callable[..., Proxy]) -> None:
+    proxy = start_proxy(log_models=True, log_model_signatures=True)
+    with sdk(proxy) as client:
+        chat(client, "plain", temperature=0.5)
+        chat(client, "structured", response_format=ANSWER)
+        client.embeddings.create(model="text-embedding-3-small", input="vector me")
+        client.completions.create(model="gpt-3.5-turbo-instruct", prompt="say", max_tokens=5)
+    plain, structured = versions(proxy, "Default/gpt-4o-mini")
+    string = [{"type": "string", "required": True}]
+    assert plain["signature"]["inputs"] == string and plain["signature"]["outputs"] == string
+    assert plain["signature"]["params"] == [
+        {"name": "temperature", "type": "double", "default": 0.5, "shape": None}
+    ]
+    assert plain["input_example"] is None  # log_input_examples is off
+    assert structured["signature"]["outputs"] == [
+        {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "required": True},
+                "score": {"type": "double", "required": False},
+            },
+            "required": True,
+        }
+    ]
+    assert structured["signature"]["output_json_schema"] == ANSWER["json_schema"]["schema"]
+    [embedding] = versions(proxy, "Default/text-embedding-3-small")
+    assert embedding["signature"]["inputs"] == string
+    assert embedding["signature"]["outputs"] == [
+        {"type": "tensor", "tensor-spec": {"dtype": "float64", "shape": [-1]}}
+    ]
+    assert embedding["params"] == {}  # the SDK's own encoding_format is not the model's
+    [completion] = versions(proxy, "Default/gpt-3.5-turbo-instruct")
+    assert completion["signature"]["outputs"] == string
+
+
+def test_input_example_is_the_first_requests_user_part_scrubbed(
+    start_proxy: Callable[..., Proxy],
+) -> None:
+    proxy = start_proxy(log_models=True, log_input_examples=True)
+    secret = "sk-proj-" + "a1b2c3d4" * 5
+    with sdk(proxy) as client:
+        chat(client, f"my key is {secret}, keep it")
+        chat(client, "second question")  # same configuration: the first example stays
+        client.responses.create(
+            model="gpt-4o-mini",
+            instructions="Answer in French.",
+            input=[{"role": "user", "content": "bonjour"}, {"role": "user", "content": "encore"}],
+        )
+    [v] = versions(proxy, "Default/gpt-4o-mini")[:1]
+    assert v["input_example"] == "my key is [REDACTED], keep it"
+    assert v["signature"] is None  # log_model_signatures is off
+    stored = proxy.query("SELECT * FROM model_versions")
+    assert not [row for row in stored if secret in orjson.dumps(tuple(row)).decode()]
+    responses = [x for x in versions(proxy, "Default/gpt-4o-mini") if x["task"] == "responses"]
+    assert responses[0]["prompt_template"] == {"instructions": "Answer in French."}
+    assert responses[0]["input_example"] == [
+        {"role": "user", "content": "bonjour"},
+        {"role": "user", "content": "encore"},
+    ]
+
+
+# --- versions and the registry ------------------------------------------------------------
+
+
+def test_registered_versions_one_per_configuration(start_proxy: Callable[..., Proxy]) -> None:
+    proxy = start_proxy(log_models=True, registered_model_name="openai-auto")
+    with sdk(proxy) as client, sdk(proxy, "nightly") as nightly:
+        chat(client, "one", temperature=0.1)  # v1
+        chat(client, "two", temperature=0.1, user="someone", metadata={"k": "v"})  # v1 again
+        list(chat(client, "three", temperature=0.1, stream=True))  # streamed: still v1
+        chat(client, "four", temperature=0.9)  # v2: another parameter value
+        chat(client, "five", temperature=0.1, system=False)  # v3: another prompt template
+        chat(nightly, "six", temperature=0.9)  # a registry is global: v2 from any experiment
+    [model] = api(proxy, "/api/models")["models"]
+    assert model["name"] == "openai-auto" and model["registered"] is True
+    assert model["experiment"] is None and model["latest_version"] == 3
+    v1, v2, v3 = versions(proxy, "openai-auto")
+    assert [v1["version"], v2["version"], v3["version"]] == [1, 2, 3]
+    assert (v1["trace_count"], v2["trace_count"], v3["trace_count"]) == (3, 2, 1)
+    assert v1["params"] == {"temperature": 0.1} and v2["params"] == {"temperature": 0.9}
+    assert v3["prompt_template"] is None
+    assert len({v1["config_hash"], v2["config_hash"], v3["config_hash"]}) == 3
+    one = api(proxy, "/api/models/openai-auto/versions/2")
+    assert one["model_uri"] == "models:/openai-auto/2" and len(one["traces"]) == 2
+    assert api(proxy, "/api/models/openai-auto/versions/latest")["version"] == 3
+    assert api(proxy, f"/api/models/{v2['model_id']}")["version"] == 2  # a logged model by id
+
+
+def test_unregistered_models_are_per_experiment(start_proxy: Callable[..., Proxy]) -> None:
+    proxy = start_proxy(log_models=True)
+    with sdk(proxy) as client, sdk(proxy, "nightly") as nightly:
+        chat(client, "a")
+        chat(nightly, "b")
+    names = sorted(m["name"] for m in api(proxy, "/api/models")["models"])
+    assert names == ["Default/gpt-4o-mini", "nightly/gpt-4o-mini"]
+    assert api(proxy, "/api/models/nightly/gpt-4o-mini")["experiment"] == "nightly"
+
+
+def test_concurrent_new_configurations_get_distinct_version_numbers(
+    start_proxy: Callable[..., Proxy],
+) -> None:
+    proxy = start_proxy(log_models=True, registered_model_name="busy")
+    with sdk(proxy) as client, ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: chat(client, "x", temperature=i / 10), range(12)))
+    found = versions(proxy, "busy")
+    assert [v["version"] for v in found] == list(range(1, 13))
+    assert sorted(v["params"]["temperature"] for v in found) == [i / 10 for i in range(12)]
+
+
+def test_failed_calls_make_no_version(start_proxy: Callable[..., Proxy]) -> None:
+    proxy = start_proxy(log_models=True)
+    with sdk(proxy) as client, pytest.raises(Exception):  # noqa: B017 - any SDK error
+        client.chat.completions.create(model="gpt-4o-mini", messages=[])
+    assert api(proxy, "/api/models") == {"models": []}
+
+
+def test_configuration_hash_ignores_key_order_and_transport_fields() -> None:
+    body = {"model": "m", "temperature": 1, "top_p": 0.5, "messages": [SYSTEM]}
+    same = {"messages": [SYSTEM], "top_p": 0.5, "temperature": 1, "model": "m", "stream": True}
+    a = model_record("chat.completions", body, "E")
+    b = model_record("chat.completions", {**same, "stream_options": {"include_usage": True}}, "E")
+    c = model_record("chat.completions", {**body, "top_p": 0.6}, "E")
+    assert a is not None and b is not None and c is not None
+    assert a.config_hash == b.config_hash != c.config_hash
+    assert model_record("chat.completions", {"messages": []}, "E") is None  # no model named
+
+
+# --- lineage ----------------------------------------------------------------------------------
+
+
+def test_lineage_version_to_traces_and_trace_to_version(
+    start_proxy: Callable[..., Proxy],
+) -> None:
+    proxy = start_proxy(log_models=True, registered_model_name="lineage")
+    with sdk(proxy) as client:
+        first = chat(client, "one")
+        chat(client, "two", temperature=0.3)
+        chat(client, "three")
+    traces = api(proxy, "/api/traces")["traces"]
+    by_id = {t["trace_id"]: t for t in traces}
+    linked = api(proxy, "/api/models/lineage/versions/1")["traces"]
+    assert len(linked) == 2 and all(t["trace_id"] in by_id for t in linked)
+    for t in traces:
+        [link] = api(proxy, f"/api/traces/{t['trace_id']}/models")["model_versions"]
+        assert link["name"] == "lineage" and link["model_uri"].startswith("models:/lineage/")
+        assert (link["version"] == 1) == (t["trace_id"] in {x["trace_id"] for x in linked})
+    span = api(proxy, f"/api/traces/{linked[-1]['trace_id']}")["spans"][0]
+    assert span["outputs"]["id"] == first.id  # the oldest linked trace is the first call
+    assert span["model_version"]["model_uri"] == "models:/lineage/1"  # in GET /api/traces/{id}
+
+
+# --- predict ----------------------------------------------------------------------------------
+
+
+def post_predict(proxy: Proxy, name: str, version: Any, inputs: Any) -> httpx.Response:
+    return httpx.post(
+        f"{proxy.url}/api/models/{name}/versions/{version}/predict",
+        json={"inputs": inputs},
+        headers=AUTH,
+        timeout=30,
+    )
+
+
+def test_predict_over_the_api_for_each_task(start_proxy: Callable[..., Proxy]) -> None:
+    proxy = start_proxy(log_models=True)
+    with sdk(proxy) as client:
+        direct = chat(client, "what is up", temperature=0.2).choices[0].message.content
+        client.embeddings.create(model="text-embedding-3-small", input="e")
+        client.completions.create(model="gpt-3.5-turbo-instruct", prompt="p", max_tokens=30)
+        client.responses.create(model="gpt-4.1-mini", instructions="Be kind.", input="r")
+    proxy.flush()
+    one = post_predict(proxy, "Default/gpt-4o-mini", 1, "what is up")
+    assert one.status_code == 200, one.text
+    body = one.json()
+    assert body["predictions"] == direct  # the recorded configuration, run again
+    assert body["model_uri"] == "models:/Default/gpt-4o-mini/1" and len(body["trace_ids"]) == 1
+    many = post_predict(proxy, "Default/gpt-4o-mini", "latest", ["a", "b", "c"]).json()
+    assert many["predictions"] == [f"Hello! You said: {x}" for x in "abc"]
+    conversation = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    conversation.append({"role": "user", "content": "again"})
+    again = post_predict(proxy, "Default/gpt-4o-mini", 1, conversation).json()
+    assert again["predictions"] == "Hello! You said: again"  # a list of messages is one input
+    vector = post_predict(proxy, "Default/text-embedding-3-small", 1, "v").json()["predictions"]
+    assert isinstance(vector, list) and all(isinstance(x, float) for x in vector)
+    vectors = post_predict(proxy, "Default/text-embedding-3-small", 1, ["v", "w"]).json()
+    assert len(vectors["predictions"]) == 2 and vectors["predictions"][0] == vector
+    text = post_predict(proxy, "Default/gpt-3.5-turbo-instruct", 1, "q").json()["predictions"]
+    assert isinstance(text, str) and "q" in text
+    said = post_predict(proxy, "Default/gpt-4.1-mini", 1, "resp").json()["predictions"]
+    assert said == "Hello! You said: resp"
+    # each call was forwarded, traced with the template, tagged, and linked to its version
+    trace = api(proxy, f"/api/traces/{body['trace_ids'][0]}")
+    assert trace["info"]["tags"] == {"model_uri": "models:/Default/gpt-4o-mini/1"}
+    assert trace["spans"][0]["inputs"]["messages"][0] == SYSTEM
+    assert trace["spans"][0]["inputs"]["temperature"] == 0.2
+    assert api(proxy, "/api/models/Default/gpt-4o-mini/versions/1")["trace_count"] == 6
+    assert len(versions(proxy, "Default/gpt-4o-mini")) == 1  # predict made no new version
+
+
+def test_predict_errors(start_proxy: Callable[..., Proxy]) -> None:
+    proxy = start_proxy(log_models=True)
+    with sdk(proxy) as client:
+        chat(client, "x")
+        client.embeddings.create(model="text-embedding-3-small", input="e")
+    proxy.flush()
+    assert post_predict(proxy, "Default/gpt-4o-mini", 9, "x").status_code == 404
+    assert post_predict(proxy, "nothing", 1, "x").status_code == 404
+    assert post_predict(proxy, "Default/gpt-4o-mini", "v1", "x").status_code == 400
+    bad = post_predict(proxy, "Default/text-embedding-3-small", 1, [{"role": "user"}])
+    assert bad.status_code == 400 and "must be a string" in bad.json()["error"]["message"]
+    no_inputs = httpx.post(f"{proxy.url}/api/models/Default/gpt-4o-mini/versions/1/predict")
+    assert no_inputs.status_code == 400
+    assert httpx.get(f"{proxy.url}/api/models/nothing").status_code == 404
+
+
+def test_cli_models_and_predict_with_no_server_running(
+    start_proxy: Callable[..., Proxy], upstream: str
+) -> None:
+    proxy = start_proxy(log_models=True, registered_model_name="cli-model")
+    with sdk(proxy) as client:
+        chat(client, "first", temperature=0.4)
+        client.embeddings.create(model="text-embedding-3-small", input="e")  # v2, another task
+    proxy.flush()
+    proxy.server.stop()  # from here on no server runs: the CLI starts llmtap in process
+    db = str(proxy.db)
+
+    listed = run(models_command, "--db", db)
+    assert listed.exit_code == 0, listed.output
+    assert listed.output.splitlines()[1].startswith("cli-model\t2\t2\t")
+    detail = run(models_command, "cli-model", "--db", db)
+    assert "cli-model (registered model)" in detail.output and "temperature" in detail.output
+    one = orjson.loads(run(models_command, "models:/cli-model/1", "--db", db).output)
+    assert one["version"] == 1 and one["task"] == "chat.completions" and len(one["traces"]) == 1
+
+    said = run(predict_command, "models:/cli-model/1", "hello", "--db", db, "--upstream", upstream)
+    assert said.exit_code == 0, said.output
+    assert said.output == "Hello! You said: hello\n"
+    result = run(
+        predict_command,
+        "models:/cli-model/1",
+        '["a", "b"]',
+        "--json-input",
+        "--json",
+        "--db",
+        db,
+        "--upstream",
+        upstream,
+        OPENAI_API_KEY=TEST_KEY,
+    )
+    assert result.exit_code == 0, result.output
+    out = orjson.loads(result.output)
+    assert out["predictions"] == ["Hello! You said: a", "Hello! You said: b"]
+    vector = run(predict_command, "cli-model/2", "v", "--db", db, "--upstream", upstream)
+    assert vector.exit_code == 0 and isinstance(orjson.loads(vector.output)[0], float)
+
+    # recorded into --db: traced, replayable, linked to the version they ran
+    for trace_id in out["trace_ids"]:
+        links = orjson.loads(run(models_command, "--trace", trace_id, "--db", db).output)
+        assert [v["model_uri"] for v in links["model_versions"]] == ["models:/cli-model/1"]
+    with closing(sqlite3.connect(db)) as conn:  # not proxy.query: its writer is gone
+        sql = "SELECT count(*) FROM exchanges WHERE trace_id IN (?, ?)"
+        assert conn.execute(sql, out["trace_ids"]).fetchone()[0] == 2
+    as_json = orjson.loads(run(models_command, "--db", db, "--json").output)["models"]
+    assert {v["version"]: v["trace_count"] for v in as_json[0]["versions"]} == {1: 4, 2: 2}
+
+
+def test_cli_explains_what_is_missing(tmp_path: Any, proxy: Proxy, client: OpenAI) -> None:
+    missing = run(models_command, "--db", str(tmp_path / "none.db"))
+    assert missing.exit_code == 1 and "no llmtap database" in missing.output
+    chat(client, "x")
+    proxy.flush()
+    empty = run(models_command, "--db", str(proxy.db))
+    assert empty.exit_code == 0 and "no models recorded yet" in empty.output
+    unknown = run(predict_command, "models:/nope/1", "x", "--db", str(proxy.db))
+    assert unknown.exit_code == 1 and "no model version models:/nope/1" in unknown.output
