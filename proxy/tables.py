@@ -17,14 +17,6 @@ def _status(code: str) -> str:
     return f"[red]{code}[/red]" if code == "ERROR" else f"[green]{code}[/green]"
 
 
-def _model(trace: dict[str, Any]) -> str:
-    for span in trace.get("spans", ()):
-        model = span.get("attributes", {}).get("model")
-        if model:
-            return str(model)
-    return ""
-
-
 _TRACE_COLUMNS = (
     "trace_id",
     "time (UTC)",

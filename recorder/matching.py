@@ -13,8 +13,6 @@ from typing import Any
 
 import orjson
 
-DIFF_LIMIT = 8
-
 
 def parse_body(body: bytes) -> Any:
     """The JSON value of a body, or the body itself when it is not JSON."""

@@ -158,10 +158,3 @@ class TraceReader:
             if found:
                 return found
         return []
-
-    def counts(self) -> dict[str, int]:
-        with closing(self._connect()) as conn:
-            return {
-                table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-                for table in ("traces", "spans", "exchanges")
-            }

@@ -34,7 +34,6 @@ class StreamSummary:
     terminal_seen: bool = False
     error: Any = None
     first_output_ns: int | None = None
-    last_payload: Mapping[str, Any] | None = None
     usage_payload: Mapping[str, Any] | None = None
     problems: list[str] = field(default_factory=list)
 
@@ -92,7 +91,6 @@ def summarise_stream(endpoint: Endpoint, rec: Recording) -> StreamSummary:
             summary.usage_payload = data
         summary.terminal_seen = summary.terminal_seen or endpoint.is_terminal(event.event, data)
         assembler.feed(data)
-        summary.last_payload = data
     summary.output = assembler.result()
     summary.problems.extend(getattr(assembler, "problems", ()))
     return summary
