@@ -350,17 +350,10 @@ def chat_completion(body: dict, seq: int, created: int, forced: int | None) -> d
         events.append(chunk([]))
     if magic == "AZURE_ANNOTATIONS":
         events.append(
-            sse(
-                {
-                    "choices": [],
-                    "created": 0,
-                    "id": "",
-                    "model": "",
-                    "object": "",
-                    "prompt_filter_results": [
-                        {"prompt_index": 0, "content_filter_results": _CONTENT_FILTER}
-                    ],
-                }
+            _azure_annotation(
+                prompt_filter_results=[
+                    {"prompt_index": 0, "content_filter_results": _CONTENT_FILTER}
+                ]
             )
         )
     per_choice = [_deltas(c, want_lp, top) for c in choices]
@@ -385,18 +378,7 @@ def chat_completion(body: dict, seq: int, created: int, forced: int | None) -> d
             chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": c.finish}])
         )
     if magic == "AZURE_ANNOTATIONS":
-        events.append(
-            sse(
-                {
-                    "choices": [],
-                    "created": 0,
-                    "id": "",
-                    "model": "",
-                    "object": "",
-                    "content_filter_results": _CONTENT_FILTER,
-                }
-            )
-        )
+        events.append(_azure_annotation(content_filter_results=_CONTENT_FILTER))
         d = dict(head)
         d["choices"] = []
         d["usage"] = usage
@@ -407,3 +389,8 @@ def chat_completion(body: dict, seq: int, created: int, forced: int | None) -> d
     return SSEStream(
         events, terminal=True, error_event=ERROR_EVENT, malformed_event=MALFORMED_EVENT
     )
+
+
+def _azure_annotation(**results: Any) -> bytes:
+    """Azure's annotation chunk: no id, no model, no choices, only content-filter results."""
+    return sse({"choices": [], "created": 0, "id": "", "model": "", "object": "", **results})
