@@ -7,6 +7,7 @@ so `llmtap traces` and the UI show it afterwards.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import click
 
@@ -17,7 +18,7 @@ from llmtap.proxy.simulator import create_simulator
 from llmtap.proxy.tables import print_traces
 from llmtap.recorder.reader import TraceQuery, TraceReader
 
-WEATHER_TOOL = {
+WEATHER_TOOL: Any = {
     "type": "function",
     "function": {
         "name": "get_weather",

@@ -55,7 +55,9 @@ class Replayer:
         key = index.key_for(method, path, query, body)
         found = index.next(key)
         if isinstance(found, str):
-            recorded = index.cached(found) or await asyncio.to_thread(index.fetch, found)
+            recorded = index.cached(found)
+            if recorded is None:
+                recorded = await asyncio.to_thread(index.fetch, found)
             await self._send(send, recorded)
             return True
         if not must_answer:

@@ -116,19 +116,22 @@ class AgentLinker:
     def link(self, rec: Recording, inputs: Any, explicit_trace: bool) -> Links:
         """Before the span is built: which trace this request joins, and the TOOL spans."""
         scope = _scope(rec)
-        known = [
-            (self._calls.get((scope, cid)), cid, result) for cid, result in tool_results(inputs)
-        ]
-        known = [(call, cid, result) for call, cid, result in known if call is not None]
+        known: list[tuple[ToolCall, str, Any]] = []
+        for cid, result in tool_results(inputs):
+            call: ToolCall | None = self._calls.get((scope, cid))
+            if call is not None:
+                known.append((call, cid, result))
         previous = inputs.get("previous_response_id") if isinstance(inputs, dict) else None
-        via_response = self._responses.get(previous) if isinstance(previous, str) else None
-        if not known and via_response is None:
-            return Links()
-        trace_id = (
-            rec.trace_id
-            if explicit_trace
-            else (known[-1][0].trace_id if known else via_response[0])
+        via_response: tuple[str, str] | None = (
+            self._responses.get(previous) if isinstance(previous, str) else None
         )
+        if known:
+            joined = known[-1][0].trace_id
+        elif via_response is not None:
+            joined = via_response[0]
+        else:
+            return Links()
+        trace_id = rec.trace_id if explicit_trace else joined
         root, reparent = self._root(trace_id, rec)
         links = Links(trace_id=trace_id, parent_id=root.span_id, reparent=reparent)
         spans = [root]
