@@ -55,17 +55,21 @@ class Envelope:
     def __init__(self, object_name: str) -> None:
         self.fields: dict[str, Any] = {}
         self._object = object_name
+        # first-wins fields that hold a value already: later chunks repeat them, skip at once
+        self._settled: set[str] = set(_ENVELOPE_SKIPPED)
 
     def feed(self, chunk: Mapping[str, Any]) -> None:
-        fields = self.fields
+        fields, settled = self.fields, self._settled
         for key, value in chunk.items():
-            if key in _ENVELOPE_SKIPPED:
+            if key in settled:
                 continue
             if key in _LAST_NON_NULL:
                 if value is not None or key not in fields:
                     fields[key] = copy_json(value)
             elif fields.get(key) in (None, "", 0):
                 fields[key] = copy_json(value)
+                if value not in (None, "", 0):
+                    settled.add(key)
 
     def result(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
         out = dict(self.fields)
@@ -196,7 +200,14 @@ class ChatAssembler:
             snapshot["message"] = {}
             self._choices[index] = snapshot
         else:
-            self._feed_logprobs(snapshot, choice.get("logprobs"))
+            logprobs = choice.get("logprobs")
+            if logprobs is not None:
+                self._feed_logprobs(snapshot, logprobs)
+            elif len(delta) == 1 and _append_text(snapshot["message"], delta):
+                # the common chunk: one more piece of text, and nothing else to merge
+                if choice.get("finish_reason"):
+                    snapshot["finish_reason"] = choice["finish_reason"]
+                return
         merge_delta(snapshot["message"], _with_text_content(delta, self.problems), self.problems)
         if choice.get("finish_reason"):
             snapshot["finish_reason"] = choice["finish_reason"]
@@ -229,6 +240,17 @@ class ChatAssembler:
         role = {"role": message["role"]} if "role" in message else {}  # first, for readers
         choice["message"] = {**role, **_MESSAGE_FIELDS, **message}
         return choice
+
+
+def _append_text(message: dict[str, Any], delta: dict[str, Any]) -> bool:
+    """`merge_delta` for a delta that is only more text to an existing text: True if it was."""
+    value = delta.get("content")
+    if type(value) is not str or type(message.get("content")) is not str:
+        return False
+    text: str = message.pop("content")
+    text += value  # grown in place: the dict no longer refers to it (see _concat)
+    message["content"] = text
+    return True
 
 
 def _with_text_content(delta: Mapping[str, Any], problems: list[str]) -> Mapping[str, Any]:
