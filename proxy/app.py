@@ -117,7 +117,13 @@ class LlmtapApp:
 
     async def startup(self) -> None:
         if self.writer is not None:
-            await asyncio.to_thread(self.writer.start)
+            try:
+                await asyncio.to_thread(self.writer.start)
+            except Exception as exc:
+                raise RuntimeError(
+                    f"llmtap cannot open its database {self.settings.db}: {exc} "
+                    "(pass --db or LLMTAP_DB, or --mode off to forward without recording)"
+                ) from exc
         await self.forwarder.start()
         if self.settings.mode in (Mode.REPLAY, Mode.AUTO):
             await self.replayer.ready()  # answer the first request without a wait

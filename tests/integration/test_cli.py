@@ -87,3 +87,26 @@ def test_serve_says_where_it_listens_and_logs_each_request(tmp_path: Path, upstr
         assert shown in text, shown
     line = next(line for line in text.splitlines() if "POST /v1/chat/completions 200" in line)
     assert " ms gpt-4o-mini " in line and "tokens" in line
+
+
+def test_serve_explains_a_database_it_cannot_open(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llmtap.proxy.cli",
+            "serve",
+            "--port",
+            "0",
+            "--db",
+            str(tmp_path / "no" / "such" / "dir" / "x.db"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.returncode != 0
+    assert "llmtap cannot open its database" in run.stdout + run.stderr
