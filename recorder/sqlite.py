@@ -149,13 +149,20 @@ class SqliteStore:
         self._inode = _inode(self.path)
         self._since_checkpoint = 0
 
+    IDLE_CHECKPOINT_AFTER = 32
+    """Batches after which an idle writer checkpoints: not after every one, since a commit
+    that arrives during a checkpoint waits for it."""
+
     def idle(self) -> None:
         """Nothing is waiting: move the WAL into the database now (PASSIVE: never blocks
         a reader), and make sure the file written is still the one at the path."""
-        if self._since_checkpoint:
-            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            self._since_checkpoint = 0
+        if self._since_checkpoint >= self.IDLE_CHECKPOINT_AFTER:
+            self.checkpoint()
         self.check_file()
+
+    def checkpoint(self) -> None:
+        self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        self._since_checkpoint = 0
 
     def check_file(self) -> None:
         """A database deleted or replaced under a running proxy would swallow every write
@@ -184,7 +191,7 @@ class SqliteStore:
             raise
         self._since_checkpoint += 1
         if self._since_checkpoint >= self.CHECKPOINT_EVERY:
-            self.idle()
+            self.checkpoint()
 
     def _insert(self, batches: Iterable[Batch]) -> None:
         conn = self.conn
@@ -227,6 +234,8 @@ class SqliteStore:
             )
 
     def close(self) -> None:
+        if self._since_checkpoint:
+            self.checkpoint()  # leave a tidy file behind
         self.conn.close()
 
 
