@@ -6,6 +6,7 @@ WAL mode with `synchronous=NORMAL`: a commit is a write() into the WAL, which su
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -187,7 +188,8 @@ class SqliteStore:
             self._insert(batches)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # a failed COMMIT (disk full) has rolled back already
+                conn.execute("ROLLBACK")
             raise
         self._since_checkpoint += 1
         if self._since_checkpoint >= self.CHECKPOINT_EVERY:
@@ -235,7 +237,8 @@ class SqliteStore:
 
     def close(self) -> None:
         if self._since_checkpoint:
-            self.checkpoint()  # leave a tidy file behind
+            with contextlib.suppress(sqlite3.Error):  # a full disk: the WAL keeps it all
+                self.checkpoint()  # leave a tidy file behind
         self.conn.close()
 
 
