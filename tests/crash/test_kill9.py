@@ -22,26 +22,27 @@ pytestmark = pytest.mark.slow
 ROUNDS = int(os.environ.get("LLMTAP_KILL_ROUNDS", "20"))
 
 
+def serve_command(db: Path, *extra: str) -> list[str]:
+    """`llmtap serve` on a free port, as a user would start it."""
+    return [
+        sys.executable,
+        "-m",
+        "llmtap.proxy.cli",
+        "serve",
+        "--port",
+        "0",
+        "--db",
+        str(db),
+        *extra,
+    ]
+
+
 def start_serve(db: Path, upstream: str, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
     """`llmtap serve --port 0` as a real process; its address is read from what it prints."""
     log = db.with_suffix(f".{time.monotonic_ns()}.log")
     with open(log, "wb") as out:  # a file, not a pipe: a full pipe would stall the server
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "llmtap.proxy.cli",
-                "serve",
-                "--port",
-                "0",
-                "--db",
-                str(db),
-                "--upstream",
-                upstream,
-                "--log-level",
-                "warning",
-                *extra,
-            ],
+            serve_command(db, "--upstream", upstream, "--log-level", "warning", *extra),
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -119,4 +120,4 @@ def test_kill_minus_9_under_load_loses_nothing_a_client_saw_complete(
             conn.close()
         missing = [m for m in seen if m not in inputs]
         assert not missing, f"round {round_}: {len(missing)} of {len(seen)} complete responses lost"
-    assert len(seen) > ROUNDS * 10  # the load really ran
+    assert len(seen) > ROUNDS * 3  # the load really ran (about 10 a round on an idle machine)

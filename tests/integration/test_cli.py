@@ -12,7 +12,7 @@ from openai import OpenAI
 
 from llmtap.proxy.cli import main
 from tests.conftest import Proxy
-from tests.crash.test_kill9 import start_serve
+from tests.crash.test_kill9 import serve_command, start_serve
 
 
 def record(proxy: Proxy, client: OpenAI) -> None:
@@ -91,22 +91,8 @@ def test_serve_says_where_it_listens_and_logs_each_request(tmp_path: Path, upstr
 
 def test_serve_explains_a_database_it_cannot_open(tmp_path: Path) -> None:
     import subprocess
-    import sys
 
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "llmtap.proxy.cli",
-            "serve",
-            "--port",
-            "0",
-            "--db",
-            str(tmp_path / "no" / "such" / "dir" / "x.db"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    missing = tmp_path / "no" / "such" / "dir" / "x.db"
+    run = subprocess.run(serve_command(missing), capture_output=True, text=True, timeout=30)
     assert run.returncode != 0
     assert "llmtap cannot open its database" in run.stdout + run.stderr
