@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -41,6 +42,19 @@ _CONTENT_FILTER = {
 
 def sse(obj: dict) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def chunk_writer(head: dict, include_usage: bool) -> Callable[..., bytes]:
+    """`chunk(choices, usage=None)`: one SSE chunk with the stream's envelope; `usage` (null
+    unless given) only when the client asked for it, as OpenAI does."""
+
+    def chunk(out_choices: list, chunk_usage: Any = None) -> bytes:
+        d = {**head, "choices": out_choices}
+        if include_usage:
+            d["usage"] = chunk_usage
+        return sse(d)
+
+    return chunk
 
 
 def int_param(body: dict, key: str, default: int | None, lo: int, hi: int) -> int | None:
@@ -338,12 +352,7 @@ def chat_completion(body: dict, seq: int, created: int, forced: int | None) -> d
         "system_fingerprint": fp,
     }
 
-    def chunk(out_choices: list, chunk_usage: Any = None) -> bytes:
-        d = dict(head)
-        d["choices"] = out_choices
-        if include_usage:
-            d["usage"] = chunk_usage
-        return sse(d)
+    chunk = chunk_writer(head, include_usage)
 
     events: list[bytes] = []
     if magic == "EMPTY_CHOICES":

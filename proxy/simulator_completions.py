@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from .simulator_chat import DONE, ERROR_EVENT, MALFORMED_EVENT, int_param, sse
+from .simulator_chat import DONE, ERROR_EVENT, MALFORMED_EVENT, chunk_writer, int_param
 from .simulator_text import (
     BadRequest,
     SSEStream,
@@ -120,17 +118,15 @@ def completion(body: dict, seq: int, created: int, forced: int | None) -> dict |
             [DONE], terminal=True, error_event=ERROR_EVENT, malformed_event=MALFORMED_EVENT
         )
 
-    def chunk(out_choices: list, chunk_usage: Any = None) -> bytes:
-        d = {
-            "id": cid,
-            "object": "text_completion",
-            "created": created,
-            "choices": out_choices,
-            "model": model,
-        }
-        if include_usage:
-            d["usage"] = chunk_usage
-        return sse(d)
+    # the envelope in OpenAI's key order: choices before model
+    envelope = {
+        "id": cid,
+        "object": "text_completion",
+        "created": created,
+        "choices": [],
+        "model": model,
+    }
+    chunk = chunk_writer(envelope, include_usage)
 
     events: list[bytes] = []
     if magic == "EMPTY_CHOICES":

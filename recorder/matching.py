@@ -29,9 +29,11 @@ def canonical_value(value: Any, ignore: Iterable[str] = ()) -> Any:
     return value
 
 
-def canonical_body(body: bytes, ignore: Iterable[str] = ()) -> bytes:
-    """Sorted-key JSON of a JSON body without the ignored top-level fields; else the bytes."""
-    value = parse_body(body)
+def canonical_body(body: bytes, ignore: Iterable[str] = (), parsed: Any = None) -> bytes:
+    """Sorted-key JSON of a JSON body without the ignored top-level fields; else the bytes.
+
+    `parsed`: the body's JSON object or array, when the caller has parsed it already."""
+    value = parsed if isinstance(parsed, dict | list) else parse_body(body)
     if isinstance(value, bytes):
         return value
     try:
@@ -41,11 +43,16 @@ def canonical_body(body: bytes, ignore: Iterable[str] = ()) -> bytes:
 
 
 def match_key(
-    method: str, path: str, body: bytes, ignore: Iterable[str] = (), query: str = ""
+    method: str,
+    path: str,
+    body: bytes,
+    ignore: Iterable[str] = (),
+    query: str = "",
+    parsed: Any = None,
 ) -> str:
     digest = hashlib.sha256()
     digest.update(f"{method.upper()} {path}?{query}\n".encode())
-    digest.update(canonical_body(body, ignore))
+    digest.update(canonical_body(body, ignore, parsed))
     return digest.hexdigest()
 
 

@@ -162,15 +162,13 @@ class Tracer:
 
     def build(self, rec: Recording) -> Batch:
         """The exchange, and for a traced endpoint its spans and trace head."""
-        content_type = header(rec.response_headers, "content-type") or ""
-        is_stream = content_type.startswith("text/event-stream")
-        body = rec.error_body if rec.error_status else b"".join(rec.chunks)
-        exchange = build_exchange(rec, body or b"", is_stream)
-        key = match_key(rec.method, rec.path, rec.request_body, query=rec.query)
+        exchange, is_stream = exchange_of(rec)
         endpoint = endpoint_for(rec.path)
         if endpoint is None or not self.log_traces or rec.method != "POST":
+            key = match_key(rec.method, rec.path, rec.request_body, query=rec.query)
             return Batch(exchange, key, is_stream)
-        inputs = _parse_json(rec.request_body)
+        inputs = _parse_json(rec.request_body)  # once: for the key, the span and the links
+        key = match_key(rec.method, rec.path, rec.request_body, query=rec.query, parsed=inputs)
         links = self.linker.link(rec, inputs, explicit_trace=rec.context.trace_id is not None)
         if links.trace_id is not None:
             rec.trace_id = links.trace_id  # kept: writing the recording again lands here too
@@ -200,13 +198,19 @@ class Tracer:
         return Batch(exchange, key, is_stream, spans, head, links.reparent, model)
 
 
-def raw_batch(rec: Recording) -> Batch:
-    """The exchange alone, parsing nothing: the writer's fallback when a full batch fails."""
+def exchange_of(rec: Recording) -> tuple[Exchange, bool]:
+    """The raw exchange of a recording, and whether its answer was a stream."""
     content_type = header(rec.response_headers, "content-type") or ""
     is_stream = content_type.startswith("text/event-stream")
     body = rec.error_body if rec.error_status else b"".join(rec.chunks)
+    return build_exchange(rec, body or b"", is_stream), is_stream
+
+
+def raw_batch(rec: Recording) -> Batch:
+    """The exchange alone, parsing nothing: the writer's fallback when a full batch fails."""
+    exchange, is_stream = exchange_of(rec)
     key = hashlib.sha256(rec.method.encode() + rec.path.encode() + rec.request_body).hexdigest()
-    return Batch(build_exchange(rec, body or b"", is_stream), key, is_stream)
+    return Batch(exchange, key, is_stream)
 
 
 def build_batch(rec: Recording, *, log_traces: bool = True) -> Batch:

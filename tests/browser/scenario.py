@@ -6,19 +6,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmtap.proxy.demo import WEATHER_TOOL
+
 HOSTILE = '<script>alert(1)</script> & "quotes"'
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Weather for a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 
 
 @dataclass
