@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -70,10 +71,13 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except (FileNotFoundError, ProcessLookupError):
+        pass
     return 0.0
 
 
@@ -93,6 +97,21 @@ def descendants(pid: int) -> list[int]:
         out.append(p)
         todo.extend(children.get(p, []))
     return out
+
+
+def wait_ready(url: str, timeout: float = 30.0) -> None:
+    """Until GET url answers 200."""
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > end:
+            raise RuntimeError(f"{url} did not answer in {timeout} s")
+        time.sleep(0.05)
 
 
 def free_port() -> int:
@@ -161,6 +180,7 @@ class Target:
     url: str  # base URL the client talks to, without /v1
     pids: list[int]  # processes whose CPU is the proxy's (empty: no proxy)
     main_pid: int | None = None
+    has_writer: bool = False  # llmtap: main_pid is the event loop, the other its writer process
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,7 +285,9 @@ def start_llmtap(mode: str, ctx: Ctx, name: str | None = None, prime: bool = Fal
         proc.terminate()
         proc.wait(10)
     proc, url = spawn(name, mode)
-    return Target(url, [proc.pid], proc.pid)
+    wait_ready(url + "/api/health")  # it listens before its writer process is up
+    # the proxy and its writer process: a request's CPU is spent in both
+    return Target(url, descendants(proc.pid), proc.pid, has_writer=True)
 
 
 async def _prime(url: str) -> None:
@@ -401,9 +423,12 @@ def wrk(ctx: Ctx, sc: Scenario, url: str, seconds: float) -> dict[str, Any]:
 
 def measure_wrk(ctx: Ctx, sc: Scenario, t: Target, seconds: float, warm: float) -> dict:
     wrk(ctx, sc, t.url, warm)
+    main = [t.main_pid] if t.main_pid is not None else []
     c0, u0, w0 = cpu_seconds(t.pids), cpu_seconds([ctx.upstream_pid]), time.monotonic()
+    m0 = cpu_seconds(main)
     r = wrk(ctx, sc, t.url, seconds)
     c1, u1, w1 = cpu_seconds(t.pids), cpu_seconds([ctx.upstream_pid]), time.monotonic()
+    m1 = cpu_seconds(main)
     n = r["requests"]
     errors = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
     return {
@@ -413,6 +438,8 @@ def measure_wrk(ctx: Ctx, sc: Scenario, t: Target, seconds: float, warm: float) 
         "p50_ms": r["p50_us"] / 1000,
         "p99_ms": r["p99_us"] / 1000,
         "cpu_us": (c1 - c0) / n * 1e6 if t.pids and n else None,
+        # the event loop's process alone (llmtap: without its writer process)
+        "main_cpu_us": (m1 - m0) / n * 1e6 if t.has_writer and n else None,
         "cpu_pct": (c1 - c0) / (w1 - w0) * 100 if t.pids else None,
         "upstream_cpu_pct": (u1 - u0) / (w1 - w0) * 100,
     }
@@ -463,16 +490,17 @@ def measure_paced(ctx: Ctx, sc: Scenario, t: Target, seconds: float, warm: float
 def measure_memory(ctx: Ctx, total: int) -> dict:
     t = start_llmtap("record", ctx, name="llmtap-memory")
     wait_port(t.url)
-    pid = t.main_pid
-    assert pid is not None
     chat = SCENARIO_BY_NAME["chat-c32"].raw(t.url)
     stream = SCENARIO_BY_NAME["stream-c32"].raw(t.url)
     marks = sorted({m for m in (1000, 5000, 10000, 20000, 50000, 100000, total) if m <= total})
     samples: dict[int, float] = {}
 
+    def rss() -> float:  # the proxy and its writer process
+        return sum(rss_mb(p) for p in t.pids)
+
     def on_done(n: int) -> None:
         if n in marks:
-            samples[n] = rss_mb(pid)
+            samples[n] = rss()
 
     start = time.monotonic()
     results = _run(
@@ -486,7 +514,7 @@ def measure_memory(ctx: Ctx, total: int) -> dict:
     )
     elapsed = time.monotonic() - start
     time.sleep(1.0)  # let the writer drain
-    samples[total] = max(samples.get(total, 0), rss_mb(pid))
+    samples[total] = max(samples.get(total, 0), rss())
     db = ctx.tmp / "llmtap-memory.db"
     wal = Path(str(db) + "-wal")
     return {
@@ -545,8 +573,9 @@ def table_wrk(sc: Scenario, res: dict[str, dict]) -> str:
         f"### {sc.name}: {sc.title}",
         "",
         "| row | req/s | vs direct | vs naive | vs aiohttp | p50 ms | p99 ms | +p50 ms "
-        "| proxy CPU us/req | CPU vs naive | proxy CPU % | upstream CPU % | errors |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| proxy CPU us/req | of it main process | CPU vs naive | proxy CPU % | upstream CPU % "
+        "| errors |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for key, r in res.items():
         added = r["p50_ms"] - d["p50_ms"] if d and key != DIRECT else None
@@ -554,7 +583,8 @@ def table_wrk(sc: Scenario, res: dict[str, dict]) -> str:
             f"| {ROW_BY_KEY[key].label} | {_f(r['rps'])} | {_ratio(r['rps'], d.get('rps'))} "
             f"| {_ratio(r['rps'], nv.get('rps'))} | {_ratio(r['rps'], ah.get('rps'))} "
             f"| {_f(r['p50_ms'], 2)} | {_f(r['p99_ms'], 2)} | {_f(added, 2)} "
-            f"| {_f(r['cpu_us'])} | {_ratio(r['cpu_us'], nv.get('cpu_us'))} "
+            f"| {_f(r['cpu_us'])} | {_f(r.get('main_cpu_us'))} "
+            f"| {_ratio(r['cpu_us'], nv.get('cpu_us'))} "
             f"| {_f(r['cpu_pct'])} | {_f(r['upstream_cpu_pct'])} | {r['errors']} |"
         )
     return "\n".join(lines)
@@ -717,6 +747,7 @@ def profile(ctx: Ctx, sc: Scenario, t: Target, seconds: float, native: bool) -> 
             "--rate",
             "250",
             "--threads",
+            "--subprocesses",  # the writer process too
             "--nonblocking",
         ] + (["--native"] if native else [])
         spy_proc = subprocess.Popen(

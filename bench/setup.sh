@@ -2,7 +2,7 @@
 # Install what the benchmark needs: wrk (load generator), nginx (reference row), py-spy (profile).
 # Debian/Ubuntu; run as root (or with sudo). Python packages go into the project's venv.
 set -euo pipefail
-PY="${PYTHON:-/work/venv/bin/python}"
+PY="${PYTHON:-$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/python}"
 SUDO=""
 if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
 if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then

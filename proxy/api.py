@@ -13,8 +13,8 @@ from starlette.routing import Route
 from llmtap.proxy import __version__
 from llmtap.proxy.config import Settings
 from llmtap.proxy.errors import openai_error
+from llmtap.recorder.batch_writer import WriterHealth
 from llmtap.recorder.reader import TraceQuery, TraceReader
-from llmtap.recorder.writer import WriterHealth
 
 
 class JSONResponse(Response):

@@ -2,14 +2,13 @@
 
 The forwarding path skips Starlette's router on purpose (issue 3's measurements: routing and
 StreamingResponse cost more than the whole relay); Starlette serves the read API and the UI.
-The lifespan owns the upstream session and the writer thread.
+The lifespan owns the upstream session and the writer process.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from functools import partial
+from dataclasses import replace
 from typing import Any
 
 from starlette.applications import Starlette
@@ -22,34 +21,11 @@ from llmtap.proxy.models_api import model_routes
 from llmtap.proxy.replaying import Replayer
 from llmtap.proxy.ui import ui_routes
 from llmtap.recorder.model_store import ModelReader
-from llmtap.recorder.prices import load_prices
 from llmtap.recorder.reader import TraceReader
-from llmtap.recorder.records import Batch, Mode
-from llmtap.recorder.sqlite import SqliteStore
-from llmtap.recorder.tracing import Tracer, raw_batch
-from llmtap.recorder.writer import Writer
+from llmtap.recorder.records import Mode
+from llmtap.recorder.writer import Writer, WriterConfig
 
 log = logging.getLogger("llmtap")
-request_log = logging.getLogger("llmtap.requests")
-
-
-def request_line(batch: Batch) -> str:
-    """`POST /v1/chat/completions 200 123.4 ms gpt-4o-mini 25 tokens` (and the error, if any)."""
-    x = batch.exchange
-    span = batch.spans[-1] if batch.spans else None
-    parts = [
-        x.method,
-        f"/v1{x.path}",
-        str(x.status or "-"),
-        f"{(x.ended_ns - x.started_ns) / 1e6:.1f} ms",
-    ]
-    if span is not None:
-        usage = span.attributes.get("usage") or {}
-        parts.append(str(span.attributes.get("model") or "-"))
-        parts.append(f"{usage.get('total_tokens', '-')} tokens")
-    if x.error:
-        parts.append(f"({x.error})")
-    return " ".join(parts)
 
 
 _EXPERIMENTS = "/experiments/"
@@ -73,17 +49,16 @@ class LlmtapApp:
         self.replayer = Replayer(settings)
         if settings.mode != Mode.OFF:
             self.writer = Writer(
-                sink_factory=partial(SqliteStore, settings.db),
-                build=Tracer(
+                WriterConfig(
+                    db=settings.db,
                     log_traces=settings.log_traces,
-                    prices=load_prices(settings.prices_file),
+                    prices_file=settings.prices_file,
                     log_models=settings.log_models,
                     log_model_signatures=settings.log_model_signatures,
                     log_input_examples=settings.log_input_examples,
                     registered_model_name=settings.registered_model_name,
-                ).build,
-                fallback=raw_batch,
-                on_written=self._on_written,
+                ),
+                on_written=self.replayer.on_written,
             )
         self.forwarder = Forwarder(settings, self.writer, self.replayer)
         reader = TraceReader(settings.db)
@@ -95,13 +70,6 @@ class LlmtapApp:
                 *ui_routes(reader),
             ]
         )
-
-    def _on_written(self, batches: list[Batch]) -> None:
-        """In the writer thread: replay learns the new exchanges; one log line each."""
-        self.replayer.on_written(batches)
-        if request_log.isEnabledFor(logging.INFO):
-            for batch in batches:
-                request_log.info(request_line(batch))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -117,8 +85,11 @@ class LlmtapApp:
 
     async def startup(self) -> None:
         if self.writer is not None:
+            self.writer.config = replace(
+                self.writer.config, log_level=logging.getLogger("llmtap").getEffectiveLevel()
+            )
             try:
-                await asyncio.to_thread(self.writer.start)
+                await self.writer.start()
             except Exception as exc:
                 raise RuntimeError(
                     f"llmtap cannot open its database {self.settings.db}: {exc} "
@@ -131,7 +102,7 @@ class LlmtapApp:
     async def shutdown(self) -> None:
         await self.forwarder.close()
         if self.writer is not None:
-            await asyncio.to_thread(self.writer.close)
+            await self.writer.close()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -13,7 +13,7 @@ from typing import Any
 from llmtap.proxy.config import Settings, replay_speed
 from llmtap.proxy.errors import openai_error
 from llmtap.proxy.usage_injection import UsageStripper
-from llmtap.recorder.records import Batch
+from llmtap.recorder.recording import Recording
 from llmtap.recorder.replay import Recorded, ReplayIndex
 
 Send = Any
@@ -37,14 +37,13 @@ class Replayer:
         await asyncio.shield(self._loaded)
         return self.index
 
-    def on_written(self, batches: list[Batch]) -> None:
+    def on_written(self, recordings: list[Recording]) -> None:
         """Writer callback: what was just recorded can be replayed (auto mode)."""
         if self._loaded is None:
             return  # the first use will read it from the store
-        for batch in batches:
-            x = batch.exchange
-            if x.error is None and x.status is not None:
-                self.index.add(x.exchange_id, x.method, x.path, x.query, x.request_body)
+        for r in recordings:
+            if r.error is None and r.status is not None:
+                self.index.add(r.exchange_id, r.method, r.path, r.query, r.request_body)
 
     async def answer(
         self, send: Send, method: str, path: str, query: str, body: bytes, must_answer: bool

@@ -1,12 +1,20 @@
-"""Writer: one thread owns the database; the event loop hands it finished recordings.
+"""Writer: the proxy's end of the writer process (`llmtap.recorder.writer_process`).
 
-Whatever is waiting when the thread wakes is built and written in one transaction (group
-commit: ~7 us a row batched against ~250 us for a commit per row), then each waiting request
-is released. Building a batch (decompression, SSE decoding, reassembly) happens here too, so
-the event loop never parses a response.
+The event loop hands over finished recordings; they leave as one pickled frame per loop
+iteration, whatever the number of requests that finished in it, and the writer process builds
+and stores them on the other core (group commit). `commit()` resolves when the writer says the
+recording is in the database; nothing here touches the disk or parses a response.
 
-A store that fails (locked, disk full, deleted) never fails a request: `commit()` returns
-False, the failure is counted and kept in `health`, and the proxy goes on forwarding.
+What makes it hold up:
+- Bounded: at most `max_pending` recordings (or `max_pending_bytes` of them) are in flight.
+  Beyond that `commit()` waits for room (back-pressure on the request that would add to it)
+  and `submit_nowait()` drops the recording and counts it in `health.dropped`: memory never
+  grows with an overload, and the overload is visible in `/api/health`.
+- A writer process that dies (killed, crashed) is started again and gets every recording it
+  had not acknowledged; writes are upserts by id, so a recording written twice is one row. A
+  recording whose writer died twice under it is given up as failed (it may be what kills it).
+- A store that fails (locked, disk full, deleted) never fails a request: `commit()` returns
+  False, and the failure is counted and kept in `health`.
 """
 
 from __future__ import annotations
@@ -14,202 +22,318 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import queue
+import socket
+import subprocess
+import sys
 import threading
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
+from llmtap.recorder.batch_writer import WriterHealth
+from llmtap.recorder.frames import FrameDecoder, encode
 from llmtap.recorder.recording import Recording
-from llmtap.recorder.records import Batch
+from llmtap.recorder.writer_process import WriterConfig
 
 log = logging.getLogger("llmtap.writer")
 
-MAX_BATCH = 512
-
-
-class Sink(Protocol):
-    def write(self, batches: Sequence[Batch]) -> None: ...
-    def idle(self) -> None: ...
-    def close(self) -> None: ...
+_GIVE_UP_AFTER = 2
+"""Writer deaths a recording may see before it is reported as failed."""
+_START_TIMEOUT = 60.0
 
 
 @dataclass(slots=True)
-class WriterHealth:
-    written: int = 0
-    failed: int = 0
-    ok: bool = True
-    """The last write reached the store."""
-    last_error: str | None = None
-    last_error_at: float | None = None
-    batches: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "written": self.written,
-            "failed": self.failed,
-            "last_error": self.last_error,
-            "last_error_at": self.last_error_at,
-        }
+class _Pending:
+    recording: Recording
+    future: asyncio.Future[bool] | None
+    size: int
+    deaths: int = 0
 
 
-_Item = tuple[Recording, "asyncio.Future[bool] | None"]
-# what the queue carries: a recording to write, an event to set once everything before it is
-# written (flush), or None to stop
-_Message = _Item | threading.Event | None
-
-
-@dataclass
 class Writer:
-    sink_factory: Callable[[], Sink]
-    build: Callable[[Recording], Batch]
-    fallback: Callable[[Recording], Batch] | None = None
-    """The raw exchange alone, for a recording whose full batch cannot be built or stored:
-    what the traffic meant may be lost, the exchange itself is not."""
-    on_written: Callable[[list[Batch]], None] | None = None
-    """Called in the writer thread with the batches that reached the store."""
-    health: WriterHealth = field(default_factory=WriterHealth)
-    _queue: queue.SimpleQueue[_Message] = field(default_factory=queue.SimpleQueue)
-    _thread: threading.Thread | None = None
-    _started: threading.Event = field(default_factory=threading.Event)
-    _start_error: BaseException | None = None
+    def __init__(
+        self,
+        config: WriterConfig,
+        on_written: Callable[[list[Recording]], None] | None = None,
+        *,
+        max_pending: int = 4096,
+        max_pending_bytes: int = 256 << 20,
+    ) -> None:
+        self.config = config
+        self.on_written = on_written
+        """Called on the event loop with the recordings that reached the store."""
+        self.health = WriterHealth()
+        self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._link: _Link | None = None
+        self._pending: dict[int, _Pending] = {}
+        self._pending_bytes = 0
+        self._outbox: list[tuple[Any, ...]] = []
+        self._unacked = 0
+        """Recordings sent to the writer process and not yet acknowledged."""
+        self._next_seq = 0
+        self._room: asyncio.Event | None = None
+        self._closing = False
+        self._restarting: asyncio.Task[None] | None = None
+        self._base_written = 0
+        self._base_failed = 0
+        # flush() runs in other threads: it waits for the lowest unacknowledged sequence number
+        self._low_water = 0
+        self._acked = threading.Condition()
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="llmtap-writer", daemon=True)
-        self._thread.start()
-        self._started.wait()
-        if self._start_error is not None:
-            raise self._start_error
+    # --- the event loop's side ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the writer process; raises with its reason when the store cannot be opened."""
+        self._loop = asyncio.get_running_loop()
+        self._room = asyncio.Event()
+        self._room.set()
+        await self._spawn()
 
     async def commit(self, recording: Recording) -> bool:
         """Write the recording; returns once it is durable (True) or could not be (False)."""
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._queue.put((recording, future))
+        assert self._loop is not None and self._room is not None, "Writer.start() first"
+        while not self._has_room():
+            self._room.clear()
+            await self._room.wait()
+        future = self._loop.create_future()
+        self._enqueue(recording, future)
         return await future
 
     def submit_nowait(self, recording: Recording) -> None:
-        """Queue a recording from a path that cannot wait (cancellation, disconnects)."""
-        self._queue.put((recording, None))
-
-    def close(self, timeout: float = 30.0) -> None:
-        """Drain everything queued, then stop the thread."""
-        if self._thread is None:
+        """Hand over a recording from a path that cannot wait (cancellation, disconnects); an
+        overloaded writer drops it, counted in `health.dropped`."""
+        if not self._has_room():
+            self.health.dropped += 1
+            log.warning(
+                "writer overloaded (%d recordings waiting): %s %s not recorded",
+                len(self._pending),
+                recording.method,
+                recording.path,
+            )
             return
-        self._queue.put(None)
-        self._thread.join(timeout)
-        self._thread = None
+        self._enqueue(recording, None)
+
+    async def close(self, timeout: float = 30.0) -> None:
+        """Write everything handed over so far, then stop the writer process."""
+        self._closing = True
+        if self._restarting is not None:
+            with contextlib.suppress(Exception):
+                await self._restarting
+        link, process = self._link, self._process
+        if link is not None and not link.lost.done():
+            # everything not sent yet, regardless of acknowledgements, then the end
+            outbox, self._outbox = self._outbox, []
+            link.transport.write(encode([*outbox, ("quit",)]))
+            try:
+                await asyncio.wait_for(asyncio.shield(link.lost), timeout)
+            except TimeoutError:
+                log.error("the writer process did not finish in %.0f s; stopping it", timeout)
+        if process is not None:
+            await asyncio.to_thread(_reap, process, 5.0)
+        self._fail_all("llmtap stopped before this recording was written")
+        self._link = self._process = None
 
     def flush(self, timeout: float = 10.0) -> None:
-        """Block until everything queued so far is written (for tests and the CLI)."""
-        done = threading.Event()
-        self._queue.put(done)
-        done.wait(timeout)
+        """Block until everything handed over so far is written (for tests and the CLI).
+        Call it from another thread than the event loop's."""
+        target = self._next_seq
+        with self._acked:
+            self._acked.wait_for(lambda: self._low_water >= target, timeout)
 
-    # --- the thread --------------------------------------------------------------------------
+    # --- internals ----------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        try:
-            sink = self.sink_factory()
-        except BaseException as exc:  # noqa: BLE001 - reported to start()
-            self._start_error = exc
-            self._started.set()
+    def _has_room(self) -> bool:
+        return (
+            len(self._pending) < self.max_pending and self._pending_bytes < self.max_pending_bytes
+        )
+
+    def _enqueue(self, recording: Recording, future: asyncio.Future[bool] | None) -> None:
+        seq = self._next_seq
+        self._next_seq += 1
+        size = len(recording.request_body) + sum(map(len, recording.chunks)) + 512
+        self._pending[seq] = _Pending(recording, future, size)
+        self._pending_bytes += size
+        self.health.pending = len(self._pending)
+        self._outbox.append(("record", seq, recording))
+        if len(self._outbox) == 1 and not self._unacked:
+            # one frame for everything that finishes in this iteration of the loop
+            self._loop.call_soon(self._send_outbox)  # type: ignore[union-attr]
+
+    def _send_outbox(self) -> None:
+        """Send what waits, unless the writer is still busy with what it was sent: it could not
+        start on more before it answers, and one frame per transaction instead of one per loop
+        iteration saves a system call on each side for every request (self-clocking)."""
+        if self._unacked or not self._outbox:
             return
-        self._started.set()
-        try:
-            while True:
-                first = self._queue.get()
-                items = [first]
-                while len(items) < MAX_BATCH:
-                    try:
-                        items.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                self._handle(sink, [i for i in items if isinstance(i, tuple)])
-                for item in items:
-                    if isinstance(item, threading.Event):
-                        item.set()
-                if any(item is None for item in items):
-                    return
-                if self._queue.empty():
-                    self._idle(sink)
-        finally:
-            sink.close()
+        link = self._link
+        if link is None or link.lost.done():
+            return  # the writer is being restarted: it gets everything pending once it is up
+        outbox, self._outbox = self._outbox, []
+        self._unacked = len(outbox)
+        link.transport.write(encode(outbox))
 
-    def _handle(self, sink: Sink, items: list[_Item]) -> None:
-        if not items:
-            return
-        batches = [self._build(r) for r, _ in items]
-        ok = self._write(sink, batches)
-        for i, (recording, _) in enumerate(items):
-            if not ok[i] and self.fallback is not None:
-                raw = self._build(recording, self.fallback)
-                if raw is not None and self._write_one(sink, raw):
-                    ok[i], batches[i] = True, raw
-        self.health.written += sum(ok)
-        if self.on_written is not None:
-            self.on_written([b for b, good in zip(batches, ok, strict=True) if good and b])
-        self.health.batches += 1
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[bool], bool]]] = {}
-        for (_, future), result in zip(items, ok, strict=True):
-            if future is not None:
-                by_loop.setdefault(future.get_loop(), []).append((future, result))
-        for loop, results in by_loop.items():
-            # the loop may have closed while we wrote: then nobody is waiting any more
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_resolve, results)
-
-    def _idle(self, sink: Sink) -> None:
+    async def _spawn(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        ours, theirs = socket.socketpair()
         try:
-            sink.idle()
-        except Exception as exc:  # a checkpoint that fails is retried at the next idle
-            self._note_failure(str(exc))
-
-    def _build(
-        self, recording: Recording, build: Callable[[Recording], Batch] | None = None
-    ) -> Batch | None:
-        try:
-            return (build or self.build)(recording)
-        except Exception as exc:
-            log.warning(
-                "could not build a record of %s %s: %r", recording.method, recording.path, exc
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "llmtap.recorder.writer_process", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
             )
-            if build is not None or self.fallback is None:
-                self._note_failure(f"could not build a record: {exc!r}")
-            return None
-
-    def _write(self, sink: Sink, batches: list[Batch | None]) -> list[bool]:
-        good = [b for b in batches if b is not None]
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        _, link = await loop.create_unix_connection(lambda: _Link(self, loop), sock=ours)
+        link.transport.write(encode(self.config))
         try:
-            if good:
-                sink.write(good)
-            self.health.ok = True
-            return [b is not None for b in batches]
-        except Exception as exc:
-            if len(good) == 1:
-                self._note_failure(str(exc))
-                return [False] * len(batches)
-        # one poison record must fail only itself: retry the batch one record at a time
-        return [b is not None and self._write_one(sink, b) for b in batches]
+            await asyncio.wait_for(asyncio.shield(link.ready), _START_TIMEOUT)
+        except BaseException:
+            link.transport.close()
+            await asyncio.to_thread(_reap, self._process, 5.0)
+            raise
+        self._link = link
 
-    def _write_one(self, sink: Sink, batch: Batch) -> bool:
-        try:
-            sink.write([batch])
-            return True
-        except Exception as exc:
-            self._note_failure(str(exc))
-            return False
+    def _on_message(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "done":
+            self._on_done(message[1])
+            self._apply_health(message[2])
+        elif kind == "health":
+            self._apply_health(message[1])
 
-    def _note_failure(self, message: str) -> None:
-        self.health.failed += 1
-        self.health.ok = False
-        self.health.last_error = message
-        self.health.last_error_at = time.time()
-        log.error("recording failed: %s", message)
+    def _on_done(self, acks: list[tuple[int, bool, str]]) -> None:
+        self._unacked = max(0, self._unacked - len(acks))
+        self._send_outbox()
+        written: list[Recording] = []
+        for seq, ok, trace_id in acks:
+            pending = self._pending.pop(seq, None)
+            if pending is None:
+                continue
+            self._pending_bytes -= pending.size
+            pending.recording.trace_id = trace_id
+            if ok:
+                written.append(pending.recording)
+            if pending.future is not None and not pending.future.done():
+                pending.future.set_result(ok)
+        self._after_change()
+        if written and self.on_written is not None:
+            try:
+                self.on_written(written)
+            except Exception:
+                log.exception("on_written failed")
+
+    def _after_change(self) -> None:
+        self.health.pending = len(self._pending)
+        if self._has_room() and self._room is not None:
+            self._room.set()
+        low = min(self._pending) if self._pending else self._next_seq
+        with self._acked:
+            self._low_water = low
+            self._acked.notify_all()
+
+    def _apply_health(self, child: dict[str, Any]) -> None:
+        h = self.health
+        h.written = self._base_written + child["written"]
+        h.failed = self._base_failed + child["failed"]
+        h.ok = child["ok"]
+        if child["last_error"] is not None:
+            h.last_error, h.last_error_at = child["last_error"], child["last_error_at"]
+
+    def _on_lost(self) -> None:
+        if self._closing or self._loop is None:
+            return
+        self._restarting = self._loop.create_task(self._restart())
+
+    async def _restart(self) -> None:
+        process = self._process
+        code = await asyncio.to_thread(_reap, process, 5.0) if process is not None else None
+        self._base_written, self._base_failed = self.health.written, self.health.failed
+        self.health.note_failure(
+            f"the writer process stopped (exit code {code}); starting it again"
+        )
+        self._base_failed = self.health.failed
+        for seq, pending in list(self._pending.items()):
+            pending.deaths += 1
+            if pending.deaths >= _GIVE_UP_AFTER:
+                self._give_up(seq, "the writer process stopped twice while writing it")
+        self._after_change()
+        delay = 0.05
+        while not self._closing:
+            try:
+                await self._spawn()
+                break
+            except Exception as exc:  # noqa: BLE001 - the store may come back (disk, file)
+                self.health.note_failure(f"the writer process cannot start again: {exc}")
+                self._base_failed = self.health.failed
+                self._fail_all(str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        else:
+            return
+        self._outbox = [("record", seq, p.recording) for seq, p in sorted(self._pending.items())]
+        self._unacked = 0
+        self._send_outbox()
+        self._restarting = None
+
+    def _give_up(self, seq: int, reason: str) -> None:
+        pending = self._pending.pop(seq)
+        self._pending_bytes -= pending.size
+        log.error(
+            "not recorded: %s %s: %s", pending.recording.method, pending.recording.path, reason
+        )
+        if pending.future is not None and not pending.future.done():
+            pending.future.set_result(False)
+
+    def _fail_all(self, reason: str) -> None:
+        for seq in list(self._pending):
+            self._give_up(seq, reason)
+        self._after_change()
 
 
-def _resolve(results: list[tuple[asyncio.Future[bool], bool]]) -> None:
-    for future, ok in results:
-        if not future.done():
-            future.set_result(ok)
+class _Link(asyncio.Protocol):
+    """The socket to the writer process."""
+
+    def __init__(self, writer: Writer, loop: asyncio.AbstractEventLoop) -> None:
+        self.writer = writer
+        self.decoder = FrameDecoder()
+        self.ready: asyncio.Future[None] = loop.create_future()
+        self.lost: asyncio.Future[None] = loop.create_future()
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        for message in self.decoder.feed(data):
+            if message[0] == "ready":
+                self.ready.set_result(None)
+            elif message[0] == "failed":
+                self.ready.set_exception(RuntimeError(message[1]))
+            else:
+                self.writer._on_message(message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(RuntimeError("the writer process exited before it was ready"))
+        self.lost.set_result(None)
+        if self.writer._link is self:
+            self.writer._on_lost()
+
+
+def _reap(process: subprocess.Popen[bytes], timeout: float) -> int | None:
+    """Wait for the process to exit (killing it after `timeout`); its exit code."""
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
+__all__ = ["Writer", "WriterConfig", "WriterHealth"]

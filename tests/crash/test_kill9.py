@@ -3,6 +3,7 @@ kill -9 in the middle of load."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -50,7 +51,14 @@ def start_serve(db: Path, upstream: str, *extra: str) -> tuple[subprocess.Popen[
     while time.monotonic() < deadline:
         for line in log.read_text().splitlines()[::-1]:
             if "listening on http://" in line:
-                return proc, line.split("listening on ", 1)[1].strip()
+                url = line.split("listening on ", 1)[1].strip()
+                # it listens before its startup ends: wait until it answers
+                while time.monotonic() < deadline and proc.poll() is None:
+                    try:
+                        httpx.get(f"{url}/api/health", timeout=1).raise_for_status()
+                        return proc, url
+                    except httpx.HTTPError:
+                        time.sleep(0.02)
         if proc.poll() is not None:
             break
         time.sleep(0.05)
@@ -121,3 +129,64 @@ def test_kill_minus_9_under_load_loses_nothing_a_client_saw_complete(
         missing = [m for m in seen if m not in inputs]
         assert not missing, f"round {round_}: {len(missing)} of {len(seen)} complete responses lost"
     assert len(seen) > ROUNDS * 3  # the load really ran (about 10 a round on an idle machine)
+
+
+def writer_pid(proc: subprocess.Popen[bytes]) -> int:
+    """The pid of llmtap's writer process (the serve process's only child)."""
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+def test_the_writer_process_killed_under_load_loses_nothing(tmp_path: Path, upstream: str) -> None:
+    db = tmp_path / "writer-kill.db"
+    proc, url = start_serve(db, upstream)
+    seen: list[str] = []
+    failed: list[int] = []
+    stop = threading.Event()
+    counter = iter(range(1_000_000))
+    lock = threading.Lock()
+
+    def load() -> None:
+        while not stop.is_set():
+            with lock:
+                i = next(counter)
+            marker = one_call(url, i)
+            with lock:
+                (seen.append(marker) if marker is not None else failed.append(i))
+
+    workers = [threading.Thread(target=load) for _ in range(6)]
+    for w in workers:
+        w.start()
+    try:
+        killed = []
+        for _ in range(3):
+            time.sleep(0.4)
+            killed.append(writer_pid(proc))
+            os.kill(killed[-1], signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # a new one takes over
+                with contextlib.suppress(AssertionError, FileNotFoundError):
+                    if writer_pid(proc) not in killed:
+                        break
+                time.sleep(0.02)
+        time.sleep(0.4)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(15)
+    health = httpx.get(f"{url}/api/health").json()["store"]
+    proc.send_signal(signal.SIGTERM)  # a clean stop (uvicorn then re-raises the signal)
+    assert proc.wait(30) in (0, -signal.SIGTERM)
+    assert not failed, f"{len(failed)} requests failed while the writer was killed"
+    assert "writer process stopped" in (health["last_error"] or "") or health["failed"] >= 3
+    conn = sqlite3.connect(db)
+    try:
+        inputs = "\n".join(r[0] for r in conn.execute("SELECT inputs FROM spans"))
+        rows = conn.execute("SELECT count(*), count(DISTINCT exchange_id) FROM exchanges")
+        total, distinct = rows.fetchone()
+    finally:
+        conn.close()
+    missing = [m for m in seen if m not in inputs]
+    assert not missing, f"{len(missing)} of {len(seen)} responses lost with the writer"
+    assert total == distinct >= len(seen) > 20

@@ -29,15 +29,22 @@ FAULTS = [
 ]
 
 
+def family(pid: int) -> list[int]:
+    """The serve process and its children (the writer process)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid, *map(int, children)]
+
+
 def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
+    total = 0
+    for p in family(pid):
+        lines = Path(f"/proc/{p}/status").read_text().splitlines()
+        total += next(int(line.split()[1]) for line in lines if line.startswith("VmRSS:"))
+    return total
 
 
 def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+    return sum(len(os.listdir(f"/proc/{p}/fd")) for p in family(pid))
 
 
 async def drive(url: str, count: int, seed: int) -> int:

@@ -1,0 +1,205 @@
+"""The writer process: owns the database; the proxy sends it finished recordings.
+
+Why a process and not a thread: building a record (decompression, SSE decoding, reassembly)
+and SQLite are CPU work, and a thread doing it fights the event loop for the GIL (issue 3's
+measurements: ~130 us a request of hand-off and contention alone). A child process runs on
+the other core; the event loop only pickles each recording onto a socket.
+
+Protocol (length-prefixed pickle frames, `llmtap.recorder.frames`), proxy -> writer:
+  first: `WriterConfig`; then lists of `("record", seq, Recording)` and `("quit",)`.
+Writer -> proxy: `("ready", None)` or `("failed", message)` once the store is open; then
+`("done", [(seq, written, trace_id)], health)` after each transaction, and `("health", ...)`
+when idle tidying changed it (a database deleted under the proxy, a failed checkpoint).
+
+The writer acknowledges a recording only after its transaction committed, so what the proxy
+was told is durable is durable. On end of input (the proxy quit, crashed or was killed) it
+writes everything it received and exits: it never outlives the proxy.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from llmtap.recorder.batch_writer import BatchWriter
+from llmtap.recorder.frames import FrameDecoder, encode
+from llmtap.recorder.recording import Recording
+from llmtap.recorder.records import Batch
+
+log = logging.getLogger("llmtap.writer")
+request_log = logging.getLogger("llmtap.requests")
+
+MAX_BATCH = 512
+"""Recordings per transaction at most: a longer wait for the first of them buys little."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriterConfig:
+    db: str
+    log_traces: bool = True
+    prices_file: str | None = None
+    log_models: bool = False
+    log_model_signatures: bool = False
+    log_input_examples: bool = False
+    registered_model_name: str | None = None
+    log_level: int = logging.WARNING
+
+
+def request_line(batch: Batch) -> str:
+    """`POST /v1/chat/completions 200 123.4 ms gpt-4o-mini 25 tokens` (and the error, if any)."""
+    x = batch.exchange
+    span = batch.spans[-1] if batch.spans else None
+    parts = [
+        x.method,
+        f"/v1{x.path}",
+        str(x.status or "-"),
+        f"{(x.ended_ns - x.started_ns) / 1e6:.1f} ms",
+    ]
+    if span is not None:
+        usage = span.attributes.get("usage") or {}
+        parts.append(str(span.attributes.get("model") or "-"))
+        parts.append(f"{usage.get('total_tokens', '-')} tokens")
+    if x.error:
+        parts.append(f"({x.error})")
+    return " ".join(parts)
+
+
+def open_batch_writer(config: WriterConfig) -> BatchWriter:
+    # imported here: the proxy imports this module for WriterConfig, the child needs the rest
+    from llmtap.recorder.prices import load_prices
+    from llmtap.recorder.sqlite import SqliteStore
+    from llmtap.recorder.tracing import Tracer, raw_batch
+
+    tracer = Tracer(
+        log_traces=config.log_traces,
+        prices=load_prices(config.prices_file),
+        log_models=config.log_models,
+        log_model_signatures=config.log_model_signatures,
+        log_input_examples=config.log_input_examples,
+        registered_model_name=config.registered_model_name,
+    )
+    return BatchWriter(SqliteStore(config.db), tracer.build, raw_batch)
+
+
+class _Channel:
+    """The socket to the proxy: blocking receive, non-blocking drain, framed send."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.decoder = FrameDecoder()
+        self.closed = False
+
+    def receive(self, block: bool) -> list[Any]:
+        """Every message that has arrived; with `block`, wait for at least one (or the end)."""
+        messages: list[Any] = []
+        while not self.closed:
+            try:
+                data = self.sock.recv(1 << 20, 0 if block and not messages else socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            except InterruptedError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                self.closed = True
+                break
+            messages.extend(self.decoder.feed(data))
+        return messages
+
+    def send(self, message: Any) -> None:
+        try:
+            self.sock.sendall(encode(message))
+        except OSError:
+            self.closed = True  # the proxy is gone; what is left is still written
+
+
+def serve(sock: socket.socket) -> int:
+    """Run the writer on a connected socket until the proxy quits or goes away."""
+    channel = _Channel(sock)
+    config = next(iter(channel.receive(block=True)), None)
+    if not isinstance(config, WriterConfig):
+        return 2
+    logging.basicConfig(
+        level=config.log_level, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
+    )
+    try:
+        writer = open_batch_writer(config)
+    except Exception as exc:  # noqa: BLE001 - the proxy says it, with the path
+        channel.send(("failed", f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)))
+        return 1
+    channel.send(("ready", None))
+    lines = request_log.isEnabledFor(logging.INFO)
+    waiting: list[tuple[int, Recording]] = []
+    quitting = False
+    tidy = False  # written since the last idle(): tidy up once nothing is waiting
+    last_health = writer.health.as_dict()
+    try:
+        while True:
+            block = not waiting and not quitting and not tidy
+            for item in _items(channel.receive(block)):
+                if item[0] == "record":
+                    waiting.append((item[1], item[2]))
+                elif item[0] == "quit":
+                    quitting = True
+            if waiting:
+                batch, waiting = waiting[:MAX_BATCH], waiting[MAX_BATCH:]
+                acks = _write(writer, batch, lines)
+                last_health = writer.health.as_dict()
+                channel.send(("done", acks, last_health))
+                tidy = True
+                continue
+            if quitting or channel.closed:
+                return 0
+            if tidy:
+                tidy = False
+                writer.idle()
+                health = writer.health.as_dict()
+                if health != last_health:
+                    last_health = health
+                    channel.send(("health", health))
+    finally:
+        writer.close()
+
+
+def _items(messages: list[Any]) -> list[tuple[Any, ...]]:
+    return [item for message in messages for item in message]
+
+
+def _write(
+    writer: BatchWriter, batch: list[tuple[int, Recording]], lines: bool
+) -> list[tuple[int, bool, str]]:
+    recordings = [rec for _, rec in batch]
+    written = writer.write(recordings)
+    if lines:
+        for stored in written:
+            if stored is not None:
+                request_log.info(request_line(stored))
+    # the trace a recording joined (agent linking may move it): a fuller copy sent later lands
+    # in the same trace
+    return [
+        (seq, stored is not None, rec.trace_id)
+        for (seq, rec), stored in zip(batch, written, strict=True)
+    ]
+
+
+def main(argv: list[str]) -> int:
+    # Ctrl-C reaches the whole process group: the proxy shuts down and sends "quit"; the
+    # writer must live until it has written what it was given
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sock = socket.socket(fileno=int(argv[1]))
+    try:
+        return serve(sock)
+    finally:
+        sock.close()
+
+
+if __name__ == "__main__":
+    # run as `python -m`: this file is `__main__`, and the pickled config names the module
+    from llmtap.recorder import writer_process
+
+    sys.exit(writer_process.main(sys.argv))
