@@ -33,7 +33,7 @@ from typing import Any
 from llmtap.recorder.batch_writer import WriterHealth
 from llmtap.recorder.frames import FrameDecoder, encode
 from llmtap.recorder.recording import Recording
-from llmtap.recorder.writer_process import WriterConfig
+from llmtap.recorder.writer_process import WriterConfig, pack_recording
 
 log = logging.getLogger("llmtap.writer")
 
@@ -157,7 +157,7 @@ class Writer:
         self._pending[seq] = _Pending(recording, future, size)
         self._pending_bytes += size
         self.health.pending = len(self._pending)
-        self._outbox.append(("record", seq, recording))
+        self._outbox.append(("record", seq, pack_recording(recording)))
         if len(self._outbox) == 1 and not self._unacked:
             # one frame for everything that finishes in this iteration of the loop
             self._loop.call_soon(self._send_outbox)  # type: ignore[union-attr]
@@ -277,7 +277,9 @@ class Writer:
                 delay = min(delay * 2, 5.0)
         else:
             return
-        self._outbox = [("record", seq, p.recording) for seq, p in sorted(self._pending.items())]
+        self._outbox = [
+            ("record", seq, pack_recording(p.recording)) for seq, p in sorted(self._pending.items())
+        ]
         self._unacked = 0
         self._send_outbox()
         self._restarting = None
