@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import orjson
@@ -24,11 +25,12 @@ def chunk(i: int, content: str | None, usage: bool) -> dict:
     return c
 
 
-def stream(n: int, with_usage: bool, sep: bytes = b"\n\n") -> bytes:
-    events = [orjson.dumps(chunk(i, f"w{i} ", with_usage)) for i in range(n)]
+def stream(n: int, with_usage: bool, sep: bytes = b"\n\n", spaced: bool = False) -> bytes:
+    dumps = (lambda v: json.dumps(v).encode()) if spaced else orjson.dumps
+    events = [dumps(chunk(i, f"w{i} ", with_usage)) for i in range(n)]
     if with_usage:
         events.append(
-            orjson.dumps(
+            dumps(
                 {
                     "id": "chatcmpl-1",
                     "object": "chat.completion.chunk",
@@ -86,6 +88,19 @@ def test_stripped_stream_equals_the_stream_without_usage_at_every_cut() -> None:
 def test_stripped_stream_at_random_cuts(n: int, cuts: list[int], sep: bytes) -> None:
     with_usage = stream(n, True, sep)
     assert strip_all(with_usage, [c % (len(with_usage) + 1) for c in cuts]) == stream(n, False, sep)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.integers(1, 30),
+    st.lists(st.integers(0, 4000), max_size=12),
+    st.sampled_from([b"\n\n", b"\r\n\r\n", b"\r\r"]),
+)
+def test_a_spaced_stream_at_random_cuts(n: int, cuts: list[int], sep: bytes) -> None:
+    """`"usage": null` with spaces (not OpenAI's compact form): the per-event path."""
+    with_usage = stream(n, True, sep, spaced=True)
+    expected = stream(n, False, sep, spaced=True)
+    assert strip_all(with_usage, [c % (len(with_usage) + 1) for c in cuts]) == expected
 
 
 def test_usage_on_a_content_chunk_is_removed_but_the_chunk_kept() -> None:
