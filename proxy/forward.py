@@ -1,8 +1,9 @@
 """The `/v1` endpoint: forward to the configured upstream, relay the answer, record it.
 
 The hot path is a plain ASGI handler (no router, no StreamingResponse): it reads the body,
-forwards it over one pooled aiohttp session, and relays each chunk as it arrives. It parses
-nothing; the Recording only collects bytes and times, and the writer thread does the rest.
+forwards it over a keep-alive connection of our own HTTP/1.1 client (`upstream_client`), and
+relays each chunk as it arrives. It parses nothing; the Recording only collects bytes and
+times, and the writer thread does the rest.
 
 Ordering that makes SPEC section 6 hold: the piece of the response that completes it for the
 client (`data: [DONE]` in a stream, the end of any other body) is sent only after the
@@ -17,9 +18,6 @@ import logging
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
-from yarl import URL
-
 from llmtap.proxy.config import Settings
 from llmtap.proxy.context import build_context
 from llmtap.proxy.errors import (
@@ -32,6 +30,13 @@ from llmtap.proxy.errors import (
 )
 from llmtap.proxy.headers import split_request_headers, split_response_headers
 from llmtap.proxy.replaying import Replayer
+from llmtap.proxy.upstream_client import (
+    Origin,
+    Response,
+    UnsendableRequest,
+    UpstreamClient,
+    UpstreamError,
+)
 from llmtap.proxy.usage_injection import UsageStripper, injected_body
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.records import Mode
@@ -48,33 +53,28 @@ _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
 class Forwarder:
-    """Owns the upstream session; `handle()` serves one `/v1/...` request."""
+    """Owns the upstream connections; `handle()` serves one `/v1/...` request."""
 
     def __init__(self, settings: Settings, writer: Writer | None, replayer: Replayer) -> None:
         self.settings = settings
         self.writer = writer
         self.replayer = replayer
         self.base = settings.upstream
-        self.session: aiohttp.ClientSession | None = None
+        self.client: UpstreamClient | None = None
+        self.origin: Origin | None = None
+        self.origin_error: UpstreamError | None = None
 
     async def start(self) -> None:
         s = self.settings
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
-            # the client gets the upstream's bytes as sent; recording decodes its own copy
-            auto_decompress=False,
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=s.connect_timeout, sock_read=s.read_timeout
-            ),
-            # never share one client's cookies with another
-            cookie_jar=aiohttp.DummyCookieJar(),
-            # forward the client's headers, not aiohttp's defaults
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
-        )
+        try:
+            self.origin = Origin.parse(self.base)
+        except UpstreamError as exc:  # said on each request, as a 502 naming the upstream
+            self.origin_error = exc
+        self.client = UpstreamClient(connect_timeout=s.connect_timeout, read_timeout=s.read_timeout)
 
     async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
+        if self.client is not None:
+            await self.client.close()
 
     async def handle(
         self, scope: Scope, receive: Receive, send: Send, api_path: str, experiment: str | None
@@ -113,7 +113,7 @@ class Forwarder:
             return
         rec.discard = mode == Mode.OFF
         # the path as the client encoded it: decoding and re-encoding would change the request
-        url = self.base + raw_api_path(scope, api_path) + ("?" + query if query else "")
+        target = raw_api_path(scope, api_path) + ("?" + query if query else "")
         body, headers = rec.request_body, split.forward
         if self.settings.stream_usage and self.writer and not rec.discard and rec.method == "POST":
             injected = injected_body(api_path, body)
@@ -123,38 +123,35 @@ class Forwarder:
                 # an uncompressed stream, so the extra usage can be taken out again
                 headers = [h for h in headers if h[0] != "accept-encoding"]
                 headers.append(("accept-encoding", "identity"))
-        await self._forward(scope, receive, send, rec, url, headers, body, split.forward)
+        await self._forward(receive, send, rec, target, headers, body, split.forward)
+
+    async def _request(
+        self, method: str, target: str, headers: list[tuple[str, str]], body: bytes
+    ) -> Response:
+        if self.origin is None or self.client is None:
+            raise self.origin_error or UpstreamError("the forwarder is not started")
+        return await self.client.request(
+            self.origin, method, self.origin.prefix + target, headers, body
+        )
 
     async def _forward(
         self,
-        scope: Scope,
         receive: Receive,
         send: Send,
         rec: Recording,
-        url: str,
+        target: str,
         headers: list[tuple[str, str]],
         body: bytes,
         original_headers: list[tuple[str, str]],
     ) -> None:
-        assert self.session is not None
         try:
-            upstream = await self.session.request(
-                rec.method,
-                URL(url, encoded=True),
-                headers=headers,
-                data=body or None,
-                allow_redirects=False,
-            )
+            upstream = await self._request(rec.method, target, headers, body)
             if rec.usage_injected and upstream.status == 400:
                 # a server that refuses stream_options gets the request exactly as sent
                 upstream.release()
                 rec.usage_injected = False
-                upstream = await self.session.request(
-                    rec.method,
-                    URL(url, encoded=True),
-                    headers=original_headers,
-                    data=rec.request_body or None,
-                    allow_redirects=False,
+                upstream = await self._request(
+                    rec.method, target, original_headers, rec.request_body
                 )
         except TimeoutError as exc:
             await self._answer_error(
@@ -165,12 +162,12 @@ class Forwarder:
                 ),
             )
             return
-        except ValueError as exc:  # aiohttp refuses to send it (a control character...)
+        except UnsendableRequest as exc:  # a control character in the path or a header...
             await self._answer_error(
                 send, rec, BadControl(f"llmtap: this request cannot be forwarded as it is: {exc}")
             )
             return
-        except (aiohttp.ClientError, OSError) as exc:
+        except (UpstreamError, OSError) as exc:
             await self._answer_error(
                 send,
                 rec,
@@ -187,8 +184,9 @@ class Forwarder:
             await send(
                 {"type": "http.response.start", "status": upstream.status, "headers": relay_headers}
             )
-            if (upstream.content_type or "") == "text/event-stream":
-                await self._relay_stream(send, rec, upstream)
+            content_type, encoding = _content_headers(relay_headers)
+            if content_type == b"text/event-stream":
+                await self._relay_stream(send, rec, upstream, encoding)
             else:
                 await self._relay_body(send, rec, upstream)
             complete = True
@@ -198,7 +196,7 @@ class Forwarder:
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             if not rec.committed:  # a client leaving after [DONE] had all it wanted
                 self._submit(rec.fail("client disconnected"))
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except (UpstreamError, OSError, TimeoutError) as exc:
             reason = "timeout" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
             self._submit(rec.fail(f"upstream broke mid-response: {reason}"))
             raise UpstreamAborted(reason) from exc
@@ -208,14 +206,14 @@ class Forwarder:
             upstream.release() if complete else upstream.close()
 
     async def _relay_stream(
-        self, send: Send, rec: Recording, upstream: aiohttp.ClientResponse
+        self, send: Send, rec: Recording, upstream: Response, encoding: bytes
     ) -> None:
         committed_at = 0  # how many chunks the committed copy holds
         tail = b""
         # a server that compressed despite `identity` keeps its bytes: the client then sees the
         # usage it did not ask for, which SDKs accept, rather than a stream we cannot edit
-        stripper = UsageStripper() if rec.usage_injected and _identity(upstream) else None
-        async for chunk in upstream.content.iter_any():
+        stripper = UsageStripper() if rec.usage_injected and encoding == b"identity" else None
+        while chunk := await upstream.read():
             rec.feed(chunk)
             # the SDK stops reading at [DONE]: commit before the client can see it
             if not committed_at and (_DONE in chunk or _DONE in tail + chunk[:8]):
@@ -233,12 +231,10 @@ class Forwarder:
         rest = stripper.flush() if stripper is not None else b""
         await send({"type": "http.response.body", "body": rest, "more_body": False})
 
-    async def _relay_body(
-        self, send: Send, rec: Recording, upstream: aiohttp.ClientResponse
-    ) -> None:
+    async def _relay_body(self, send: Send, rec: Recording, upstream: Response) -> None:
         # hold back one chunk: the last one goes out only after the commit
         pending: bytes | None = None
-        async for chunk in upstream.content.iter_any():
+        while chunk := await upstream.read():
             rec.feed(chunk)
             if pending is not None:
                 await send({"type": "http.response.body", "body": pending, "more_body": True})
@@ -280,8 +276,15 @@ def raw_api_path(scope: Scope, api_path: str) -> str:
     return parts[3][2:] if len(parts) == 4 else api_path
 
 
-def _identity(upstream: aiohttp.ClientResponse) -> bool:
-    return upstream.headers.get("content-encoding", "identity").lower() == "identity"
+def _content_headers(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes]:
+    """(media type, content coding) of a response, from its lower-cased header names."""
+    content_type, encoding = b"", b"identity"
+    for name, value in headers:
+        if name == b"content-type":
+            content_type = value.split(b";", 1)[0].strip().lower()
+        elif name == b"content-encoding":
+            encoding = value.strip().lower()
+    return content_type, encoding
 
 
 class ClientGone(Exception):
