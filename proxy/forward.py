@@ -178,20 +178,29 @@ class Forwarder:
             return
         relay_headers, stored = split_response_headers(upstream.raw_headers)
         rec.respond(upstream.status, stored)
-        watch = _DisconnectWatch(receive)
+        content_type, encoding = _content_headers(relay_headers)
+        streamed = content_type == b"text/event-stream"
+        # a stream can run for minutes: a task waits for the client to leave and cancels the
+        # relay. Any other body is relayed as it comes, and under uvicorn the connection's
+        # `disconnected` flag, read between pieces, says the same without a task per request.
+        cycle = None if streamed else _server_cycle(receive)
+        watch = _DisconnectWatch(receive) if cycle is None else None
         complete = False
         try:
+            if cycle is not None and cycle.disconnected:
+                raise ClientGone()
             await send(
                 {"type": "http.response.start", "status": upstream.status, "headers": relay_headers}
             )
-            content_type, encoding = _content_headers(relay_headers)
-            if content_type == b"text/event-stream":
+            if streamed:
                 await self._relay_stream(send, rec, upstream, encoding)
             else:
-                await self._relay_body(send, rec, upstream)
+                await self._relay_body(send, rec, upstream, cycle)
             complete = True
+        except ClientGone:
+            self._submit(rec.fail("client disconnected"))
         except asyncio.CancelledError:
-            if not watch.disconnected:
+            if watch is None or not watch.disconnected:
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             if not rec.committed:  # a client leaving after [DONE] had all it wanted
@@ -201,7 +210,8 @@ class Forwarder:
             self._submit(rec.fail(f"upstream broke mid-response: {reason}"))
             raise UpstreamAborted(reason) from exc
         finally:
-            watch.stop()
+            if watch is not None:
+                watch.stop()
             # a connection whose response was not read to the end cannot be reused
             upstream.release() if complete else upstream.close()
 
@@ -231,7 +241,9 @@ class Forwarder:
         rest = stripper.flush() if stripper is not None else b""
         await send({"type": "http.response.body", "body": rest, "more_body": False})
 
-    async def _relay_body(self, send: Send, rec: Recording, upstream: Response) -> None:
+    async def _relay_body(
+        self, send: Send, rec: Recording, upstream: Response, cycle: Any | None
+    ) -> None:
         # hold back one chunk: the last one goes out only after the commit
         pending: bytes | None = None
         while chunk := await upstream.read():
@@ -239,6 +251,8 @@ class Forwarder:
             if pending is not None:
                 await send({"type": "http.response.body", "body": pending, "more_body": True})
             pending = chunk
+            if cycle is not None and cycle.disconnected:
+                raise ClientGone()
         await self._commit(rec.finish())
         await send({"type": "http.response.body", "body": pending or b"", "more_body": False})
 
@@ -288,7 +302,14 @@ def _content_headers(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes]:
 
 
 class ClientGone(Exception):
-    """The client went away before its request was read."""
+    """The client went away (before its request was read, or before the answer was whole)."""
+
+
+def _server_cycle(receive: Receive) -> Any | None:
+    """uvicorn's per-request object behind `receive`, whose `disconnected` flag is set the
+    moment the client's connection closes; None under another server (then a task watches)."""
+    cycle = getattr(receive, "__self__", None)
+    return cycle if isinstance(getattr(cycle, "disconnected", None), bool) else None
 
 
 class _DisconnectWatch:
