@@ -16,10 +16,15 @@ environment (the aiohttp session it replaces had `trust_env` off too).
 Framing: Content-Length, chunked (extensions and trailers ignored) and read-until-close
 bodies; 1xx interim responses are skipped; HEAD, 204 and 304 answers have no body.
 
-Timeouts: `connect_timeout` bounds the TCP connect and TLS handshake; `read_timeout` bounds
-each wait for the upstream's next bytes (the head, then each piece of the body). Both raise
-`TimeoutError`. While reading is paused for back-pressure the upstream is not waited for, so
-the clock does not run.
+Connecting: the host's addresses come from `getaddrinfo`, cached for `DNS_TTL` as aiohttp's
+connector did, and are tried Happy Eyeballs style (RFC 8305), address families interleaved,
+the next one after 250 ms or at once on a failure, so that a host whose IPv6 route is a
+black hole is still reached over IPv4.
+
+Timeouts: `connect_timeout` bounds resolving, the TCP connect and the TLS handshake;
+`read_timeout` bounds each wait for the upstream's next bytes (the head, then each piece of
+the body). Both raise `TimeoutError`. While reading is paused for back-pressure the upstream
+is not waited for, so the clock does not run.
 
 Back-pressure: body bytes not yet taken by `read()` are buffered up to `HIGH_WATER`; past it
 the socket is no longer read (`pause_reading`) until the reader has taken them, so a slow
@@ -50,10 +55,13 @@ import asyncio
 import base64
 import collections
 import contextlib
+import functools
+import itertools
 import re
 import select
 import socket
 import ssl
+from asyncio import staggered
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit
 
@@ -63,6 +71,10 @@ HIGH_WATER = 128 * 1024
 """Unread body bytes past which the upstream socket is no longer read."""
 IDLE_TIMEOUT = 15.0
 """Seconds a pooled connection may sit idle before it is closed instead of reused."""
+DNS_TTL = 300.0
+"""Seconds a host's addresses are reused before it is resolved again (aiohttp's default)."""
+HAPPY_EYEBALLS = 0.25
+"""Seconds before the next address is tried while one is still connecting (RFC 8305)."""
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # methods that get `Content-Length: 0` without a body (aiohttp's rule, kept)
@@ -173,6 +185,7 @@ class UpstreamClient:
         self._busy: set[_Connection] = set()
         self._closed = False
         self._poll = select.poll()
+        self._dns: dict[tuple[str, int], tuple[float, list[tuple[int, str]]]] = {}
 
     async def request(
         self,
@@ -228,16 +241,16 @@ class UpstreamClient:
         return None
 
     async def _connect(self, origin: Origin) -> _Connection:
-        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):
-                _, conn = await loop.create_connection(
-                    lambda: _Connection(self, origin.key, loop),
-                    origin.host,
-                    origin.port,
-                    ssl=origin.ssl,
-                    server_hostname=origin.host if origin.ssl is not None else None,
-                )
+                addresses = await self._resolve(origin)
+                if len(addresses) == 1:
+                    conn = await self._open(origin, addresses[0])
+                else:  # Happy Eyeballs (RFC 8305): the next address after 250 ms or a failure
+                    attempts = [functools.partial(self._open, origin, a) for a in addresses]
+                    conn, _, errors = await staggered.staggered_race(attempts, HAPPY_EYEBALLS)
+                    if conn is None:
+                        raise next((e for e in reversed(errors) if e is not None), OSError())
         except TimeoutError:
             raise TimeoutError(
                 f"no connection to {origin.host_header} within {self.connect_timeout:g} s"
@@ -250,6 +263,37 @@ class UpstreamClient:
             conn.close()
             raise UpstreamError("the client is closed")
         self._busy.add(conn)
+        return conn
+
+    async def _resolve(self, origin: Origin) -> list[tuple[int, str]]:
+        """(family, address) to try in turn, families interleaved; cached for DNS_TTL."""
+        loop = asyncio.get_running_loop()
+        cached = self._dns.get((origin.host, origin.port))
+        if cached is not None and cached[0] > loop.time():
+            return cached[1]
+        infos = await loop.getaddrinfo(origin.host, origin.port, type=socket.SOCK_STREAM)
+        by_family: dict[int, list[tuple[int, str]]] = {}
+        for family, _, _, _, sockaddr in infos:
+            entry = (family, sockaddr[0])
+            if entry not in by_family.setdefault(family, []):
+                by_family[family].append(entry)
+        groups = list(by_family.values())
+        addresses = [a for row in itertools.zip_longest(*groups) for a in row if a is not None]
+        if not addresses:
+            raise OSError(f"no address for {origin.host}")
+        self._dns[(origin.host, origin.port)] = (loop.time() + DNS_TTL, addresses)
+        return addresses
+
+    async def _open(self, origin: Origin, address: tuple[int, str]) -> _Connection:
+        loop = asyncio.get_running_loop()
+        _, conn = await loop.create_connection(
+            lambda: _Connection(self, origin.key, loop),
+            address[1],
+            origin.port,
+            family=address[0],
+            ssl=origin.ssl,
+            server_hostname=origin.host if origin.ssl is not None else None,
+        )
         return conn
 
     def _put_back(self, conn: _Connection) -> None:

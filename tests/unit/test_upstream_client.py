@@ -708,3 +708,53 @@ def test_a_cancelled_request_closes_its_connection(run: Any) -> None:
             await c.close()
 
     run(main())
+
+
+def test_a_name_with_several_addresses(run: Any) -> None:
+    """`localhost` may be ::1 and 127.0.0.1; the server listens on the latter only."""
+
+    async def main() -> None:
+        async with Server(answer_each(ok())) as s:
+            c = client()
+            url = f"http://localhost:{s.port}/v1"
+            for _ in range(2):
+                assert (await get(c, url))[1] == b"hello"
+            assert s.connections == 1
+            await c.close()
+        assert b"Host: localhost:%d\r\n" % s.port in s.requests[0]
+
+    run(main())
+
+
+def test_an_address_that_never_answers_does_not_hold_up_the_next(run: Any) -> None:
+    """Happy Eyeballs: the first address drops SYNs (a full accept queue), the second is
+    tried after 250 ms. The name's two addresses are put in the client's DNS cache."""
+
+    async def main() -> None:
+        async with Server(answer_each(ok())) as s:
+            hole = socket.socket()
+            hole.bind(("127.0.0.2", s.port))
+            hole.listen(0)
+            fillers = []
+            for _ in range(4):  # fill the accept queue: further SYNs are dropped
+                f = socket.socket()
+                f.setblocking(False)
+                f.connect_ex(("127.0.0.2", s.port))
+                fillers.append(f)
+            await asyncio.sleep(0.1)
+            c = client(connect_timeout=3)
+            loop_time = asyncio.get_running_loop().time()
+            c._dns[("example.test", s.port)] = (
+                loop_time + 60,
+                [(socket.AF_INET, "127.0.0.2"), (socket.AF_INET, "127.0.0.1")],
+            )
+            began = time.monotonic()
+            assert (await get(c, f"http://example.test:{s.port}/v1"))[1] == b"hello"
+            assert 0.2 < time.monotonic() - began < 2
+            assert b"Host: example.test:%d\r\n" % s.port in s.requests[0]
+            await c.close()
+            for f in fillers:
+                f.close()
+            hole.close()
+
+    run(main())
