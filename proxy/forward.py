@@ -3,7 +3,7 @@
 The hot path is a plain ASGI handler (no router, no StreamingResponse): it reads the body,
 forwards it over a keep-alive connection of our own HTTP/1.1 client (`upstream_client`), and
 relays each chunk as it arrives. It parses nothing; the Recording only collects bytes and
-times, and the writer thread does the rest.
+times, and the writer process does the rest.
 
 Ordering that makes SPEC section 6 hold: the piece of the response that completes it for the
 client (`data: [DONE]` in a stream, the end of any other body) is sent only after the

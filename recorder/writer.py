@@ -48,6 +48,9 @@ class _Pending:
     future: asyncio.Future[bool] | None
     size: int
     deaths: int = 0
+    """Writer processes that died while this recording was in their hands."""
+    sent: bool = False
+    """In the hands of the current writer process."""
 
 
 class Writer:
@@ -173,6 +176,10 @@ class Writer:
             return  # the writer is being restarted: it gets everything pending once it is up
         outbox, self._outbox = self._outbox, []
         self._unacked = len(outbox)
+        pending = self._pending
+        for _, seq, _ in outbox:
+            if seq in pending:
+                pending[seq].sent = True
         link.transport.write(encode(outbox))
 
     async def _spawn(self) -> None:
@@ -260,19 +267,25 @@ class Writer:
         )
         self._base_failed = self.health.failed
         for seq, pending in list(self._pending.items()):
-            pending.deaths += 1
-            if pending.deaths >= _GIVE_UP_AFTER:
-                self._give_up(seq, "the writer process stopped twice while writing it")
+            # only what the dead process had: a recording still waiting to be sent is innocent
+            if pending.sent:
+                pending.sent = False
+                pending.deaths += 1
+                if pending.deaths >= _GIVE_UP_AFTER:
+                    self._give_up(seq, "the writer process stopped twice while writing it")
         self._after_change()
-        delay = 0.05
+        delay, attempts = 0.05, 0
         while not self._closing:
             try:
                 await self._spawn()
                 break
             except Exception as exc:  # noqa: BLE001 - the store may come back (disk, file)
+                attempts += 1
                 self.health.note_failure(f"the writer process cannot start again: {exc}")
                 self._base_failed = self.health.failed
-                self._fail_all(str(exc))
+                if attempts >= _GIVE_UP_AFTER:
+                    # the requests waiting on it are answered (unrecorded) rather than held
+                    self._fail_all(str(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         else:

@@ -165,9 +165,10 @@ def test_the_writer_process_killed_under_load_loses_nothing(tmp_path: Path, upst
             killed.append(writer_pid(proc))
             os.kill(killed[-1], signal.SIGKILL)
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:  # a new one takes over
+            while time.monotonic() < deadline:  # a new one takes over and writes again
                 with contextlib.suppress(AssertionError, FileNotFoundError):
-                    if writer_pid(proc) not in killed:
+                    store = httpx.get(f"{url}/api/health").json()["store"]
+                    if writer_pid(proc) not in killed and store["ok"]:
                         break
                 time.sleep(0.02)
         time.sleep(0.4)
