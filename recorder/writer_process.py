@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import operator
+import select
 import signal
 import socket
 import sys
@@ -34,6 +35,8 @@ from llmtap.recorder.records import Batch, RequestContext
 log = logging.getLogger("llmtap.writer")
 request_log = logging.getLogger("llmtap.requests")
 
+LINGER = 0.002
+"""Seconds the writer waits for more after a write before it counts as idle."""
 MAX_BATCH = 512
 """Recordings per transaction at most: a longer wait for the first of them buys little."""
 
@@ -116,16 +119,22 @@ class _Channel:
         self.decoder = FrameDecoder()
         self.closed = False
 
-    def receive(self, block: bool) -> list[Any]:
-        """Every message that has arrived; with `block`, wait for at least one (or the end)."""
+    def receive(self, wait: float | None) -> list[Any]:
+        """Every message that has arrived, after waiting up to `wait` seconds for the first
+        (None: as long as it takes; 0: not at all)."""
+        if wait != 0 and not self.closed:
+            try:
+                ready, _, _ = select.select([self.sock], [], [], wait)
+            except InterruptedError:
+                ready = []
+            if not ready:
+                return []
         messages: list[Any] = []
         while not self.closed:
             try:
-                data = self.sock.recv(1 << 20, 0 if block and not messages else socket.MSG_DONTWAIT)
-            except BlockingIOError:
+                data = self.sock.recv(1 << 20, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
                 break
-            except InterruptedError:
-                continue
             except OSError:
                 data = b""
             if not data:
@@ -144,7 +153,7 @@ class _Channel:
 def serve(sock: socket.socket) -> int:
     """Run the writer on a connected socket until the proxy quits or goes away."""
     channel = _Channel(sock)
-    config = next(iter(channel.receive(block=True)), None)
+    config = next(iter(channel.receive(None)), None)
     if not isinstance(config, WriterConfig):
         return 2
     logging.basicConfig(
@@ -163,8 +172,10 @@ def serve(sock: socket.socket) -> int:
     last_health = writer.health.as_dict()
     try:
         while True:
-            block = not waiting and not quitting and not tidy
-            for item in _items(channel.receive(block)):
+            # just written: the proxy sends the next frame once it has the answer, so wait a
+            # moment for it before tidying up (a checkpoint would delay that frame's commit)
+            wait = 0.0 if waiting or quitting else (LINGER if tidy else None)
+            for item in _items(channel.receive(wait)):
                 if item[0] == "record":
                     waiting.append((item[1], unpack_recording(item[2])))
                 elif item[0] == "quit":
