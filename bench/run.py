@@ -500,9 +500,12 @@ def measure_memory(ctx: Ctx, total: int) -> dict:
     def rss() -> float:  # the proxy and its writer process
         return sum(rss_mb(p) for p in t.pids)
 
+    writer_samples: dict[int, float] = {}
+
     def on_done(n: int) -> None:
         if n in marks:
             samples[n] = rss()
+            writer_samples[n] = samples[n] - rss_mb(t.pids[0])
 
     start = time.monotonic()
     results = _run(
@@ -517,6 +520,7 @@ def measure_memory(ctx: Ctx, total: int) -> dict:
     elapsed = time.monotonic() - start
     time.sleep(1.0)  # let the writer drain
     samples[total] = max(samples.get(total, 0), rss())
+    writer_samples[total] = samples[total] - rss_mb(t.pids[0])
     db = ctx.tmp / "llmtap-memory.db"
     wal = Path(str(db) + "-wal")
     return {
@@ -524,6 +528,8 @@ def measure_memory(ctx: Ctx, total: int) -> dict:
         "errors": sum(r.status != 200 for r in results),
         "rps": len(results) / elapsed,
         "rss_mb": {str(k): round(v, 1) for k, v in sorted(samples.items())},
+        # of which the writer process (the rest: the event loop's)
+        "writer_rss_mb": {str(k): round(v, 1) for k, v in sorted(writer_samples.items())},
         "growth_mb": round(samples[total] - samples[min(samples)], 1),
         "db_mb": round(
             (db.stat().st_size + (wal.stat().st_size if wal.exists() else 0)) / 2**20, 1
@@ -623,7 +629,11 @@ def table_paced(sc: Scenario, res: dict[str, dict]) -> str:
 
 
 def table_memory(sc: Scenario, r: dict) -> str:
-    rss = " / ".join(f"{k}: {v} MB" for k, v in r["rss_mb"].items())
+    writer = r.get("writer_rss_mb", {})
+    rss = " / ".join(
+        f"{k}: {v} MB" + (f" (writer {writer[k]})" if k in writer else "")
+        for k, v in r["rss_mb"].items()
+    )
     return (
         f"### {sc.name}: {sc.title}\n\n"
         f"| requests | req/s | RSS after n requests | growth | database | errors |\n"

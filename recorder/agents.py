@@ -195,13 +195,20 @@ class AgentLinker:
     def remember(self, rec: Recording, span: Span) -> None:
         """After the span is built: its tool calls and response id, for the requests to come."""
         scope = _scope(rec)
-        if span.trace_id not in self._first:
+        calls = tool_calls(span.outputs)
+        response_id = span.outputs.get("id") if isinstance(span.outputs, dict) else None
+        linkable = span.name == "responses" and isinstance(response_id, str)
+        # only a trace a later request can join needs its first call kept: one whose answer
+        # calls tools or can be continued, or one the client names itself. Remembering every
+        # trace held ~18 MB of plain chat traces per 50,000 for nothing.
+        if (
+            calls or linkable or rec.context.trace_id is not None
+        ) and span.trace_id not in self._first:
             self._first.remember(span.trace_id, (span.span_id, span.start_time_ns, span.parent_id))
         ended = span.end_time_ns
-        for cid, name, arguments in tool_calls(span.outputs):
+        for cid, name, arguments in calls:
             self._calls.remember(
                 (scope, cid), ToolCall(span.trace_id, span.span_id, cid, name, arguments, ended)
             )
-        response_id = span.outputs.get("id") if isinstance(span.outputs, dict) else None
-        if span.name == "responses" and isinstance(response_id, str):
+        if linkable:
             self._responses.remember(response_id, (span.trace_id, span.span_id))
