@@ -17,6 +17,45 @@ _BOM = "\ufeff"
 _LINE_ENDS = (b"\n", b"\r")
 
 
+def split_simple(body: bytes) -> tuple[list[bytes], list[str | None] | None, list[bytes]] | None:
+    """A whole stream of the common shape, split at once: each event one `data: ` line (after
+    an `event: ` line, maybe), LF line ends, no BOM, no comments, no `id:` or `retry:`.
+
+    Returns (payloads, event names or None when no event has one, the raw blocks between blank
+    lines, for `dispatch_offset`), or None when anything in `body` needs the full rules of
+    `SseDecoder`: then that decoder's events are the ones to use. For a body it accepts, the
+    payloads are, as bytes, the `data` of exactly the events `SseDecoder` dispatches (the
+    caller decodes them, with errors replaced, where it needs text).
+    """
+    if b"\r" in body or body[:3] == b"\xef\xbb\xbf":
+        return None
+    blocks = body.split(b"\n\n")
+    if not blocks[-1]:
+        blocks.pop()  # the usual end: the last event's blank line
+    payloads: list[bytes] = []
+    names: list[str | None] | None = None
+    for block in blocks:
+        if block[:6] == b"data: " and b"\n" not in block:
+            payloads.append(block[6:])
+            if names is not None:
+                names.append(None)
+            continue
+        name, newline, rest = block.partition(b"\n")
+        if not (newline and name[:7] == b"event: " and rest[:6] == b"data: " and b"\n" not in rest):
+            return None
+        if names is None:
+            names = [None] * len(payloads)
+        names.append(name[7:].decode("utf-8", "replace") or None)
+        payloads.append(rest[6:])
+    return payloads, names, blocks
+
+
+def dispatch_offset(blocks: list[bytes], index: int) -> int:
+    """The offset in the body of the byte that dispatched event `index` of `split_simple`:
+    the second LF of its blank line (or, for an unterminated last event, the body's end)."""
+    return sum(len(block) for block in blocks[: index + 1]) + 2 * index + 1
+
+
 class SseDecoder:
     """Turns a byte stream, cut anywhere, into the `SseEvent`s a client would dispatch.
 

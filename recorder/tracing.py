@@ -7,8 +7,10 @@ stream cut short, garbage from the upstream all become a span that says so.
 from __future__ import annotations
 
 import hashlib
+from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 import orjson
@@ -23,7 +25,7 @@ from llmtap.recorder.prices import PriceTable, cost_of, default_prices
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.records import Batch, Exchange, Span, SseEvent, Status, TraceHead
 from llmtap.recorder.semconv import genai_attributes
-from llmtap.recorder.sse import SseDecoder
+from llmtap.recorder.sse import SseDecoder, dispatch_offset, split_simple
 
 
 @dataclass(slots=True)
@@ -65,35 +67,104 @@ def _events_with_times(rec: Recording, problems: list[str]) -> list[tuple[SseEve
     return timed
 
 
-def summarise_stream(endpoint: Endpoint, rec: Recording) -> StreamSummary:
+class _Events:
+    """A stream's events as parallel lists: `data` (bytes from the whole-body split, str from
+    the decoder), the `event:` names (None when no event has one), and the arrival time of
+    each event, looked up only for the one event that needs it."""
+
+    __slots__ = ("datas", "names", "_blocks", "_rec", "_times")
+
+    def __init__(self, rec: Recording, body: bytes | None, problems: list[str]) -> None:
+        self._rec = rec
+        self._times: list[int] | None = None
+        self._blocks: list[bytes] = []
+        simple = (
+            split_simple(body)
+            if body is not None and rec.chunks and _identity(rec.response_headers)
+            else None
+        )
+        if simple is not None:
+            self.datas: list[Any] = simple[0]
+            self.names = simple[1]
+            self._blocks = simple[2]
+            return
+        timed = _events_with_times(rec, problems)
+        self.datas = [event.data for event, _ in timed]
+        names = [event.event for event, _ in timed]
+        self.names = names if any(name is not None for name in names) else None
+        self._times = [at for _, at in timed]
+
+    def time_of(self, index: int) -> int:
+        if self._times is not None:
+            return self._times[index]
+        rec = self._rec  # the chunk in which the byte that dispatched the event arrived
+        ends = list(accumulate(len(chunk) for chunk in rec.chunks))
+        at = bisect_right(ends, dispatch_offset(self._blocks, index))
+        return rec.chunk_times_ns[min(at, len(ends) - 1)]
+
+
+def _identity(headers: list[tuple[str, str]]) -> bool:
+    encoding = header(headers, "content-encoding")
+    return encoding is None or encoding.strip().lower() in ("", "identity")
+
+
+def summarise_stream(
+    endpoint: Endpoint, rec: Recording, body: bytes | None = None
+) -> StreamSummary:
+    """`body`: the response's bytes joined, when the caller has them (saves decoding the
+    common shape of stream chunk by chunk)."""
     summary = StreamSummary()
+    problems = summary.problems
     assembler: Assembler = endpoint.new_assembler()
-    for event, at in _events_with_times(rec, summary.problems):
-        if event.data.strip() == "[DONE]":
-            summary.terminal_seen = summary.terminal_seen or endpoint.is_terminal(event.event, None)
-            continue
-        try:
-            data = orjson.loads(event.data)
-        except orjson.JSONDecodeError:
-            summary.problems.append(f"event is not JSON: {event.data[:200]!r}")
-            continue
-        if not isinstance(data, dict):
-            summary.problems.append(f"event is not a JSON object: {event.data[:200]!r}")
-            continue
-        if "error" in data and not data.get("choices") and event.event != "error":
+    feed, carries_output, is_terminal = (
+        assembler.feed,
+        endpoint.carries_output,
+        endpoint.is_terminal,
+    )
+    events = _Events(rec, body, problems)
+    names = events.names
+    loads, decode_error = orjson.loads, orjson.JSONDecodeError
+    terminal_seen = False
+    for i, raw in enumerate(events.datas):
+        name = names[i] if names is not None else None
+        if raw[:1] in _OBJECT_START:  # a JSON object, or not JSON at all; never [DONE]
+            try:
+                data = loads(raw)
+            except decode_error:
+                data = None
+        else:
+            data = None
+        if data is None:  # [DONE], anything but an object, or bytes that are not UTF-8
+            text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
+            if text.strip() == "[DONE]":
+                terminal_seen = terminal_seen or is_terminal(name, None)
+                continue
+            try:
+                data = loads(text)
+            except decode_error:
+                problems.append(f"event is not JSON: {text[:200]!r}")
+                continue
+            if not isinstance(data, dict):
+                problems.append(f"event is not a JSON object: {text[:200]!r}")
+                continue
+        if "error" in data and not data.get("choices") and name != "error":
             summary.error = data["error"]
             continue
-        if event.event == "error" or data.get("type") == "error":
+        if name == "error" or data.get("type") == "error":
             summary.error = data.get("error", data)
-        if summary.first_output_ns is None and endpoint.carries_output(data):
-            summary.first_output_ns = at
-        if usage_of(data) is not None:
+        if summary.first_output_ns is None and carries_output(data):
+            summary.first_output_ns = events.time_of(i)
+        if (data.get("usage") is not None or "response" in data) and usage_of(data) is not None:
             summary.usage_payload = data
-        summary.terminal_seen = summary.terminal_seen or endpoint.is_terminal(event.event, data)
-        assembler.feed(data)
+        terminal_seen = terminal_seen or is_terminal(name, data)
+        feed(data)
+    summary.terminal_seen = terminal_seen
     summary.output = assembler.result()
-    summary.problems.extend(getattr(assembler, "problems", ()))
+    problems.extend(getattr(assembler, "problems", ()))
     return summary
+
+
+_OBJECT_START = (b"{", "{")
 
 
 def _parse_json(body: bytes) -> Any:
@@ -242,7 +313,7 @@ def build_span(
     if rec.error_status:
         error = _parse_json(rec.error_body or b"")
     elif is_stream:
-        summary = summarise_stream(endpoint, rec)
+        summary = summarise_stream(endpoint, rec, exchange.response_body)
         outputs, error = summary.output, summary.error
         problems.extend(summary.problems)
         usage = usage_of(summary.output) or usage_of(summary.usage_payload)

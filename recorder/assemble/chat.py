@@ -71,6 +71,21 @@ class Envelope:
                 if value not in (None, "", 0):
                     settled.add(key)
 
+    def quiet_watch(self, chunk: dict[str, Any]) -> tuple[str, ...] | None:
+        """After `chunk` was fed: whether a later chunk with the same keys changes nothing here
+        so long as its keys named in the returned tuple are null or the same string as now
+        (every other key is settled or skipped); None when it might change something."""
+        fields, settled = self.fields, self._settled
+        watch: list[str] = []
+        for key in chunk:
+            if key in settled:
+                continue
+            if key in _LAST_NON_NULL and key in fields:
+                watch.append(key)
+                continue
+            return None
+        return tuple(watch)
+
     def result(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
         out = dict(self.fields)
         out["object"] = self._object
@@ -149,20 +164,74 @@ def _merge_indexed(
 
 
 class ChatAssembler:
-    """Feeds on parsed `chat.completion.chunk` payloads; `result()` is the `chat.completion`."""
+    """Feeds on parsed `chat.completion.chunk` payloads; `result()` is the `chat.completion`.
 
-    def __init__(self) -> None:
+    Most chunks of a stream are alike: the envelope of the chunk before, one choice, one more
+    piece of text. `feed` takes those in a few steps (`_feed_text`) and everything else by the
+    general rules; both leave the same state (`fast=False` keeps to the general rules, for
+    tests that compare the two).
+    """
+
+    def __init__(self, fast: bool = True) -> None:
         self.problems: list[str] = []
         self._envelope = Envelope("chat.completion")
         self._choices: dict[int, dict[str, Any]] = {}
         self._fed = False
+        self._fast = fast
+        # the keys of the last chunk fed by the general rules, when a chunk with the same keys
+        # leaves the envelope as it is (see Envelope.quiet_watch), and the keys to watch
+        self._quiet_keys: frozenset[str] | None = None
+        self._watch: tuple[str, ...] = ()
 
     def feed(self, chunk: Mapping[str, Any]) -> None:
         """Take one chunk. Never raises: what cannot be used is noted in `problems`."""
+        if self._quiet_keys is not None and self._feed_text(chunk):
+            return
         try:
             self._feed(chunk)
         except Exception as exc:  # a last resort: junk must never stop a recording
+            self._quiet_keys = None
             self.problems.append(f"chunk not understood: {exc!r}")
+            return
+        if (
+            self._fast
+            and type(chunk) is dict
+            and self._fed
+            and (self._quiet_keys is None or chunk.keys() != self._quiet_keys)
+        ):
+            watch = self._envelope.quiet_watch(chunk)
+            self._quiet_keys = None if watch is None else frozenset(chunk)
+            self._watch = watch or ()
+
+    def _feed_text(self, chunk: Any) -> bool:
+        """The common chunk, taken as the general rules would take it: the envelope changes
+        nothing, one choice seen before, no logprobs, a delta that is one more piece of text
+        (or nothing). False, having changed nothing, for any other chunk."""
+        if type(chunk) is not dict or chunk.keys() != self._quiet_keys:
+            return False
+        fields = self._envelope.fields
+        for key in self._watch:
+            value = chunk[key]
+            if value is not None and not (type(value) is str and value == fields[key]):
+                return False
+        choices = chunk.get("choices")
+        if type(choices) is not list or len(choices) != 1:
+            return False
+        choice = choices[0]
+        if type(choice) is not dict:
+            return False
+        index = choice.get("index")
+        snapshot = self._choices.get(index) if type(index) is int else None
+        if snapshot is None or choice.get("logprobs") is not None:
+            return False
+        delta = choice.get("delta")
+        if type(delta) is not dict:
+            return False
+        if delta and (len(delta) != 1 or not _append_text(snapshot["message"], delta)):
+            return False
+        if choice.get("finish_reason"):
+            snapshot["finish_reason"] = choice["finish_reason"]
+        return True
 
     def result(self) -> dict[str, Any] | None:
         """The `chat.completion`, or None if no chunk had a `choices` list."""

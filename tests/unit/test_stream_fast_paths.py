@@ -1,0 +1,283 @@
+"""The fast paths of stream reassembly give exactly what the general paths give.
+
+`split_simple` (the whole body split at once) against `SseDecoder`; `summarise_stream` with the
+joined body (fast split, where it applies) against the chunk-by-chunk decoder, on bytes cut at
+random places; `ChatAssembler`'s text fast path against its general rules (`fast=False`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import orjson
+from chunk_factory import (
+    cut_at_random,
+    envelope,
+    make_chunks,
+    random_chunks,
+    response_events,
+    sdk_final_completion,
+    sse_bytes,
+    usage_body,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llmtap.recorder.assemble import ChatAssembler
+from llmtap.recorder.endpoints import CHAT, RESPONSES, Endpoint
+from llmtap.recorder.recording import Recording
+from llmtap.recorder.records import RequestContext
+from llmtap.recorder.sse import SseDecoder, split_simple
+from llmtap.recorder.tracing import summarise_stream
+
+# -- split_simple against SseDecoder
+
+BLOCKS = [
+    b'data: {"a": 1}',
+    b"data: [DONE]",
+    b"data: h\xc3\xa9llo \xf0\x9f\x8e\x89",
+    b"data: \xff\xfe not utf-8",
+    b"data: ",
+    b"data:",
+    b"data:x",
+    b"event: message\ndata: {}",
+    b"event: \ndata: x",
+    b"event: a\nevent: b\ndata: y",
+    b"id: 7\ndata: z",
+    b"retry: 10\ndata: z",
+    b": keep-alive",
+    b"data: a\ndata: b",
+    b"",
+    b"\xef\xbb\xbfdata: bom",
+    b"data: cr\r",
+    b"nonsense",
+]
+SEPARATORS = [b"\n\n", b"\n\n", b"\n\n", b"\n", b"\n\n\n", b"\r\n\r\n", b""]
+
+
+def decode(body: bytes) -> list[tuple[str, str | None]]:
+    decoder = SseDecoder()
+    return [(e.data, e.event) for e in decoder.feed(body) + decoder.finish()]
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(BLOCKS), st.sampled_from(SEPARATORS)), max_size=8),
+    st.binary(max_size=8),
+)
+def test_split_simple_gives_the_decoders_events(
+    parts: list[tuple[bytes, bytes]], tail: bytes
+) -> None:
+    body = b"".join(block + sep for block, sep in parts) + tail
+    simple = split_simple(body)
+    if simple is None:
+        return  # the decoder's rules apply: nothing to compare
+    payloads, names, _ = simple
+    datas = [p.decode("utf-8", "replace") for p in payloads]
+    assert list(zip(datas, names or [None] * len(datas), strict=True)) == decode(body)
+
+
+def test_split_simple_takes_the_common_shapes() -> None:
+    chat = sse_bytes(make_chunks("Hello", usage=True))
+    assert split_simple(chat) is not None
+    events, _ = response_events("Hello")
+    assert split_simple(responses_wire(events)) is not None
+    assert split_simple(chat.replace(b"\n", b"\r\n")) is None
+
+
+# -- summarise_stream: the joined body against the decoder, chunk by chunk
+
+
+def responses_wire(events: list[dict[str, Any]]) -> bytes:
+    return b"".join(
+        f"event: {e['type']}\ndata: {json.dumps(e, ensure_ascii=False)}\n\n".encode()
+        for e in events
+    )
+
+
+def stream_recording(wire: bytes, rng: random.Random, encoding: str | None = None) -> Recording:
+    rec = Recording("POST", "/chat/completions", "", [], b"{}", RequestContext())
+    headers = [("content-type", "text/event-stream")]
+    if encoding is not None:
+        headers.append(("content-encoding", encoding))
+    rec.respond(200, headers)
+    at = rec.started_ns
+    for piece in cut_at_random(wire, rng, pieces=rng.randint(0, 40)):
+        at += rng.randint(0, 3_000_000)
+        rec.chunks.append(piece)
+        rec.chunk_times_ns.append(at)
+    return rec.finish()
+
+
+def assert_same_summary(endpoint: Endpoint, rec: Recording) -> None:
+    fast = summarise_stream(endpoint, rec, b"".join(rec.chunks))
+    general = summarise_stream(endpoint, rec)
+    assert fast == general
+
+
+def odd_chat_wire(rng: random.Random) -> bytes:
+    """A chat stream with, now and then, what real and broken upstreams send."""
+    chunks = random_chunks(rng)
+    datas = [json.dumps(c, ensure_ascii=False).encode() for c in chunks]
+    odd = [
+        b"not json",
+        b'{"error": {"message": "overloaded"}}',
+        b"[1, 2]",
+        b"  " + datas[0],
+        b'{"choices": [{"index": 0, "delta": {"content": "\xff"}}]}',
+        b"[DONE] ",
+        b"{",
+    ]
+    for _ in range(rng.randint(0, 3)):
+        datas.insert(rng.randint(0, len(datas)), rng.choice(odd))
+    if rng.random() < 0.8:
+        datas.append(b"[DONE]")
+    wire = b"".join(b"data: " + d + b"\n\n" for d in datas)
+    return wire[: rng.randint(0, len(wire))] if rng.random() < 0.1 else wire
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_summary_of_a_chat_stream_cut_anywhere(seed: int) -> None:
+    rng = random.Random(seed)
+    assert_same_summary(CHAT, stream_recording(odd_chat_wire(rng), rng))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.booleans())
+def test_summary_of_a_responses_stream_cut_anywhere(seed: int, terminal: bool) -> None:
+    rng = random.Random(seed)
+    events, _ = response_events(
+        "".join(rng.choice(["a", "é", " 🎉", "bc"]) for _ in range(rng.randint(0, 20))),
+        terminal=terminal,
+    )
+    assert_same_summary(RESPONSES, stream_recording(responses_wire(events), rng))
+
+
+def test_summary_of_a_compressed_stream_is_the_decoders() -> None:
+    import gzip
+
+    rng = random.Random(1)
+    wire = sse_bytes(make_chunks("Hello there", usage=True))
+    rec = stream_recording(gzip.compress(wire), rng, encoding="gzip")
+    summary = summarise_stream(CHAT, rec, b"".join(rec.chunks))
+    assert summary == summarise_stream(CHAT, rec)
+    assert summary.output == sdk_final_completion(make_chunks("Hello there", usage=True))
+
+
+def test_time_to_first_output_is_the_arrival_of_its_event() -> None:
+    chunks = make_chunks("Hello", usage=True)
+    wire = sse_bytes(chunks)
+    first_output = wire.index(b"\n\n", wire.index(b'"content": "Hell')) + 1  # its second LF
+    rec = Recording("POST", "/chat/completions", "", [], b"{}", RequestContext())
+    rec.respond(200, [("content-type", "text/event-stream")])
+    for i, (a, b) in enumerate([(0, first_output), (first_output, first_output + 1)]):
+        rec.chunks.append(wire[a:b])
+        rec.chunk_times_ns.append(rec.started_ns + (i + 1) * 1_000_000)
+    rec.chunks.append(wire[first_output + 1 :])
+    rec.chunk_times_ns.append(rec.started_ns + 3_000_000)
+    summary = summarise_stream(CHAT, rec, wire)
+    assert summary.first_output_ns == rec.started_ns + 2_000_000
+    assert summary == summarise_stream(CHAT, rec)
+
+
+# -- ChatAssembler: the text fast path against the general rules
+
+
+def assemble(chunks: list[Any], fast: bool) -> tuple[Any, list[str], ChatAssembler]:
+    assembler = ChatAssembler(fast=fast)
+    for chunk in chunks:
+        assembler.feed(chunk)
+    return assembler.result(), assembler.problems, assembler
+
+
+values = st.sampled_from([None, "", 0, False, "x", "fp_1", "fp_2", 7, [], {}])
+envelope_fields = st.dictionaries(
+    st.sampled_from(["id", "model", "created", "system_fingerprint", "usage", "obfuscation", "z"]),
+    values | st.just(usage_body()),
+    max_size=4,
+)
+deltas = st.sampled_from(
+    [
+        {"content": "a"},
+        {"content": " é🎉"},
+        {"content": ""},
+        {},
+        {"role": "assistant", "content": ""},
+        {"content": None},
+        {"content": ["b"]},
+        {"content": [{"type": "text", "text": "c"}]},
+        {"refusal": "no"},
+        {"content": "d", "refusal": None},
+        {"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "f", "arguments": ""}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]},
+        {"function_call": {"name": "g", "arguments": "1"}},
+    ]
+)
+choices = st.fixed_dictionaries(
+    {"index": st.sampled_from([0, 0, 0, 1, True, "0"])},
+    optional={
+        "delta": deltas | st.sampled_from([None, "text", []]),
+        "logprobs": st.sampled_from([None, {"content": [{"token": "a"}]}, "bad"]),
+        "finish_reason": st.sampled_from([None, "stop", "length", ""]),
+    },
+)
+chunk_strategy = st.builds(
+    lambda fields, choice_list, drop: (
+        {k: v for k, v in {**fields, "choices": choice_list}.items() if k != drop}
+    ),
+    envelope_fields,
+    st.lists(choices, max_size=2),
+    st.sampled_from([None, None, None, "choices"]),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.data())
+def test_chat_fast_path_equals_the_general_rules(data: st.DataObject) -> None:
+    """Common chunks, repeated (so that the fast path runs), with odd ones among them."""
+    base = make_chunks(data.draw(st.sampled_from(["Hello there", "", "日本語 🎉"])), usage=True)
+    stream: list[Any] = [json.loads(json.dumps(c)) for c in base]
+    for _ in range(data.draw(st.integers(0, 6))):
+        if data.draw(st.booleans()):  # a common chunk with one thing changed
+            odd = json.loads(json.dumps(data.draw(st.sampled_from(base[1:-1] or base))))
+            key = data.draw(st.sampled_from([*odd, "extra"]))
+            if key == "choices":
+                odd["choices"] = data.draw(st.lists(choices, max_size=2))
+            else:
+                odd[key] = data.draw(values | st.just(usage_body()))
+        else:
+            odd = data.draw(chunk_strategy | st.sampled_from([[], "junk", None, 3]))
+        stream.insert(data.draw(st.integers(0, len(stream))), odd)
+    fast, fast_problems, _ = assemble(stream, fast=True)
+    general, general_problems, _ = assemble(stream, fast=False)
+    assert orjson.dumps(fast) == orjson.dumps(general)  # types too: 0 is not False
+    assert fast_problems == general_problems
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(chunk_strategy, max_size=12))
+def test_chat_fast_path_equals_the_general_rules_on_odd_streams(stream: list[Any]) -> None:
+    fast, fast_problems, _ = assemble(stream, fast=True)
+    general, general_problems, _ = assemble(stream, fast=False)
+    assert orjson.dumps(fast) == orjson.dumps(general)
+    assert fast_problems == general_problems
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_chat_fast_path_on_random_streams_equals_the_sdk(seed: int) -> None:
+    chunks = random_chunks(random.Random(seed))
+    fast, problems, _ = assemble(chunks, fast=True)
+    assert fast == sdk_final_completion(chunks)
+    assert problems == []
+
+
+def test_the_fast_path_takes_the_common_stream() -> None:
+    chunks = make_chunks("Hello there, how are you today?", usage=True)
+    chunks.insert(3, envelope([{"index": 0, "delta": {"content": "!"}}], usage=usage_body()))
+    result, _, assembler = assemble(chunks, fast=True)
+    assert result == assemble(chunks, fast=False)[0]
+    assert assembler._quiet_keys is not None  # it was on at the end of the text
