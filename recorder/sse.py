@@ -17,43 +17,70 @@ _BOM = "\ufeff"
 _LINE_ENDS = (b"\n", b"\r")
 
 
-def split_simple(body: bytes) -> tuple[list[bytes], list[str | None] | None, list[bytes]] | None:
+class SplitStream:
+    """A whole stream split by `split_simple`: each event's `data` as bytes (`payloads`),
+    its `event:` name (`names`, None when no event has one), and where it was dispatched."""
+
+    __slots__ = ("payloads", "names", "_blocks")
+
+    def __init__(
+        self, payloads: list[bytes], names: list[str | None] | None, blocks: list[bytes] | None
+    ) -> None:
+        self.payloads = payloads
+        self.names = names
+        self._blocks = blocks  # None: every block is `data: ` and its payload
+
+    def dispatch_offset(self, index: int) -> int:
+        """The offset in the body of the byte that dispatched event `index`: the second LF
+        of its blank line (for an unterminated last event, the body's end or past it)."""
+        if self._blocks is None:
+            size = sum(len(payload) for payload in self.payloads[: index + 1]) + 6 * (index + 1)
+        else:
+            size = sum(len(block) for block in self._blocks[: index + 1])
+        return size + 2 * index + 1
+
+
+_DATA = b"data: "
+_NEXT_DATA = b"\n\ndata: "
+
+
+def split_simple(body: bytes) -> SplitStream | None:
     """A whole stream of the common shape, split at once: each event one `data: ` line (after
     an `event: ` line, maybe), LF line ends, no BOM, no comments, no `id:` or `retry:`.
 
-    Returns (payloads, event names or None when no event has one, the raw blocks between blank
-    lines, for `dispatch_offset`), or None when anything in `body` needs the full rules of
-    `SseDecoder`: then that decoder's events are the ones to use. For a body it accepts, the
-    payloads are, as bytes, the `data` of exactly the events `SseDecoder` dispatches (the
-    caller decodes them, with errors replaced, where it needs text).
+    None when anything in `body` needs the full rules of `SseDecoder`: then that decoder's
+    events are the ones to use. For a body it accepts, the payloads are, as bytes, the `data`
+    of exactly the events `SseDecoder` dispatches (the caller decodes them, with errors
+    replaced, where it needs text).
     """
-    if b"\r" in body or body[:3] == b"\xef\xbb\xbf":
-        return None
+    if b"\r" in body or body[:6] != _DATA and body[:7] != b"event: ":
+        return None  # (a BOM or anything else first: the decoder's rules)
+    terminated = body[-2:] == b"\n\n"
+    if body[:6] == _DATA:  # data lines only, the usual shape: split without a loop
+        payloads = body[6 : -2 if terminated else None].split(_NEXT_DATA)
+        # no LF but the blank lines between events: no payload holds a line end, and every
+        # block starts with `data: ` (each `\n\n` is followed by the next one's prefix)
+        if body.count(b"\n") == 2 * (len(payloads) - 1) + 2 * terminated:
+            return SplitStream(payloads, None, None)
     blocks = body.split(b"\n\n")
     if not blocks[-1]:
         blocks.pop()  # the usual end: the last event's blank line
-    payloads: list[bytes] = []
+    payloads = []
     names: list[str | None] | None = None
     for block in blocks:
-        if block[:6] == b"data: " and b"\n" not in block:
+        if block[:6] == _DATA and b"\n" not in block:
             payloads.append(block[6:])
             if names is not None:
                 names.append(None)
             continue
         name, newline, rest = block.partition(b"\n")
-        if not (newline and name[:7] == b"event: " and rest[:6] == b"data: " and b"\n" not in rest):
+        if not (newline and name[:7] == b"event: " and rest[:6] == _DATA and b"\n" not in rest):
             return None
         if names is None:
             names = [None] * len(payloads)
         names.append(name[7:].decode("utf-8", "replace") or None)
         payloads.append(rest[6:])
-    return payloads, names, blocks
-
-
-def dispatch_offset(blocks: list[bytes], index: int) -> int:
-    """The offset in the body of the byte that dispatched event `index` of `split_simple`:
-    the second LF of its blank line (or, for an unterminated last event, the body's end)."""
-    return sum(len(block) for block in blocks[: index + 1]) + 2 * index + 1
+    return SplitStream(payloads, names, blocks)
 
 
 class SseDecoder:

@@ -25,7 +25,7 @@ from llmtap.recorder.prices import PriceTable, cost_of, default_prices
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.records import Batch, Exchange, Span, SseEvent, Status, TraceHead
 from llmtap.recorder.semconv import genai_attributes
-from llmtap.recorder.sse import SseDecoder, dispatch_offset, split_simple
+from llmtap.recorder.sse import SseDecoder, split_simple
 
 
 @dataclass(slots=True)
@@ -72,21 +72,19 @@ class _Events:
     the decoder), the `event:` names (None when no event has one), and the arrival time of
     each event, looked up only for the one event that needs it."""
 
-    __slots__ = ("datas", "names", "_blocks", "_rec", "_times")
+    __slots__ = ("datas", "names", "_split", "_rec", "_times")
 
     def __init__(self, rec: Recording, body: bytes | None, problems: list[str]) -> None:
         self._rec = rec
         self._times: list[int] | None = None
-        self._blocks: list[bytes] = []
-        simple = (
+        self._split = (
             split_simple(body)
             if body is not None and rec.chunks and _identity(rec.response_headers)
             else None
         )
-        if simple is not None:
-            self.datas: list[Any] = simple[0]
-            self.names = simple[1]
-            self._blocks = simple[2]
+        if self._split is not None:
+            self.datas: list[Any] = self._split.payloads
+            self.names = self._split.names
             return
         timed = _events_with_times(rec, problems)
         self.datas = [event.data for event, _ in timed]
@@ -95,11 +93,12 @@ class _Events:
         self._times = [at for _, at in timed]
 
     def time_of(self, index: int) -> int:
-        if self._times is not None:
+        if self._split is None:
+            assert self._times is not None
             return self._times[index]
         rec = self._rec  # the chunk in which the byte that dispatched the event arrived
         ends = list(accumulate(len(chunk) for chunk in rec.chunks))
-        at = bisect_right(ends, dispatch_offset(self._blocks, index))
+        at = bisect_right(ends, self._split.dispatch_offset(index))
         return rec.chunk_times_ns[min(at, len(ends) - 1)]
 
 
@@ -191,6 +190,22 @@ def _error_message(error: Any) -> str:
     return str(error)[:500] if error is not None else ""
 
 
+_EXACT_NS = 10**15
+"""Below this many nanoseconds, rounding half up in integers gives `round(ns / 1e6, 3)`
+wherever the exact value is no tie (the float's error is far below a thousandth)."""
+
+
+def chunk_ms(times_ns: list[int], started_ns: int) -> list[float]:
+    """`round((t - started_ns) / 1e6, 3)` for each time, without `round`'s cost for floats:
+    in integers wherever that gives the same float (not on ties, not below zero)."""
+    return [
+        (d + 500) // 1000 / 1000
+        if 0 <= (d := t - started_ns) < _EXACT_NS and d % 1000 != 500
+        else round(d / 1e6, 3)
+        for t in times_ns
+    ]
+
+
 def build_exchange(rec: Recording, body: bytes, is_stream: bool) -> Exchange:
     started = rec.started_ns
     return Exchange(
@@ -203,10 +218,7 @@ def build_exchange(rec: Recording, body: bytes, is_stream: bool) -> Exchange:
         status=rec.error_status or rec.status,
         response_headers=tuple(rec.response_headers),
         response_body=body,
-        chunks=tuple(
-            (len(c), round((t - started) / 1e6, 3))
-            for c, t in zip(rec.chunks, rec.chunk_times_ns, strict=True)
-        )
+        chunks=tuple(zip(map(len, rec.chunks), chunk_ms(rec.chunk_times_ns, started), strict=True))
         if is_stream
         else (),
         started_ns=started,

@@ -30,7 +30,7 @@ from llmtap.recorder.endpoints import CHAT, RESPONSES, Endpoint
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.records import RequestContext
 from llmtap.recorder.sse import SseDecoder, split_simple
-from llmtap.recorder.tracing import summarise_stream
+from llmtap.recorder.tracing import chunk_ms, summarise_stream
 
 # -- split_simple against SseDecoder
 
@@ -74,7 +74,7 @@ def test_split_simple_gives_the_decoders_events(
     simple = split_simple(body)
     if simple is None:
         return  # the decoder's rules apply: nothing to compare
-    payloads, names, _ = simple
+    payloads, names = simple.payloads, simple.names
     datas = [p.decode("utf-8", "replace") for p in payloads]
     assert list(zip(datas, names or [None] * len(datas), strict=True)) == decode(body)
 
@@ -281,3 +281,22 @@ def test_the_fast_path_takes_the_common_stream() -> None:
     result, _, assembler = assemble(chunks, fast=True)
     assert result == assemble(chunks, fast=False)[0]
     assert assembler._quiet_keys is not None  # it was on at the end of the text
+
+
+# -- the chunk times of an exchange
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.lists(
+        st.integers(-(10**7), 10**16)
+        | st.integers(0, 10**9).map(lambda k: k * 1000 + 500)
+        | st.integers(0, 10**6),
+        max_size=20,
+    ),
+    st.integers(0, 10**19),
+)
+def test_chunk_ms_is_round(offsets: list[int], started: int) -> None:
+    times = [started + d for d in offsets]
+    expected = [round((t - started) / 1e6, 3) for t in times]
+    assert [repr(ms) for ms in chunk_ms(times, started)] == [repr(ms) for ms in expected]
