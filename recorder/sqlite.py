@@ -115,26 +115,63 @@ def _exchange_row(
 
 
 def _span_row(s: Span, exchange_id: str | None) -> tuple[Any, ...]:
-    usage = s.attributes.get("usage") or {}
+    attributes = s.attributes
+    usage = attributes.get("usage") or {}
     return (
         s.span_id,
         s.trace_id,
         s.parent_id,
         s.name,
         str(s.span_type),
-        s.attributes.get("model"),
+        attributes.get("model"),
         s.start_time_ns,
         s.end_time_ns,
         s.status.code,
         s.status.message,
-        _json(s.inputs),
-        _json(s.outputs),
-        _json(s.attributes),
+        _json(s.inputs) if s.inputs_json is None else s.inputs_json.decode(),
+        _json(s.outputs) if s.outputs_json is None else s.outputs_json.decode(),
+        _json(attributes),
         int(usage.get("input_tokens") or 0),
         int(usage.get("output_tokens") or 0),
         int(usage.get("total_tokens") or 0),
-        (s.attributes.get("cost") or {}).get("total_cost"),
+        (attributes.get("cost") or {}).get("total_cost"),
         exchange_id if s.span_type not in (SpanType.AGENT, SpanType.TOOL) else None,
+    )
+
+
+# a trace with no row yet has no spans but those of this transaction: its row is inserted from
+# what they add up to (the aggregate below, computed here), with the same SQL for the times
+_INSERT_NEW_TRACE = """
+INSERT OR IGNORE INTO traces (trace_id, experiment, session, status, request_time,
+    start_time_ns, end_time_ns, execution_time_ms, tags, span_count, input_tokens, output_tokens,
+    total_tokens, total_cost)
+VALUES (?1, ?2, ?3, ?4, strftime('%Y-%m-%dT%H:%M:%fZ', ?5 / 1e9, 'unixepoch'), ?5, ?6,
+    (?6 - ?5) / 1e6, ?7, ?8, ?9, ?10, ?11, ?12)
+"""
+
+
+def _new_trace_row(
+    head: TraceHead, tags: str, rows: dict[str, tuple[Any, ...]]
+) -> tuple[Any, ...] | None:
+    """The traces row of `_UPSERT_TRACE` for a trace whose only spans are `rows` (span rows by
+    id); None when SQLite's sum would be needed (two costs: its float sum is its own)."""
+    costs = [row[16] for row in rows.values() if row[16] is not None]
+    if len(costs) > 1:
+        return None
+    values = rows.values()
+    return (
+        head.trace_id,
+        head.experiment,
+        head.session,
+        "ERROR" if any(row[8] == "ERROR" for row in values) else "OK",
+        min(row[6] for row in values),
+        max(row[7] for row in values),
+        tags,
+        len(rows),
+        sum(row[13] for row in values),
+        sum(row[14] for row in values),
+        sum(row[15] for row in values),
+        costs[0] if costs else None,
     )
 
 
@@ -199,25 +236,31 @@ class SqliteStore:
         conn = self.conn
         heads: dict[str, TraceHead] = {}
         experiments: set[str] = set()
+        exchanges: list[tuple[Any, ...]] = []
+        spans: list[tuple[Any, ...]] = []  # written in order, before anything that reads them
+        by_trace: dict[str, dict[str, tuple[Any, ...]]] = {}
         for batch in batches:
             x = batch.exchange
             experiments.add(x.experiment)
             own = batch.spans[-1] if batch.spans else None  # the call's span comes last
-            conn.execute(
-                _INSERT_EXCHANGE,
+            exchanges.append(
                 _exchange_row(
                     x,
                     batch.match_key,
                     own.trace_id if own else None,
                     own.span_id if own else None,
                     batch.stream,
-                ),
+                )
             )
-            if batch.spans:
-                conn.executemany(_INSERT_SPAN, [_span_row(s, x.exchange_id) for s in batch.spans])
+            for s in batch.spans:
+                row = _span_row(s, x.exchange_id)
+                spans.append(row)
+                by_trace.setdefault(s.trace_id, {})[s.span_id] = row
             if batch.model_version is not None and own is not None:
                 record_version(conn, batch.model_version, own)  # numbered in this transaction
-            if batch.reparent:
+            if batch.reparent:  # spans written earlier: those of this write are in the table
+                conn.executemany(_INSERT_SPAN, spans)
+                spans = []
                 conn.executemany(
                     "UPDATE spans SET parent_id = ?2 WHERE span_id = ?1", batch.reparent
                 )
@@ -225,15 +268,20 @@ class SqliteStore:
                 heads[batch.trace.trace_id] = _merge_heads(
                     heads.get(batch.trace.trace_id), batch.trace
                 )
+        conn.executemany(_INSERT_EXCHANGE, exchanges)
+        if spans:
+            conn.executemany(_INSERT_SPAN, spans)
         conn.executemany(
             "INSERT OR IGNORE INTO experiments (name, created_at) "
             "VALUES (?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
             [(name,) for name in experiments],
         )
         for head in heads.values():
-            conn.execute(
-                _UPSERT_TRACE, (head.trace_id, head.experiment, head.session, _json(head.tags))
-            )
+            tags = _json(head.tags)
+            rows = by_trace.get(head.trace_id)
+            new = _new_trace_row(head, tags, rows) if rows else None
+            if new is None or conn.execute(_INSERT_NEW_TRACE, new).rowcount == 0:
+                conn.execute(_UPSERT_TRACE, (head.trace_id, head.experiment, head.session, tags))
 
     def close(self) -> None:
         if self._since_checkpoint:
