@@ -27,7 +27,11 @@ def new_trace_id() -> str:
 def new_span_id() -> str:
     """16 hex: 40 bits of microseconds (they wrap every 12.7 days), then 24 random bits, so
     that new span and exchange rows append to their indexes instead of landing all over them."""
-    return f"{(time.time_ns() // 1000) & 0xFF_FFFF_FFFF:010x}{os.urandom(3).hex()}"
+    return f"{_time_prefix(time.time_ns())}{os.urandom(3).hex()}"
+
+
+def _time_prefix(ns: int) -> str:
+    return f"{(ns // 1000) & 0xFF_FFFF_FFFF:010x}"
 
 
 @dataclass(slots=True)
@@ -42,8 +46,9 @@ class Recording:
     context: RequestContext
     key_fingerprint: str | None = None
     started_ns: int = field(default_factory=time.time_ns)
-    exchange_id: str = field(default_factory=new_span_id)
-    span_id: str = field(default_factory=new_span_id)
+    exchange_id: str = ""
+    """As `new_span_id` makes them (time of `started_ns`); made at creation when not given."""
+    span_id: str = ""
     status: int | None = None
     response_headers: list[tuple[str, str]] = field(default_factory=list)
     chunks: list[bytes] = field(default_factory=list)
@@ -63,8 +68,14 @@ class Recording:
     """llmtap asked the upstream for stream usage the client did not request."""
 
     def __post_init__(self) -> None:
+        # the ids from one read of the system's randomness (a syscall), not one per id
+        rand = os.urandom(22).hex()  # 6 + 6 hex for the span ids, 32 for a trace id
+        if not self.exchange_id:
+            self.exchange_id = _time_prefix(self.started_ns) + rand[:6]
+        if not self.span_id:
+            self.span_id = _time_prefix(self.started_ns) + rand[6:12]
         if not self.trace_id:
-            self.trace_id = self.context.trace_id or new_trace_id()
+            self.trace_id = self.context.trace_id or rand[12:]
 
     def respond(self, status: int, headers: list[tuple[str, str]]) -> None:
         self.status = status
