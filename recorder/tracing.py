@@ -92,6 +92,11 @@ class _Events:
         self.names = names if any(name is not None for name in names) else None
         self._times = [at for _, at in timed]
 
+    @property
+    def split(self) -> bool:
+        """The events came from `split_simple`: `datas` are bytes."""
+        return self._split is not None
+
     def time_of(self, index: int) -> int:
         if self._split is None:
             assert self._times is not None
@@ -124,7 +129,19 @@ def summarise_stream(
     names = events.names
     loads, decode_error = orjson.loads, orjson.JSONDecodeError
     terminal_seen = False
-    for i, raw in enumerate(events.datas):
+    # an assembler that reads a chunk's JSON text itself, when it is like one it has seen:
+    # for events that can change nothing here but the assembler's state (see `quiet`)
+    feed_json = getattr(assembler, "feed_json", None) if events.split and names is None else None
+    datas = events.datas
+    i, count = -1, len(datas)
+    while i + 1 < count:
+        i += 1
+        if feed_json is not None and summary.first_output_ns is not None:
+            taken = feed_json(datas, i)  # a run of chunks alike but for their text
+            if taken > i:
+                i = taken - 1
+                continue
+        raw = datas[i]
         name = names[i] if names is not None else None
         if raw[:1] in _OBJECT_START:  # a JSON object, or not JSON at all; never [DONE]
             try:
@@ -149,14 +166,23 @@ def summarise_stream(
         if "error" in data and not data.get("choices") and name != "error":
             summary.error = data["error"]
             continue
+        quiet = True  # nothing here depends on this event but the time of the first output
         if name == "error" or data.get("type") == "error":
             summary.error = data.get("error", data)
+            quiet = False
         if summary.first_output_ns is None and carries_output(data):
             summary.first_output_ns = events.time_of(i)
         if (data.get("usage") is not None or "response" in data) and usage_of(data) is not None:
             summary.usage_payload = data
-        terminal_seen = terminal_seen or is_terminal(name, data)
+            quiet = False
+        if not terminal_seen and is_terminal(name, data):
+            terminal_seen = True
+            quiet = False
         feed(data)
+        if feed_json is not None and quiet:
+            # its like (the same bytes but for the text: the same keys, type, usage, and
+            # the endpoints' terminal tests never read the text) will be quiet too
+            assembler.learn_json(raw, data)  # type: ignore[attr-defined]
     summary.terminal_seen = terminal_seen
     summary.output = assembler.result()
     problems.extend(getattr(assembler, "problems", ()))

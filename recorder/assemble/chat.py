@@ -23,8 +23,11 @@ Where the SDK misbehaves on shapes real providers send, we differ on purpose:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, TypeGuard
+
+import orjson
 
 _FIRST_WINS = frozenset({"id", "name", "role"})  # the SDK concatenates repeats of these
 _REPLACED = frozenset({"index", "type"})  # the SDK replaces these, as do we
@@ -182,11 +185,16 @@ class ChatAssembler:
         # leaves the envelope as it is (see Envelope.quiet_watch), and the keys to watch
         self._quiet_keys: frozenset[str] | None = None
         self._watch: tuple[str, ...] = ()
+        self._appended: dict[str, Any] | None = None  # the message the last feed added text to
+        self._template: _TextTemplate | None = None
+        self._learnt = 0
 
     def feed(self, chunk: Mapping[str, Any]) -> None:
         """Take one chunk. Never raises: what cannot be used is noted in `problems`."""
+        self._appended = None
         if self._quiet_keys is not None and self._feed_text(chunk):
             return
+        self._template = None  # the general rules may change what a template stands for
         try:
             self._feed(chunk)
         except Exception as exc:  # a last resort: junk must never stop a recording
@@ -227,11 +235,51 @@ class ChatAssembler:
         delta = choice.get("delta")
         if type(delta) is not dict:
             return False
-        if delta and (len(delta) != 1 or not _append_text(snapshot["message"], delta)):
-            return False
+        if delta:
+            if len(delta) != 1 or not _append_text(snapshot["message"], delta):
+                return False
+            self._appended = snapshot["message"]
         if choice.get("finish_reason"):
             snapshot["finish_reason"] = choice["finish_reason"]
         return True
+
+    # The same chunks as JSON text: most of a stream's chunks are byte for byte alike but for
+    # their text (and OpenAI's `obfuscation` padding), so the text is all there is to read.
+
+    LEARN_AT_MOST = 4
+    """Templates learnt per stream at the most (a stream whose chunks differ in more than
+    their text would otherwise pay for learning on every chunk)."""
+
+    def learn_json(self, raw: bytes, chunk: Mapping[str, Any]) -> None:
+        """After `feed(chunk)`, with `raw` the JSON text `chunk` was parsed from: when that
+        chunk was one more piece of text, keep `raw` as a template for `feed_json`."""
+        message = self._appended
+        if message is None or not self._fast or self._learnt >= self.LEARN_AT_MOST:
+            return
+        self._learnt += 1
+        self._template = _TextTemplate.learn(raw, chunk, message)
+
+    def feed_json(self, payloads: list[bytes], start: int) -> int:
+        """Take chunks as JSON text, from `payloads[start]` on, as `feed(orjson.loads(raw))`
+        would, for as long as each is the text of the template (see `learn_json`) but for its
+        text and padding: their texts are appended. Returns the index of the first payload
+        not taken (`start` when none was: nothing changed then)."""
+        template = self._template
+        if template is None:
+            return start
+        text_of = template.text_of
+        texts: list[str] = []
+        end = len(payloads)
+        at = start
+        while at < end:
+            text = text_of(payloads[at])
+            if text is None:
+                break
+            texts.append(text)
+            at += 1
+        if texts:
+            _append_to(template.message, "".join(texts))
+        return at
 
     def result(self) -> dict[str, Any] | None:
         """The `chat.completion`, or None if no chunk had a `choices` list."""
@@ -316,10 +364,95 @@ def _append_text(message: dict[str, Any], delta: dict[str, Any]) -> bool:
     value = delta.get("content")
     if type(value) is not str or type(message.get("content")) is not str:
         return False
+    _append_to(message, value)
+    return True
+
+
+def _append_to(message: dict[str, Any], value: str) -> None:
     text: str = message.pop("content")
     text += value  # grown in place: the dict no longer refers to it (see _concat)
     message["content"] = text
-    return True
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+"""Where a JSON string that starts here ends, if it is one (`orjson.loads` says whether)."""
+_TEXT_KEY = re.compile(rb'"content"[ \t\n\r]*:[ \t\n\r]*')
+_PAD_KEY = re.compile(rb'"obfuscation"[ \t\n\r]*:[ \t\n\r]*')
+_PROBES = ("\x00llmtap text\x00", "\x00llmtap padding\x00")
+
+
+class _TextTemplate:
+    """A text chunk's JSON text cut around its variable strings: the delta's `content` and
+    the skipped `obfuscation`, if any. A text made of the same bytes around other JSON strings
+    in those places parses as the same chunk with those strings (JSON's grammar puts any
+    string where a string was)."""
+
+    __slots__ = ("head", "middle", "tail", "text_first", "message")
+
+    def __init__(self, segments: list[bytes], text_first: bool, message: dict[str, Any]) -> None:
+        self.head, self.tail = segments[0], segments[-1]
+        self.middle = segments[1] if len(segments) == 3 else None  # between text and padding
+        self.text_first = text_first
+        self.message = message
+
+    @classmethod
+    def learn(
+        cls, raw: bytes, chunk: Mapping[str, Any], message: dict[str, Any]
+    ) -> _TextTemplate | None:
+        """The template of `raw` (the text of `chunk`, whose delta is only text), or None
+        when where its strings are cannot be told for sure."""
+        slots: list[tuple[int, int, bool]] = []
+        for key, is_text in ((_TEXT_KEY, True), (_PAD_KEY, False)):
+            found = [_JSON_STRING.match(raw, m.end()) for m in key.finditer(raw)]
+            if len(found) > 1 or None in found:
+                return None
+            slots += [(m.start(), m.end(), is_text) for m in found if m is not None]
+        if not any(is_text for _, _, is_text in slots):
+            return None
+        slots.sort()
+        starts = [0, *(end for _, end, _ in slots)]
+        ends = [*(start for start, _, _ in slots), len(raw)]
+        if any(a > b for a, b in zip(starts, ends, strict=True)):
+            return None
+        segments = [raw[a:b] for a, b in zip(starts, ends, strict=True)]
+        # proof: with other strings in those places, the text parses as the chunk with those
+        # strings as its text and padding (and nothing else changed)
+        probes = [orjson.dumps(_PROBES[0] if t else _PROBES[1]) for _, _, t in slots]
+        probe = segments[0] + b"".join(p + seg for p, seg in zip(probes, segments[1:], strict=True))
+        expected = copy_json(chunk)
+        expected["choices"][0]["delta"]["content"] = _PROBES[0]
+        if len(slots) == 2:
+            expected["obfuscation"] = _PROBES[1]
+        try:
+            if orjson.loads(probe) != expected:
+                return None
+        except orjson.JSONDecodeError:
+            return None
+        return cls(segments, slots[0][2], message)
+
+    def text_of(self, raw: bytes) -> str | None:
+        """The text of `raw` if it is this template's with other strings; else None."""
+        head, tail = self.head, self.tail
+        if not (raw.startswith(head) and raw.endswith(tail)):
+            return None
+        end = len(raw) - len(tail)
+        middle = self.middle
+        try:
+            if middle is None:
+                text = orjson.loads(raw[len(head) : end])
+            else:
+                # any cut will do: it is proof enough that both sides parse as strings
+                cut = raw.find(middle, len(head), end)
+                if cut < 0:
+                    return None
+                first, second = raw[len(head) : cut], raw[cut + len(middle) : end]
+                text_piece, pad_piece = (first, second) if self.text_first else (second, first)
+                if type(orjson.loads(pad_piece)) is not str:
+                    return None
+                text = orjson.loads(text_piece)
+        except orjson.JSONDecodeError:
+            return None
+        return text if type(text) is str else None
 
 
 def _with_text_content(delta: Mapping[str, Any], problems: list[str]) -> Mapping[str, Any]:

@@ -300,3 +300,114 @@ def test_chunk_ms_is_round(offsets: list[int], started: int) -> None:
     times = [started + d for d in offsets]
     expected = [round((t - started) / 1e6, 3) for t in times]
     assert [repr(ms) for ms in chunk_ms(times, started)] == [repr(ms) for ms in expected]
+
+
+# -- ChatAssembler.feed_json: chunks alike but for their text, read as text
+
+
+TEXTS = [
+    "Hi",
+    " there",
+    "",
+    '"',
+    "\\",
+    "\\u00e9",
+    "é",
+    "🎉",
+    '},"logprobs":null',
+    '","obfuscation":"',
+]
+
+
+def openai_chunk(rng: random.Random, text: Any, pad: Any, **changes: Any) -> dict[str, Any]:
+    """A chunk as OpenAI writes them (compact; `obfuscation` padding last, new each chunk)."""
+    chunk: dict[str, Any] = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1_700_000_000,
+        "model": "gpt-4o-mini",
+        "service_tier": "default",
+        "system_fingerprint": "fp_1",
+        "choices": [
+            {"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": None}
+        ],
+        "usage": None,
+    }
+    chunk.update(changes)
+    if pad is not None or rng.random() < 0.5:
+        chunk["obfuscation"] = pad
+    return chunk
+
+
+ODD_CHANGES: list[dict[str, Any]] = [
+    {"created": 1_700_000_001},
+    {"system_fingerprint": "fp_2"},
+    {"usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}},
+    {"extra": 1},
+    {"choices": [{"index": 0, "delta": {"content": 7}, "logprobs": None, "finish_reason": None}]},
+    {
+        "choices": [
+            {"index": 0, "delta": {"content": "x"}, "logprobs": None, "finish_reason": "stop"}
+        ]
+    },
+    {"choices": [{"index": 0, "delta": {"content": "x", "role": "assistant"}, "logprobs": None}]},
+    {"choices": [{"index": 1, "delta": {"content": "y"}, "logprobs": None, "finish_reason": None}]},
+    {
+        "choices": [
+            {"index": 0, "delta": {"refusal": "no"}, "logprobs": None, "finish_reason": None}
+        ]
+    },
+    {"choices": [{"index": 0, "delta": {"content": "z"}, "logprobs": {"content": []}}]},
+    {"choices": []},
+]
+
+
+def dump(chunk: dict[str, Any], rng: random.Random, ascii_only: bool) -> bytes:
+    if rng.random() < 0.05:  # the key written with an escape: the same chunk to a parser
+        return (
+            json.dumps(chunk, separators=(",", ":"))
+            .replace('"content"', '"con\\u0074ent"')
+            .encode()
+        )
+    return json.dumps(chunk, separators=(",", ":"), ensure_ascii=ascii_only).encode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_chunks_read_as_text_give_what_parsing_gives(seed: int) -> None:
+    rng = random.Random(seed)
+    padded, ascii_only = rng.random() < 0.6, rng.random() < 0.3
+    opening = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None}
+    first = openai_chunk(rng, "", None, choices=[opening])
+    chunks = [first]
+    for _ in range(rng.randint(0, 40)):
+        pad: Any = "".join(rng.choice('ab"\\') for _ in range(rng.randint(0, 6)))
+        pad = (pad if rng.random() < 0.95 else rng.choice([5, None, ["a"]])) if padded else None
+        changes = rng.choice(ODD_CHANGES) if rng.random() < 0.1 else {}
+        chunks.append(openai_chunk(rng, rng.choice(TEXTS), pad, **changes))
+    datas = [dump(c, rng, ascii_only) for c in chunks]
+    if rng.random() < 0.2:  # bytes that only look alike
+        at = rng.randrange(len(datas))
+        datas[at] = datas[at].replace(b'"content":"', b'"content":1,"x":"', 1)
+    wire = b"".join(b"data: " + d + b"\n\n" for d in datas) + b"data: [DONE]\n\n"
+    rec = stream_recording(wire, rng)
+    fast = summarise_stream(CHAT, rec, b"".join(rec.chunks))
+    assert fast == summarise_stream(CHAT, rec)
+    general = ChatAssembler(fast=False)
+    for data in datas:
+        general.feed(json.loads(data))
+    assert orjson.dumps(fast.output) == orjson.dumps(general.result())
+
+
+def test_a_padded_stream_is_read_as_text() -> None:
+    rng = random.Random(3)
+    chunks = [openai_chunk(rng, f"t{i} ", f"pad{i}") for i in range(20)]
+    payloads = [json.dumps(c, separators=(",", ":")).encode() for c in chunks]
+    assembler = ChatAssembler()
+    assembler.feed(json.loads(payloads[0]))  # first of its choice: the general rules
+    assembler.feed(json.loads(payloads[1]))
+    assembler.learn_json(payloads[1], json.loads(payloads[1]))
+    assert assembler.feed_json(payloads, 2) == 20
+    assert assembler.result()["choices"][0]["message"]["content"] == "".join(  # type: ignore[index]
+        f"t{i} " for i in range(20)
+    )
