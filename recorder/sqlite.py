@@ -155,6 +155,11 @@ def _new_trace_row(
 ) -> tuple[Any, ...] | None:
     """The traces row of `_UPSERT_TRACE` for a trace whose only spans are `rows` (span rows by
     id); None when SQLite's sum would be needed (two costs: its float sum is its own)."""
+    if len(rows) == 1:  # the usual trace: one call
+        (row,) = rows.values()
+        status = "ERROR" if row[8] == "ERROR" else "OK"
+        h = head
+        return (h.trace_id, h.experiment, h.session, status, row[6], row[7], tags, 1, *row[13:17])
     costs = [row[16] for row in rows.values() if row[16] is not None]
     if len(costs) > 1:
         return None
@@ -276,12 +281,20 @@ class SqliteStore:
             "VALUES (?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
             [(name,) for name in experiments],
         )
+        new_rows: list[tuple[Any, ...]] = []
+        upserts: list[tuple[Any, ...]] = []
         for head in heads.values():
             tags = _json(head.tags)
             rows = by_trace.get(head.trace_id)
             new = _new_trace_row(head, tags, rows) if rows else None
-            if new is None or conn.execute(_INSERT_NEW_TRACE, new).rowcount == 0:
-                conn.execute(_UPSERT_TRACE, (head.trace_id, head.experiment, head.session, tags))
+            upsert = (head.trace_id, head.experiment, head.session, tags)
+            (upserts if new is None else new_rows).append(upsert if new is None else new)
+        if new_rows and conn.executemany(_INSERT_NEW_TRACE, new_rows).rowcount != len(new_rows):
+            # some of those traces had a row already: derive every one from its spans (for
+            # those just inserted, that gives the same row again)
+            upserts += [(row[0], row[1], row[2], row[6]) for row in new_rows]
+        if upserts:
+            conn.executemany(_UPSERT_TRACE, upserts)
 
     def close(self) -> None:
         if self._since_checkpoint:
