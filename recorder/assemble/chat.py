@@ -256,6 +256,8 @@ class ChatAssembler:
         message = self._appended
         if message is None or not self._fast or self._learnt >= self.LEARN_AT_MOST:
             return
+        if chunk["choices"][0].get("finish_reason"):
+            return  # its like would set the finish reason again, after another one maybe
         self._learnt += 1
         self._template = _TextTemplate.learn(raw, chunk, message)
 

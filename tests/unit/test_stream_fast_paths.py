@@ -359,6 +359,7 @@ ODD_CHANGES: list[dict[str, Any]] = [
     },
     {"choices": [{"index": 0, "delta": {"content": "z"}, "logprobs": {"content": []}}]},
     {"choices": []},
+    {"choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "length"}]},
 ]
 
 
@@ -397,6 +398,21 @@ def test_chunks_read_as_text_give_what_parsing_gives(seed: int) -> None:
     for data in datas:
         general.feed(json.loads(data))
     assert orjson.dumps(fast.output) == orjson.dumps(general.result())
+
+
+def test_a_text_chunk_that_finishes_is_no_template() -> None:
+    """Its like, after a chunk with another finish reason, sets the first one again."""
+    rng = random.Random(4)
+    stop = openai_chunk(rng, "a", "p")
+    stop["choices"][0]["finish_reason"] = "stop"
+    length = openai_chunk(rng, "", "p")
+    length["choices"][0].update(delta={}, finish_reason="length")
+    chunks = [openai_chunk(rng, "", "p"), stop, length, stop]
+    wire = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks)
+    rec = stream_recording(wire + b"data: [DONE]\n\n", rng)
+    summary = summarise_stream(CHAT, rec, b"".join(rec.chunks))
+    assert summary.output["choices"][0]["finish_reason"] == "stop"  # type: ignore[index]
+    assert summary == summarise_stream(CHAT, rec)
 
 
 def test_a_padded_stream_is_read_as_text() -> None:
