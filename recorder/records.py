@@ -125,11 +125,6 @@ class Span:
     inputs: Any
     outputs: Any
     attributes: Mapping[str, Any]
-    inputs_json: bytes | None = None
-    """`inputs` as the JSON text it was parsed from (the client's own bytes, valid UTF-8),
-    when it was: the store keeps that text instead of serialising `inputs` again."""
-    outputs_json: bytes | None = None
-    """The same for `outputs` (a non-streamed answer taken as it came)."""
 
 
 @dataclass(slots=True)

@@ -128,8 +128,8 @@ def _span_row(s: Span, exchange_id: str | None) -> tuple[Any, ...]:
         s.end_time_ns,
         s.status.code,
         s.status.message,
-        _json(s.inputs) if s.inputs_json is None else s.inputs_json.decode(),
-        _json(s.outputs) if s.outputs_json is None else s.outputs_json.decode(),
+        _json(s.inputs),
+        _json(s.outputs),
         _json(attributes),
         int(usage.get("input_tokens") or 0),
         int(usage.get("output_tokens") or 0),
@@ -158,8 +158,18 @@ def _new_trace_row(
     if len(rows) == 1:  # the usual trace: one call
         (row,) = rows.values()
         status = "ERROR" if row[8] == "ERROR" else "OK"
-        h = head
-        return (h.trace_id, h.experiment, h.session, status, row[6], row[7], tags, 1, *row[13:17])
+        start, end = row[6], row[7]
+        return (
+            head.trace_id,
+            head.experiment,
+            head.session,
+            status,
+            start,
+            end,
+            tags,
+            1,
+            *row[13:17],
+        )
     costs = [row[16] for row in rows.values() if row[16] is not None]
     if len(costs) > 1:
         return None
@@ -287,8 +297,10 @@ class SqliteStore:
             tags = _json(head.tags)
             rows = by_trace.get(head.trace_id)
             new = _new_trace_row(head, tags, rows) if rows else None
-            upsert = (head.trace_id, head.experiment, head.session, tags)
-            (upserts if new is None else new_rows).append(upsert if new is None else new)
+            if new is not None:
+                new_rows.append(new)
+            else:
+                upserts.append((head.trace_id, head.experiment, head.session, tags))
         if new_rows and conn.executemany(_INSERT_NEW_TRACE, new_rows).rowcount != len(new_rows):
             # some of those traces had a row already: derive every one from its spans (for
             # those just inserted, that gives the same row again)

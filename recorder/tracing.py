@@ -79,7 +79,10 @@ class _Events:
         self._times: list[int] | None = None
         self._split = (
             split_simple(body)
-            if body is not None and rec.chunks and _identity(rec.response_headers)
+            if body is not None
+            and rec.chunks
+            and len(rec.chunks) == len(rec.chunk_times_ns)
+            and _identity(rec.response_headers)
             else None
         )
         if self._split is not None:
@@ -193,18 +196,10 @@ _OBJECT_START = (b"{", "{")
 
 
 def _parse_json(body: bytes) -> Any:
-    return _parse_json_text(body)[0]
-
-
-def _parse_json_text(body: bytes) -> tuple[Any, bytes | None]:
-    """The JSON value of a body and the body itself as its JSON text; for a body that is not
-    JSON, the body as a string (errors replaced) and None."""
-    if not body:
-        return None, None
     try:
-        return orjson.loads(body), body  # orjson takes only valid UTF-8
+        return orjson.loads(body) if body else None
     except orjson.JSONDecodeError:
-        return body.decode("utf-8", "replace"), None
+        return body.decode("utf-8", "replace")
 
 
 def _decoded_body(rec: Recording, body: bytes, problems: list[str]) -> bytes:
@@ -284,8 +279,7 @@ class Tracer:
         if endpoint is None or not self.log_traces or rec.method != "POST":
             key = match_key(rec.method, rec.path, rec.request_body, query=rec.query)
             return Batch(exchange, key, is_stream)
-        # once: for the key, the span and the links
-        inputs, inputs_json = _parse_json_text(rec.request_body)
+        inputs = _parse_json(rec.request_body)  # once: for the key, the span and the links
         key = match_key(rec.method, rec.path, rec.request_body, query=rec.query, parsed=inputs)
         links = self.linker.link(rec, inputs, explicit_trace=rec.context.trace_id is not None)
         if links.trace_id is not None:
@@ -298,7 +292,6 @@ class Tracer:
             inputs,
             self.prices,
             links.parent_id or rec.context.parent_id,
-            inputs_json,
         )
         self.linker.remember(rec, span)
         ctx = rec.context
@@ -345,9 +338,7 @@ def build_span(
     inputs: Any,
     prices: PriceTable,
     parent_id: str | None,
-    inputs_json: bytes | None = None,
 ) -> Span:
-    """`inputs_json`: the JSON text `inputs` was parsed from, if it was."""
     problems: list[str] = []
     attributes: dict[str, Any] = {"endpoint": endpoint.name}
     if isinstance(inputs, dict):
@@ -359,7 +350,6 @@ def build_span(
     attributes["http_status"] = exchange.status
     error: Any = None
     outputs: Any = None
-    outputs_json: bytes | None = None
     usage = None
     if rec.error_status:
         error = _parse_json(rec.error_body or b"")
@@ -377,16 +367,12 @@ def build_span(
             problems.append(rec_error)
             error = error or rec_error
     else:
-        decoded, decoded_json = _parse_json_text(
-            _decoded_body(rec, exchange.response_body, problems)
-        )
+        decoded = _parse_json(_decoded_body(rec, exchange.response_body, problems))
         if (exchange.status or 0) >= 400:
             error = decoded
         elif isinstance(decoded, dict):
             outputs = endpoint.response_output(decoded)
             usage = usage_of(decoded)
-            if outputs is decoded:  # taken as it came: its text is the upstream's
-                outputs_json = decoded_json
         else:  # garbage with a 200: the client's SDK fails on it, and the span says why
             outputs = decoded
             error = {"message": "the upstream's answer is not a JSON object"}
@@ -428,8 +414,6 @@ def build_span(
         inputs=inputs,
         outputs=outputs,
         attributes=attributes,
-        inputs_json=inputs_json,
-        outputs_json=outputs_json,
     )
 
 
