@@ -839,11 +839,13 @@ def top_listing(raw: Path, n: int = 30) -> str:
             continue
         c = int(count)
         frames = stack.split(";")
-        if frames and frames[0].startswith("thread ("):
-            threads[frames[0]] += c
+        # with --subprocesses each stack starts with the process chain, then the thread
+        where = "llmtap"
+        while frames and frames[0].startswith(("process ", "thread (")):
+            if frames[0].startswith("process "):
+                where = "writer process" if "writer_process" in frames[0] else "event loop process"
             frames = frames[1:]
-        if frames and frames[0].startswith("process "):
-            frames = frames[1:]
+        threads[where] += c
         if not frames:
             continue
         total += c
@@ -859,7 +861,7 @@ def top_listing(raw: Path, n: int = 30) -> str:
         return out + [""]
 
     lines = [f"{total} samples (all threads, idle excluded)", ""]
-    lines += block("#### Threads", threads, 10)
+    lines += block("#### Processes", threads, 10)
     lines += block("#### Self time by package", area, 15)
     lines += block("#### Self time by function", self_t, n)
     lines += block("#### Self time by line", self_line, n)

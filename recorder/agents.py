@@ -8,7 +8,7 @@ result, and the time the client spent between receiving the call and sending the
 
 Matching is scoped to the session when the client sends one, else to the experiment and the
 key's fingerprint, so that two clients reusing ids like `call_1` never merge. The memory is
-bounded (least recently used entries go first) and lives in the writer thread only.
+bounded (least recently used entries go first) and lives in the writer process only.
 """
 
 from __future__ import annotations

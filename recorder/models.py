@@ -3,7 +3,7 @@
 A model version is one distinct configuration: task, model, invocation parameters and prompt
 template (the leading system/developer messages of a chat, a Responses call's `instructions`).
 What the caller asks each time (the user's messages, the prompt, the text to embed) is the
-input, not the model. Pure functions: the writer thread calls `model_record()` while it builds
+input, not the model. Pure functions: the writer process calls `model_record()` while it builds
 a batch, `recorder.model_store` writes the result, `proxy.predict` runs a version again.
 """
 

@@ -1,7 +1,7 @@
 """Recording: one exchange's state while it is on the wire.
 
 Everything here is cheap on purpose: the event loop only appends bytes and timestamps. All
-parsing (decompression, SSE, reassembly, spans) happens later in the writer thread, in
+parsing (decompression, SSE, reassembly, spans) happens later in the writer process, in
 `llmtap.recorder.tracing.build_batch`.
 
 Contract: `feed()` any number of times, then `finish()` or `fail(reason)`; a recording that

@@ -1,4 +1,4 @@
-"""SqliteStore: the one SQLite file, written by the writer thread and read by the API and CLI.
+"""SqliteStore: the one SQLite file, written by the writer process and read by the API and CLI.
 
 WAL mode with `synchronous=NORMAL`: a commit is a write() into the WAL, which survives a
 `kill -9` of the process (not a power cut), at a fraction of the cost of an fsync.
@@ -191,7 +191,7 @@ def _new_trace_row(
 
 
 class SqliteStore:
-    """Implements the Sink side (`write`) over one connection owned by the writer thread."""
+    """Implements the Sink side (`write`) over one connection owned by the writer process."""
 
     CHECKPOINT_EVERY = 256
     """Batches after which a checkpoint runs even under sustained load (bounds the WAL)."""

@@ -1,6 +1,6 @@
 """From a finished Recording to what the store keeps: the raw exchange, a span, its trace.
 
-Runs in the writer thread. Nothing here raises on bad traffic: a body that is not JSON, a
+Runs in the writer process. Nothing here raises on bad traffic: a body that is not JSON, a
 stream cut short, garbage from the upstream all become a span that says so.
 """
 
@@ -262,7 +262,7 @@ def build_exchange(rec: Recording, body: bytes, is_stream: bool) -> Exchange:
 
 @dataclass
 class Tracer:
-    """Builds batches in the writer thread; keeps what links one call to the next."""
+    """Builds batches in the writer process; keeps what links one call to the next."""
 
     log_traces: bool = True
     prices: PriceTable = field(default_factory=default_prices)
