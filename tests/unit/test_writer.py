@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+import orjson
+
 from llmtap.recorder.batch_writer import BatchWriter
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.records import Batch, RequestContext
@@ -161,15 +163,61 @@ def test_overload_drops_visibly_and_commit_waits_for_room(tmp_path: Path) -> Non
     assert len(exchanges(tmp_path / "e.db")) == 44
 
 
+def chat(body: dict, answer: dict) -> Recording:
+    rec = Recording("POST", "/chat/completions", "", [], orjson.dumps(body), RequestContext())
+    rec.respond(200, [("content-type", "application/json")])
+    rec.feed(orjson.dumps(answer))
+    return rec.finish()
+
+
 def test_the_writer_reports_the_trace_an_exchange_joined(tmp_path: Path) -> None:
-    rec = recording()
-    original = rec.trace_id
+    """Agent linking happens in the writer process: the proxy's copy must learn the trace, so
+    that a fuller copy written later lands in the same one."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    first = chat(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+        {
+            "id": "c1",
+            "object": "chat.completion",
+            "model": "m",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "tool_calls": [call]},
+                    "finish_reason": "tool_calls",
+                }
+            ],
+        },
+    )
+    second = chat(
+        {
+            "model": "m",
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "42"},
+            ],
+        },
+        {
+            "id": "c2",
+            "object": "chat.completion",
+            "model": "m",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "42"},
+                    "finish_reason": "stop",
+                }
+            ],
+        },
+    )
+    own = second.trace_id
 
     async def body(writer: Writer) -> bool:
-        return await writer.commit(rec)
+        return await writer.commit(first) and await writer.commit(second)
 
     assert with_writer(tmp_path / "f.db", body)
-    assert rec.trace_id == original  # a GET joins no agent trace: the id comes back as sent
+    assert own != first.trace_id and second.trace_id == first.trace_id
 
 
 def test_a_store_that_cannot_open_fails_start_with_the_reason(tmp_path: Path) -> None:
