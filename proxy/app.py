@@ -8,7 +8,6 @@ The lifespan owns the upstream session and the writer process.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from typing import Any
 
 from starlette.applications import Starlette
@@ -85,9 +84,6 @@ class LlmtapApp:
 
     async def startup(self) -> None:
         if self.writer is not None:
-            self.writer.config = replace(
-                self.writer.config, log_level=logging.getLogger("llmtap").getEffectiveLevel()
-            )
             try:
                 await self.writer.start()
             except Exception as exc:

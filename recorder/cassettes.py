@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import yaml
 
-from llmtap.recorder.decoding import decoder_for
+from llmtap.recorder.decoding import decoder_for, is_identity
 from llmtap.recorder.sqlite import connect_for_reading, connect_for_writing
 
 VERSION = 1
@@ -117,7 +117,7 @@ def _decoded(
 ) -> tuple[list[list[str]], bytes, list[list[float]]]:
     """The body without its content-encoding, and each piece's decoded size."""
     encoding = next((v for k, v in headers if k == "content-encoding"), None)
-    if encoding is None or encoding.strip().lower() == "identity":
+    if is_identity(encoding):
         return headers, body, chunks
     decoder = decoder_for(encoding)
     if not chunks:

@@ -78,6 +78,11 @@ class Zstd:
         return b""
 
 
+def is_identity(content_encoding: str | None) -> bool:
+    """No Content-Encoding or `identity`: the bytes as sent (`decoder_for` gives `Identity`)."""
+    return content_encoding is None or content_encoding.strip().lower() in ("", "identity")
+
+
 def decoder_for(content_encoding: str | None) -> Decoder:
     """The decoder for a Content-Encoding value; ValueError for one we cannot read."""
     encodings = [e.strip().lower() for e in (content_encoding or "").split(",") if e.strip()]

@@ -41,7 +41,3 @@ class FrameDecoder:
         if start:
             del buffer[:start]
         return messages
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buffer)

@@ -155,21 +155,6 @@ def _new_trace_row(
 ) -> tuple[Any, ...] | None:
     """The traces row of `_UPSERT_TRACE` for a trace whose only spans are `rows` (span rows by
     id); None when SQLite's sum would be needed (two costs: its float sum is its own)."""
-    if len(rows) == 1:  # the usual trace: one call
-        (row,) = rows.values()
-        status = "ERROR" if row[8] == "ERROR" else "OK"
-        start, end = row[6], row[7]
-        return (
-            head.trace_id,
-            head.experiment,
-            head.session,
-            status,
-            start,
-            end,
-            tags,
-            1,
-            *row[13:17],
-        )
     costs = [row[16] for row in rows.values() if row[16] is not None]
     if len(costs) > 1:
         return None

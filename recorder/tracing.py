@@ -17,7 +17,7 @@ import orjson
 
 from llmtap.recorder.agents import AgentLinker
 from llmtap.recorder.assemble import Assembler
-from llmtap.recorder.decoding import decoder_for
+from llmtap.recorder.decoding import decoder_for, is_identity
 from llmtap.recorder.endpoints import Endpoint, endpoint_for, invocation_params, usage_of
 from llmtap.recorder.matching import match_key
 from llmtap.recorder.models import model_record
@@ -82,7 +82,7 @@ class _Events:
             if body is not None
             and rec.chunks
             and len(rec.chunks) == len(rec.chunk_times_ns)
-            and _identity(rec.response_headers)
+            and is_identity(header(rec.response_headers, "content-encoding"))
             else None
         )
         if self._split is not None:
@@ -108,11 +108,6 @@ class _Events:
         ends = list(accumulate(len(chunk) for chunk in rec.chunks))
         at = bisect_right(ends, self._split.dispatch_offset(index))
         return rec.chunk_times_ns[min(at, len(ends) - 1)]
-
-
-def _identity(headers: list[tuple[str, str]]) -> bool:
-    encoding = header(headers, "content-encoding")
-    return encoding is None or encoding.strip().lower() in ("", "identity")
 
 
 def summarise_stream(

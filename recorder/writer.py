@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from llmtap.recorder.batch_writer import WriterHealth
@@ -198,7 +198,9 @@ class Writer:
         finally:
             theirs.close()
         _, link = await loop.create_unix_connection(lambda: _Link(self, loop), sock=ours)
-        link.transport.write(encode(self.config))
+        # the writer logs as the proxy's `llmtap` loggers are set now
+        level = logging.getLogger("llmtap").getEffectiveLevel()
+        link.transport.write(encode(replace(self.config, log_level=level)))
         try:
             await asyncio.wait_for(asyncio.shield(link.ready), _START_TIMEOUT)
         except BaseException:

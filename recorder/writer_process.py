@@ -51,6 +51,7 @@ class WriterConfig:
     log_input_examples: bool = False
     registered_model_name: str | None = None
     log_level: int = logging.WARNING
+    """Set by the proxy when it starts the writer: the level of its own `llmtap` loggers."""
 
 
 _RECORDING_FIELDS = tuple(f.name for f in fields(Recording))

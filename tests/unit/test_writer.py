@@ -154,8 +154,17 @@ def test_overload_drops_visibly_and_commit_waits_for_room(tmp_path: Path) -> Non
             writer.submit_nowait(recording())  # nothing acknowledged yet: 4 fit
         dropped = writer.health.dropped
         seen: list[int] = []
-        writer.on_written = lambda recs: seen.append(writer.health.pending)
+        running = True
+
+        async def sample() -> None:  # what is in flight, at every turn of the loop
+            while running:
+                seen.append(writer.health.pending)
+                await asyncio.sleep(0)
+
+        sampler = asyncio.ensure_future(sample())
         commits = await asyncio.gather(*(writer.commit(recording()) for _ in range(40)))
+        running = False
+        await sampler
         return dropped, list(commits), max(seen)
 
     dropped, commits, most_pending = with_writer(tmp_path / "e.db", body, max_pending=4)
