@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from llmtap.recorder.records import RequestContext
 
@@ -66,6 +67,9 @@ class Recording:
     """Fixed at creation, so that writing the recording again updates the same trace."""
     usage_injected: bool = False
     """llmtap asked the upstream for stream usage the client did not request."""
+    summariser: Any = None
+    """In the writer process only: a `StreamSummariser` already fed these chunks while the
+    stream ran (see `llmtap.recorder.stream_summary`); never sent across."""
 
     def __post_init__(self) -> None:
         # the ids from one read of the system's randomness (a syscall), not one per id

@@ -89,10 +89,12 @@ class SseDecoder:
     Call `feed()` with each piece as it arrives, then `finish()` once at the end of the stream.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, at_start: bool = True) -> None:
+        """`at_start=False`: the stream began earlier and this decoder takes it from an event
+        boundary on (no BOM to skip there)."""
         self._pending = bytearray()  # an unterminated line, waiting for its line end
         self._skip_lf = False  # the last piece ended with CR: a leading LF belongs to it
-        self._at_start = True  # a BOM is skipped only at the very start of the stream
+        self._at_start = at_start  # a BOM is skipped only at the very start of the stream
         self._data: list[str] = []
         self._event: str | None = None
         self._retry: int | None = None

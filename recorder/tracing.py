@@ -7,37 +7,21 @@ stream cut short, garbage from the upstream all become a span that says so.
 from __future__ import annotations
 
 import hashlib
-from bisect import bisect_right
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from itertools import accumulate
 from typing import Any
 
 import orjson
 
 from llmtap.recorder.agents import AgentLinker
-from llmtap.recorder.assemble import Assembler
-from llmtap.recorder.decoding import decoder_for, is_identity
+from llmtap.recorder.decoding import decoder_for
 from llmtap.recorder.endpoints import Endpoint, endpoint_for, invocation_params, usage_of
 from llmtap.recorder.matching import match_key
 from llmtap.recorder.models import model_record
 from llmtap.recorder.prices import PriceTable, cost_of, default_prices
 from llmtap.recorder.recording import Recording
-from llmtap.recorder.records import Batch, Exchange, Span, SseEvent, Status, TraceHead
+from llmtap.recorder.records import Batch, Exchange, Span, Status, TraceHead
 from llmtap.recorder.semconv import genai_attributes
-from llmtap.recorder.sse import SseDecoder, split_simple
-
-
-@dataclass(slots=True)
-class StreamSummary:
-    """What a replayed or recorded SSE stream said, event by event."""
-
-    output: dict[str, Any] | None = None
-    terminal_seen: bool = False
-    error: Any = None
-    first_output_ns: int | None = None
-    usage_payload: Mapping[str, Any] | None = None
-    problems: list[str] = field(default_factory=list)
+from llmtap.recorder.stream_summary import StreamSummariser, StreamSummary
 
 
 def header(headers: list[tuple[str, str]], name: str) -> str | None:
@@ -47,147 +31,22 @@ def header(headers: list[tuple[str, str]], name: str) -> str | None:
     return None
 
 
-def _events_with_times(rec: Recording, problems: list[str]) -> list[tuple[SseEvent, int]]:
-    """Decode the response chunk by chunk, so that each event keeps its arrival time."""
-    try:
-        decompressor = decoder_for(header(rec.response_headers, "content-encoding"))
-    except ValueError as exc:
-        problems.append(str(exc))
-        return []
-    decoder = SseDecoder()
-    timed: list[tuple[SseEvent, int]] = []
-    at = rec.started_ns
-    try:
-        for chunk, at in zip(rec.chunks, rec.chunk_times_ns, strict=True):
-            timed.extend((event, at) for event in decoder.feed(decompressor.decompress(chunk)))
-        timed.extend((event, at) for event in decoder.feed(decompressor.flush()))
-    except Exception as exc:  # corrupt compressed data: keep what decoded so far
-        problems.append(f"could not decode the response: {exc}")
-    timed.extend((event, at) for event in decoder.finish())
-    return timed
-
-
-class _Events:
-    """A stream's events as parallel lists: `data` (bytes from the whole-body split, str from
-    the decoder), the `event:` names (None when no event has one), and the arrival time of
-    each event, looked up only for the one event that needs it."""
-
-    __slots__ = ("datas", "names", "_split", "_rec", "_times")
-
-    def __init__(self, rec: Recording, body: bytes | None, problems: list[str]) -> None:
-        self._rec = rec
-        self._times: list[int] | None = None
-        self._split = (
-            split_simple(body)
-            if body is not None
-            and rec.chunks
-            and len(rec.chunks) == len(rec.chunk_times_ns)
-            and is_identity(header(rec.response_headers, "content-encoding"))
-            else None
-        )
-        if self._split is not None:
-            self.datas: list[Any] = self._split.payloads
-            self.names = self._split.names
-            return
-        timed = _events_with_times(rec, problems)
-        self.datas = [event.data for event, _ in timed]
-        names = [event.event for event, _ in timed]
-        self.names = names if any(name is not None for name in names) else None
-        self._times = [at for _, at in timed]
-
-    @property
-    def split(self) -> bool:
-        """The events came from `split_simple`: `datas` are bytes."""
-        return self._split is not None
-
-    def time_of(self, index: int) -> int:
-        if self._split is None:
-            assert self._times is not None
-            return self._times[index]
-        rec = self._rec  # the chunk in which the byte that dispatched the event arrived
-        ends = list(accumulate(len(chunk) for chunk in rec.chunks))
-        at = bisect_right(ends, self._split.dispatch_offset(index))
-        return rec.chunk_times_ns[min(at, len(ends) - 1)]
-
-
 def summarise_stream(
     endpoint: Endpoint, rec: Recording, body: bytes | None = None
 ) -> StreamSummary:
-    """`body`: the response's bytes joined, when the caller has them (saves decoding the
-    common shape of stream chunk by chunk)."""
-    summary = StreamSummary()
-    problems = summary.problems
-    assembler: Assembler = endpoint.new_assembler()
-    feed, carries_output, is_terminal = (
-        assembler.feed,
-        endpoint.carries_output,
-        endpoint.is_terminal,
-    )
-    events = _Events(rec, body, problems)
-    names = events.names
-    loads, decode_error = orjson.loads, orjson.JSONDecodeError
-    terminal_seen = False
-    # an assembler that reads a chunk's JSON text itself, when it is like one it has seen:
-    # for events that can change nothing here but the assembler's state (see `quiet`)
-    feed_json = getattr(assembler, "feed_json", None) if events.split and names is None else None
-    datas = events.datas
-    i, count = -1, len(datas)
-    while i + 1 < count:
-        i += 1
-        if feed_json is not None and summary.first_output_ns is not None:
-            taken = feed_json(datas, i)  # a run of chunks alike but for their text
-            if taken > i:
-                i = taken - 1
-                continue
-        raw = datas[i]
-        name = names[i] if names is not None else None
-        if raw[:1] in _OBJECT_START:  # a JSON object, or not JSON at all; never [DONE]
-            try:
-                data = loads(raw)
-            except decode_error:
-                data = None
-        else:
-            data = None
-        if data is None:  # [DONE], anything but an object, or bytes that are not UTF-8
-            text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
-            if text.strip() == "[DONE]":
-                terminal_seen = terminal_seen or is_terminal(name, None)
-                continue
-            try:
-                data = loads(text)
-            except decode_error:
-                problems.append(f"event is not JSON: {text[:200]!r}")
-                continue
-            if not isinstance(data, dict):
-                problems.append(f"event is not a JSON object: {text[:200]!r}")
-                continue
-        if "error" in data and not data.get("choices") and name != "error":
-            summary.error = data["error"]
-            continue
-        quiet = True  # nothing here depends on this event but the time of the first output
-        if name == "error" or data.get("type") == "error":
-            summary.error = data.get("error", data)
-            quiet = False
-        if summary.first_output_ns is None and carries_output(data):
-            summary.first_output_ns = events.time_of(i)
-        if (data.get("usage") is not None or "response" in data) and usage_of(data) is not None:
-            summary.usage_payload = data
-            quiet = False
-        if not terminal_seen and is_terminal(name, data):
-            terminal_seen = True
-            quiet = False
-        feed(data)
-        if feed_json is not None and quiet:
-            # its like (the same bytes but for the text: the same keys, type, usage, and
-            # the endpoints' terminal tests never read the text) will be quiet too
-            assembler.learn_json(raw, data)  # type: ignore[attr-defined]
-    summary.terminal_seen = terminal_seen
-    summary.output = assembler.result()
-    problems.extend(getattr(assembler, "problems", ()))
-    return summary
-
-
-_OBJECT_START = (b"{", "{")
+    """What a whole recorded stream said. `body`: the response's bytes joined, when the
+    caller has them (the common shape is then split at once instead of decoded piece by
+    piece). A recording whose pieces were fed while it ran has its summariser already."""
+    summariser = rec.summariser
+    if summariser is None:
+        summariser = StreamSummariser(
+            endpoint,
+            header(rec.response_headers, "content-encoding"),
+            rec.started_ns,
+            split=body is not None,
+        )
+        summariser.feed(rec.chunks, rec.chunk_times_ns)
+    return summariser.finish()
 
 
 def _parse_json(body: bytes) -> Any:

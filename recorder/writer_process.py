@@ -54,7 +54,7 @@ class WriterConfig:
     """Set by the proxy when it starts the writer: the level of its own `llmtap` loggers."""
 
 
-_RECORDING_FIELDS = tuple(f.name for f in fields(Recording))
+_RECORDING_FIELDS = tuple(f.name for f in fields(Recording) if f.name != "summariser")
 _CONTEXT_AT = _RECORDING_FIELDS.index("context")
 _recording_values = operator.attrgetter(*_RECORDING_FIELDS)
 _context_values = operator.attrgetter(*(f.name for f in fields(RequestContext)))
@@ -73,6 +73,7 @@ def unpack_recording(values: list[Any]) -> Recording:
     for name, value in zip(_RECORDING_FIELDS, values, strict=True):
         object.__setattr__(rec, name, value)
     rec.context = RequestContext(*values[_CONTEXT_AT])
+    rec.summariser = None
     return rec
 
 

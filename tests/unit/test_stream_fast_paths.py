@@ -2,7 +2,9 @@
 
 `split_simple` (the whole body split at once) against `SseDecoder`; `summarise_stream` with the
 joined body (fast split, where it applies) against the chunk-by-chunk decoder, on bytes cut at
-random places; `ChatAssembler`'s text fast path against its general rules (`fast=False`).
+random places; a `StreamSummariser` fed the pieces a few at a time, as the writer process is fed
+while a stream runs, against both; `ChatAssembler`'s text fast path against its general rules
+(`fast=False`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from llmtap.recorder.endpoints import CHAT, RESPONSES, Endpoint
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.records import RequestContext
 from llmtap.recorder.sse import SseDecoder, split_simple
-from llmtap.recorder.tracing import chunk_ms, summarise_stream
+from llmtap.recorder.stream_summary import StreamSummariser, StreamSummary
+from llmtap.recorder.tracing import chunk_ms, header, summarise_stream
 
 # -- split_simple against SseDecoder
 
@@ -111,10 +114,25 @@ def stream_recording(wire: bytes, rng: random.Random, encoding: str | None = Non
     return rec.finish()
 
 
-def assert_same_summary(endpoint: Endpoint, rec: Recording) -> None:
+def fed_a_few_at_a_time(endpoint: Endpoint, rec: Recording, rng: random.Random) -> StreamSummary:
+    """As the writer process summarises a stream that is still running: in batches of pieces
+    (some empty), as the proxy sends them along."""
+    summariser = StreamSummariser(
+        endpoint, header(rec.response_headers, "content-encoding"), rec.started_ns
+    )
+    at = 0
+    while at < len(rec.chunks):
+        upto = at + rng.randint(0, 6)
+        summariser.feed(rec.chunks[at:upto], rec.chunk_times_ns[at:upto])
+        at = upto
+    return summariser.finish()
+
+
+def assert_same_summary(endpoint: Endpoint, rec: Recording, rng: random.Random) -> None:
     fast = summarise_stream(endpoint, rec, b"".join(rec.chunks))
     general = summarise_stream(endpoint, rec)
     assert fast == general
+    assert fed_a_few_at_a_time(endpoint, rec, rng) == general
 
 
 def odd_chat_wire(rng: random.Random) -> bytes:
@@ -142,7 +160,7 @@ def odd_chat_wire(rng: random.Random) -> bytes:
 @given(st.integers(0, 2**32 - 1))
 def test_summary_of_a_chat_stream_cut_anywhere(seed: int) -> None:
     rng = random.Random(seed)
-    assert_same_summary(CHAT, stream_recording(odd_chat_wire(rng), rng))
+    assert_same_summary(CHAT, stream_recording(odd_chat_wire(rng), rng), rng)
 
 
 @settings(max_examples=100, deadline=None)
@@ -153,7 +171,7 @@ def test_summary_of_a_responses_stream_cut_anywhere(seed: int, terminal: bool) -
         "".join(rng.choice(["a", "é", " 🎉", "bc"]) for _ in range(rng.randint(0, 20))),
         terminal=terminal,
     )
-    assert_same_summary(RESPONSES, stream_recording(responses_wire(events), rng))
+    assert_same_summary(RESPONSES, stream_recording(responses_wire(events), rng), rng)
 
 
 def test_summary_of_a_compressed_stream_is_the_decoders() -> None:
@@ -164,6 +182,7 @@ def test_summary_of_a_compressed_stream_is_the_decoders() -> None:
     rec = stream_recording(gzip.compress(wire), rng, encoding="gzip")
     summary = summarise_stream(CHAT, rec, b"".join(rec.chunks))
     assert summary == summarise_stream(CHAT, rec)
+    assert summary == fed_a_few_at_a_time(CHAT, rec, rng)
     assert summary.output == sdk_final_completion(make_chunks("Hello there", usage=True))
 
 
@@ -181,6 +200,8 @@ def test_time_to_first_output_is_the_arrival_of_its_event() -> None:
     summary = summarise_stream(CHAT, rec, wire)
     assert summary.first_output_ns == rec.started_ns + 2_000_000
     assert summary == summarise_stream(CHAT, rec)
+    for seed in range(20):
+        assert summary == fed_a_few_at_a_time(CHAT, rec, random.Random(seed))
 
 
 # -- ChatAssembler: the text fast path against the general rules
@@ -394,6 +415,7 @@ def test_chunks_read_as_text_give_what_parsing_gives(seed: int) -> None:
     rec = stream_recording(wire, rng)
     fast = summarise_stream(CHAT, rec, b"".join(rec.chunks))
     assert fast == summarise_stream(CHAT, rec)
+    assert fast == fed_a_few_at_a_time(CHAT, rec, rng)
     general = ChatAssembler(fast=False)
     for data in datas:
         general.feed(json.loads(data))
@@ -427,3 +449,19 @@ def test_a_padded_stream_is_read_as_text() -> None:
     assert assembler.result()["choices"][0]["message"]["content"] == "".join(  # type: ignore[index]
         f"t{i} " for i in range(20)
     )
+
+
+def test_a_stream_that_leaves_the_common_shape_midway_keeps_its_events() -> None:
+    """Split a few events at a time, then the decoder's rules from the event where the shape
+    changes: a byte-order mark there is not the stream's first, so it is no BOM to skip."""
+    wire = (
+        b'data: {"choices": [{"index": 0, "delta": {"content": "a"}}]}\n\n'
+        b'\xef\xbb\xbfdata: {"choices": [{"index": 0, "delta": {"content": "b"}}]}\n\n'
+        b'data: {"choices": [{"index": 0, "delta": {"content": "c"}}]}\r\n\r\n'
+        b"data: [DONE]\n\n"
+    )
+    rec = stream_recording(wire, random.Random(0))
+    general = summarise_stream(CHAT, rec)
+    assert general.output["choices"][0]["message"]["content"] == "ac"  # type: ignore[index]
+    for seed in range(30):
+        assert fed_a_few_at_a_time(CHAT, rec, random.Random(seed)) == general
