@@ -218,11 +218,23 @@ class Forwarder:
     async def _relay_stream(
         self, send: Send, rec: Recording, upstream: Response, encoding: bytes
     ) -> None:
-        committed_at = 0  # how many chunks the committed copy holds
-        tail = b""
         # a server that compressed despite `identity` keeps its bytes: the client then sees the
         # usage it did not ask for, which SDKs accept, rather than a stream we cannot edit
         stripper = UsageStripper() if rec.usage_injected and encoding == b"identity" else None
+        writer = self.writer if not rec.discard else None
+        if writer is not None:
+            writer.track(rec)  # its pieces go to the writer process as they come
+        try:
+            await self._relay_events(send, rec, upstream, stripper)
+        finally:
+            if writer is not None:
+                writer.untrack(rec)
+
+    async def _relay_events(
+        self, send: Send, rec: Recording, upstream: Response, stripper: UsageStripper | None
+    ) -> None:
+        committed_at = 0  # how many chunks the committed copy holds
+        tail = b""
         while chunk := await upstream.read():
             rec.feed(chunk)
             # the SDK stops reading at [DONE]: commit before the client can see it

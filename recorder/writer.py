@@ -15,6 +15,10 @@ What makes it hold up:
   recording whose writer died twice under it is given up as failed (it may be what kills it).
 - A store that fails (locked, disk full, deleted) never fails a request: `commit()` returns
   False, and the failure is counted and kept in `health`.
+
+Streams are sent along while they run (`track()`): every `PROGRESS_EVERY` seconds the pieces
+that arrived go to the writer process, which reassembles them there and then, so that the
+commit at `[DONE]` (which the client waits for) has only the last few pieces left to do.
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ log = logging.getLogger("llmtap.writer")
 _GIVE_UP_AFTER = 2
 """Writer deaths a recording may see before it is reported as failed."""
 _START_TIMEOUT = 60.0
+PROGRESS_EVERY = 0.005
+"""Seconds between two sends of the pieces of running streams: a few events each, at most
+200 small frames a second whatever the number of streams."""
 
 
 @dataclass(slots=True)
@@ -51,6 +58,14 @@ class _Pending:
     """Writer processes that died while this recording was in their hands."""
     sent: bool = False
     """In the hands of the current writer process."""
+
+
+@dataclass(slots=True)
+class _Stream:
+    """A stream being relayed, and how many of its pieces the writer process has."""
+
+    recording: Recording
+    sent: int = 0
 
 
 class Writer:
@@ -78,6 +93,9 @@ class Writer:
         """Recordings sent to the writer process and not yet acknowledged."""
         self._next_seq = 0
         self._room: asyncio.Event | None = None
+        self._streams: dict[str, _Stream] = {}
+        """Streams being relayed, by exchange id (see `track`)."""
+        self._ticking = False
         self._closing = False
         self._restarting: asyncio.Task[None] | None = None
         self._base_written = 0
@@ -119,6 +137,20 @@ class Writer:
             return
         self._enqueue(recording, None)
 
+    def track(self, recording: Recording) -> None:
+        """A stream starts: send its pieces along as they come, until it is handed over."""
+        self._streams[recording.exchange_id] = _Stream(recording)
+        if not self._ticking and self._loop is not None:
+            self._ticking = True
+            self._loop.call_later(PROGRESS_EVERY, self._progress)
+
+    def untrack(self, recording: Recording) -> None:
+        """The relay of a tracked stream ended; a stream never handed over is forgotten by
+        the writer process too (nothing of it is written)."""
+        stream = self._streams.pop(recording.exchange_id, None)
+        if stream is not None and stream.sent and self._link_up():
+            self._link.transport.write(encode([("drop", recording.exchange_id)]))  # type: ignore[union-attr]
+
     async def close(self, timeout: float = 30.0) -> None:
         """Write everything handed over so far, then stop the writer process."""
         self._closing = True
@@ -153,6 +185,9 @@ class Writer:
             len(self._pending) < self.max_pending and self._pending_bytes < self.max_pending_bytes
         )
 
+    def _link_up(self) -> bool:
+        return self._link is not None and not self._link.lost.done()
+
     def _enqueue(self, recording: Recording, future: asyncio.Future[bool] | None) -> None:
         seq = self._next_seq
         self._next_seq += 1
@@ -160,7 +195,9 @@ class Writer:
         self._pending[seq] = _Pending(recording, future, size)
         self._pending_bytes += size
         self.health.pending = len(self._pending)
-        self._outbox.append(("record", seq, pack_recording(recording)))
+        stream = self._streams.pop(recording.exchange_id, None)
+        had = stream.sent if stream is not None else 0  # pieces the writer process has already
+        self._outbox.append(("record", seq, pack_recording(recording, had), had))
         if len(self._outbox) == 1 and not self._unacked:
             # one frame for everything that finishes in this iteration of the loop
             self._loop.call_soon(self._send_outbox)  # type: ignore[union-attr]
@@ -177,10 +214,33 @@ class Writer:
         outbox, self._outbox = self._outbox, []
         self._unacked = len(outbox)
         pending = self._pending
-        for _, seq, _ in outbox:
+        for _, seq, *_ in outbox:
             if seq in pending:
                 pending[seq].sent = True
         link.transport.write(encode(outbox))
+
+    def _progress(self) -> None:
+        """Send the pieces of running streams that arrived since the last time, in one frame."""
+        streams = self._streams
+        if not streams or self._closing:
+            self._ticking = False
+            return
+        self._loop.call_later(PROGRESS_EVERY, self._progress)  # type: ignore[union-attr]
+        if not self._link_up():
+            return  # being restarted: the new process gets every stream from its start
+        messages = []
+        for xid, stream in streams.items():
+            rec = stream.recording
+            have, sent = len(rec.chunks), stream.sent
+            if have > sent:
+                head = (
+                    None if sent else (rec.method, rec.path, rec.response_headers, rec.started_ns)
+                )
+                pieces, times = rec.chunks[sent:], rec.chunk_times_ns[sent:]
+                messages.append(("chunks", xid, head, pieces, times))
+                stream.sent = have
+        if messages:
+            self._link.transport.write(encode(messages))  # type: ignore[union-attr]
 
     async def _spawn(self) -> None:
         loop = self._loop
@@ -276,6 +336,8 @@ class Writer:
                 if pending.deaths >= _GIVE_UP_AFTER:
                     self._give_up(seq, "the writer process stopped twice while writing it")
         self._after_change()
+        for stream in self._streams.values():
+            stream.sent = 0  # the next process has none of their pieces
         delay, attempts = 0.05, 0
         while not self._closing:
             try:
@@ -293,7 +355,8 @@ class Writer:
         else:
             return
         self._outbox = [
-            ("record", seq, pack_recording(p.recording)) for seq, p in sorted(self._pending.items())
+            ("record", seq, pack_recording(p.recording), 0)
+            for seq, p in sorted(self._pending.items())
         ]
         self._unacked = 0
         self._send_outbox()

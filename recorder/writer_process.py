@@ -6,7 +6,11 @@ measurements: ~130 us a request of hand-off and contention alone). A child proce
 the other core; the event loop only pickles each recording onto a socket.
 
 Protocol (length-prefixed pickle frames, `llmtap.recorder.frames`), proxy -> writer:
-  first: `WriterConfig`; then lists of `("record", seq, pack_recording(r))` and `("quit",)`.
+  first: `WriterConfig`; then lists of `("record", seq, pack_recording(r, had), had)`,
+  `("chunks", exchange_id, head, pieces, times)` (a running stream's pieces so far: `head`,
+  `(method, path, response headers, started_ns)`, comes with the first of them; a record
+  whose `had` is not 0 leaves out the `had` pieces sent that way), `("drop", exchange_id)`
+  (that stream will not be handed over) and `("quit",)`.
 Writer -> proxy: `("ready", None)` or `("failed", message)` once the store is open; then
 `("done", [(seq, written, trace_id)], health)` after each transaction, and `("health", ...)`
 when idle tidying changed it (a database deleted under the proxy, a failed checkpoint).
@@ -56,15 +60,21 @@ class WriterConfig:
 
 _RECORDING_FIELDS = tuple(f.name for f in fields(Recording) if f.name != "summariser")
 _CONTEXT_AT = _RECORDING_FIELDS.index("context")
+_CHUNKS_AT = _RECORDING_FIELDS.index("chunks")
+_TIMES_AT = _RECORDING_FIELDS.index("chunk_times_ns")
 _recording_values = operator.attrgetter(*_RECORDING_FIELDS)
 _context_values = operator.attrgetter(*(f.name for f in fields(RequestContext)))
 
 
-def pack_recording(rec: Recording) -> list[Any]:
+def pack_recording(rec: Recording, had: int = 0) -> list[Any]:
     """The recording as plain values: pickling them is a quarter of what pickling the
-    dataclasses costs (their state goes through Python code), and it runs on the event loop."""
+    dataclasses costs (their state goes through Python code), and it runs on the event loop.
+    `had`: the writer process has the first `had` pieces of the response already."""
     values = list(_recording_values(rec))
     values[_CONTEXT_AT] = _context_values(rec.context)
+    if had:
+        values[_CHUNKS_AT] = rec.chunks[had:]
+        values[_TIMES_AT] = rec.chunk_times_ns[had:]
     return values
 
 
@@ -111,6 +121,75 @@ def open_batch_writer(config: WriterConfig) -> BatchWriter:
         registered_model_name=config.registered_model_name,
     )
     return BatchWriter(SqliteStore(config.db), tracer.build, raw_batch)
+
+
+class _OpenStream:
+    """A stream still running in the proxy: its pieces so far, reassembled as they came."""
+
+    __slots__ = ("chunks", "times", "summariser")
+
+    def __init__(self, head: tuple[str, str, list[tuple[str, str]], int], traced: bool) -> None:
+        from llmtap.recorder.endpoints import endpoint_for
+        from llmtap.recorder.stream_summary import StreamSummariser
+        from llmtap.recorder.tracing import header
+
+        method, path, headers, started_ns = head
+        self.chunks: list[bytes] = []
+        self.times: list[int] = []
+        endpoint = endpoint_for(path) if traced and method == "POST" else None
+        content_type = header(headers, "content-type") or ""
+        self.summariser = (
+            StreamSummariser(endpoint, header(headers, "content-encoding"), started_ns)
+            if endpoint is not None and content_type.startswith("text/event-stream")
+            else None
+        )
+
+    def feed(self, chunks: list[bytes], times: list[int]) -> None:
+        self.chunks += chunks
+        self.times += times
+        if self.summariser is not None:
+            try:
+                self.summariser.feed(chunks, times)
+            except Exception:  # never here: the build does it all again, from the pieces
+                log.exception("reassembling a running stream failed")
+                self.summariser = None
+
+    def complete(self, rec: Recording) -> None:
+        """`rec`, which left out the pieces this has, whole again."""
+        self.feed(rec.chunks, rec.chunk_times_ns)
+        rec.chunks, rec.chunk_times_ns = self.chunks, self.times
+        rec.summariser = self.summariser
+
+
+class _Streams:
+    """The running streams the proxy sends along, by exchange id."""
+
+    def __init__(self, traced: bool) -> None:
+        self.traced = traced
+        self.open: dict[str, _OpenStream] = {}
+
+    def on_message(self, item: tuple[Any, ...]) -> None:
+        if item[0] == "chunks":
+            _, xid, head, chunks, times = item
+            stream = self.open.get(xid)
+            if stream is None:
+                if head is None:
+                    return  # its start went to a writer process that died: it comes again
+                stream = self.open[xid] = _OpenStream(head, self.traced)
+            stream.feed(chunks, times)
+        else:  # ("drop", xid)
+            self.open.pop(item[1], None)
+
+    def recording(self, values: list[Any], had: int) -> Recording:
+        rec = unpack_recording(values)
+        if had:
+            stream = self.open.pop(rec.exchange_id, None)
+            if stream is None or len(stream.chunks) != had:  # never, by the protocol
+                log.error("the first pieces of %s %s were lost", rec.method, rec.path)
+                rec.error = rec.error or "llmtap lost the first pieces of this response"
+            else:
+                stream.complete(rec)
+        return rec
 
 
 class _Channel:
@@ -168,6 +247,7 @@ def serve(sock: socket.socket) -> int:
         return 1
     channel.send(("ready", None))
     lines = request_log.isEnabledFor(logging.INFO)
+    streams = _Streams(config.log_traces)
     waiting: list[tuple[int, Recording]] = []
     quitting = False
     tidy = False  # written since the last idle(): tidy up once nothing is waiting
@@ -178,10 +258,13 @@ def serve(sock: socket.socket) -> int:
             # moment for it before tidying up (a checkpoint would delay that frame's commit)
             wait = 0.0 if waiting or quitting else (LINGER if tidy else None)
             for item in _items(channel.receive(wait)):
-                if item[0] == "record":
-                    waiting.append((item[1], unpack_recording(item[2])))
-                elif item[0] == "quit":
+                kind = item[0]
+                if kind == "record":
+                    waiting.append((item[1], streams.recording(item[2], item[3])))
+                elif kind == "quit":
                     quitting = True
+                else:
+                    streams.on_message(item)
             if waiting:
                 batch, waiting = waiting[:MAX_BATCH], waiting[MAX_BATCH:]
                 acks = _write(writer, batch, lines)

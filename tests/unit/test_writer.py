@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import TypeVar
 
 import orjson
+from chunk_factory import make_chunks, sse_bytes
 
 from llmtap.recorder.batch_writer import BatchWriter
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.records import Batch, RequestContext
 from llmtap.recorder.tracing import build_batch, raw_batch
-from llmtap.recorder.writer import Writer, WriterConfig
+from llmtap.recorder.writer import PROGRESS_EVERY, Writer, WriterConfig
 
 T = TypeVar("T")
 
@@ -253,3 +254,72 @@ def test_flush_returns_at_once_with_nothing_pending(tmp_path: Path) -> None:
         return done.is_set()
 
     assert with_writer(tmp_path / "g.db", body)
+
+
+# --- streams sent along while they run ------------------------------------------------------
+
+
+def running_stream(text: str) -> tuple[Recording, list[bytes]]:
+    """A streamed chat recording that has only responded yet, and its wire in pieces."""
+    wire = sse_bytes(make_chunks(text, usage=True))
+    rec = Recording(
+        "POST",
+        "/chat/completions",
+        "",
+        [],
+        b'{"model": "gpt-4o-mini", "stream": true, "messages": []}',
+        RequestContext(),
+    )
+    rec.respond(200, [("content-type", "text/event-stream")])
+    step = max(1, len(wire) // 9)
+    return rec, [wire[i : i + step] for i in range(0, len(wire), step)]
+
+
+def stored(db: Path, rec: Recording) -> tuple[bytes, object]:
+    conn = sqlite3.connect(db)
+    try:
+        (body,) = conn.execute(
+            "SELECT response_body FROM exchanges WHERE exchange_id = ?", [rec.exchange_id]
+        ).fetchone()
+        (outputs,) = conn.execute(
+            "SELECT outputs FROM spans WHERE span_id = ?", [rec.span_id]
+        ).fetchone()
+    finally:
+        conn.close()
+    return bytes(body), orjson.loads(outputs)
+
+
+async def relay(writer: Writer, rec: Recording, pieces: list[bytes], kill_at: int = -1) -> bool:
+    """As the proxy relays a stream: pieces a few ms apart, the commit at the end."""
+    writer.track(rec)
+    for i, piece in enumerate(pieces):
+        rec.feed(piece)
+        await asyncio.sleep(PROGRESS_EVERY * 2)
+        if i == kill_at:
+            first = writer._process
+            assert first is not None and writer._streams[rec.exchange_id].sent > 0
+            os.kill(first.pid, signal.SIGKILL)
+            while writer._process is first or writer._link is None or writer._link.lost.done():
+                await asyncio.sleep(0.01)
+    assert writer._streams[rec.exchange_id].sent > 0  # pieces went ahead of the commit
+    try:
+        return await writer.commit(rec.finish())
+    finally:
+        writer.untrack(rec)
+
+
+def test_a_running_stream_is_sent_along_and_written_whole(tmp_path: Path) -> None:
+    rec, pieces = running_stream("Hello from a stream that arrives a few pieces at a time")
+    assert with_writer(tmp_path / "s.db", lambda writer: relay(writer, rec, pieces))
+    body, outputs = stored(tmp_path / "s.db", rec)
+    assert body == b"".join(pieces)
+    assert outputs == build_batch(rec).spans[-1].outputs
+    assert outputs["choices"][0]["message"]["content"].startswith("Hello from")
+
+
+def test_a_writer_killed_mid_stream_gets_the_stream_again_from_its_start(tmp_path: Path) -> None:
+    rec, pieces = running_stream("Nothing of this is lost when the writer dies halfway")
+    assert with_writer(tmp_path / "k.db", lambda writer: relay(writer, rec, pieces, kill_at=4))
+    body, outputs = stored(tmp_path / "k.db", rec)
+    assert body == b"".join(pieces)
+    assert outputs == build_batch(rec).spans[-1].outputs
