@@ -81,12 +81,15 @@ class UsageStripper:
 
 def _last_event_end(data: bytes, before: int) -> int:
     """Where the last event that ends before `before` ends (0: none does), by `rfind` in C
-    rather than a Python loop over every event of a 100-event read."""
-    end = 0
-    for separator in _SEPARATORS:
-        at = data.rfind(separator, 0, before)
-        if at >= 0:
-            end = max(end, at + len(separator))
+    rather than a Python loop over every event of a 100-event read. The CR separators are
+    looked for only in bytes that hold a CR (a search for one that is absent reads it all)."""
+    at = data.rfind(b"\n\n", 0, before)
+    end = at + 2 if at >= 0 else 0
+    if b"\r" in data:
+        for separator in _SEPARATORS:
+            at = data.rfind(separator, 0, before)
+            if at >= 0:
+                end = max(end, at + len(separator))
     return end
 
 
