@@ -30,8 +30,8 @@ _TRACE_COLUMNS = (
 )
 MAX_LIMIT = 500
 MODEL_INDEX = "spans_by_model"
-"""Optional: `CREATE INDEX spans_by_model ON spans (model,
-trace_id)`. Without it, filtering by a model few traces use walks every trace."""
+"""`spans_by_model ON spans (model, start_time_ns, trace_id)` (schema migration 0003). Without
+it, filtering by a model few traces use walks every trace."""
 RARE = 2000  # fewer spans than this: read the model's traces from the index
 
 
@@ -122,8 +122,10 @@ def _model_condition(conn: sqlite3.Connection, model: str) -> str:
     visits every trace for a rare one. With the `spans_by_model` index a rare model is found
     from the index instead; without that index, counting a model's spans would scan them all.
     """
+    # `+model`: the probe looks up the trace's few spans by `spans_by_trace`; the model index
+    # (model first, then time) would walk every span of the model for each trace
     probe = (
-        "EXISTS (SELECT 1 FROM spans WHERE spans.trace_id = traces.trace_id AND spans.model = ?)"
+        "EXISTS (SELECT 1 FROM spans WHERE spans.trace_id = traces.trace_id AND +spans.model = ?)"
     )
     indexed = conn.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", [MODEL_INDEX]

@@ -100,5 +100,26 @@ def models(db: Database) -> None:
     create_tables(db)  # the registry's SQL lives with its queries, in model_store
 
 
+@migrations(name="0003_lighter_indexes")
+def lighter_indexes(db: Database) -> None:
+    """Every index is a page more to write in each transaction (measured: 17.7 -> 14.8 pages
+    a lone chat recording, 77 -> 62 us of SQLite a recording in batches of 16):
+    - `exchanges_by_key` is read by nothing: replay matches in memory, with keys made from the
+      request bodies under the replay's own `ignore` rules;
+    - `traces_by_session` holds only traces that have a session (its queries all name one);
+    - `spans_by_model` orders a model's spans by time instead of by random trace id, so new
+      spans append to it; it still covers `SELECT trace_id ... WHERE model = ?`.
+    """
+    for statement in (
+        "DROP INDEX IF EXISTS exchanges_by_key",
+        "DROP INDEX IF EXISTS traces_by_session",
+        "CREATE INDEX traces_by_session ON traces (session, start_time_ns DESC)"
+        " WHERE session IS NOT NULL",
+        "DROP INDEX IF EXISTS spans_by_model",
+        "CREATE INDEX spans_by_model ON spans (model, start_time_ns, trace_id)",
+    ):
+        db.execute(statement)
+
+
 def migrate(db: Database) -> None:
     migrations.apply(db)

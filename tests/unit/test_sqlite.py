@@ -95,4 +95,70 @@ def test_reopening_applies_no_migration_twice(tmp_path: Path) -> None:
     SqliteStore(db).close()
     conn = sqlite3.connect(db)
     names = [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations")]
-    assert names == ["0001_initial", "0002_models"]
+    assert names == ["0001_initial", "0002_models", "0003_lighter_indexes"]
+
+
+def index_sql(conn: sqlite3.Connection) -> dict[str, str]:
+    rows = conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql NOT NULL")
+    return {name: " ".join(sql.split()) for name, sql in rows}
+
+
+def test_a_database_from_before_0003_gets_the_lighter_indexes(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    store = SqliteStore(db)
+    store.write([build_batch(chat_recording(RequestContext(session="s1")))])
+    store.close()
+    conn = sqlite3.connect(db)
+    with conn:  # as 0001 and 0002 left it
+        conn.execute("DELETE FROM _sqlite_migrations WHERE name = '0003_lighter_indexes'")
+        conn.execute("DROP INDEX traces_by_session")
+        conn.execute("DROP INDEX spans_by_model")
+        conn.execute("CREATE INDEX exchanges_by_key ON exchanges (match_key, started_ns)")
+        conn.execute("CREATE INDEX traces_by_session ON traces (session, start_time_ns DESC)")
+        conn.execute("CREATE INDEX spans_by_model ON spans (model, trace_id)")
+    conn.close()
+    SqliteStore(db).close()
+    conn = sqlite3.connect(db)
+    indexes = index_sql(conn)
+    assert "exchanges_by_key" not in indexes
+    assert indexes["traces_by_session"].endswith("WHERE session IS NOT NULL")
+    assert "(model, start_time_ns, trace_id)" in indexes["spans_by_model"]
+    assert conn.execute("SELECT count(*) FROM traces WHERE session = 's1'").fetchone() == (1,)
+
+
+def plan(conn: sqlite3.Connection, sql: str, *params: object) -> str:
+    return " / ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+
+
+def test_the_readers_queries_use_the_indexes_left(tmp_path: Path) -> None:
+    from llmtap.proxy.ui_queries import RARE, _model_condition
+
+    db = tmp_path / "q.db"
+    SqliteStore(db).close()
+    conn = sqlite3.connect(db)
+    sessions = plan(
+        conn,
+        "SELECT session, max(start_time_ns) AS last_ns FROM traces WHERE session IS NOT NULL"
+        " GROUP BY session ORDER BY last_ns DESC LIMIT 10",
+    )
+    assert "traces_by_session" in sessions
+    assert "traces_by_session (session=?)" in plan(
+        conn, "SELECT * FROM traces WHERE session = ? ORDER BY start_time_ns DESC", "s"
+    )
+    # the model filter's probe: a trace's few spans, never every span of the model
+    probe = _model_condition(conn, "gpt-4o-mini")  # nothing recorded: a rare model
+    assert "spans_by_model (model=?)" in plan(
+        conn, f"SELECT trace_id FROM traces WHERE {probe}", "gpt-4o-mini"
+    )
+    conn.executemany(  # a common model: enough spans for the probe
+        "INSERT INTO spans (span_id, trace_id, name, span_type, model, start_time_ns,"
+        " end_time_ns, status_code) VALUES (?, ?, 'chat', 'CHAT_MODEL', 'gpt-4o-mini', ?, ?, 'OK')",
+        [(f"{i:016x}", f"{i:032x}", i, i) for i in range(RARE)],
+    )
+    probe = _model_condition(conn, "gpt-4o-mini")
+    common = plan(
+        conn,
+        f"SELECT trace_id FROM traces WHERE {probe} ORDER BY start_time_ns DESC LIMIT 50",
+        "gpt-4o-mini",
+    )
+    assert "spans_by_trace (trace_id=?)" in common and "spans_by_model" not in common
