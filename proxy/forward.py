@@ -237,8 +237,9 @@ class Forwarder:
         tail = b""
         while chunk := await upstream.read():
             rec.feed(chunk)
-            # the SDK stops reading at [DONE]: commit before the client can see it
-            if not committed_at and (_DONE in chunk or _DONE in tail + chunk[:8]):
+            # the SDK stops reading at [DONE]: commit before the client can see it. (rfind: the
+            # marker ends a stream, so in a whole stream read at once it is found at once)
+            if not committed_at and (chunk.rfind(_DONE) >= 0 or _DONE in tail + chunk[:8]):
                 await self._commit(rec.finish())
                 rec.committed = True
                 committed_at = len(rec.chunks)

@@ -228,6 +228,8 @@ class Writer:
         self._loop.call_later(PROGRESS_EVERY, self._progress)  # type: ignore[union-attr]
         if not self._link_up():
             return  # being restarted: the new process gets every stream from its start
+        if self._link.transport.get_write_buffer_size():  # type: ignore[union-attr]
+            return  # the writer process is behind: the pieces go with the record instead
         messages = []
         for xid, stream in streams.items():
             rec = stream.recording

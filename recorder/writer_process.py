@@ -128,21 +128,11 @@ class _OpenStream:
 
     __slots__ = ("chunks", "times", "summariser")
 
-    def __init__(self, head: tuple[str, str, list[tuple[str, str]], int], traced: bool) -> None:
-        from llmtap.recorder.endpoints import endpoint_for
-        from llmtap.recorder.stream_summary import StreamSummariser
-        from llmtap.recorder.tracing import header
-
-        method, path, headers, started_ns = head
+    def __init__(self, summariser: Any) -> None:
         self.chunks: list[bytes] = []
         self.times: list[int] = []
-        endpoint = endpoint_for(path) if traced and method == "POST" else None
-        content_type = header(headers, "content-type") or ""
-        self.summariser = (
-            StreamSummariser(endpoint, header(headers, "content-encoding"), started_ns)
-            if endpoint is not None and content_type.startswith("text/event-stream")
-            else None
-        )
+        self.summariser = summariser
+        """A `StreamSummariser`, or None for a stream that is not traced."""
 
     def feed(self, chunks: list[bytes], times: list[int]) -> None:
         self.chunks += chunks
@@ -165,7 +155,14 @@ class _Streams:
     """The running streams the proxy sends along, by exchange id."""
 
     def __init__(self, traced: bool) -> None:
-        self.traced = traced
+        # imported here: the proxy imports this module for WriterConfig, the child needs these
+        from llmtap.recorder.endpoints import endpoint_for
+        from llmtap.recorder.stream_summary import StreamSummariser
+        from llmtap.recorder.tracing import header
+
+        self._endpoint_for = endpoint_for if traced else lambda path: None
+        self._summariser = StreamSummariser
+        self._header = header
         self.open: dict[str, _OpenStream] = {}
 
     def on_message(self, item: tuple[Any, ...]) -> None:
@@ -174,11 +171,21 @@ class _Streams:
             stream = self.open.get(xid)
             if stream is None:
                 if head is None:
-                    return  # its start went to a writer process that died: it comes again
-                stream = self.open[xid] = _OpenStream(head, self.traced)
+                    return  # (never: a new writer process gets every stream from its start)
+                stream = self.open[xid] = _OpenStream(self._summariser_for(*head))
             stream.feed(chunks, times)
         else:  # ("drop", xid)
             self.open.pop(item[1], None)
+
+    def _summariser_for(
+        self, method: str, path: str, headers: list[tuple[str, str]], started_ns: int
+    ) -> Any:
+        """What the build would reassemble this stream with (see `tracing.build_span`)."""
+        endpoint = self._endpoint_for(path) if method == "POST" else None
+        content_type = self._header(headers, "content-type") or ""
+        if endpoint is None or not content_type.startswith("text/event-stream"):
+            return None
+        return self._summariser(endpoint, self._header(headers, "content-encoding"), started_ns)
 
     def recording(self, values: list[Any], had: int) -> Recording:
         rec = unpack_recording(values)
