@@ -323,3 +323,33 @@ def test_a_writer_killed_mid_stream_gets_the_stream_again_from_its_start(tmp_pat
     body, outputs = stored(tmp_path / "k.db", rec)
     assert body == b"".join(pieces)
     assert outputs == build_batch(rec).spans[-1].outputs
+
+
+def test_a_stalled_writer_is_not_sent_every_running_stream_twice(tmp_path: Path) -> None:
+    """While the writer process cannot keep up, pieces wait for the record instead of piling
+    up in front of it as a second copy of every stream."""
+    rec, _ = running_stream("")
+    piece = b"data: " + b"x" * (256 << 10) + b"\n\n"
+
+    async def body(writer: Writer) -> tuple[int, bool]:
+        process = writer._process
+        assert process is not None
+        os.kill(process.pid, signal.SIGSTOP)
+        try:
+            writer.track(rec)
+            most = 0
+            for _ in range(50):  # 12.8 MB in 50 pieces
+                rec.feed(piece)
+                await asyncio.sleep(PROGRESS_EVERY * 2)
+                most = max(most, writer._link.transport.get_write_buffer_size())  # type: ignore[union-attr]
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+        try:
+            return most, await writer.commit(rec.finish())
+        finally:
+            writer.untrack(rec)
+
+    most, ok = with_writer(tmp_path / "stall.db", body)
+    assert ok and most < 2 * len(piece) + (1 << 20)
+    body_stored, _ = stored(tmp_path / "stall.db", rec)
+    assert body_stored == b"".join(rec.chunks)
