@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import orjson
@@ -162,3 +163,24 @@ def test_the_readers_queries_use_the_indexes_left(tmp_path: Path) -> None:
         "gpt-4o-mini",
     )
     assert "spans_by_trace (trace_id=?)" in common and "spans_by_model" not in common
+
+
+def test_checkpoints_run_beside_the_writer_and_empty_the_wal(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    store = SqliteStore(db)
+    try:
+        for _ in range(SqliteStore.IDLE_CHECKPOINT_AFTER):
+            store.write([build_batch(chat_recording()) for _ in range(8)])
+        before = db.stat().st_size  # the rows are in the WAL so far
+        store.idle()  # asks the checkpointer thread; returns at once
+        deadline = time.monotonic() + 10
+        while db.stat().st_size == before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert db.stat().st_size > before
+        store.write([build_batch(chat_recording())])  # and writing goes on
+    finally:
+        store.close()
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*) FROM exchanges").fetchone() == (
+        8 * SqliteStore.IDLE_CHECKPOINT_AFTER + 1,
+    )
