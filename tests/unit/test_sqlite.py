@@ -184,3 +184,23 @@ def test_checkpoints_run_beside_the_writer_and_empty_the_wal(tmp_path: Path) -> 
     assert conn.execute("SELECT count(*) FROM exchanges").fetchone() == (
         8 * SqliteStore.IDLE_CHECKPOINT_AFTER + 1,
     )
+
+
+def test_the_wal_starts_over_under_sustained_load(tmp_path: Path) -> None:
+    """Checkpoints asked of the checkpointer between writes that never pause may never catch
+    up; the writer's own, every CHECKPOINT_EVERY batches, bounds the WAL."""
+    db = tmp_path / "w.db"
+    wal = Path(str(db) + "-wal")
+    store = SqliteStore(db)
+    most = 0
+    try:
+        for i in range(4 * SqliteStore.CHECKPOINT_EVERY):
+            store.write([build_batch(chat_recording())])
+            if i % 4 == 3:
+                store._since_checkpoint = SqliteStore.IDLE_CHECKPOINT_AFTER
+                store.idle()  # a moment without work: the checkpointer is asked
+            most = max(most, wal.stat().st_size)
+    finally:
+        store.close()
+    one_round = SqliteStore.CHECKPOINT_EVERY * 20 * 4120  # ~20 frames a lone recording at most
+    assert most < 2 * one_round
