@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
@@ -100,6 +101,41 @@ def test_streamed_chat_with_parallel_tool_calls_matches_the_sdk_accumulator(
     assert span["attributes"]["stream"] is True
     assert span["attributes"]["time_to_first_token_ms"] >= 0
     assert span["attributes"]["usage"]["total_tokens"] == final.usage.total_tokens
+
+
+@pytest.mark.parametrize("compress", [None, "gzip"])
+def test_a_paced_stream_reassembled_while_it_runs_matches_the_sdk_accumulator(
+    proxy: Proxy, compress: str | None
+) -> None:
+    """Chunks 15 ms apart: the writer process gets the pieces every 5 ms and reassembles them
+    as they come (plain and compressed); the span is what the SDK made of the stream."""
+    headers = {"x-simulator-fault": "chunk-delay-ms=15", "x-simulator-chunks": "24"}
+    if compress:
+        headers |= {"accept-encoding": compress, "x-simulator-compress": compress}
+    with (
+        OpenAI(
+            base_url=proxy.base_url, api_key=TEST_KEY, max_retries=0, default_headers=headers
+        ) as c,
+        c.chat.completions.stream(
+            model="gpt-4o-mini",
+            tools=[WEATHER, TIME],
+            parallel_tool_calls=True,
+            messages=[{"role": "user", "content": "weather and time in Paris, slowly"}],
+        ) as stream,
+    ):
+        final = stream.get_final_completion()
+    span = only_trace(proxy)["spans"][0]
+    expected = sdk_dump(final)
+    for choice in expected["choices"]:  # SDK-only fields that are not on the wire
+        choice["message"].pop("parsed", None)
+        for call in choice["message"].get("tool_calls") or ():
+            call["function"].pop("parsed_arguments", None)
+    expected.pop("usage", None)  # the client did not ask for it; llmtap did
+    outputs = dict(span["outputs"])
+    assert outputs.pop("usage")["total_tokens"] > 0
+    assert outputs == expected
+    (row,) = proxy.query("SELECT chunks FROM exchanges")
+    assert len(orjson.loads(row[0])) >= 10  # it did arrive in many pieces
 
 
 def test_async_client_streamed_and_not(proxy: Proxy) -> None:
