@@ -96,18 +96,20 @@ class StreamSummariser:
             return
         self._last_at = times[-1]
         carry = self._carry
-        if carry:
-            held = [piece for piece, _ in carry]
-            buffer = b"".join([*held, *pieces])
-        else:
-            buffer = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        cut = buffer.rfind(b"\n\n") + 2
-        if b"\r" in buffer:  # CR line ends: the decoder's rules, from here on
+        new = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        if b"\r" in new:  # CR line ends: the decoder's rules, from here on
             self._switch(pieces, times)
             return
-        if cut < 2:  # no event ends in these bytes yet
+        # the held bytes have no CR and no blank line (they are what followed the last one):
+        # only the new bytes, and the held bytes' last one, need a look (an event arriving in
+        # a thousand pieces is not searched a thousand times)
+        tail = _last_byte(carry)
+        end = (tail + new).rfind(b"\n\n") - len(tail) + 2  # in `new`, after the blank line
+        if end < 2 - len(tail):  # no event ends in these bytes yet
             carry.extend(zip(pieces, times, strict=True))
             return
+        buffer = b"".join([*(piece for piece, _ in carry), new]) if carry else new
+        cut = len(buffer) - len(new) + end
         split = split_simple(buffer[:cut])
         if split is None:
             self._switch(pieces, times)
@@ -267,6 +269,13 @@ class StreamSummariser:
                 # the endpoints' terminal tests never read the text) will be quiet too
                 assembler.learn_json(raw, data)  # type: ignore[attr-defined]
         summary.terminal_seen = terminal_seen
+
+
+def _last_byte(held: list[tuple[bytes, int]]) -> bytes:
+    for piece, _ in reversed(held):
+        if piece:
+            return piece[-1:]
+    return b""
 
 
 def _after(held: list[tuple[bytes, int]], cut: int) -> list[tuple[bytes, int]]:
