@@ -43,6 +43,17 @@ def sdk_dump(obj: Any) -> dict[str, Any]:
     return obj.model_dump(mode="json", exclude_unset=True)
 
 
+def sdk_accumulated(final: Any) -> dict[str, Any]:
+    """What the SDK's stream accumulator made, without its own fields that are not on the
+    wire (`parsed`, `parsed_arguments`)."""
+    expected = sdk_dump(final)
+    for choice in expected["choices"]:
+        choice["message"].pop("parsed", None)
+        for call in choice["message"].get("tool_calls") or ():
+            call["function"].pop("parsed_arguments", None)
+    return expected
+
+
 def test_chat_non_streamed_is_one_trace_with_inputs_outputs_and_usage(
     proxy: Proxy, client: OpenAI
 ) -> None:
@@ -92,11 +103,7 @@ def test_streamed_chat_with_parallel_tool_calls_matches_the_sdk_accumulator(
         final = stream.get_final_completion()
     assert final.choices[0].message.tool_calls
     span = only_trace(proxy)["spans"][0]
-    expected = sdk_dump(final)
-    for choice in expected["choices"]:  # SDK-only fields that are not on the wire
-        choice["message"].pop("parsed", None)
-        for call in choice["message"].get("tool_calls") or ():
-            call["function"].pop("parsed_arguments", None)
+    expected = sdk_accumulated(final)
     assert span["outputs"] == expected
     assert span["attributes"]["stream"] is True
     assert span["attributes"]["time_to_first_token_ms"] >= 0
@@ -125,11 +132,7 @@ def test_a_paced_stream_reassembled_while_it_runs_matches_the_sdk_accumulator(
     ):
         final = stream.get_final_completion()
     span = only_trace(proxy)["spans"][0]
-    expected = sdk_dump(final)
-    for choice in expected["choices"]:  # SDK-only fields that are not on the wire
-        choice["message"].pop("parsed", None)
-        for call in choice["message"].get("tool_calls") or ():
-            call["function"].pop("parsed_arguments", None)
+    expected = sdk_accumulated(final)
     expected.pop("usage", None)  # the client did not ask for it; llmtap did
     outputs = dict(span["outputs"])
     assert outputs.pop("usage")["total_tokens"] > 0
