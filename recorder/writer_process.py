@@ -22,6 +22,8 @@ writes everything it received and exits: it never outlives the proxy.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import operator
 import select
@@ -258,6 +260,7 @@ def serve(sock: socket.socket) -> int:
     waiting: list[tuple[int, Recording]] = []
     quitting = False
     tidy = False  # written since the last idle(): tidy up once nothing is waiting
+    freed = 0  # response bytes written (and let go of) since memory was last given back
     last_health = writer.health.as_dict()
     try:
         while True:
@@ -274,7 +277,9 @@ def serve(sock: socket.socket) -> int:
                     streams.on_message(item)
             if waiting:
                 batch, waiting = waiting[:MAX_BATCH], waiting[MAX_BATCH:]
+                freed += sum(len(piece) for _, rec in batch for piece in rec.chunks)
                 acks = _write(writer, batch, lines)
+                del batch  # (a long stream's pieces: let go of before the writer idles)
                 last_health = writer.health.as_dict()
                 channel.send(("done", acks, last_health))
                 tidy = True
@@ -284,12 +289,26 @@ def serve(sock: socket.socket) -> int:
             if tidy:
                 tidy = False
                 writer.idle()
+                if freed > _TRIM_AFTER:
+                    freed = 0
+                    _return_freed_memory()
                 health = writer.health.as_dict()
                 if health != last_health:
                     last_health = health
                     channel.send(("health", health))
     finally:
         writer.close()
+
+
+_TRIM_AFTER = 64 << 20
+"""Response bytes written, after which an idle writer gives freed memory back to the system."""
+
+
+def _return_freed_memory() -> None:
+    """A long stream's pieces, freed, stay in the C heap (glibc keeps them for the process:
+    a 266 MB stream left the writer at 625 MB of RSS); `malloc_trim` gives them back."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def _items(messages: list[Any]) -> list[tuple[Any, ...]]:
