@@ -265,7 +265,8 @@ def serve(sock: socket.socket) -> int:
     try:
         while True:
             # just written: the proxy sends the next frame once it has the answer, so wait a
-            # moment for it before tidying up (a checkpoint would delay that frame's commit)
+            # moment for it before tidying up (a stat of the file, a checkpoint asked for, memory
+            # given back: nothing that frame's commit should wait behind)
             wait = 0.0 if waiting or quitting else (LINGER if tidy else None)
             for item in _items(channel.receive(wait)):
                 kind = item[0]
@@ -277,7 +278,7 @@ def serve(sock: socket.socket) -> int:
                     streams.on_message(item)
             if waiting:
                 batch, waiting = waiting[:MAX_BATCH], waiting[MAX_BATCH:]
-                freed += sum(len(piece) for _, rec in batch for piece in rec.chunks)
+                freed += sum(sum(map(len, rec.chunks)) for _, rec in batch)
                 acks = _write(writer, batch, lines)
                 del batch  # (a long stream's pieces: let go of before the writer idles)
                 last_health = writer.health.as_dict()
