@@ -257,12 +257,9 @@ class SqliteStore:
             self._since_checkpoint = max(self._since_checkpoint, self.IDLE_CHECKPOINT_AFTER)
             raise error  # reported as a failure; tried again at the next idle
         if self._since_checkpoint >= self.IDLE_CHECKPOINT_AFTER:
-            self.checkpoint()
+            self._checkpointer.request()
+            self._since_checkpoint = 0
         self.check_file()
-
-    def checkpoint(self) -> None:
-        self._checkpointer.request()
-        self._since_checkpoint = 0
 
     def restart_wal(self) -> None:
         """A checkpoint between two of the writer's transactions: it catches up with every
@@ -368,7 +365,7 @@ class SqliteStore:
     def close(self) -> None:
         self._checkpointer.stop()
         with contextlib.suppress(sqlite3.Error):  # a full disk: the WAL keeps it all
-            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # leave a tidy file behind
+            self.restart_wal()  # leave a tidy file behind
         self.conn.close()
 
 

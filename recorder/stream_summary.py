@@ -168,9 +168,7 @@ class StreamSummariser:
                     self.summary.problems.append(f"could not decode the response: {exc}")
                     self._broken = True
                     return
-            events = decoder.feed(piece)
-            if events:
-                self._events(events, at)
+            self._events(decoder.feed(piece), at)
 
     def _events(self, events: list[Any], at: int) -> None:
         if not events:

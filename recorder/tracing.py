@@ -31,19 +31,17 @@ def header(headers: list[tuple[str, str]], name: str) -> str | None:
     return None
 
 
-def summarise_stream(
-    endpoint: Endpoint, rec: Recording, body: bytes | None = None
-) -> StreamSummary:
-    """What a whole recorded stream said. `body`: the response's bytes joined, when the
-    caller has them (the common shape is then split at once instead of decoded piece by
-    piece). A recording whose pieces were fed while it ran has its summariser already."""
+def summarise_stream(endpoint: Endpoint, rec: Recording, *, split: bool = True) -> StreamSummary:
+    """What a whole recorded stream said. A recording whose pieces were fed while it ran has
+    its summariser already. `split=False`: every piece through the decoder (the reference
+    the fast split is tested against)."""
     summariser = rec.summariser
     if summariser is None:
         summariser = StreamSummariser(
             endpoint,
             header(rec.response_headers, "content-encoding"),
             rec.started_ns,
-            split=body is not None,
+            split=split,
         )
         summariser.feed(rec.chunks, rec.chunk_times_ns)
     return summariser.finish()
@@ -208,7 +206,7 @@ def build_span(
     if rec.error_status:
         error = _parse_json(rec.error_body or b"")
     elif is_stream:
-        summary = summarise_stream(endpoint, rec, exchange.response_body)
+        summary = summarise_stream(endpoint, rec)
         outputs, error = summary.output, summary.error
         problems.extend(summary.problems)
         usage = usage_of(summary.output) or usage_of(summary.usage_payload)

@@ -1,7 +1,7 @@
 """The fast paths of stream reassembly give exactly what the general paths give.
 
-`split_simple` (the whole body split at once) against `SseDecoder`; `summarise_stream` with the
-joined body (fast split, where it applies) against the chunk-by-chunk decoder, on bytes cut at
+`split_simple` (the whole body split at once) against `SseDecoder`; `summarise_stream` (fast
+split, where it applies) against the chunk-by-chunk decoder (`split=False`), on bytes cut at
 random places; a `StreamSummariser` fed the pieces a few at a time, as the writer process is fed
 while a stream runs, against both; `ChatAssembler`'s text fast path against its general rules
 (`fast=False`).
@@ -129,8 +129,8 @@ def fed_a_few_at_a_time(endpoint: Endpoint, rec: Recording, rng: random.Random) 
 
 
 def assert_same_summary(endpoint: Endpoint, rec: Recording, rng: random.Random) -> None:
-    fast = summarise_stream(endpoint, rec, b"".join(rec.chunks))
-    general = summarise_stream(endpoint, rec)
+    fast = summarise_stream(endpoint, rec)
+    general = summarise_stream(endpoint, rec, split=False)
     assert fast == general
     assert fed_a_few_at_a_time(endpoint, rec, rng) == general
 
@@ -180,8 +180,8 @@ def test_summary_of_a_compressed_stream_is_the_decoders() -> None:
     rng = random.Random(1)
     wire = sse_bytes(make_chunks("Hello there", usage=True))
     rec = stream_recording(gzip.compress(wire), rng, encoding="gzip")
-    summary = summarise_stream(CHAT, rec, b"".join(rec.chunks))
-    assert summary == summarise_stream(CHAT, rec)
+    summary = summarise_stream(CHAT, rec)
+    assert summary == summarise_stream(CHAT, rec, split=False)
     assert summary == fed_a_few_at_a_time(CHAT, rec, rng)
     assert summary.output == sdk_final_completion(make_chunks("Hello there", usage=True))
 
@@ -197,9 +197,9 @@ def test_time_to_first_output_is_the_arrival_of_its_event() -> None:
         rec.chunk_times_ns.append(rec.started_ns + (i + 1) * 1_000_000)
     rec.chunks.append(wire[first_output + 1 :])
     rec.chunk_times_ns.append(rec.started_ns + 3_000_000)
-    summary = summarise_stream(CHAT, rec, wire)
+    summary = summarise_stream(CHAT, rec)
     assert summary.first_output_ns == rec.started_ns + 2_000_000
-    assert summary == summarise_stream(CHAT, rec)
+    assert summary == summarise_stream(CHAT, rec, split=False)
     for seed in range(20):
         assert summary == fed_a_few_at_a_time(CHAT, rec, random.Random(seed))
 
@@ -413,8 +413,8 @@ def test_chunks_read_as_text_give_what_parsing_gives(seed: int) -> None:
         datas[at] = datas[at].replace(b'"content":"', b'"content":1,"x":"', 1)
     wire = b"".join(b"data: " + d + b"\n\n" for d in datas) + b"data: [DONE]\n\n"
     rec = stream_recording(wire, rng)
-    fast = summarise_stream(CHAT, rec, b"".join(rec.chunks))
-    assert fast == summarise_stream(CHAT, rec)
+    fast = summarise_stream(CHAT, rec)
+    assert fast == summarise_stream(CHAT, rec, split=False)
     assert fast == fed_a_few_at_a_time(CHAT, rec, rng)
     general = ChatAssembler(fast=False)
     for data in datas:
@@ -432,9 +432,9 @@ def test_a_text_chunk_that_finishes_is_no_template() -> None:
     chunks = [openai_chunk(rng, "", "p"), stop, length, stop]
     wire = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks)
     rec = stream_recording(wire + b"data: [DONE]\n\n", rng)
-    summary = summarise_stream(CHAT, rec, b"".join(rec.chunks))
+    summary = summarise_stream(CHAT, rec)
     assert summary.output["choices"][0]["finish_reason"] == "stop"  # type: ignore[index]
-    assert summary == summarise_stream(CHAT, rec)
+    assert summary == summarise_stream(CHAT, rec, split=False)
 
 
 def test_a_padded_stream_is_read_as_text() -> None:
@@ -461,7 +461,7 @@ def test_a_stream_that_leaves_the_common_shape_midway_keeps_its_events() -> None
         b"data: [DONE]\n\n"
     )
     rec = stream_recording(wire, random.Random(0))
-    general = summarise_stream(CHAT, rec)
+    general = summarise_stream(CHAT, rec, split=False)
     assert general.output["choices"][0]["message"]["content"] == "ac"  # type: ignore[index]
     for seed in range(30):
         assert fed_a_few_at_a_time(CHAT, rec, random.Random(seed)) == general
