@@ -191,12 +191,17 @@ class Checkpointer:
         self.error: Exception | None = None
         """The last checkpoint's failure, for the writer to report (and to try again)."""
         self._wanted = threading.Event()
+        self._running = threading.Lock()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="llmtap-checkpoint", daemon=True)
         self._thread.start()
 
     def request(self) -> None:
         self._wanted.set()
+
+    def held(self) -> threading.Lock:
+        """Held, no checkpoint of this thread's runs (one running is waited for)."""
+        return self._running
 
     def stop(self) -> None:
         self._stopping = True
@@ -214,7 +219,8 @@ class Checkpointer:
             if self._stopping:
                 return
             try:
-                checkpoint(self.path)
+                with self._running:
+                    checkpoint(self.path)
                 self.error = None
             except sqlite3.Error as exc:
                 self.error = exc
@@ -234,8 +240,8 @@ class SqliteStore:
     """Implements the Sink side (`write`) over one connection owned by the writer process."""
 
     CHECKPOINT_EVERY = 256
-    """Batches after which the writer checkpoints itself, between two of its transactions,
-    whatever the checkpointer did (see `restart_wal`): the bound of the WAL."""
+    """Batches after which the writer checkpoints itself, in front of one of its transactions,
+    whatever the checkpointer did (see `_restart_wal`): the bound of the WAL."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
@@ -261,14 +267,22 @@ class SqliteStore:
             self._since_checkpoint = 0
         self.check_file()
 
-    def restart_wal(self) -> None:
-        """A checkpoint between two of the writer's transactions: it catches up with every
-        frame, so the next transaction starts the WAL over. The checkpointer's, beside a writer
+    def _restart_wal(self) -> bool:
+        """A checkpoint in front of one of the writer's transactions: it catches up with every
+        frame, so that transaction starts the WAL over. The checkpointer's, beside a writer
         that never pauses, may never catch up, and a WAL that never starts over grows without
         bound (537 MB for a 147 MB database in bench's memory scenario) and slows every page
-        lookup. Costs its syncs in front of one commit in `CHECKPOINT_EVERY` batches."""
-        self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        self._since_restart = self._since_checkpoint = 0
+        lookup. Costs its syncs in front of one commit in `CHECKPOINT_EVERY` batches.
+
+        The caller keeps the checkpointer still until that transaction has committed: a
+        checkpoint of its own running then holds the lock this one needs, or a read mark
+        that keeps the WAL from starting over. Says whether it caught up; one that did not
+        (a reader in another process kept frames back) is tried again at the next batch,
+        not `CHECKPOINT_EVERY` later, or the WAL file, which never shrinks, grows by another
+        round."""
+        busy, frames, copied = self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        self._since_checkpoint = 0
+        return not busy and frames == copied
 
     def check_file(self) -> None:
         """A database deleted or replaced under a running proxy would swallow every write
@@ -287,6 +301,18 @@ class SqliteStore:
         """Write all batches in one transaction: all of them land, or none."""
         if self._since_restart % 64 == 63:  # under sustained load too, now and then
             self.check_file()
+        if self._since_restart < self.CHECKPOINT_EVERY:
+            self._commit(batches)
+        else:
+            with self._checkpointer.held():
+                restarted = self._restart_wal()
+                self._commit(batches)
+            if restarted:
+                self._since_restart = 0
+        self._since_checkpoint += 1
+        self._since_restart += 1
+
+    def _commit(self, batches: Sequence[Batch]) -> None:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -296,10 +322,6 @@ class SqliteStore:
             if conn.in_transaction:  # a failed COMMIT (disk full) has rolled back already
                 conn.execute("ROLLBACK")
             raise
-        self._since_checkpoint += 1
-        self._since_restart += 1
-        if self._since_restart >= self.CHECKPOINT_EVERY:
-            self.restart_wal()
 
     def _insert(self, batches: Iterable[Batch]) -> None:
         conn = self.conn
@@ -365,7 +387,7 @@ class SqliteStore:
     def close(self) -> None:
         self._checkpointer.stop()
         with contextlib.suppress(sqlite3.Error):  # a full disk: the WAL keeps it all
-            self.restart_wal()  # leave a tidy file behind
+            self._restart_wal()  # leave a tidy file behind
         self.conn.close()
 
 

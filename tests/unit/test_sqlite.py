@@ -188,7 +188,8 @@ def test_checkpoints_run_beside_the_writer_and_empty_the_wal(tmp_path: Path) -> 
 
 def test_the_wal_starts_over_under_sustained_load(tmp_path: Path) -> None:
     """Checkpoints asked of the checkpointer between writes that never pause may never catch
-    up; the writer's own, every CHECKPOINT_EVERY batches, bounds the WAL."""
+    up; the writer's own, every CHECKPOINT_EVERY batches and again at once when it did not catch
+    up, bounds the WAL."""
     db = tmp_path / "w.db"
     wal = Path(str(db) + "-wal")
     store = SqliteStore(db)
@@ -203,4 +204,6 @@ def test_the_wal_starts_over_under_sustained_load(tmp_path: Path) -> None:
     finally:
         store.close()
     one_round = SqliteStore.CHECKPOINT_EVERY * 20 * 4120  # ~20 frames a lone recording at most
-    assert most < 2 * one_round
+    # 0.70-0.71 of a round in 10 runs beside two CPU burners; 1.3-2.7 when the checkpointer's
+    # own checkpoint could run into the writer's and make it wait a whole round
+    assert most < 1.2 * one_round
