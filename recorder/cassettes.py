@@ -165,7 +165,11 @@ def exchange_rows(
     db: str | Path, experiment: str | None = None, ids: Iterable[str] | None = None
 ) -> Iterator[sqlite3.Row]:
     """Replayable exchanges (not llmtap's own failures), oldest first."""
-    sql = f"SELECT {_COLUMNS} FROM exchanges WHERE error IS NULL AND status IS NOT NULL"
+    # a long stream's body is in `long_response_body` (schema 0004)
+    columns = _COLUMNS.replace(
+        "response_body", "coalesce(long_response_body, response_body) AS response_body"
+    )
+    sql = f"SELECT {columns} FROM exchanges WHERE error IS NULL AND status IS NOT NULL"
     params: list[Any] = []
     if experiment is not None:
         sql += " AND experiment = ?"

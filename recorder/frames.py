@@ -36,7 +36,8 @@ class FrameDecoder:
             end = start + 4 + size
             if end > len(buffer):
                 break
-            messages.append(pickle.loads(buffer[start + 4 : end]))
+            with memoryview(buffer) as view:  # (a slice of the bytearray would copy it)
+                messages.append(pickle.loads(view[start + 4 : end]))
             start = end
         if start:
             del buffer[:start]

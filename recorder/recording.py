@@ -70,6 +70,9 @@ class Recording:
     summariser: Any = None
     """In the writer process only: a `StreamSummariser` already fed these chunks while the
     stream ran (see `llmtap.recorder.stream_summary`); never sent across."""
+    spool: Any = None
+    """In the writer process only: a long stream's pieces and their times, on file (see
+    `llmtap.recorder.spool`); `chunks` and `chunk_times_ns` are then empty."""
 
     def __post_init__(self) -> None:
         # the ids from one read of the system's randomness (a syscall), not one per id

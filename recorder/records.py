@@ -14,7 +14,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from llmtap.recorder.spool import PieceSpool
 
 
 class SpanType(StrEnum):
@@ -94,9 +97,11 @@ class Exchange:
     request_body: bytes
     status: int | None
     response_headers: tuple[tuple[str, str], ...]
-    response_body: bytes
-    chunks: tuple[tuple[int, float], ...]
-    """(size in bytes, milliseconds after the request started) for each piece received."""
+    response_body: bytes | PieceSpool
+    """A long stream's body stays on file (`PieceSpool`) until the store copies it in."""
+    chunks: tuple[tuple[int, float], ...] | str
+    """(size in bytes, milliseconds after the request started) for each piece received; for
+    a long stream, that list as JSON already (see `tracing.chunks_json`)."""
     started_ns: int
     ended_ns: int
     first_byte_ns: int | None

@@ -137,8 +137,9 @@ class ReplayIndex:
         """Load one recorded answer (blocking: call it from a thread)."""
         with closing(connect_for_reading(self.db)) as conn:
             row = conn.execute(
-                "SELECT exchange_id, status, response_headers, response_body, chunks, stream, "
-                "usage_injected FROM exchanges WHERE exchange_id = ?",
+                "SELECT exchange_id, status, response_headers, chunks, stream, usage_injected, "
+                "coalesce(long_response_body, response_body) AS response_body "
+                "FROM exchanges WHERE exchange_id = ?",
                 [exchange_id],
             ).fetchone()
         recorded = Recorded(

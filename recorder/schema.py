@@ -121,5 +121,16 @@ def lighter_indexes(db: Database) -> None:
         db.execute(statement)
 
 
+@migrations(name="0004_long_response_body")
+def long_response_body(db: Database) -> None:
+    """A body too long to hold in memory (a stream past `spool.KEEP_IN_MEMORY`) is written into
+    its row a block at a time, into a `zeroblob` of its size. SQLite keeps a zeroblob unexpanded
+    only in a row's last column: in `response_body`, in the middle of the row, it took 561 MB
+    of memory for a 266 MB body. So such a body goes into this column, last in every row (keep
+    it last: add no column after it), and `response_body` is empty; readers take
+    `coalesce(long_response_body, response_body)`."""
+    db.execute("ALTER TABLE exchanges ADD COLUMN long_response_body BLOB")
+
+
 def migrate(db: Database) -> None:
     migrations.apply(db)

@@ -20,6 +20,7 @@ from sqlite_utils import Database
 from llmtap.recorder.model_store import record_version
 from llmtap.recorder.records import Batch, Exchange, Span, SpanType, TraceHead
 from llmtap.recorder.schema import migrate
+from llmtap.recorder.spool import PieceSpool
 
 
 def _json(value: Any) -> str:
@@ -103,8 +104,8 @@ def _exchange_row(
         x.request_body,
         x.status,
         _json(x.response_headers),
-        x.response_body,
-        _json(x.chunks),
+        x.response_body if isinstance(x.response_body, bytes) else b"",  # on file: see below
+        x.chunks if isinstance(x.chunks, str) else _json(x.chunks),
         int(stream),
         x.started_ns,
         x.first_byte_ns,
@@ -113,6 +114,20 @@ def _exchange_row(
         x.key_fingerprint,
         int(x.usage_injected),
     )
+
+
+def _copy_body(conn: sqlite3.Connection, exchange_id: str, body: PieceSpool) -> None:
+    """A long stream's body, into its row a block at a time: never whole in memory, and
+    nothing left bound to a statement afterwards (a cached INSERT keeps its last values).
+    Into `long_response_body`, the row's last column (see schema 0004)."""
+    (rowid,) = conn.execute(
+        "UPDATE exchanges SET long_response_body = zeroblob(?) WHERE exchange_id = ? "
+        "RETURNING rowid",
+        (len(body), exchange_id),
+    ).fetchone()
+    with conn.blobopen("exchanges", "long_response_body", rowid) as blob:
+        for block in body.blocks():
+            blob.write(block)
 
 
 def _span_row(s: Span, exchange_id: str | None) -> tuple[Any, ...]:
@@ -328,11 +343,16 @@ class SqliteStore:
         heads: dict[str, TraceHead] = {}
         experiments: set[str] = set()
         exchanges: list[tuple[Any, ...]] = []
+        on_file: dict[str, PieceSpool] = {}  # long streams' bodies, by exchange id
         spans: list[tuple[Any, ...]] = []  # written in order, before anything that reads them
         by_trace: dict[str, dict[str, tuple[Any, ...]]] = {}
         for batch in batches:
             x = batch.exchange
             experiments.add(x.experiment)
+            if isinstance(x.response_body, bytes):
+                on_file.pop(x.exchange_id, None)  # (a later copy in the same batch wins)
+            else:
+                on_file[x.exchange_id] = x.response_body
             own = batch.spans[-1] if batch.spans else None  # the call's span comes last
             exchanges.append(
                 _exchange_row(
@@ -360,6 +380,8 @@ class SqliteStore:
                     heads.get(batch.trace.trace_id), batch.trace
                 )
         conn.executemany(_INSERT_EXCHANGE, exchanges)
+        for exchange_id, body in on_file.items():
+            _copy_body(conn, exchange_id, body)
         if spans:
             conn.executemany(_INSERT_SPAN, spans)
         conn.executemany(

@@ -7,6 +7,7 @@ stream cut short, garbage from the upstream all become a span that says so.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from llmtap.recorder.prices import PriceTable, cost_of, default_prices
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.records import Batch, Exchange, Span, Status, TraceHead
 from llmtap.recorder.semconv import genai_attributes
+from llmtap.recorder.spool import PieceSpool
 from llmtap.recorder.stream_summary import StreamSummariser, StreamSummary
 
 
@@ -43,7 +45,11 @@ def summarise_stream(endpoint: Endpoint, rec: Recording, *, split: bool = True) 
             rec.started_ns,
             split=split,
         )
-        summariser.feed(rec.chunks, rec.chunk_times_ns)
+        if rec.spool is not None:
+            for pieces, times in rec.spool.batches():
+                summariser.feed(pieces, times)
+        else:
+            summariser.feed(rec.chunks, rec.chunk_times_ns)
     return summariser.finish()
 
 
@@ -76,7 +82,7 @@ _EXACT_NS = 10**15
 wherever the exact value is no tie (the float's error is far below a thousandth)."""
 
 
-def chunk_ms(times_ns: list[int], started_ns: int) -> list[float]:
+def chunk_ms(times_ns: Sequence[int], started_ns: int) -> list[float]:
     """`round((t - started_ns) / 1e6, 3)` for each time, without `round`'s cost for floats:
     in integers wherever that gives the same float (not on ties, not below zero)."""
     return [
@@ -87,8 +93,35 @@ def chunk_ms(times_ns: list[int], started_ns: int) -> list[float]:
     ]
 
 
-def build_exchange(rec: Recording, body: bytes, is_stream: bool) -> Exchange:
+def chunks_json(lengths: Sequence[int], times_ns: Sequence[int], started_ns: int) -> str:
+    """`[[size, ms], ...]` for a long stream's pieces (`PieceSpool`), made a block at a time:
+    a million pieces as Python tuples would take ~120 MB on the way to ~20 MB of JSON."""
+    parts = []
+    for at in range(0, len(lengths), _JSON_BLOCK):
+        end = at + _JSON_BLOCK
+        block = zip(lengths[at:end], chunk_ms(times_ns[at:end], started_ns), strict=True)
+        parts.append(orjson.dumps(list(block))[1:-1])
+    return (b"[" + b",".join(parts) + b"]").decode()
+
+
+_JSON_BLOCK = 1 << 16
+
+
+def build_exchange(rec: Recording, body: bytes | PieceSpool, is_stream: bool) -> Exchange:
     started = rec.started_ns
+    spool = rec.spool
+    if spool is not None:  # a long stream, on file
+        chunks: tuple[tuple[int, float], ...] | str = chunks_json(
+            spool.lengths, spool.times, started
+        )
+        first_byte_ns = spool.times[0] if spool.times else None
+    else:
+        chunks = (
+            tuple(zip(map(len, rec.chunks), chunk_ms(rec.chunk_times_ns, started), strict=True))
+            if is_stream
+            else ()
+        )
+        first_byte_ns = rec.chunk_times_ns[0] if rec.chunk_times_ns else None
     return Exchange(
         exchange_id=rec.exchange_id,
         method=rec.method,
@@ -99,12 +132,10 @@ def build_exchange(rec: Recording, body: bytes, is_stream: bool) -> Exchange:
         status=rec.error_status or rec.status,
         response_headers=tuple(rec.response_headers),
         response_body=body,
-        chunks=tuple(zip(map(len, rec.chunks), chunk_ms(rec.chunk_times_ns, started), strict=True))
-        if is_stream
-        else (),
+        chunks=chunks,
         started_ns=started,
         ended_ns=rec.ended_ns or started,
-        first_byte_ns=rec.chunk_times_ns[0] if rec.chunk_times_ns else None,
+        first_byte_ns=first_byte_ns,
         error=rec.error,
         key_fingerprint=rec.key_fingerprint,
         experiment=rec.context.experiment,
@@ -166,7 +197,13 @@ def exchange_of(rec: Recording) -> tuple[Exchange, bool]:
     """The raw exchange of a recording, and whether its answer was a stream."""
     content_type = header(rec.response_headers, "content-type") or ""
     is_stream = content_type.startswith("text/event-stream")
-    body = rec.error_body if rec.error_status else b"".join(rec.chunks)
+    body: bytes | PieceSpool | None
+    if rec.error_status:
+        body = rec.error_body
+    elif rec.spool is not None:
+        body = rec.spool  # written to the row a block at a time (`SqliteStore`)
+    else:
+        body = b"".join(rec.chunks)
     return build_exchange(rec, body or b"", is_stream), is_stream
 
 

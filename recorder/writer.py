@@ -47,6 +47,10 @@ _START_TIMEOUT = 60.0
 PROGRESS_EVERY = 0.005
 """Seconds between two sends of the pieces of running streams: a few events each, at most
 200 small frames a second whatever the number of streams."""
+FRAME_BYTES = 4 << 20
+"""Bytes of a stream's pieces in one frame at most. A stream that outruns the writer process
+goes across in frames of this size, not in one frame of all of it (266 MB for a 1,000,000-
+event stream) that both ends would hold twice while they encode and decode it."""
 
 
 @dataclass(slots=True)
@@ -196,7 +200,11 @@ class Writer:
         self._pending_bytes += size
         self.health.pending = len(self._pending)
         stream = self._streams.pop(recording.exchange_id, None)
-        had = stream.sent if stream is not None else 0  # pieces the writer process has already
+        had = 0  # pieces the writer process has already
+        if stream is not None:
+            if self._link_up() and _bytes_after(recording.chunks, stream.sent) > FRAME_BYTES:
+                self._send_pieces(stream)  # a long tail: ahead of the record, frame by frame
+            had = stream.sent
         self._outbox.append(("record", seq, pack_recording(recording, had), had))
         if len(self._outbox) == 1 and not self._unacked:
             # one frame for everything that finishes in this iteration of the loop
@@ -231,18 +239,29 @@ class Writer:
         if self._link.transport.get_write_buffer_size():  # type: ignore[union-attr]
             return  # the writer process is behind: the pieces go with the record instead
         messages = []
-        for xid, stream in streams.items():
+        for stream in streams.values():
             rec = stream.recording
-            have, sent = len(rec.chunks), stream.sent
-            if have > sent:
-                head = (
-                    None if sent else (rec.method, rec.path, rec.response_headers, rec.started_ns)
-                )
-                pieces, times = rec.chunks[sent:], rec.chunk_times_ns[sent:]
-                messages.append(("chunks", xid, head, pieces, times))
-                stream.sent = have
+            if len(rec.chunks) > stream.sent:
+                if _bytes_after(rec.chunks, stream.sent) > FRAME_BYTES:
+                    self._send_pieces(stream)
+                else:  # the common case: one frame for the news of every stream
+                    messages.append(_pieces_message(stream, len(rec.chunks)))
         if messages:
             self._link.transport.write(encode(messages))  # type: ignore[union-attr]
+
+    def _send_pieces(self, stream: _Stream) -> None:
+        """Every piece of the stream the writer process lacks, `FRAME_BYTES` to a frame."""
+        chunks = stream.recording.chunks
+        frames = []
+        while stream.sent < len(chunks):
+            end, size = stream.sent, 0
+            while end < len(chunks) and (
+                end == stream.sent or size + len(chunks[end]) <= FRAME_BYTES
+            ):
+                size += len(chunks[end])
+                end += 1
+            frames.append(encode([_pieces_message(stream, end)]))
+        self._link.transport.writelines(frames)  # type: ignore[union-attr]
 
     async def _spawn(self) -> None:
         loop = self._loop
@@ -407,6 +426,19 @@ class _Link(asyncio.Protocol):
         self.lost.set_result(None)
         if self.writer._link is self:
             self.writer._on_lost()
+
+
+def _bytes_after(chunks: list[bytes], start: int) -> int:
+    return sum(map(len, chunks[start:])) if start else sum(map(len, chunks))
+
+
+def _pieces_message(stream: _Stream, end: int) -> tuple[Any, ...]:
+    """The stream's pieces from the first the writer process lacks to `end` (the head with
+    the first of them), counted as sent."""
+    rec, sent = stream.recording, stream.sent
+    head = None if sent else (rec.method, rec.path, rec.response_headers, rec.started_ns)
+    stream.sent = end
+    return ("chunks", rec.exchange_id, head, rec.chunks[sent:end], rec.chunk_times_ns[sent:end])
 
 
 def _reap(process: subprocess.Popen[bytes], timeout: float) -> int | None:

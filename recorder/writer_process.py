@@ -26,6 +26,7 @@ import contextlib
 import ctypes
 import logging
 import operator
+import os
 import select
 import signal
 import socket
@@ -37,6 +38,7 @@ from llmtap.recorder.batch_writer import BatchWriter
 from llmtap.recorder.frames import FrameDecoder, encode
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.records import Batch, RequestContext
+from llmtap.recorder.spool import KEEP_IN_MEMORY, PieceSpool
 
 log = logging.getLogger("llmtap.writer")
 request_log = logging.getLogger("llmtap.requests")
@@ -58,9 +60,12 @@ class WriterConfig:
     registered_model_name: str | None = None
     log_level: int = logging.WARNING
     """Set by the proxy when it starts the writer: the level of its own `llmtap` loggers."""
+    spool_after: int = KEEP_IN_MEMORY
+    """Bytes of a running stream held in memory before its pieces go to a file."""
 
 
-_RECORDING_FIELDS = tuple(f.name for f in fields(Recording) if f.name != "summariser")
+_WRITER_ONLY = ("summariser", "spool")
+_RECORDING_FIELDS = tuple(f.name for f in fields(Recording) if f.name not in _WRITER_ONLY)
 _CONTEXT_AT = _RECORDING_FIELDS.index("context")
 _CHUNKS_AT = _RECORDING_FIELDS.index("chunks")
 _TIMES_AT = _RECORDING_FIELDS.index("chunk_times_ns")
@@ -85,7 +90,7 @@ def unpack_recording(values: list[Any]) -> Recording:
     for name, value in zip(_RECORDING_FIELDS, values, strict=True):
         object.__setattr__(rec, name, value)
     rec.context = RequestContext(*values[_CONTEXT_AT])
-    rec.summariser = None
+    rec.summariser = rec.spool = None
     return rec
 
 
@@ -126,19 +131,18 @@ def open_batch_writer(config: WriterConfig) -> BatchWriter:
 
 
 class _OpenStream:
-    """A stream still running in the proxy: its pieces so far, reassembled as they came."""
+    """A stream still running in the proxy: its pieces so far (in memory, or on file once
+    large: `PieceSpool`), reassembled as they came."""
 
-    __slots__ = ("chunks", "times", "summariser")
+    __slots__ = ("spool", "summariser")
 
-    def __init__(self, summariser: Any) -> None:
-        self.chunks: list[bytes] = []
-        self.times: list[int] = []
+    def __init__(self, spool: PieceSpool, summariser: Any) -> None:
+        self.spool = spool
         self.summariser = summariser
         """A `StreamSummariser`, or None for a stream that is not traced."""
 
     def feed(self, chunks: list[bytes], times: list[int]) -> None:
-        self.chunks += chunks
-        self.times += times
+        self.spool.extend(chunks, times)
         if self.summariser is not None:
             try:
                 self.summariser.feed(chunks, times)
@@ -149,14 +153,20 @@ class _OpenStream:
     def complete(self, rec: Recording) -> None:
         """`rec`, which left out the pieces this has, whole again."""
         self.feed(rec.chunks, rec.chunk_times_ns)
-        rec.chunks, rec.chunk_times_ns = self.chunks, self.times
+        spool = self.spool
+        if spool.on_file:
+            rec.chunks, rec.chunk_times_ns, rec.spool = [], [], spool
+        else:
+            rec.chunks, rec.chunk_times_ns = spool.held(), spool.times.tolist()
         rec.summariser = self.summariser
 
 
 class _Streams:
     """The running streams the proxy sends along, by exchange id."""
 
-    def __init__(self, traced: bool) -> None:
+    def __init__(
+        self, traced: bool, directory: str | None = None, spool_after: int = KEEP_IN_MEMORY
+    ) -> None:
         # imported here: the proxy imports this module for WriterConfig, the child needs these
         from llmtap.recorder.endpoints import endpoint_for
         from llmtap.recorder.stream_summary import StreamSummariser
@@ -166,6 +176,9 @@ class _Streams:
         self._summariser = StreamSummariser
         self._header = header
         self.open: dict[str, _OpenStream] = {}
+        self.directory = directory
+        """Where a long stream's pieces go (see `PieceSpool`)."""
+        self.spool_after = spool_after
 
     def on_message(self, item: tuple[Any, ...]) -> None:
         if item[0] == "chunks":
@@ -174,10 +187,15 @@ class _Streams:
             if stream is None:
                 if head is None:
                     return  # (never: a new writer process gets every stream from its start)
-                stream = self.open[xid] = _OpenStream(self._summariser_for(*head))
+                summariser = self._summariser_for(*head)
+                stream = self.open[xid] = _OpenStream(
+                    PieceSpool(self.directory, self.spool_after), summariser
+                )
             stream.feed(chunks, times)
         else:  # ("drop", xid)
-            self.open.pop(item[1], None)
+            stream = self.open.pop(item[1], None)
+            if stream is not None:
+                stream.spool.close()
 
     def _summariser_for(
         self, method: str, path: str, headers: list[tuple[str, str]], started_ns: int
@@ -193,12 +211,17 @@ class _Streams:
         rec = unpack_recording(values)
         if had:
             stream = self.open.pop(rec.exchange_id, None)
-            if stream is None or len(stream.chunks) != had:  # never, by the protocol
+            if stream is None or len(stream.spool.lengths) != had:  # never, by the protocol
                 log.error("the first pieces of %s %s were lost", rec.method, rec.path)
                 rec.error = rec.error or "llmtap lost the first pieces of this response"
             else:
                 stream.complete(rec)
         return rec
+
+
+_RECEIVE_AT_MOST = 16 << 20
+"""Bytes read before the messages so far are handled: a proxy that sends faster than they
+are (a long stream in bulk) must not have all of it decoded here at once."""
 
 
 class _Channel:
@@ -220,7 +243,8 @@ class _Channel:
             if not ready:
                 return []
         messages: list[Any] = []
-        while not self.closed:
+        taken = 0
+        while not self.closed and taken < _RECEIVE_AT_MOST:
             try:
                 data = self.sock.recv(1 << 20, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
@@ -230,6 +254,7 @@ class _Channel:
             if not data:
                 self.closed = True
                 break
+            taken += len(data)
             messages.extend(self.decoder.feed(data))
         return messages
 
@@ -256,7 +281,8 @@ def serve(sock: socket.socket) -> int:
         return 1
     channel.send(("ready", None))
     lines = request_log.isEnabledFor(logging.INFO)
-    streams = _Streams(config.log_traces)
+    directory = os.path.dirname(os.path.abspath(config.db))
+    streams = _Streams(config.log_traces, directory, config.spool_after)
     waiting: list[tuple[int, Recording]] = []
     quitting = False
     tidy = False  # written since the last idle(): tidy up once nothing is waiting
@@ -278,8 +304,11 @@ def serve(sock: socket.socket) -> int:
                     streams.on_message(item)
             if waiting:
                 batch, waiting = waiting[:MAX_BATCH], waiting[MAX_BATCH:]
-                freed += sum(sum(map(len, rec.chunks)) for _, rec in batch)
+                freed += sum(_response_bytes(rec) for _, rec in batch)
                 acks = _write(writer, batch, lines)
+                for _, rec in batch:
+                    if rec.spool is not None:
+                        rec.spool.close()
                 del batch  # (a long stream's pieces: let go of before the writer idles)
                 last_health = writer.health.as_dict()
                 channel.send(("done", acks, last_health))
@@ -310,6 +339,10 @@ def _return_freed_memory() -> None:
     a 266 MB stream left the writer at 625 MB of RSS); `malloc_trim` gives them back."""
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
         ctypes.CDLL(None).malloc_trim(0)
+
+
+def _response_bytes(rec: Recording) -> int:
+    return rec.spool.size if rec.spool is not None else sum(map(len, rec.chunks))
 
 
 def _items(messages: list[Any]) -> list[tuple[Any, ...]]:

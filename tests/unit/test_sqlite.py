@@ -96,7 +96,12 @@ def test_reopening_applies_no_migration_twice(tmp_path: Path) -> None:
     SqliteStore(db).close()
     conn = sqlite3.connect(db)
     names = [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations")]
-    assert names == ["0001_initial", "0002_models", "0003_lighter_indexes"]
+    assert names == [
+        "0001_initial",
+        "0002_models",
+        "0003_lighter_indexes",
+        "0004_long_response_body",
+    ]
 
 
 def index_sql(conn: sqlite3.Connection) -> dict[str, str]:

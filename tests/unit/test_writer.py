@@ -9,10 +9,12 @@ import signal
 import sqlite3
 import threading
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
 import orjson
+import pytest
 from chunk_factory import make_chunks, sse_bytes
 
 from llmtap.recorder.batch_writer import BatchWriter
@@ -58,9 +60,15 @@ def exchanges(db: Path) -> list[str]:
         conn.close()
 
 
-def with_writer(db: Path, body: Callable[[Writer], Awaitable[T]], **options: int) -> T:
+def with_writer(
+    db: Path, body: Callable[[Writer], Awaitable[T]], spool_after: int | None = None, **options: int
+) -> T:
+    config = WriterConfig(db=str(db))
+    if spool_after is not None:
+        config = replace(config, spool_after=spool_after)
+
     async def go() -> T:
-        writer = Writer(WriterConfig(db=str(db)), **options)
+        writer = Writer(config, **options)
         await writer.start()
         try:
             return await body(writer)
@@ -279,7 +287,9 @@ def stored(db: Path, rec: Recording) -> tuple[bytes, object]:
     conn = sqlite3.connect(db)
     try:
         (body,) = conn.execute(
-            "SELECT response_body FROM exchanges WHERE exchange_id = ?", [rec.exchange_id]
+            "SELECT coalesce(long_response_body, response_body) FROM exchanges "
+            "WHERE exchange_id = ?",
+            [rec.exchange_id],
         ).fetchone()
         (outputs,) = conn.execute(
             "SELECT outputs FROM spans WHERE span_id = ?", [rec.span_id]
@@ -289,8 +299,10 @@ def stored(db: Path, rec: Recording) -> tuple[bytes, object]:
     return bytes(body), orjson.loads(outputs)
 
 
-async def relay(writer: Writer, rec: Recording, pieces: list[bytes], kill_at: int = -1) -> bool:
-    """As the proxy relays a stream: pieces a few ms apart, the commit at the end."""
+async def relay(
+    writer: Writer, rec: Recording, pieces: list[bytes], kill_at: int = -1, commit: bool = True
+) -> bool:
+    """As the proxy relays a stream: pieces a few ms apart, the commit at the end (or not)."""
     writer.track(rec)
     for i, piece in enumerate(pieces):
         rec.feed(piece)
@@ -302,6 +314,8 @@ async def relay(writer: Writer, rec: Recording, pieces: list[bytes], kill_at: in
             while writer._process is first or writer._link is None or writer._link.lost.done():
                 await asyncio.sleep(0.01)
     assert writer._streams[rec.exchange_id].sent > 0  # pieces went ahead of the commit
+    if not commit:
+        return False
     try:
         return await writer.commit(rec.finish())
     finally:
@@ -323,6 +337,42 @@ def test_a_writer_killed_mid_stream_gets_the_stream_again_from_its_start(tmp_pat
     body, outputs = stored(tmp_path / "k.db", rec)
     assert body == b"".join(pieces)
     assert outputs == build_batch(rec).spans[-1].outputs
+
+
+def spool_files(writer: Writer, directory: Path) -> list[str]:
+    """The unnamed files the writer process has open in `directory` (its spooled streams)."""
+    assert writer._process is not None
+    fds = Path(f"/proc/{writer._process.pid}/fd")
+    links = [os.readlink(fd) for fd in fds.iterdir() if fd.is_symlink()]
+    return [link for link in links if link.startswith(str(directory)) and "(deleted)" in link]
+
+
+@pytest.mark.parametrize("kill_at", [-1, 3, 6])
+def test_a_long_stream_goes_to_file_in_the_writer_and_is_stored_whole(
+    tmp_path: Path, kill_at: int
+) -> None:
+    """Past `spool_after` bytes the writer process keeps a stream's pieces on file (here after
+    the first piece), with and without a writer killed halfway; the file goes with the stream."""
+    rec, pieces = running_stream(" ".join(f"token{i}" for i in range(300)))
+    seen: list[list[str]] = []
+
+    async def body(writer: Writer) -> bool:
+        await relay(writer, rec, pieces[:-1], kill_at=kill_at, commit=False)
+        seen.append(spool_files(writer, tmp_path))
+        rec.feed(pieces[-1])
+        try:
+            return await writer.commit(rec.finish())
+        finally:
+            writer.untrack(rec)
+            await asyncio.sleep(0.05)
+            seen.append(spool_files(writer, tmp_path))
+
+    assert with_writer(tmp_path / "long.db", body, spool_after=300)
+    assert len(seen[0]) == 1 and seen[1] == []  # on file while it ran, and no longer
+    stored_body, outputs = stored(tmp_path / "long.db", rec)
+    assert stored_body == b"".join(pieces)
+    assert outputs == build_batch(rec).spans[-1].outputs
+    assert outputs["choices"][0]["message"]["content"].endswith("token299")
 
 
 def test_a_stalled_writer_is_not_sent_every_running_stream_twice(tmp_path: Path) -> None:

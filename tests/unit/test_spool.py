@@ -1,0 +1,211 @@
+"""A long stream's pieces on file: read back byte for byte and piece for piece, and stored
+from the file into its row with the same bytes, chunk times and reassembly as from memory."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+from chunk_factory import make_chunks, sse_bytes
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llmtap.recorder.recording import Recording
+from llmtap.recorder.records import RequestContext
+from llmtap.recorder.spool import PieceSpool
+from llmtap.recorder.sqlite import SqliteStore
+from llmtap.recorder.tracing import build_batch
+
+pieces_strategy = st.lists(st.binary(max_size=300), max_size=60)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    pieces=pieces_strategy,
+    keep=st.integers(min_value=0, max_value=2000),
+    block=st.integers(min_value=1, max_value=700),
+    feeds=st.integers(min_value=1, max_value=6),
+)
+def test_the_spool_gives_back_what_it_was_fed(
+    tmp_path_factory, pieces: list[bytes], keep: int, block: int, feeds: int
+) -> None:
+    spool = PieceSpool(str(tmp_path_factory.getbasetemp()), keep)
+    times = [1_000 + 7 * i for i in range(len(pieces))]
+    step = max(1, len(pieces) // feeds)
+    for at in range(0, len(pieces), step):
+        spool.extend(pieces[at : at + step], times[at : at + step])
+    whole = b"".join(pieces)
+    try:
+        assert spool.on_file == (len(whole) > keep)
+        assert len(spool) == len(whole) and list(spool.lengths) == [len(p) for p in pieces]
+        assert b"".join(spool.blocks(block)) == whole
+        assert b"".join(spool.blocks(block)) == whole  # again: a batch may be written twice
+        again = [(p, t) for ps, ts in spool.batches(block) for p, t in zip(ps, ts, strict=True)]
+        assert again == list(zip(pieces, times, strict=True))
+        if not spool.on_file:
+            assert spool.held() == pieces
+    finally:
+        spool.close()
+
+
+def long_stream(seed: int) -> tuple[Recording, list[bytes]]:
+    """A finished streamed chat recording in random cuts (a piece may be empty)."""
+    rng = random.Random(seed)
+    text = " ".join(f"word{i}" for i in range(400))
+    wire = sse_bytes(make_chunks(text, usage=True))
+    cuts = sorted(rng.sample(range(1, len(wire)), 120))
+    pieces = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)]
+    rec = Recording(
+        "POST",
+        "/chat/completions",
+        "",
+        [("content-type", "application/json")],
+        b'{"model": "gpt-4o-mini", "stream": true, "messages": []}',
+        RequestContext(),
+    )
+    rec.respond(200, [("content-type", "text/event-stream")])
+    for piece in pieces:
+        rec.feed(piece)
+    return rec.finish(), pieces
+
+
+def on_file(rec: Recording, directory: Path) -> Recording:
+    """The same recording as the writer process hands a long stream to the build."""
+    spool = PieceSpool(str(directory), 64)
+    spool.extend(rec.chunks, rec.chunk_times_ns)
+    assert spool.on_file
+    twin = Recording(
+        rec.method,
+        rec.path,
+        rec.query,
+        rec.request_headers,
+        rec.request_body,
+        rec.context,
+        started_ns=rec.started_ns,
+        exchange_id=rec.exchange_id,
+        span_id=rec.span_id,
+        trace_id=rec.trace_id,
+    )
+    twin.respond(rec.status or 200, rec.response_headers)
+    twin.ended_ns, twin.spool = rec.ended_ns, spool
+    return twin
+
+
+def row(db: Path, exchange_id: str) -> tuple[bytes, list, str]:
+    conn = sqlite3.connect(db)
+    try:
+        body, chunks, outputs = conn.execute(
+            "SELECT coalesce(long_response_body, response_body), chunks, outputs "
+            "FROM exchanges JOIN spans USING (exchange_id) "
+            "WHERE exchange_id = ?",
+            [exchange_id],
+        ).fetchone()
+    finally:
+        conn.close()
+    return bytes(body), orjson.loads(chunks), outputs
+
+
+def test_a_stream_on_file_is_stored_as_the_same_stream_in_memory(tmp_path: Path) -> None:
+    for seed in range(5):
+        rec, pieces = long_stream(seed)
+        twin = on_file(rec, tmp_path)
+        in_memory, from_file = build_batch(rec), build_batch(twin)
+        assert from_file.spans[-1].outputs == in_memory.spans[-1].outputs
+        assert from_file.spans[-1].attributes == in_memory.spans[-1].attributes
+        assert orjson.loads(from_file.exchange.chunks) == [
+            list(c) for c in in_memory.exchange.chunks
+        ]
+        assert from_file.exchange.first_byte_ns == in_memory.exchange.first_byte_ns
+
+        db_a, db_b = tmp_path / f"a{seed}.db", tmp_path / f"b{seed}.db"
+        for db, batch in ((db_a, in_memory), (db_b, from_file)):
+            store = SqliteStore(db)
+            try:
+                store.write([batch])
+            finally:
+                store.close()
+        assert row(db_b, rec.exchange_id) == row(db_a, rec.exchange_id)
+        assert row(db_b, rec.exchange_id)[0] == b"".join(pieces)
+        twin.spool.close()
+
+
+def test_a_later_copy_in_memory_replaces_one_on_file_in_the_same_write(tmp_path: Path) -> None:
+    """A stream committed at [DONE] and again, fuller, in one transaction: the last one wins,
+    wherever its body is."""
+    rec, pieces = long_stream(7)
+    twin = on_file(rec, tmp_path)
+    short = Recording(
+        rec.method, rec.path, "", [], rec.request_body, rec.context,
+        started_ns=rec.started_ns, exchange_id=rec.exchange_id, span_id=rec.span_id,
+        trace_id=rec.trace_id,
+    )  # fmt: skip
+    short.respond(200, rec.response_headers)
+    short.feed(b"data: [DONE]\n\n")
+    short.finish()
+    try:
+        for name, order, expected in (
+            ("c.db", (twin, short), b"data: [DONE]\n\n"),
+            ("d.db", (short, twin), b"".join(pieces)),
+        ):
+            store = SqliteStore(tmp_path / name)
+            try:
+                store.write([build_batch(r) for r in order])
+            finally:
+                store.close()
+            assert row(tmp_path / name, rec.exchange_id)[0] == expected
+    finally:
+        twin.spool.close()
+
+
+_COPY_PROBE = """
+import sys
+from llmtap.recorder.spool import PieceSpool
+from llmtap.recorder.sqlite import SqliteStore, _copy_body
+
+def peak_kb():
+    with open("/proc/self/status") as f:
+        return int(f.read().split("VmHWM:")[1].split()[0])
+
+store = SqliteStore(sys.argv[1])
+conn = store.conn
+conn.execute("BEGIN IMMEDIATE")
+conn.execute(
+    "INSERT INTO exchanges (exchange_id, experiment, method, path, match_key, request_headers,"
+    " request_body, response_headers, response_body, chunks, started_ns, ended_ns)"
+    " VALUES ('x', 'Default', 'POST', '/chat/completions', '', '[]', x'', '[]', x'', '[]', 1, 2)"
+)
+spool = PieceSpool(sys.argv[2], 0)
+for i in range(128):
+    spool.extend([bytes([i]) * (1 << 20)], [i])
+before = peak_kb()
+_copy_body(conn, "x", spool)
+conn.execute("COMMIT")
+print(peak_kb() - before)
+store.close()
+"""
+
+
+def test_a_long_body_goes_into_its_row_without_being_held_in_memory(tmp_path: Path) -> None:
+    """128 MB copied from the spool into the row: the writer's peak memory grows by a block or
+    two (in `response_body`, mid-row, SQLite expanded the zeroblob: ~2x the body)."""
+    db = tmp_path / "long.db"
+    probe = subprocess.run(
+        [sys.executable, "-c", _COPY_PROBE, str(db), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert int(probe.stdout) < 32 << 10  # KB
+    conn = sqlite3.connect(db)
+    try:
+        short, long = conn.execute(
+            "SELECT length(response_body), long_response_body FROM exchanges"
+        ).fetchone()
+    finally:
+        conn.close()
+    assert short == 0
+    assert long == b"".join(bytes([i]) * (1 << 20) for i in range(128))
