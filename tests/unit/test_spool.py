@@ -209,3 +209,30 @@ def test_a_long_body_goes_into_its_row_without_being_held_in_memory(tmp_path: Pa
         conn.close()
     assert short == 0
     assert long == b"".join(bytes([i]) * (1 << 20) for i in range(128))
+
+
+def test_a_spool_file_that_cannot_be_made_keeps_the_pieces_in_memory(tmp_path: Path) -> None:
+    """A full disk (here: no directory) costs memory, never the stream."""
+    spool = PieceSpool(str(tmp_path / "gone"), 10)
+    pieces = [b"data: %d\n\n" % i for i in range(50)]
+    spool.extend(pieces[:20], list(range(20)))
+    spool.extend(pieces[20:], list(range(20, 50)))
+    assert not spool.on_file
+    assert spool.held() == pieces and b"".join(spool.blocks()) == b"".join(pieces)
+
+
+@settings(max_examples=60, deadline=None)
+@given(pieces=pieces_strategy, keep=st.integers(min_value=0, max_value=1500))
+def test_pieces_after_the_file_are_read_back_after_it(
+    tmp_path_factory, pieces: list[bytes], keep: int
+) -> None:
+    """Pieces are moved to the file `keep` bytes at a time: between two moves the body is the
+    file, then the pieces held."""
+    spool = PieceSpool(str(tmp_path_factory.getbasetemp()), keep)
+    for i, piece in enumerate(pieces):
+        spool.extend([piece], [i])
+        seen = b"".join(pieces[: i + 1])
+        assert b"".join(spool.blocks(97)) == seen
+    again = [p for ps, _ in spool.batches(97) for p in ps]
+    assert again == pieces
+    spool.close()
