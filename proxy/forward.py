@@ -40,7 +40,7 @@ from llmtap.proxy.upstream_client import (
 from llmtap.proxy.usage_injection import UsageStripper, injected_body
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.records import Mode
-from llmtap.recorder.writer import Writer
+from llmtap.recorder.writer import TrackedStream, Writer
 
 log = logging.getLogger("llmtap.proxy")
 
@@ -222,16 +222,21 @@ class Forwarder:
         # usage it did not ask for, which SDKs accept, rather than a stream we cannot edit
         stripper = UsageStripper() if rec.usage_injected and encoding == b"identity" else None
         writer = self.writer if not rec.discard else None
-        if writer is not None:
-            writer.track(rec)  # its pieces go to the writer process as they come
+        # its pieces go to the writer process as they come
+        tracked = writer.track(rec) if writer is not None else None
         try:
-            await self._relay_events(send, rec, upstream, stripper)
+            await self._relay_events(send, rec, upstream, stripper, tracked)
         finally:
             if writer is not None:
                 writer.untrack(rec)
 
     async def _relay_events(
-        self, send: Send, rec: Recording, upstream: Response, stripper: UsageStripper | None
+        self,
+        send: Send,
+        rec: Recording,
+        upstream: Response,
+        stripper: UsageStripper | None,
+        tracked: TrackedStream | None,
     ) -> None:
         committed_at = 0  # how many chunks the committed copy holds
         tail = b""
@@ -242,14 +247,16 @@ class Forwarder:
             if not committed_at and (chunk.rfind(_DONE) >= 0 or _DONE in tail + chunk[:8]):
                 await self._commit(rec.finish())
                 rec.committed = True
-                committed_at = len(rec.chunks)
+                committed_at = rec.piece_count
             tail = chunk[-8:]
             out = stripper.feed(chunk) if stripper is not None else chunk
             if out:
                 await send({"type": "http.response.body", "body": out, "more_body": True})
+            if tracked is not None and tracked.paused is not None:  # it outruns the writer
+                await self.writer.catch_up(tracked)  # type: ignore[union-attr]
         if not committed_at:
             await self._commit(rec.finish())
-        elif len(rec.chunks) > committed_at:  # bytes after [DONE]: the fuller copy replaces it
+        elif rec.piece_count > committed_at:  # bytes after [DONE]: the fuller copy replaces it
             self._submit(rec.finish())
         rest = stripper.flush() if stripper is not None else b""
         await send({"type": "http.response.body", "body": rest, "more_body": False})

@@ -67,6 +67,9 @@ class Recording:
     """Fixed at creation, so that writing the recording again updates the same trace."""
     usage_injected: bool = False
     """llmtap asked the upstream for stream usage the client did not request."""
+    dropped: int = 0
+    """In the proxy: how many first pieces it let go of, the writer process having them on
+    file (`chunks` and `chunk_times_ns` hold the pieces after those)."""
     summariser: Any = None
     """In the writer process only: a `StreamSummariser` already fed these chunks while the
     stream ran (see `llmtap.recorder.stream_summary`); never sent across."""
@@ -91,6 +94,11 @@ class Recording:
     def feed(self, chunk: bytes) -> None:
         self.chunks.append(chunk)
         self.chunk_times_ns.append(time.time_ns())
+
+    @property
+    def piece_count(self) -> int:
+        """Pieces received, those let go of included."""
+        return self.dropped + len(self.chunks)
 
     def finish(self) -> Recording:
         self.ended_ns = time.time_ns()

@@ -26,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -47,6 +49,14 @@ _START_TIMEOUT = 60.0
 PROGRESS_EVERY = 0.005
 """Seconds between two sends of the pieces of running streams: a few events each, at most
 200 small frames a second whatever the number of streams."""
+HOLD_AT_MOST = 32 << 20
+"""Bytes of a stream the proxy holds that the writer process has not put on file yet, past
+which the stream's relay waits for it (`catch_up`): a stream that comes faster than the
+writer stores it (266 MB of bulk SSE at ~100 MB/s against ~60 MB/s) is held once, bounded,
+instead of whole, twice (the pieces, and their frames waiting for the socket)."""
+PAUSE_AT_MOST = 1.0
+"""Seconds a relay waits for the writer process to put pieces on file; a writer that does
+not (its disk failed) is not waited for again, and the stream is held in memory."""
 FRAME_BYTES = 4 << 20
 """Bytes of a stream's pieces in one frame at most. A stream that outruns the writer process
 goes across in frames of this size, not in one frame of all of it (266 MB for a 1,000,000-
@@ -65,11 +75,22 @@ class _Pending:
 
 
 @dataclass(slots=True)
-class _Stream:
+class TrackedStream:
     """A stream being relayed, and how many of its pieces the writer process has."""
 
     recording: Recording
     sent: int = 0
+    opened: bool = False
+    """The writer process was sent its head (it knows the stream)."""
+    on_file: int = 0
+    """Its first pieces the writer process put on file: the recording let go of them, and a
+    new writer process would take the file over. Such a stream stays open in both processes
+    after `[DONE]` until its relay ended and its records are acknowledged."""
+    ended: bool = False
+    """Its relay ended while a record of it was not acknowledged yet."""
+    paused: asyncio.Future[None] | None = None
+    """Set while its relay should wait for the writer process (see `HOLD_AT_MOST`)."""
+    never_pause: bool = False
 
 
 class Writer:
@@ -97,7 +118,7 @@ class Writer:
         """Recordings sent to the writer process and not yet acknowledged."""
         self._next_seq = 0
         self._room: asyncio.Event | None = None
-        self._streams: dict[str, _Stream] = {}
+        self._streams: dict[str, TrackedStream] = {}
         """Streams being relayed, by exchange id (see `track`)."""
         self._ticking = False
         self._closing = False
@@ -115,6 +136,11 @@ class Writer:
         self._loop = asyncio.get_running_loop()
         self._room = asyncio.Event()
         self._room.set()
+        if self.config.spool_dir is None:
+            base = f"{self.config.db}-spool"
+            await asyncio.to_thread(_remove_stale_spools, base)
+            name = f"{os.getpid()}-{os.urandom(4).hex()}"
+            self.config = replace(self.config, spool_dir=os.path.join(base, name))
         await self._spawn()
 
     async def commit(self, recording: Recording) -> bool:
@@ -141,19 +167,47 @@ class Writer:
             return
         self._enqueue(recording, None)
 
-    def track(self, recording: Recording) -> None:
-        """A stream starts: send its pieces along as they come, until it is handed over."""
-        self._streams[recording.exchange_id] = _Stream(recording)
+    def track(self, recording: Recording) -> TrackedStream:
+        """A stream starts: send its pieces along as they come, until it is handed over. Its
+        relay checks `paused` on the handle between pieces (see `catch_up`)."""
+        stream = self._streams[recording.exchange_id] = TrackedStream(recording)
         if not self._ticking and self._loop is not None:
             self._ticking = True
             self._loop.call_later(PROGRESS_EVERY, self._progress)
+        return stream
+
+    async def catch_up(self, stream: TrackedStream) -> None:
+        """The relay of a stream that outruns the writer process waits for it to put pieces
+        on file (at most `PAUSE_AT_MOST`)."""
+        paused = stream.paused
+        if paused is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(paused), PAUSE_AT_MOST)
+        except TimeoutError:
+            log.warning("the writer process is not keeping up with a stream: held in memory")
+            stream.never_pause = True
+            _resume(stream)
 
     def untrack(self, recording: Recording) -> None:
         """The relay of a tracked stream ended; a stream never handed over is forgotten by
         the writer process too (nothing of it is written)."""
-        stream = self._streams.pop(recording.exchange_id, None)
-        if stream is not None and stream.sent and self._link_up():
-            self._link.transport.write(encode([("drop", recording.exchange_id)]))  # type: ignore[union-attr]
+        stream = self._streams.get(recording.exchange_id)
+        if stream is None:
+            return
+        if stream.on_file and self._has_pending(recording):
+            stream.ended = True  # its file is what a new writer process would need
+            return
+        self._drop(stream)
+
+    def _drop(self, stream: TrackedStream) -> None:
+        _resume(stream)
+        del self._streams[stream.recording.exchange_id]
+        if stream.opened and self._link_up():
+            self._link.transport.write(encode([("drop", stream.recording.exchange_id)]))  # type: ignore[union-attr]
+
+    def _has_pending(self, recording: Recording) -> bool:
+        return any(p.recording is recording for p in self._pending.values())
 
     async def close(self, timeout: float = 30.0) -> None:
         """Write everything handed over so far, then stop the writer process."""
@@ -174,6 +228,8 @@ class Writer:
             await asyncio.to_thread(_reap, process, 5.0)
         self._fail_all("llmtap stopped before this recording was written")
         self._link = self._process = None
+        if self.config.spool_dir is not None:
+            await asyncio.to_thread(_remove_spool, self.config.spool_dir)
 
     def flush(self, timeout: float = 10.0) -> None:
         """Block until everything handed over so far is written (for tests and the CLI).
@@ -199,13 +255,18 @@ class Writer:
         self._pending[seq] = _Pending(recording, future, size)
         self._pending_bytes += size
         self.health.pending = len(self._pending)
-        stream = self._streams.pop(recording.exchange_id, None)
-        had = 0  # pieces the writer process has already
+        stream = self._streams.get(recording.exchange_id)
+        had, keep = 0, False  # pieces the writer process has already; the stream stays open
         if stream is not None:
-            if self._link_up() and _bytes_after(recording.chunks, stream.sent) > FRAME_BYTES:
+            keep = stream.on_file > 0
+            if not keep:
+                del self._streams[recording.exchange_id]
+            if self._link_up() and _bytes_after(recording, stream.sent) > FRAME_BYTES:
                 self._send_pieces(stream)  # a long tail: ahead of the record, frame by frame
             had = stream.sent
-        self._outbox.append(("record", seq, pack_recording(recording, had), had))
+            if keep:  # the open stream gets the record's pieces too: progress must not resend
+                stream.sent = recording.piece_count
+        self._outbox.append(("record", seq, pack_recording(recording, had), had, keep))
         if len(self._outbox) == 1 and not self._unacked:
             # one frame for everything that finishes in this iteration of the loop
             self._loop.call_soon(self._send_outbox)  # type: ignore[union-attr]
@@ -241,26 +302,34 @@ class Writer:
         messages = []
         for stream in streams.values():
             rec = stream.recording
-            if len(rec.chunks) > stream.sent:
-                if _bytes_after(rec.chunks, stream.sent) > FRAME_BYTES:
+            if (
+                stream.on_file
+                and stream.paused is None
+                and not stream.never_pause
+                and _bytes_after(rec, stream.on_file) > HOLD_AT_MOST
+            ):
+                stream.paused = self._loop.create_future()  # type: ignore[union-attr]
+            if rec.piece_count > stream.sent:
+                if _bytes_after(rec, stream.sent) > FRAME_BYTES:
                     self._send_pieces(stream)
                 else:  # the common case: one frame for the news of every stream
-                    messages.append(_pieces_message(stream, len(rec.chunks)))
+                    messages.append(_pieces_message(stream, rec.piece_count))
         if messages:
             self._link.transport.write(encode(messages))  # type: ignore[union-attr]
 
-    def _send_pieces(self, stream: _Stream) -> None:
+    def _send_pieces(self, stream: TrackedStream) -> None:
         """Every piece of the stream the writer process lacks, `FRAME_BYTES` to a frame."""
-        chunks = stream.recording.chunks
+        rec = stream.recording
+        chunks, dropped = rec.chunks, rec.dropped
         frames = []
-        while stream.sent < len(chunks):
-            end, size = stream.sent, 0
+        while stream.sent < rec.piece_count:
+            end, size = stream.sent - dropped, 0
             while end < len(chunks) and (
-                end == stream.sent or size + len(chunks[end]) <= FRAME_BYTES
+                end == stream.sent - dropped or size + len(chunks[end]) <= FRAME_BYTES
             ):
                 size += len(chunks[end])
                 end += 1
-            frames.append(encode([_pieces_message(stream, end)]))
+            frames.append(encode([_pieces_message(stream, dropped + end)]))
         self._link.transport.writelines(frames)  # type: ignore[union-attr]
 
     async def _spawn(self) -> None:
@@ -297,6 +366,22 @@ class Writer:
             self._apply_health(message[2])
         elif kind == "health":
             self._apply_health(message[1])
+        elif kind == "on file":
+            self._on_file(message[1], message[2])
+
+    def _on_file(self, exchange_id: str, pieces: int) -> None:
+        """The writer process has the first `pieces` of a stream on file: let go of them (a
+        long stream is held in memory once, in the writer process, 8 MB at most)."""
+        stream = self._streams.get(exchange_id)
+        if stream is None or pieces <= stream.on_file:
+            return  # (handed over without `keep`: the recording keeps every piece)
+        rec = stream.recording
+        cut = pieces - rec.dropped
+        del rec.chunks[:cut]
+        del rec.chunk_times_ns[:cut]
+        rec.dropped = stream.on_file = pieces
+        if stream.paused is not None and _bytes_after(rec, pieces) <= HOLD_AT_MOST // 2:
+            _resume(stream)
 
     def _on_done(self, acks: list[tuple[int, bool, str]]) -> None:
         self._unacked = max(0, self._unacked - len(acks))
@@ -313,6 +398,10 @@ class Writer:
             if pending.future is not None and not pending.future.done():
                 pending.future.set_result(ok)
         self._after_change()
+        ended = [s for s in self._streams.values() if s.ended]
+        for stream in ended:
+            if not self._has_pending(stream.recording):
+                self._drop(stream)
         if written and self.on_written is not None:
             try:
                 self.on_written(written)
@@ -358,7 +447,9 @@ class Writer:
                     self._give_up(seq, "the writer process stopped twice while writing it")
         self._after_change()
         for stream in self._streams.values():
-            stream.sent = 0  # the next process has none of their pieces
+            # the next process has none of their pieces, but those on file it takes over
+            stream.sent, stream.opened = stream.on_file, False
+            _resume(stream)
         delay, attempts = 0.05, 0
         while not self._closing:
             try:
@@ -375,10 +466,21 @@ class Writer:
                 delay = min(delay * 2, 5.0)
         else:
             return
-        self._outbox = [
-            ("record", seq, pack_recording(p.recording), 0)
-            for seq, p in sorted(self._pending.items())
-        ]
+        for stream in self._streams.values():
+            if stream.on_file:  # its file taken over before any record of it arrives
+                self._send_pieces(stream)
+        outbox = []
+        for seq, p in sorted(self._pending.items()):
+            rec = p.recording
+            stream = self._streams.get(rec.exchange_id)
+            if stream is not None and stream.recording is rec and stream.on_file:
+                outbox.append(("record", seq, pack_recording(rec, stream.sent), stream.sent, True))
+            elif not rec.dropped:
+                outbox.append(("record", seq, pack_recording(rec), 0, False))
+            else:  # (never: a stream on file stays open until its records are acknowledged)
+                self._give_up(seq, "its first pieces are gone with the writer process")
+        self._after_change()
+        self._outbox = outbox
         self._unacked = 0
         self._send_outbox()
         self._restarting = None
@@ -428,17 +530,56 @@ class _Link(asyncio.Protocol):
             self.writer._on_lost()
 
 
-def _bytes_after(chunks: list[bytes], start: int) -> int:
-    return sum(map(len, chunks[start:])) if start else sum(map(len, chunks))
+def _resume(stream: TrackedStream) -> None:
+    paused, stream.paused = stream.paused, None
+    if paused is not None and not paused.done():
+        paused.set_result(None)
 
 
-def _pieces_message(stream: _Stream, end: int) -> tuple[Any, ...]:
-    """The stream's pieces from the first the writer process lacks to `end` (the head with
-    the first of them), counted as sent."""
-    rec, sent = stream.recording, stream.sent
-    head = None if sent else (rec.method, rec.path, rec.response_headers, rec.started_ns)
+def _bytes_after(rec: Recording, piece: int) -> int:
+    """Bytes of the recording's pieces from `piece` on."""
+    start = piece - rec.dropped
+    return sum(map(len, rec.chunks[start:])) if start else sum(map(len, rec.chunks))
+
+
+def _pieces_message(stream: TrackedStream, end: int) -> tuple[Any, ...]:
+    """The stream's pieces from the first the writer process lacks to `end` (the head, if
+    the process does not know the stream yet), counted as sent."""
+    rec = stream.recording
+    head = None
+    if not stream.opened:
+        head = (rec.method, rec.path, rec.response_headers, rec.started_ns, stream.on_file)
+        stream.opened = True
+    first, last = stream.sent - rec.dropped, end - rec.dropped
     stream.sent = end
-    return ("chunks", rec.exchange_id, head, rec.chunks[sent:end], rec.chunk_times_ns[sent:end])
+    return ("chunks", rec.exchange_id, head, rec.chunks[first:last], rec.chunk_times_ns[first:last])
+
+
+def _remove_spool(spool_dir: str) -> None:
+    """The files of long streams (`llmtap.recorder.spool`), and their directory beside the
+    database once no other llmtap uses it."""
+    shutil.rmtree(spool_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.dirname(spool_dir))  # fails while another proxy has its own there
+
+
+def _remove_stale_spools(base: str) -> None:
+    """What proxies that were killed left (each has a directory `PID-RANDOM`)."""
+    with contextlib.suppress(OSError):
+        for name in os.listdir(base):
+            pid = name.split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                _remove_spool(os.path.join(base, name))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _reap(process: subprocess.Popen[bytes], timeout: float) -> int | None:
@@ -450,4 +591,4 @@ def _reap(process: subprocess.Popen[bytes], timeout: float) -> int | None:
         return process.wait()
 
 
-__all__ = ["Writer", "WriterConfig", "WriterHealth"]
+__all__ = ["TrackedStream", "Writer", "WriterConfig", "WriterHealth"]

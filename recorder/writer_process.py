@@ -6,14 +6,21 @@ measurements: ~130 us a request of hand-off and contention alone). A child proce
 the other core; the event loop only pickles each recording onto a socket.
 
 Protocol (length-prefixed pickle frames, `llmtap.recorder.frames`), proxy -> writer:
-  first: `WriterConfig`; then lists of `("record", seq, pack_recording(r, had), had)`,
-  `("chunks", exchange_id, head, pieces, times)` (a running stream's pieces so far: `head`,
-  `(method, path, response headers, started_ns)`, comes with the first of them; a record
-  whose `had` is not 0 leaves out the `had` pieces sent that way), `("drop", exchange_id)`
-  (that stream will not be handed over) and `("quit",)`.
+  first: `WriterConfig`; then lists of
+  - `("chunks", exchange_id, head, pieces, times)`: a running stream's pieces so far. `head`,
+    `(method, path, response headers, started_ns, on_file)`, comes with the first of them;
+    `on_file` is not 0 for a stream whose first pieces a writer process that died had put on
+    file (`PieceSpool.adopt` takes them over);
+  - `("record", seq, pack_recording(r, had), had, keep)`: a record that leaves out the `had`
+    pieces sent along; `keep`: the stream stays open here (it is on file, and pieces after
+    `[DONE]` may come) until `("drop", exchange_id)`, which also ends a stream never handed
+    over;
+  - `("quit",)`.
 Writer -> proxy: `("ready", None)` or `("failed", message)` once the store is open; then
-`("done", [(seq, written, trace_id)], health)` after each transaction, and `("health", ...)`
-when idle tidying changed it (a database deleted under the proxy, a failed checkpoint).
+`("done", [(seq, written, trace_id)], health)` after each transaction, `("health", ...)`
+when idle tidying changed it (a database deleted under the proxy, a failed checkpoint), and
+`("on file", exchange_id, pieces)` when a stream's first `pieces` are on file (the proxy lets
+go of them).
 
 The writer acknowledges a recording only after its transaction committed, so what the proxy
 was told is durable is durable. On end of input (the proxy quit, crashed or was killed) it
@@ -31,6 +38,7 @@ import select
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -62,6 +70,9 @@ class WriterConfig:
     """Set by the proxy when it starts the writer: the level of its own `llmtap` loggers."""
     spool_after: int = KEEP_IN_MEMORY
     """Bytes of a running stream held in memory before its pieces go to a file."""
+    spool_dir: str | None = None
+    """Where those files go, one per stream (named by exchange id); set by the proxy, which
+    removes it when it stops. None: unnamed files (nothing can take them over)."""
 
 
 _WRITER_ONLY = ("summariser", "spool")
@@ -80,8 +91,9 @@ def pack_recording(rec: Recording, had: int = 0) -> list[Any]:
     values = list(_recording_values(rec))
     values[_CONTEXT_AT] = _context_values(rec.context)
     if had:
-        values[_CHUNKS_AT] = rec.chunks[had:]
-        values[_TIMES_AT] = rec.chunk_times_ns[had:]
+        held = had - rec.dropped  # (the proxy holds the pieces after the `dropped` first)
+        values[_CHUNKS_AT] = rec.chunks[held:]
+        values[_TIMES_AT] = rec.chunk_times_ns[held:]
     return values
 
 
@@ -139,33 +151,44 @@ class _OpenStream:
     def __init__(self, spool: PieceSpool, summariser: Any) -> None:
         self.spool = spool
         self.summariser = summariser
-        """A `StreamSummariser`, or None for a stream that is not traced."""
+        """A `StreamSummariser`, or None for a stream that is not traced (or whose
+        summariser was handed to a record while the stream goes on)."""
 
-    def feed(self, chunks: list[bytes], times: list[int]) -> None:
-        self.spool.extend(chunks, times)
+    def feed(self, chunks: list[bytes], times: list[int]) -> bool:
+        """Says whether pieces went to the file."""
+        spilled = self.spool.extend(chunks, times)
         if self.summariser is not None:
             try:
                 self.summariser.feed(chunks, times)
             except Exception:  # never here: the build does it all again, from the pieces
                 log.exception("reassembling a running stream failed")
                 self.summariser = None
+        return spilled
 
-    def complete(self, rec: Recording) -> None:
-        """`rec`, which left out the pieces this has, whole again."""
-        self.feed(rec.chunks, rec.chunk_times_ns)
-        spool = self.spool
+    def complete(self, rec: Recording, keep: bool) -> bool:
+        """`rec`, which left out the pieces this has, whole again; `keep`: the stream goes on
+        (pieces after `[DONE]` may come), so `rec` gets a snapshot of the pieces so far."""
+        spilled = self.feed(rec.chunks, rec.chunk_times_ns)
+        spool = self.spool.snapshot() if keep else self.spool
         if spool.on_file:
             rec.chunks, rec.chunk_times_ns, rec.spool = [], [], spool
         else:
             rec.chunks, rec.chunk_times_ns = spool.held(), spool.times.tolist()
         rec.summariser = self.summariser
+        if keep:  # finished with this record: a later copy reassembles from the pieces again
+            self.summariser = None
+        return spilled
 
 
 class _Streams:
     """The running streams the proxy sends along, by exchange id."""
 
     def __init__(
-        self, traced: bool, directory: str | None = None, spool_after: int = KEEP_IN_MEMORY
+        self,
+        traced: bool,
+        spool_dir: str | None = None,
+        spool_after: int = KEEP_IN_MEMORY,
+        on_file: Callable[[str, int], None] = lambda xid, pieces: None,
     ) -> None:
         # imported here: the proxy imports this module for WriterConfig, the child needs these
         from llmtap.recorder.endpoints import endpoint_for
@@ -176,9 +199,12 @@ class _Streams:
         self._summariser = StreamSummariser
         self._header = header
         self.open: dict[str, _OpenStream] = {}
-        self.directory = directory
-        """Where a long stream's pieces go (see `PieceSpool`)."""
+        self.spool_dir = spool_dir
+        """Where a long stream's pieces go (see `PieceSpool`); None: unnamed files."""
         self.spool_after = spool_after
+        self.on_file = on_file
+        """Told (exchange id, pieces) each time more of a stream's first pieces are on a file
+        a writer process started after this one could take over: the proxy lets go of them."""
 
     def on_message(self, item: tuple[Any, ...]) -> None:
         if item[0] == "chunks":
@@ -187,35 +213,61 @@ class _Streams:
             if stream is None:
                 if head is None:
                     return  # (never: a new writer process gets every stream from its start)
-                summariser = self._summariser_for(*head)
-                stream = self.open[xid] = _OpenStream(
-                    PieceSpool(self.directory, self.spool_after), summariser
-                )
-            stream.feed(chunks, times)
+                stream = self.open[xid] = self._open(xid, *head)
+            self._fed(xid, stream, stream.feed(chunks, times))
         else:  # ("drop", xid)
             stream = self.open.pop(item[1], None)
             if stream is not None:
                 stream.spool.close()
 
-    def _summariser_for(
-        self, method: str, path: str, headers: list[tuple[str, str]], started_ns: int
-    ) -> Any:
-        """What the build would reassemble this stream with (see `tracing.build_span`)."""
+    def _open(
+        self,
+        xid: str,
+        method: str,
+        path: str,
+        headers: list[tuple[str, str]],
+        started_ns: int,
+        on_file: int,
+    ) -> _OpenStream:
+        """A stream the proxy starts sending; `on_file`: its first pieces are on the file a
+        writer process that died left (the proxy let go of them)."""
         endpoint = self._endpoint_for(path) if method == "POST" else None
         content_type = self._header(headers, "content-type") or ""
-        if endpoint is None or not content_type.startswith("text/event-stream"):
-            return None
-        return self._summariser(endpoint, self._header(headers, "content-encoding"), started_ns)
+        summariser = None
+        if endpoint is not None and content_type.startswith("text/event-stream"):
+            encoding = self._header(headers, "content-encoding")
+            summariser = self._summariser(endpoint, encoding, started_ns)
+        path_on_disk = os.path.join(self.spool_dir, xid) if self.spool_dir else None
+        if not on_file:
+            return _OpenStream(PieceSpool(path_on_disk, self.spool_after), summariser)
+        try:
+            assert path_on_disk is not None, "pieces on file without a spool directory"
+            spool = PieceSpool.adopt(path_on_disk, on_file, self.spool_after)
+        except (OSError, AssertionError) as exc:
+            # the record finds its first pieces missing, and says so
+            log.error("the first %d pieces of %s %s are lost: %s", on_file, method, path, exc)
+            return _OpenStream(PieceSpool(path_on_disk, self.spool_after), None)
+        stream = _OpenStream(spool, None)
+        if summariser is not None:
+            for pieces, times in spool.batches():
+                summariser.feed(pieces, times)
+            stream.summariser = summariser
+        return stream
 
-    def recording(self, values: list[Any], had: int) -> Recording:
+    def _fed(self, xid: str, stream: _OpenStream, spilled: bool) -> None:
+        if spilled and stream.spool.path is not None:
+            self.on_file(xid, stream.spool.file_pieces)
+
+    def recording(self, values: list[Any], had: int, keep: bool) -> Recording:
         rec = unpack_recording(values)
         if had:
-            stream = self.open.pop(rec.exchange_id, None)
+            xid = rec.exchange_id
+            stream = self.open.get(xid) if keep else self.open.pop(xid, None)
             if stream is None or len(stream.spool.lengths) != had:  # never, by the protocol
                 log.error("the first pieces of %s %s were lost", rec.method, rec.path)
                 rec.error = rec.error or "llmtap lost the first pieces of this response"
             else:
-                stream.complete(rec)
+                self._fed(xid, stream, stream.complete(rec, keep))
         return rec
 
 
@@ -281,8 +333,12 @@ def serve(sock: socket.socket) -> int:
         return 1
     channel.send(("ready", None))
     lines = request_log.isEnabledFor(logging.INFO)
-    directory = os.path.dirname(os.path.abspath(config.db))
-    streams = _Streams(config.log_traces, directory, config.spool_after)
+    streams = _Streams(
+        config.log_traces,
+        config.spool_dir,
+        config.spool_after,
+        lambda xid, pieces: channel.send(("on file", xid, pieces)),
+    )
     waiting: list[tuple[int, Recording]] = []
     quitting = False
     tidy = False  # written since the last idle(): tidy up once nothing is waiting
@@ -297,7 +353,7 @@ def serve(sock: socket.socket) -> int:
             for item in _items(channel.receive(wait)):
                 kind = item[0]
                 if kind == "record":
-                    waiting.append((item[1], streams.recording(item[2], item[3])))
+                    waiting.append((item[1], streams.recording(item[2], item[3], item[4])))
                 elif kind == "quit":
                     quitting = True
                 else:

@@ -33,7 +33,7 @@ pieces_strategy = st.lists(st.binary(max_size=300), max_size=60)
 def test_the_spool_gives_back_what_it_was_fed(
     tmp_path_factory, pieces: list[bytes], keep: int, block: int, feeds: int
 ) -> None:
-    spool = PieceSpool(str(tmp_path_factory.getbasetemp()), keep)
+    spool = PieceSpool(None, keep)  # unnamed (named ones: below)
     times = [1_000 + 7 * i for i in range(len(pieces))]
     step = max(1, len(pieces) // feeds)
     for at in range(0, len(pieces), step):
@@ -75,7 +75,7 @@ def long_stream(seed: int) -> tuple[Recording, list[bytes]]:
 
 def on_file(rec: Recording, directory: Path) -> Recording:
     """The same recording as the writer process hands a long stream to the build."""
-    spool = PieceSpool(str(directory), 64)
+    spool = PieceSpool(str(directory / rec.exchange_id), 64)
     spool.extend(rec.chunks, rec.chunk_times_ns)
     assert spool.on_file
     twin = Recording(
@@ -178,7 +178,7 @@ conn.execute(
     " request_body, response_headers, response_body, chunks, started_ns, ended_ns)"
     " VALUES ('x', 'Default', 'POST', '/chat/completions', '', '[]', x'', '[]', x'', '[]', 1, 2)"
 )
-spool = PieceSpool(sys.argv[2], 0)
+spool = PieceSpool(sys.argv[2] + "/spool", 0)
 for i in range(128):
     spool.extend([bytes([i]) * (1 << 20)], [i])
 before = peak_kb()
@@ -212,8 +212,9 @@ def test_a_long_body_goes_into_its_row_without_being_held_in_memory(tmp_path: Pa
 
 
 def test_a_spool_file_that_cannot_be_made_keeps_the_pieces_in_memory(tmp_path: Path) -> None:
-    """A full disk (here: no directory) costs memory, never the stream."""
-    spool = PieceSpool(str(tmp_path / "gone"), 10)
+    """A full disk (here: a directory that cannot be made) costs memory, never the stream."""
+    (tmp_path / "a-file").write_bytes(b"")
+    spool = PieceSpool(str(tmp_path / "a-file" / "spool"), 10)
     pieces = [b"data: %d\n\n" % i for i in range(50)]
     spool.extend(pieces[:20], list(range(20)))
     spool.extend(pieces[20:], list(range(20, 50)))
@@ -228,7 +229,7 @@ def test_pieces_after_the_file_are_read_back_after_it(
 ) -> None:
     """Pieces are moved to the file `keep` bytes at a time: between two moves the body is the
     file, then the pieces held."""
-    spool = PieceSpool(str(tmp_path_factory.getbasetemp()), keep)
+    spool = PieceSpool(None, keep)
     for i, piece in enumerate(pieces):
         spool.extend([piece], [i])
         seen = b"".join(pieces[: i + 1])
@@ -236,3 +237,50 @@ def test_pieces_after_the_file_are_read_back_after_it(
     again = [p for ps, _ in spool.batches(97) for p in ps]
     assert again == pieces
     spool.close()
+
+
+def test_a_new_writer_takes_over_the_file_up_to_the_pieces_the_proxy_let_go_of(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "spool" / "abc")
+    pieces = [b"piece %d;" % i for i in range(40)]
+    first = PieceSpool(path, 30)
+    spilled = [first.extend([p], [100 + i]) for i, p in enumerate(pieces[:25])]
+    assert any(spilled) and first.on_file and 0 < first.file_pieces < 25
+    on_file = first.file_pieces  # what the proxy was told
+    for i in range(25, 40):  # more pieces go to the file before the proxy hears of them
+        first.extend([pieces[i]], [100 + i])
+    assert first.file_pieces > on_file
+    # the writer process dies here: nothing closes `first`
+    taken = PieceSpool.adopt(path, on_file, 30)
+    assert b"".join(taken.blocks(7)) == b"".join(pieces[:on_file])
+    assert list(taken.times) == [100 + i for i in range(on_file)]
+    taken.extend(pieces[on_file:], [100 + i for i in range(on_file, 40)])
+    assert b"".join(taken.blocks(5)) == b"".join(pieces)
+    assert [p for ps, _ in taken.batches(11) for p in ps] == pieces
+    snapshot = taken.snapshot()
+    taken.extend([b"after [DONE]"], [999])
+    taken.close()  # the stream dropped before the record of the snapshot is written
+    assert not Path(path).exists() and not Path(path + ".index").exists()
+    assert b"".join(snapshot.blocks()) == b"".join(pieces)
+    snapshot.close()
+    try:
+        PieceSpool.adopt(path, 1)
+    except OSError:
+        pass
+    else:
+        raise AssertionError("a file that is gone cannot be taken over")
+
+
+def test_a_file_shorter_than_the_pieces_it_should_hold_is_not_taken_over(tmp_path: Path) -> None:
+    path = str(tmp_path / "short")
+    spool = PieceSpool(path, 0)
+    spool.extend([b"x" * 100, b"y" * 100], [1, 2])
+    try:
+        PieceSpool.adopt(path, 3)  # the proxy believes in 3: the index has 2
+    except OSError as exc:
+        assert "holds 2 pieces, not 3" in str(exc)
+    else:
+        raise AssertionError("adopted pieces that are not there")
+    finally:
+        spool.close()

@@ -8,6 +8,7 @@ import os
 import signal
 import sqlite3
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +18,7 @@ import orjson
 import pytest
 from chunk_factory import make_chunks, sse_bytes
 
+from llmtap.recorder import writer as writer_module
 from llmtap.recorder.batch_writer import BatchWriter
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.records import Batch, RequestContext
@@ -299,6 +301,10 @@ def stored(db: Path, rec: Recording) -> tuple[bytes, object]:
     return bytes(body), orjson.loads(outputs)
 
 
+killed_with_on_file: list[int] = []
+"""For each writer process `relay` killed: the pieces the proxy had let go of (on its file)."""
+
+
 async def relay(
     writer: Writer, rec: Recording, pieces: list[bytes], kill_at: int = -1, commit: bool = True
 ) -> bool:
@@ -310,6 +316,7 @@ async def relay(
         if i == kill_at:
             first = writer._process
             assert first is not None and writer._streams[rec.exchange_id].sent > 0
+            killed_with_on_file.append(writer._streams[rec.exchange_id].on_file)
             os.kill(first.pid, signal.SIGKILL)
             while writer._process is first or writer._link is None or writer._link.lost.done():
                 await asyncio.sleep(0.01)
@@ -339,12 +346,12 @@ def test_a_writer_killed_mid_stream_gets_the_stream_again_from_its_start(tmp_pat
     assert outputs == build_batch(rec).spans[-1].outputs
 
 
-def spool_files(writer: Writer, directory: Path) -> list[str]:
-    """The unnamed files the writer process has open in `directory` (its spooled streams)."""
-    assert writer._process is not None
+def spool_files(writer: Writer) -> list[str]:
+    """The files the writer process has open in its spool directory (its streams on file)."""
+    assert writer._process is not None and writer.config.spool_dir is not None
     fds = Path(f"/proc/{writer._process.pid}/fd")
     links = [os.readlink(fd) for fd in fds.iterdir() if fd.is_symlink()]
-    return [link for link in links if link.startswith(str(directory)) and "(deleted)" in link]
+    return sorted(link for link in links if link.startswith(writer.config.spool_dir))
 
 
 @pytest.mark.parametrize("kill_at", [-1, 3, 6])
@@ -357,22 +364,148 @@ def test_a_long_stream_goes_to_file_in_the_writer_and_is_stored_whole(
     seen: list[list[str]] = []
 
     async def body(writer: Writer) -> bool:
+        killed_with_on_file.clear()
         await relay(writer, rec, pieces[:-1], kill_at=kill_at, commit=False)
-        seen.append(spool_files(writer, tmp_path))
+        if kill_at >= 0:  # the new writer process took the dead one's file over
+            assert killed_with_on_file[0] > 0
+        seen.append(spool_files(writer))
         rec.feed(pieces[-1])
         try:
             return await writer.commit(rec.finish())
         finally:
             writer.untrack(rec)
             await asyncio.sleep(0.05)
-            seen.append(spool_files(writer, tmp_path))
+            seen.append(spool_files(writer))
 
     assert with_writer(tmp_path / "long.db", body, spool_after=300)
-    assert len(seen[0]) == 1 and seen[1] == []  # on file while it ran, and no longer
+    assert len(seen[0]) == 2 and seen[1] == []  # on file (and index) while it ran, no longer
+    assert not (tmp_path / "long.db-spool").exists()  # the proxy removed its directory
+    assert rec.dropped > 0 and rec.piece_count == len(pieces)  # the proxy let go of some
     stored_body, outputs = stored(tmp_path / "long.db", rec)
     assert stored_body == b"".join(pieces)
-    assert outputs == build_batch(rec).spans[-1].outputs
+    reference, _ = running_stream(" ".join(f"token{i}" for i in range(300)))
+    for piece in pieces:
+        reference.feed(piece)
+    assert outputs == build_batch(reference.finish()).spans[-1].outputs
     assert outputs["choices"][0]["message"]["content"].endswith("token299")
+
+
+def test_bytes_after_done_of_a_stream_on_file_replace_the_first_copy(tmp_path: Path) -> None:
+    """The proxy let go of the first pieces: the fuller copy is made from the writer's file,
+    which stays until the relay ended and both copies are written."""
+    rec, pieces = running_stream(" ".join(f"token{i}" for i in range(300)))
+    after = b": a comment after [DONE]\n\n"
+    seen: list[list[str]] = []
+
+    async def body(writer: Writer) -> bool:
+        await relay(writer, rec, pieces, commit=False)
+        assert writer._streams[rec.exchange_id].on_file > 0
+        first = await writer.commit(rec.finish())
+        rec.feed(after)
+        writer.submit_nowait(rec.finish())  # as forward.py does with a fuller copy
+        writer.untrack(rec)  # the relay ends before that copy is acknowledged
+        seen.append(spool_files(writer))
+        while writer._pending or writer._streams:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        seen.append(spool_files(writer))
+        return first
+
+    assert with_writer(tmp_path / "after.db", body, spool_after=300)
+    assert len(seen[0]) == 2 and seen[1] == []
+    stored_body, outputs = stored(tmp_path / "after.db", rec)
+    assert stored_body == b"".join(pieces) + after
+    assert outputs["choices"][0]["message"]["content"].endswith("token299")
+
+
+def test_a_record_waiting_to_be_sent_is_not_overtaken_by_its_own_last_pieces(
+    tmp_path: Path,
+) -> None:
+    """A stream on file stays open after its record; while that record waits in the outbox
+    (the writer process busy with another), progress must not send its pieces a second time."""
+    rec, pieces = running_stream(" ".join(f"token{i}" for i in range(300)))
+
+    async def body(writer: Writer) -> list[bool]:
+        await relay(writer, rec, pieces[:-1], commit=False)
+        assert writer._streams[rec.exchange_id].on_file > 0
+        process = writer._process
+        assert process is not None
+        os.kill(process.pid, signal.SIGSTOP)
+        try:
+            other = asyncio.ensure_future(writer.commit(recording()))
+            await asyncio.sleep(PROGRESS_EVERY)  # sent: the writer owes its acknowledgement
+            rec.feed(pieces[-1])
+            last = asyncio.ensure_future(writer.commit(rec.finish()))
+            await asyncio.sleep(PROGRESS_EVERY * 6)  # the record waits; progress ticks
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+        try:
+            return list(await asyncio.gather(other, last))
+        finally:
+            writer.untrack(rec)
+
+    assert with_writer(tmp_path / "wait.db", body, spool_after=300) == [True, True]
+    stored_body, outputs = stored(tmp_path / "wait.db", rec)
+    assert stored_body == b"".join(pieces)
+    assert outputs["choices"][0]["message"]["content"].endswith("token299")
+
+
+def test_a_stream_that_outruns_the_writer_waits_for_it_and_not_for_ever(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past HOLD_AT_MOST bytes not on file, the relay is paused until the writer process puts
+    pieces on file; one that does not within PAUSE_AT_MOST is not waited for again."""
+    monkeypatch.setattr(writer_module, "HOLD_AT_MOST", 60_000)
+    monkeypatch.setattr(writer_module, "PAUSE_AT_MOST", 0.4)
+    rec, pieces = running_stream(" ".join(f"token{i}" for i in range(3000)))
+    pieces = [p[i : i + 5000] for p in pieces for i in range(0, len(p), 5000)]  # ~100 of 5 KB
+
+    async def body(writer: Writer) -> tuple[bool, float, float]:
+        process = writer._process
+        assert process is not None
+        fed = 0
+
+        async def stall_and_feed(n: int) -> None:
+            nonlocal fed
+            os.kill(process.pid, signal.SIGSTOP)
+            for piece in pieces[fed : fed + n]:
+                rec.feed(piece)
+            fed += n
+            await asyncio.sleep(PROGRESS_EVERY * 3)
+
+        await relay(writer, rec, pieces[:5], commit=False)  # on file from the first piece
+        stream, fed = writer._streams[rec.exchange_id], 5
+        assert stream.on_file > 0 and stream.paused is None
+        await stall_and_feed(20)  # 100 KB the writer has not put on file
+        assert stream.paused is not None
+        started = time.monotonic()
+        waiting = asyncio.ensure_future(writer.catch_up(stream))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        os.kill(process.pid, signal.SIGCONT)
+        await waiting
+        resumed_after = time.monotonic() - started
+        assert not stream.never_pause
+
+        await stall_and_feed(20)
+        started = time.monotonic()
+        try:
+            await writer.catch_up(stream)  # the writer process does not move: given up on
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+        gave_up_after = time.monotonic() - started
+        assert stream.never_pause and stream.paused is None
+        for piece in pieces[fed:]:
+            rec.feed(piece)
+        try:
+            return await writer.commit(rec.finish()), resumed_after, gave_up_after
+        finally:
+            writer.untrack(rec)
+
+    ok, resumed_after, gave_up_after = with_writer(tmp_path / "pause.db", body, spool_after=300)
+    assert ok and resumed_after < 0.4 and 0.35 < gave_up_after < 1.0
+    stored_body, _ = stored(tmp_path / "pause.db", rec)
+    assert stored_body == b"".join(pieces)
 
 
 def test_a_stalled_writer_is_not_sent_every_running_stream_twice(tmp_path: Path) -> None:
