@@ -7,6 +7,8 @@ import asyncio
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -536,3 +538,26 @@ def test_a_stalled_writer_is_not_sent_every_running_stream_twice(tmp_path: Path)
     assert ok and most < 2 * len(piece) + (1 << 20)
     body_stored, _ = stored(tmp_path / "stall.db", rec)
     assert body_stored == b"".join(rec.chunks)
+
+
+def test_a_killed_proxys_spool_is_removed_by_the_next_one_and_its_own_at_close(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "s.db"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    base = Path(f"{db}-spool")
+    left = base / f"{dead.pid}-0a0b0c0d"
+    living = base / f"{os.getppid()}-01020304"  # another llmtap still running
+    for directory in (left, living):
+        directory.mkdir(parents=True)
+        (directory / "0123456789abcdef").write_bytes(b"data: ...")
+
+    async def body(writer: Writer) -> str:
+        assert writer.config.spool_dir is not None
+        assert not left.exists() and living.exists()
+        return writer.config.spool_dir
+
+    own = with_writer(db, body)
+    assert Path(own).parent == base and not Path(own).exists()
+    assert living.exists() and base.exists()  # the other proxy's, and so its parent, stay
