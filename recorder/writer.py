@@ -91,6 +91,10 @@ class TrackedStream:
     paused: asyncio.Future[None] | None = None
     """Set while its relay should wait for the writer process (see `HOLD_AT_MOST`)."""
     never_pause: bool = False
+    held_bytes: int = 0
+    """Once `on_file`: bytes of the pieces held, counted up to piece `counted` (each piece
+    is counted once, not summed again every `PROGRESS_EVERY`)."""
+    counted: int = 0
 
 
 class Writer:
@@ -302,13 +306,11 @@ class Writer:
         messages = []
         for stream in streams.values():
             rec = stream.recording
-            if (
-                stream.on_file
-                and stream.paused is None
-                and not stream.never_pause
-                and _bytes_after(rec, stream.on_file) > HOLD_AT_MOST
-            ):
-                stream.paused = self._loop.create_future()  # type: ignore[union-attr]
+            if stream.on_file and stream.paused is None and not stream.never_pause:
+                stream.held_bytes += _bytes_after(rec, stream.counted)
+                stream.counted = rec.piece_count
+                if stream.held_bytes > HOLD_AT_MOST:
+                    stream.paused = self._loop.create_future()  # type: ignore[union-attr]
             if rec.piece_count > stream.sent:
                 if _bytes_after(rec, stream.sent) > FRAME_BYTES:
                     self._send_pieces(stream)
@@ -380,7 +382,8 @@ class Writer:
         del rec.chunks[:cut]
         del rec.chunk_times_ns[:cut]
         rec.dropped = stream.on_file = pieces
-        if stream.paused is not None and _bytes_after(rec, pieces) <= HOLD_AT_MOST // 2:
+        stream.held_bytes, stream.counted = _bytes_after(rec, pieces), rec.piece_count
+        if stream.paused is not None and stream.held_bytes <= HOLD_AT_MOST // 2:
             _resume(stream)
 
     def _on_done(self, acks: list[tuple[int, bool, str]]) -> None:
