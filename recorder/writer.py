@@ -38,6 +38,7 @@ from typing import Any
 
 from llmtap.recorder.batch_writer import WriterHealth
 from llmtap.recorder.frames import FrameDecoder, encode
+from llmtap.recorder.memory import return_freed_memory
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.writer_process import WriterConfig, pack_recording
 
@@ -209,6 +210,8 @@ class Writer:
         del self._streams[stream.recording.exchange_id]
         if stream.opened and self._link_up():
             self._link.transport.write(encode([("drop", stream.recording.exchange_id)]))  # type: ignore[union-attr]
+        if stream.on_file and self._loop is not None:  # a long stream: its pieces are freed
+            self._loop.run_in_executor(None, return_freed_memory)
 
     def _has_pending(self, recording: Recording) -> bool:
         return any(p.recording is recording for p in self._pending.values())

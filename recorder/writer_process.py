@@ -29,8 +29,6 @@ writes everything it received and exits: it never outlives the proxy.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
 import operator
 import os
@@ -44,6 +42,7 @@ from typing import Any
 
 from llmtap.recorder.batch_writer import BatchWriter
 from llmtap.recorder.frames import FrameDecoder, encode
+from llmtap.recorder.memory import return_freed_memory
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.records import Batch, RequestContext
 from llmtap.recorder.spool import KEEP_IN_MEMORY, PieceSpool
@@ -377,7 +376,7 @@ def serve(sock: socket.socket) -> int:
                 writer.idle()
                 if freed > _TRIM_AFTER:
                     freed = 0
-                    _return_freed_memory()
+                    return_freed_memory()
                 health = writer.health.as_dict()
                 if health != last_health:
                     last_health = health
@@ -388,13 +387,6 @@ def serve(sock: socket.socket) -> int:
 
 _TRIM_AFTER = 64 << 20
 """Response bytes written, after which an idle writer gives freed memory back to the system."""
-
-
-def _return_freed_memory() -> None:
-    """A long stream's pieces, freed, stay in the C heap (glibc keeps them for the process:
-    a 266 MB stream left the writer at 625 MB of RSS); `malloc_trim` gives them back."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
-        ctypes.CDLL(None).malloc_trim(0)
 
 
 def _response_bytes(rec: Recording) -> int:
