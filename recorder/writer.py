@@ -268,8 +268,11 @@ class Writer:
             keep = stream.on_file > 0
             if not keep:
                 del self._streams[recording.exchange_id]
-            if self._link_up() and _bytes_after(recording, stream.sent) > FRAME_BYTES:
-                self._send_pieces(stream)  # a long tail: ahead of the record, frame by frame
+            if self._link_up() and (
+                (keep and not stream.opened)  # a new writer process has not taken it over yet
+                or _bytes_after(recording, stream.sent) > FRAME_BYTES
+            ):
+                self._send_pieces(stream)  # ahead of the record, frame by frame
             had = stream.sent
             if keep:  # the open stream gets the record's pieces too: progress must not resend
                 stream.sent = recording.piece_count
@@ -327,7 +330,8 @@ class Writer:
         rec = stream.recording
         chunks, dropped = rec.chunks, rec.dropped
         frames = []
-        while stream.sent < rec.piece_count:
+        # (the head goes even with no piece: a stream on file a new writer process takes over)
+        while stream.sent < rec.piece_count or not stream.opened:
             end, size = stream.sent - dropped, 0
             while end < len(chunks) and (
                 end == stream.sent - dropped or size + len(chunks[end]) <= FRAME_BYTES

@@ -392,6 +392,38 @@ def test_a_long_stream_goes_to_file_in_the_writer_and_is_stored_whole(
     assert outputs["choices"][0]["message"]["content"].endswith("token299")
 
 
+def test_a_writer_killed_when_all_of_a_stream_is_on_file_is_taken_over_at_the_record(
+    tmp_path: Path,
+) -> None:
+    """Nothing of the stream is left in the proxy when the writer dies, and the record comes
+    before any new piece: the new writer process must still take the file over first."""
+    rec, pieces = running_stream(" ".join(f"token{i}" for i in range(300)))
+    pieces[-2:] = [pieces[-2] + pieces[-1]]  # each piece past spool_after: each goes to file
+
+    async def body(writer: Writer) -> bool:
+        await relay(writer, rec, pieces, commit=False)
+        stream = writer._streams[rec.exchange_id]
+        for _ in range(500):
+            if stream.on_file == len(pieces):  # every piece on file, none held here
+                break
+            await asyncio.sleep(0.01)
+        assert rec.chunks == [] and stream.on_file == len(pieces)
+        first = writer._process
+        assert first is not None
+        os.kill(first.pid, signal.SIGKILL)
+        while writer._process is first or writer._link is None or writer._link.lost.done():
+            await asyncio.sleep(0.01)
+        try:
+            return await writer.commit(rec.finish())
+        finally:
+            writer.untrack(rec)
+
+    assert with_writer(tmp_path / "all.db", body, spool_after=300)
+    stored_body, outputs = stored(tmp_path / "all.db", rec)
+    assert stored_body == b"".join(pieces)
+    assert outputs["choices"][0]["message"]["content"].endswith("token299")
+
+
 def test_bytes_after_done_of_a_stream_on_file_replace_the_first_copy(tmp_path: Path) -> None:
     """The proxy let go of the first pieces: the fuller copy is made from the writer's file,
     which stays until the relay ended and both copies are written."""
