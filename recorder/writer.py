@@ -408,10 +408,6 @@ class Writer:
             if pending.future is not None and not pending.future.done():
                 pending.future.set_result(ok)
         self._after_change()
-        ended = [s for s in self._streams.values() if s.ended]
-        for stream in ended:
-            if not self._has_pending(stream.recording):
-                self._drop(stream)
         if written and self.on_written is not None:
             try:
                 self.on_written(written)
@@ -419,6 +415,12 @@ class Writer:
                 log.exception("on_written failed")
 
     def _after_change(self) -> None:
+        # a long stream whose relay ended is let go of once no record of it waits (written,
+        # or given up)
+        ended = [s for s in self._streams.values() if s.ended]
+        for stream in ended:
+            if not self._has_pending(stream.recording):
+                self._drop(stream)
         self.health.pending = len(self._pending)
         if self._has_room() and self._room is not None:
             self._room.set()
