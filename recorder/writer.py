@@ -83,10 +83,6 @@ class TrackedStream:
     sent: int = 0
     opened: bool = False
     """The writer process was sent its head (it knows the stream)."""
-    on_file: int = 0
-    """Its first pieces the writer process put on file: the recording let go of them, and a
-    new writer process would take the file over. Such a stream stays open in both processes
-    after `[DONE]` until its relay ended and its records are acknowledged."""
     ended: bool = False
     """Its relay ended while a record of it was not acknowledged yet."""
     paused: asyncio.Future[None] | None = None
@@ -96,6 +92,14 @@ class TrackedStream:
     """Once `on_file`: bytes of the pieces held, counted up to piece `counted` (each piece
     is counted once, not summed again every `PROGRESS_EVERY`)."""
     counted: int = 0
+
+    @property
+    def on_file(self) -> int:
+        """Its first pieces the writer process put on file, which the recording let go of
+        (`Recording.dropped`) and a new writer process would take over. Such a stream stays
+        open in both processes after `[DONE]` until its relay ended and its records are
+        acknowledged."""
+        return self.recording.dropped
 
 
 class Writer:
@@ -388,7 +392,7 @@ class Writer:
         cut = pieces - rec.dropped
         del rec.chunks[:cut]
         del rec.chunk_times_ns[:cut]
-        rec.dropped = stream.on_file = pieces
+        rec.dropped = pieces
         stream.held_bytes, stream.counted = _bytes_after(rec, pieces), rec.piece_count
         if stream.paused is not None and stream.held_bytes <= HOLD_AT_MOST // 2:
             _resume(stream)
