@@ -215,7 +215,7 @@ class Checkpointer:
         self._wanted.set()
 
     def held(self) -> threading.Lock:
-        """Held, no checkpoint of this thread's runs (one running is waited for)."""
+        """While it is held, this thread starts no checkpoint (one running is waited for)."""
         return self._running
 
     def stop(self) -> None:
