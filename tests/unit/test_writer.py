@@ -303,6 +303,18 @@ def stored(db: Path, rec: Recording) -> tuple[bytes, object]:
     return bytes(body), orjson.loads(outputs)
 
 
+async def kill_writer(writer: Writer) -> None:
+    """kill -9 the writer process, and wait until its successor is up."""
+    first = writer._process
+    assert first is not None
+    os.kill(first.pid, signal.SIGKILL)
+    while writer._process is first or writer._link is None or writer._link.lost.done():
+        await asyncio.sleep(0.01)
+
+
+LONG_ANSWER = " ".join(f"token{i}" for i in range(300))
+"""An answer long enough to arrive in pieces past a small `spool_after`."""
+
 killed_with_on_file: list[int] = []
 """For each writer process `relay` killed: the pieces the proxy had let go of (on its file)."""
 
@@ -316,12 +328,9 @@ async def relay(
         rec.feed(piece)
         await asyncio.sleep(PROGRESS_EVERY * 2)
         if i == kill_at:
-            first = writer._process
-            assert first is not None and writer._streams[rec.exchange_id].sent > 0
+            assert writer._streams[rec.exchange_id].sent > 0
             killed_with_on_file.append(writer._streams[rec.exchange_id].on_file)
-            os.kill(first.pid, signal.SIGKILL)
-            while writer._process is first or writer._link is None or writer._link.lost.done():
-                await asyncio.sleep(0.01)
+            await kill_writer(writer)
     assert writer._streams[rec.exchange_id].sent > 0  # pieces went ahead of the commit
     if not commit:
         return False
@@ -362,7 +371,7 @@ def test_a_long_stream_goes_to_file_in_the_writer_and_is_stored_whole(
 ) -> None:
     """Past `spool_after` bytes the writer process keeps a stream's pieces on file (here after
     the first piece), with and without a writer killed halfway; the file goes with the stream."""
-    rec, pieces = running_stream(" ".join(f"token{i}" for i in range(300)))
+    rec, pieces = running_stream(LONG_ANSWER)
     seen: list[list[str]] = []
 
     async def body(writer: Writer) -> bool:
@@ -385,7 +394,7 @@ def test_a_long_stream_goes_to_file_in_the_writer_and_is_stored_whole(
     assert rec.dropped > 0 and rec.piece_count == len(pieces)  # the proxy let go of some
     stored_body, outputs = stored(tmp_path / "long.db", rec)
     assert stored_body == b"".join(pieces)
-    reference, _ = running_stream(" ".join(f"token{i}" for i in range(300)))
+    reference, _ = running_stream(LONG_ANSWER)
     for piece in pieces:
         reference.feed(piece)
     assert outputs == build_batch(reference.finish()).spans[-1].outputs
@@ -397,7 +406,7 @@ def test_a_writer_killed_when_all_of_a_stream_is_on_file_is_taken_over_at_the_re
 ) -> None:
     """Nothing of the stream is left in the proxy when the writer dies, and the record comes
     before any new piece: the new writer process must still take the file over first."""
-    rec, pieces = running_stream(" ".join(f"token{i}" for i in range(300)))
+    rec, pieces = running_stream(LONG_ANSWER)
     pieces[-2:] = [pieces[-2] + pieces[-1]]  # each piece past spool_after: each goes to file
 
     async def body(writer: Writer) -> bool:
@@ -408,11 +417,7 @@ def test_a_writer_killed_when_all_of_a_stream_is_on_file_is_taken_over_at_the_re
                 break
             await asyncio.sleep(0.01)
         assert rec.chunks == [] and stream.on_file == len(pieces)
-        first = writer._process
-        assert first is not None
-        os.kill(first.pid, signal.SIGKILL)
-        while writer._process is first or writer._link is None or writer._link.lost.done():
-            await asyncio.sleep(0.01)
+        await kill_writer(writer)
         try:
             return await writer.commit(rec.finish())
         finally:
@@ -427,7 +432,7 @@ def test_a_writer_killed_when_all_of_a_stream_is_on_file_is_taken_over_at_the_re
 def test_bytes_after_done_of_a_stream_on_file_replace_the_first_copy(tmp_path: Path) -> None:
     """The proxy let go of the first pieces: the fuller copy is made from the writer's file,
     which stays until the relay ended and both copies are written."""
-    rec, pieces = running_stream(" ".join(f"token{i}" for i in range(300)))
+    rec, pieces = running_stream(LONG_ANSWER)
     after = b": a comment after [DONE]\n\n"
     seen: list[list[str]] = []
 
@@ -457,7 +462,7 @@ def test_a_record_waiting_to_be_sent_is_not_overtaken_by_its_own_last_pieces(
 ) -> None:
     """A stream on file stays open after its record; while that record waits in the outbox
     (the writer process busy with another), progress must not send its pieces a second time."""
-    rec, pieces = running_stream(" ".join(f"token{i}" for i in range(300)))
+    rec, pieces = running_stream(LONG_ANSWER)
 
     async def body(writer: Writer) -> list[bool]:
         await relay(writer, rec, pieces[:-1], commit=False)
