@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import tempfile
 from array import array
 from collections.abc import Iterator
@@ -224,3 +225,33 @@ def _write_all(fd: int, data: bytes, offset: int) -> None:
         written = os.pwrite(fd, view, offset)
         offset += written
         view = view[written:]
+
+
+def new_spool_dir(db: str) -> str:
+    """Where one proxy's long streams go: `<db>-spool/<pid>-<random>` (made when a stream
+    first needs it). What proxies that were killed left there is removed now."""
+    base = f"{db}-spool"
+    with contextlib.suppress(OSError):
+        for name in os.listdir(base):
+            pid = name.split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                remove_spool_dir(os.path.join(base, name))
+    return os.path.join(base, f"{os.getpid()}-{os.urandom(4).hex()}")
+
+
+def remove_spool_dir(spool_dir: str) -> None:
+    """A proxy's long-stream files, and their parent beside the database once no other
+    llmtap has its own there."""
+    shutil.rmtree(spool_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.dirname(spool_dir))  # fails while another proxy has its own there
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -26,8 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -40,6 +38,7 @@ from llmtap.recorder.batch_writer import WriterHealth
 from llmtap.recorder.frames import FrameDecoder, encode
 from llmtap.recorder.memory import return_freed_memory
 from llmtap.recorder.recording import Recording
+from llmtap.recorder.spool import new_spool_dir, remove_spool_dir
 from llmtap.recorder.writer_process import WriterConfig, pack_recording
 
 log = logging.getLogger("llmtap.writer")
@@ -146,10 +145,8 @@ class Writer:
         self._room = asyncio.Event()
         self._room.set()
         if self.config.spool_dir is None:
-            base = f"{self.config.db}-spool"
-            await asyncio.to_thread(_remove_stale_spools, base)
-            name = f"{os.getpid()}-{os.urandom(4).hex()}"
-            self.config = replace(self.config, spool_dir=os.path.join(base, name))
+            spool_dir = await asyncio.to_thread(new_spool_dir, self.config.db)
+            self.config = replace(self.config, spool_dir=spool_dir)
         await self._spawn()
 
     async def commit(self, recording: Recording) -> bool:
@@ -240,7 +237,7 @@ class Writer:
         self._fail_all("llmtap stopped before this recording was written")
         self._link = self._process = None
         if self.config.spool_dir is not None:
-            await asyncio.to_thread(_remove_spool, self.config.spool_dir)
+            await asyncio.to_thread(remove_spool_dir, self.config.spool_dir)
 
     def flush(self, timeout: float = 10.0) -> None:
         """Block until everything handed over so far is written (for tests and the CLI).
@@ -569,33 +566,6 @@ def _pieces_message(stream: TrackedStream, end: int) -> tuple[Any, ...]:
     first, last = stream.sent - rec.dropped, end - rec.dropped
     stream.sent = end
     return ("chunks", rec.exchange_id, head, rec.chunks[first:last], rec.chunk_times_ns[first:last])
-
-
-def _remove_spool(spool_dir: str) -> None:
-    """The files of long streams (`llmtap.recorder.spool`), and their directory beside the
-    database once no other llmtap uses it."""
-    shutil.rmtree(spool_dir, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        os.rmdir(os.path.dirname(spool_dir))  # fails while another proxy has its own there
-
-
-def _remove_stale_spools(base: str) -> None:
-    """What proxies that were killed left (each has a directory `PID-RANDOM`)."""
-    with contextlib.suppress(OSError):
-        for name in os.listdir(base):
-            pid = name.split("-", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
-                _remove_spool(os.path.join(base, name))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _reap(process: subprocess.Popen[bytes], timeout: float) -> int | None:
