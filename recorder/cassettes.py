@@ -22,6 +22,7 @@ import orjson
 import yaml
 
 from llmtap.recorder.decoding import decoder_for, is_identity
+from llmtap.recorder.schema import RESPONSE_BODY
 from llmtap.recorder.sqlite import connect_for_reading, connect_for_writing
 
 VERSION = 1
@@ -52,9 +53,11 @@ SECRET_PATTERNS = (
 )
 _COLUMNS = (
     "exchange_id, experiment, method, path, query, match_key, request_headers, request_body, "
-    "status, response_headers, response_body, chunks, stream, started_ns, first_byte_ns, "
+    "status, response_headers, {body}, chunks, stream, started_ns, first_byte_ns, "
     "ended_ns, error, key_fingerprint, usage_injected"
 )
+"""The columns a cassette carries; `{body}`: the body read (`RESPONSE_BODY AS response_body`)
+or written (`response_body`)."""
 
 
 class _Dumper(yaml.SafeDumper):
@@ -165,10 +168,7 @@ def exchange_rows(
     db: str | Path, experiment: str | None = None, ids: Iterable[str] | None = None
 ) -> Iterator[sqlite3.Row]:
     """Replayable exchanges (not llmtap's own failures), oldest first."""
-    # a long stream's body is in `long_response_body` (schema 0004)
-    columns = _COLUMNS.replace(
-        "response_body", "coalesce(long_response_body, response_body) AS response_body"
-    )
+    columns = _COLUMNS.format(body=f"{RESPONSE_BODY} AS response_body")
     sql = f"SELECT {columns} FROM exchanges WHERE error IS NULL AND status IS NOT NULL"
     params: list[Any] = []
     if experiment is not None:
@@ -246,8 +246,9 @@ def import_cassette(path: str | Path, db: str | Path) -> int:
     try:
         with conn:
             conn.execute("BEGIN")
+            columns = _COLUMNS.format(body="response_body")
             conn.executemany(
-                f"INSERT OR REPLACE INTO exchanges ({_COLUMNS}) VALUES "
+                f"INSERT OR REPLACE INTO exchanges ({columns}) VALUES "
                 f"({', '.join('?' * len(rows[0]))})",
                 rows,
             )

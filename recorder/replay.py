@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import orjson
 
 from llmtap.recorder.matching import canonical_value, json_diff, match_key, parse_body
+from llmtap.recorder.schema import RESPONSE_BODY
 from llmtap.recorder.sqlite import connect_for_reading
 
 CACHE_SIZE = 2048
@@ -138,8 +139,7 @@ class ReplayIndex:
         with closing(connect_for_reading(self.db)) as conn:
             row = conn.execute(
                 "SELECT exchange_id, status, response_headers, chunks, stream, usage_injected, "
-                "coalesce(long_response_body, response_body) AS response_body "
-                "FROM exchanges WHERE exchange_id = ?",
+                f"{RESPONSE_BODY} AS response_body FROM exchanges WHERE exchange_id = ?",
                 [exchange_id],
             ).fetchone()
         recorded = Recorded(

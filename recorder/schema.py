@@ -121,6 +121,10 @@ def lighter_indexes(db: Database) -> None:
         db.execute(statement)
 
 
+RESPONSE_BODY = "coalesce(long_response_body, response_body)"
+"""An exchange's response body, wherever it is (see 0004): for a reader's SELECT."""
+
+
 @migrations(name="0004_long_response_body")
 def long_response_body(db: Database) -> None:
     """A body too long to hold in memory (a stream past `spool.KEEP_IN_MEMORY`) is written into

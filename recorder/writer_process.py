@@ -74,8 +74,8 @@ class WriterConfig:
     removes it when it stops. None: unnamed files (nothing can take them over)."""
 
 
-_WRITER_ONLY = ("summariser", "spool")
-_RECORDING_FIELDS = tuple(f.name for f in fields(Recording) if f.name not in _WRITER_ONLY)
+_NOT_SENT = ("dropped", "summariser", "spool")  # one process's own (see `Recording`)
+_RECORDING_FIELDS = tuple(f.name for f in fields(Recording) if f.name not in _NOT_SENT)
 _CONTEXT_AT = _RECORDING_FIELDS.index("context")
 _CHUNKS_AT = _RECORDING_FIELDS.index("chunks")
 _TIMES_AT = _RECORDING_FIELDS.index("chunk_times_ns")
@@ -101,7 +101,7 @@ def unpack_recording(values: list[Any]) -> Recording:
     for name, value in zip(_RECORDING_FIELDS, values, strict=True):
         object.__setattr__(rec, name, value)
     rec.context = RequestContext(*values[_CONTEXT_AT])
-    rec.summariser = rec.spool = None
+    rec.dropped, rec.summariser, rec.spool = 0, None, None
     return rec
 
 
@@ -156,13 +156,16 @@ class _OpenStream:
     def feed(self, chunks: list[bytes], times: list[int]) -> bool:
         """Says whether pieces went to the file."""
         spilled = self.spool.extend(chunks, times)
+        self.summarise(chunks, times)
+        return spilled
+
+    def summarise(self, chunks: list[bytes], times: list[int]) -> None:
         if self.summariser is not None:
             try:
                 self.summariser.feed(chunks, times)
             except Exception:  # never here: the build does it all again, from the pieces
                 log.exception("reassembling a running stream failed")
                 self.summariser = None
-        return spilled
 
     def complete(self, rec: Recording, keep: bool) -> bool:
         """`rec`, which left out the pieces this has, whole again; `keep`: the stream goes on
@@ -240,17 +243,15 @@ class _Streams:
         if not on_file:
             return _OpenStream(PieceSpool(path_on_disk, self.spool_after), summariser)
         try:
-            assert path_on_disk is not None, "pieces on file without a spool directory"
+            if path_on_disk is None:
+                raise OSError("pieces on file, but no spool directory")
             spool = PieceSpool.adopt(path_on_disk, on_file, self.spool_after)
-        except (OSError, AssertionError) as exc:
-            # the record finds its first pieces missing, and says so
+        except OSError as exc:  # the record finds its first pieces missing, and says so
             log.error("the first %d pieces of %s %s are lost: %s", on_file, method, path, exc)
             return _OpenStream(PieceSpool(path_on_disk, self.spool_after), None)
-        stream = _OpenStream(spool, None)
-        if summariser is not None:
-            for pieces, times in spool.batches():
-                summariser.feed(pieces, times)
-            stream.summariser = summariser
+        stream = _OpenStream(spool, summariser)
+        for pieces, times in spool.batches():  # reassembled again from the file
+            stream.summarise(pieces, times)
         return stream
 
     def _fed(self, xid: str, stream: _OpenStream, spilled: bool) -> None:

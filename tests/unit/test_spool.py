@@ -31,7 +31,7 @@ pieces_strategy = st.lists(st.binary(max_size=300), max_size=60)
     feeds=st.integers(min_value=1, max_value=6),
 )
 def test_the_spool_gives_back_what_it_was_fed(
-    tmp_path_factory, pieces: list[bytes], keep: int, block: int, feeds: int
+    pieces: list[bytes], keep: int, block: int, feeds: int
 ) -> None:
     spool = PieceSpool(None, keep)  # unnamed (named ones: below)
     times = [1_000 + 7 * i for i in range(len(pieces))]
@@ -224,9 +224,7 @@ def test_a_spool_file_that_cannot_be_made_keeps_the_pieces_in_memory(tmp_path: P
 
 @settings(max_examples=60, deadline=None)
 @given(pieces=pieces_strategy, keep=st.integers(min_value=0, max_value=1500))
-def test_pieces_after_the_file_are_read_back_after_it(
-    tmp_path_factory, pieces: list[bytes], keep: int
-) -> None:
+def test_pieces_after_the_file_are_read_back_after_it(pieces: list[bytes], keep: int) -> None:
     """Pieces are moved to the file `keep` bytes at a time: between two moves the body is the
     file, then the pieces held."""
     spool = PieceSpool(None, keep)

@@ -593,6 +593,9 @@ def test_a_killed_proxys_spool_is_removed_by_the_next_one_and_its_own_at_close(
     async def body(writer: Writer) -> str:
         assert writer.config.spool_dir is not None
         assert not left.exists() and living.exists()
+        own = Path(writer.config.spool_dir)  # as a long stream would leave it
+        own.mkdir(parents=True)
+        (own / "fedcba9876543210").write_bytes(b"data: ...")
         return writer.config.spool_dir
 
     own = with_writer(db, body)
