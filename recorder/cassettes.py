@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 import yaml
 
+from llmtap.recorder.body_codec import pack_body, unpack_body
 from llmtap.recorder.decoding import decoder_for, is_identity
 from llmtap.recorder.schema import RESPONSE_BODY
 from llmtap.recorder.sqlite import connect_for_reading, connect_for_writing
@@ -142,7 +143,9 @@ def _decoded(
 def _entry(row: sqlite3.Row) -> dict[str, Any]:
     response_headers = _clean(orjson.loads(row["response_headers"]))
     chunks = orjson.loads(row["chunks"])
-    response_headers, body, chunks = _decoded(response_headers, bytes(row["response_body"]), chunks)
+    response_headers, body, chunks = _decoded(
+        response_headers, unpack_body(bytes(row["response_body"])), chunks
+    )
     response: dict[str, Any] = {"status": row["status"], "headers": response_headers, **_body(body)}
     if row["stream"]:
         response["chunks"] = chunks
@@ -158,7 +161,7 @@ def _entry(row: sqlite3.Row) -> dict[str, Any]:
             "path": row["path"],
             "query": row["query"],
             "headers": _clean(orjson.loads(row["request_headers"])),
-            **_body(bytes(row["request_body"])),
+            **_body(unpack_body(bytes(row["request_body"]))),
         },
         "response": response,
     }
@@ -225,10 +228,10 @@ def import_cassette(path: str | Path, db: str | Path) -> int:
                 req.get("query") or "",
                 match_key(req["method"], req["path"], body, query=req.get("query") or ""),
                 orjson.dumps(_clean(req.get("headers") or [])).decode(),
-                body,
+                pack_body(body),
                 resp["status"],
                 orjson.dumps(_clean(resp.get("headers") or [])).decode(),
-                _raw(resp),
+                pack_body(_raw(resp)),
                 orjson.dumps(resp.get("chunks") or []).decode(),
                 int(bool(e.get("stream"))),
                 e["started_ns"],

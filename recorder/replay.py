@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from llmtap.recorder.body_codec import unpack_body
 from llmtap.recorder.matching import canonical_value, json_diff, match_key, parse_body
 from llmtap.recorder.schema import RESPONSE_BODY
 from llmtap.recorder.sqlite import connect_for_reading
@@ -98,7 +99,7 @@ class ReplayIndex:
                 row["method"],
                 row["path"],
                 row["query"],
-                bytes(row["request_body"]),
+                unpack_body(bytes(row["request_body"])),
             )
         return len(rows)
 
@@ -146,7 +147,7 @@ class ReplayIndex:
             exchange_id=row["exchange_id"],
             status=row["status"],
             headers=tuple((name, value) for name, value in orjson.loads(row["response_headers"])),
-            body=bytes(row["response_body"]),
+            body=unpack_body(bytes(row["response_body"])),
             chunks=tuple((size, at) for size, at in orjson.loads(row["chunks"])),
             stream=bool(row["stream"]),
             usage_injected=bool(row["usage_injected"]),
@@ -172,7 +173,7 @@ class ReplayIndex:
                 row = conn.execute(
                     "SELECT request_body FROM exchanges WHERE exchange_id = ?", [exchange_id]
                 ).fetchone()
-                recorded = canonical_value(parse_body(bytes(row[0])), self.ignore)
+                recorded = canonical_value(parse_body(unpack_body(bytes(row[0]))), self.ignore)
                 diff = json_diff(recorded, sent)
                 if best is None or len(diff) < len(best):
                     best = diff

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from sqlite_utils import Database
 
+from llmtap.recorder.body_codec import pack_body
 from llmtap.recorder.model_store import record_version
 from llmtap.recorder.records import Batch, Exchange, Span, SpanType, TraceHead
 from llmtap.recorder.schema import migrate
@@ -101,10 +102,11 @@ def _exchange_row(
         x.query,
         match_key,
         _json(x.request_headers),
-        x.request_body,
+        pack_body(x.request_body),
         x.status,
         _json(x.response_headers),
-        x.response_body if isinstance(x.response_body, bytes) else b"",  # on file: see below
+        # a long stream's body, on file, is copied into the row afterwards (see below)
+        pack_body(x.response_body) if isinstance(x.response_body, bytes) else b"",
         x.chunks if isinstance(x.chunks, str) else _json(x.chunks),
         int(stream),
         x.started_ns,

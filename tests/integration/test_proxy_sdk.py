@@ -10,6 +10,7 @@ import orjson
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
+from llmtap.recorder.body_codec import unpack_body
 from tests.conftest import TEST_KEY, Proxy
 
 WEATHER = {
@@ -368,7 +369,7 @@ def test_compressed_response_reaches_the_client_as_sent_and_is_decoded_for_recor
 
     assert span["outputs"] == orjson.loads(decoded)
     (row,) = proxy.query("SELECT response_body FROM exchanges")
-    assert bytes(row[0]) == raw  # kept as sent, for a faithful replay
+    assert unpack_body(bytes(row[0])) == raw  # kept as sent, for a faithful replay
 
 
 # the SDK's HTTP client reads gzip and br; zstd is covered by the raw test above

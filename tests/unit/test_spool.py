@@ -14,8 +14,10 @@ from chunk_factory import make_chunks, sse_bytes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from llmtap.recorder.body_codec import unpack_body
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.records import RequestContext
+from llmtap.recorder.schema import RESPONSE_BODY
 from llmtap.recorder.spool import PieceSpool
 from llmtap.recorder.sqlite import SqliteStore
 from llmtap.recorder.tracing import build_batch
@@ -99,14 +101,13 @@ def row(db: Path, exchange_id: str) -> tuple[bytes, list, str]:
     conn = sqlite3.connect(db)
     try:
         body, chunks, outputs = conn.execute(
-            "SELECT coalesce(long_response_body, response_body), chunks, outputs "
-            "FROM exchanges JOIN spans USING (exchange_id) "
-            "WHERE exchange_id = ?",
+            f"SELECT {RESPONSE_BODY}, chunks, outputs "
+            "FROM exchanges JOIN spans USING (exchange_id) WHERE exchange_id = ?",
             [exchange_id],
         ).fetchone()
     finally:
         conn.close()
-    return bytes(body), orjson.loads(chunks), outputs
+    return unpack_body(bytes(body)), orjson.loads(chunks), outputs
 
 
 def test_a_stream_on_file_is_stored_as_the_same_stream_in_memory(tmp_path: Path) -> None:

@@ -22,8 +22,10 @@ from chunk_factory import make_chunks, sse_bytes
 
 from llmtap.recorder import writer as writer_module
 from llmtap.recorder.batch_writer import BatchWriter
+from llmtap.recorder.body_codec import unpack_body
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.records import Batch, RequestContext
+from llmtap.recorder.schema import RESPONSE_BODY
 from llmtap.recorder.tracing import build_batch, raw_batch
 from llmtap.recorder.writer import PROGRESS_EVERY, Writer, WriterConfig
 
@@ -291,8 +293,7 @@ def stored(db: Path, rec: Recording) -> tuple[bytes, object]:
     conn = sqlite3.connect(db)
     try:
         (body,) = conn.execute(
-            "SELECT coalesce(long_response_body, response_body) FROM exchanges "
-            "WHERE exchange_id = ?",
+            f"SELECT {RESPONSE_BODY} FROM exchanges WHERE exchange_id = ?",
             [rec.exchange_id],
         ).fetchone()
         (outputs,) = conn.execute(
@@ -300,7 +301,7 @@ def stored(db: Path, rec: Recording) -> tuple[bytes, object]:
         ).fetchone()
     finally:
         conn.close()
-    return bytes(body), orjson.loads(outputs)
+    return unpack_body(bytes(body)), orjson.loads(outputs)
 
 
 async def kill_writer(writer: Writer) -> None:
