@@ -14,6 +14,8 @@ from typing import Any
 import uvicorn
 import uvloop
 
+from llmtap.proxy.coalescing import CoalescingHttpToolsProtocol
+
 
 def bind_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -32,7 +34,9 @@ def url_of(sock: socket.socket) -> str:
 
 def make_server(app: Any, log_level: str = "warning", **config: Any) -> uvicorn.Server:
     return uvicorn.Server(
-        uvicorn.Config(app, loop="uvloop", http="httptools", log_level=log_level, **config)
+        uvicorn.Config(
+            app, loop="uvloop", http=CoalescingHttpToolsProtocol, log_level=log_level, **config
+        )
     )
 
 
