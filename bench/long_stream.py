@@ -22,7 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import zstandard  # noqa: E402
 from run import BENCH, PY, Ctx, descendants, rss_mb, start_llmtap  # noqa: E402
+
+from llmtap.recorder.body_codec import MARKER  # noqa: E402
+from llmtap.recorder.schema import RESPONSE_BODY  # noqa: E402
 
 
 def peak_mb(pid: int) -> float:
@@ -31,6 +35,13 @@ def peak_mb(pid: int) -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def body_size(stored: bytes) -> int:
+    """The size of a stored body as sent (a packed one's zstd frame records it)."""
+    if stored.startswith(MARKER):
+        return zstandard.frame_content_size(stored[len(MARKER) :])
+    return len(stored)
 
 
 def stream_once(url: str, events: int) -> tuple[int, float]:
@@ -78,17 +89,16 @@ def main() -> int:
             before = {"proxy": rss_mb(proxy), "writer": rss_mb(writer)}
             size, seconds = stream_once(target.url, args.events)
             db = Path(tmp) / "llmtap-long.db"
-            stored = output = 0
+            stored = kept = output = 0
             for _ in range(600):  # the record lands at [DONE]; the fuller copy right after
                 conn = sqlite3.connect(db)
                 row = conn.execute(
-                    "SELECT length(coalesce(long_response_body, response_body)), length(outputs) "
-                    "FROM exchanges "
-                    "JOIN spans USING (exchange_id)"
+                    f"SELECT {RESPONSE_BODY}, length(outputs) "
+                    "FROM exchanges JOIN spans USING (exchange_id)"
                 ).fetchone()
                 conn.close()
-                if row and row[0] >= size:  # (as sent: with the usage llmtap asked for)
-                    stored, output = row
+                if row and body_size(row[0]) >= size:  # (as sent: with the usage llmtap asked for)
+                    stored, kept, output = body_size(row[0]), len(row[0]), row[1]
                     break
                 time.sleep(0.1)
             time.sleep(1.0)  # idle: the writer gives freed memory back
@@ -97,7 +107,10 @@ def main() -> int:
         finally:
             ctx.stop_all()
     print(f"stream: {args.events:,} events, {size / 2**20:.1f} MB of SSE in {seconds:.1f} s")
-    print(f"stored: {stored / 2**20:.1f} MB body, {output / 2**20:.1f} MB reassembled output")
+    print(
+        f"stored: {stored / 2**20:.1f} MB body (kept in {kept / 2**20:.1f} MB), "
+        f"{output / 2**20:.1f} MB reassembled output"
+    )
     print("| process | RSS before | peak RSS | RSS after |")
     print("|---|--:|--:|--:|")
     for name in ("proxy", "writer"):

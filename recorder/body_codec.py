@@ -16,6 +16,7 @@ compressed already).
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 
 import zstandard
 
@@ -34,6 +35,23 @@ def pack_body(body: bytes) -> bytes:
     if len(packed) < len(body) or body.startswith(MARKER):
         return packed
     return body
+
+
+def pack_blocks(blocks: Iterable[bytes], size: int, at_most: int) -> bytes | None:
+    """A long body (`size` bytes, given a block at a time) packed, or None as soon as its
+    packed form passes `at_most` bytes: that form is held whole, so it must stay small (a long
+    stream's SSE packs ~50 to 1; one that does not is copied into its row as sent)."""
+    packer = _compressor().compressobj(size=size)  # the frame records the size, for unpacking
+    parts, total = [MARKER], len(MARKER)
+    for block in blocks:
+        part = packer.compress(block)
+        total += len(part)
+        if total > at_most:
+            return None
+        parts.append(part)
+    parts.append(packer.flush())
+    packed = b"".join(parts)
+    return packed if len(packed) <= at_most else None
 
 
 def unpack_body(stored: bytes) -> bytes:

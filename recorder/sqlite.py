@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from sqlite_utils import Database
 
-from llmtap.recorder.body_codec import pack_body
+from llmtap.recorder.body_codec import pack_blocks, pack_body
 from llmtap.recorder.model_store import record_version
 from llmtap.recorder.records import Batch, Exchange, Span, SpanType, TraceHead
 from llmtap.recorder.schema import migrate
@@ -90,7 +90,12 @@ ON CONFLICT (trace_id) DO UPDATE SET
 
 
 def _exchange_row(
-    x: Exchange, match_key: str, trace_id: str | None, span_id: str | None, stream: bool
+    x: Exchange,
+    body: bytes,
+    match_key: str,
+    trace_id: str | None,
+    span_id: str | None,
+    stream: bool,
 ) -> tuple[Any, ...]:
     return (
         x.exchange_id,
@@ -105,8 +110,7 @@ def _exchange_row(
         pack_body(x.request_body),
         x.status,
         _json(x.response_headers),
-        # a long stream's body, on file, is copied into the row afterwards (see below)
-        pack_body(x.response_body) if isinstance(x.response_body, bytes) else b"",
+        body,
         x.chunks if isinstance(x.chunks, str) else _json(x.chunks),
         int(stream),
         x.started_ns,
@@ -116,6 +120,11 @@ def _exchange_row(
         x.key_fingerprint,
         int(x.usage_injected),
     )
+
+
+LONG_PACKED_AT_MOST = 8 << 20
+"""A long stream's body (on file) is stored packed when that is at most this many bytes (it is
+held whole on its way into the row); else it is copied into the row as sent."""
 
 
 def _copy_body(conn: sqlite3.Connection, exchange_id: str, body: PieceSpool) -> None:
@@ -352,13 +361,21 @@ class SqliteStore:
             x = batch.exchange
             experiments.add(x.experiment)
             if isinstance(x.response_body, bytes):
-                on_file.pop(x.exchange_id, None)  # (a later copy in the same batch wins)
+                body: bytes | None = pack_body(x.response_body)
+            else:  # a long stream, on file
+                body = pack_blocks(
+                    x.response_body.blocks(), len(x.response_body), LONG_PACKED_AT_MOST
+                )
+            if body is None:  # it does not pack small: copied into its column afterwards
+                on_file[x.exchange_id] = x.response_body  # type: ignore[assignment]
+                body = b""
             else:
-                on_file[x.exchange_id] = x.response_body
+                on_file.pop(x.exchange_id, None)  # (a later copy in the same batch wins)
             own = batch.spans[-1] if batch.spans else None  # the call's span comes last
             exchanges.append(
                 _exchange_row(
                     x,
+                    body,
                     batch.match_key,
                     own.trace_id if own else None,
                     own.span_id if own else None,

@@ -10,6 +10,8 @@ import orjson
 from openai import OpenAI
 
 from llmtap.recorder import spool
+from llmtap.recorder.body_codec import unpack_body
+from llmtap.recorder.schema import RESPONSE_BODY
 from tests.conftest import TEST_KEY, Proxy
 
 CHUNKS = 50_000  # ~9.5 MB of SSE: past KEEP_IN_MEMORY (8 MB)
@@ -28,12 +30,16 @@ def test_a_long_stream_is_recorded_whole_through_its_file(proxy: Proxy) -> None:
     assert len(text) > 100_000
 
     (row,) = proxy.query(
-        "SELECT length(response_body) AS short, length(long_response_body) AS long, chunks, "
-        "outputs, attributes FROM exchanges JOIN spans USING (exchange_id)"
+        f"SELECT {RESPONSE_BODY} AS body, long_response_body, chunks, outputs, attributes "
+        "FROM exchanges JOIN spans USING (exchange_id)"
     )
-    assert row["short"] == 0 and row["long"] > spool.KEEP_IN_MEMORY
+    body = unpack_body(bytes(row["body"]))
+    assert len(body) > spool.KEEP_IN_MEMORY
+    assert row["long_response_body"] is None  # packed (~50 to 1), it fits in its row at once
+    assert len(row["body"]) * 20 < len(body)
+    assert body.rstrip().endswith(b"data: [DONE]")
     pieces = orjson.loads(row["chunks"])
-    assert sum(size for size, _ in pieces) == row["long"]
+    assert sum(size for size, _ in pieces) == len(body)
     assert all(a[1] <= b[1] for a, b in zip(pieces, pieces[1:], strict=False))  # in time order
     outputs = orjson.loads(row["outputs"])
     assert outputs["choices"][0]["message"]["content"] == text

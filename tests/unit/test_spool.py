@@ -19,7 +19,7 @@ from llmtap.recorder.recording import Recording
 from llmtap.recorder.records import RequestContext
 from llmtap.recorder.schema import RESPONSE_BODY
 from llmtap.recorder.spool import PieceSpool
-from llmtap.recorder.sqlite import SqliteStore
+from llmtap.recorder.sqlite import LONG_PACKED_AT_MOST, SqliteStore
 from llmtap.recorder.tracing import build_batch
 
 pieces_strategy = st.lists(st.binary(max_size=300), max_size=60)
@@ -283,3 +283,57 @@ def test_a_file_shorter_than_the_pieces_it_should_hold_is_not_taken_over(tmp_pat
         raise AssertionError("adopted pieces that are not there")
     finally:
         spool.close()
+
+
+def noise_stream(size: int) -> tuple[Recording, list[bytes]]:
+    """A streamed recording whose body does not pack (random bytes, as a compressed or
+    encrypted answer would be)."""
+    rng = random.Random(size)
+    pieces = [rng.randbytes(1 << 20) for _ in range(size >> 20)]
+    rec = Recording(
+        "POST", "/chat/completions", "", [], b'{"model": "m", "stream": true}', RequestContext()
+    )
+    rec.respond(200, [("content-type", "text/event-stream")])
+    for piece in pieces:
+        rec.feed(piece)
+    return rec.finish(), pieces
+
+
+def test_a_long_body_that_does_not_pack_is_copied_into_its_row_as_sent(tmp_path: Path) -> None:
+    """Past `LONG_PACKED_AT_MOST` packed, a long body is not held whole: it goes into
+    `long_response_body` a block at a time; and a later copy in the same write still wins."""
+    rec, pieces = noise_stream(LONG_PACKED_AT_MOST + (1 << 20))
+    twin = on_file(rec, tmp_path)
+    short = Recording(
+        rec.method, rec.path, "", [], rec.request_body, rec.context,
+        started_ns=rec.started_ns, exchange_id=rec.exchange_id, span_id=rec.span_id,
+        trace_id=rec.trace_id,
+    )  # fmt: skip
+    short.respond(200, rec.response_headers)
+    short.feed(b"data: [DONE]\n\n")
+    short.finish()
+    try:
+        for name, order, expected in (
+            ("long.db", (twin,), b"".join(pieces)),
+            ("c.db", (twin, short), b"data: [DONE]\n\n"),
+            ("d.db", (short, twin), b"".join(pieces)),
+        ):
+            store = SqliteStore(tmp_path / name)
+            try:
+                store.write([build_batch(r) for r in order])
+            finally:
+                store.close()
+            assert row(tmp_path / name, rec.exchange_id)[0] == expected
+            conn = sqlite3.connect(tmp_path / name)
+            try:
+                short_body, long_body = conn.execute(
+                    "SELECT length(response_body), length(long_response_body) FROM exchanges"
+                ).fetchone()
+            finally:
+                conn.close()
+            if len(expected) > LONG_PACKED_AT_MOST:
+                assert short_body == 0 and long_body == len(expected)
+            else:
+                assert long_body is None
+    finally:
+        twin.spool.close()
