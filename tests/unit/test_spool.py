@@ -134,11 +134,8 @@ def test_a_stream_on_file_is_stored_as_the_same_stream_in_memory(tmp_path: Path)
         twin.spool.close()
 
 
-def test_a_later_copy_in_memory_replaces_one_on_file_in_the_same_write(tmp_path: Path) -> None:
-    """A stream committed at [DONE] and again, fuller, in one transaction: the last one wins,
-    wherever its body is."""
-    rec, pieces = long_stream(7)
-    twin = on_file(rec, tmp_path)
+def done_only(rec: Recording) -> Recording:
+    """Another copy of `rec`'s exchange, in memory, whose body is only `[DONE]`."""
     short = Recording(
         rec.method, rec.path, "", [], rec.request_body, rec.context,
         started_ns=rec.started_ns, exchange_id=rec.exchange_id, span_id=rec.span_id,
@@ -146,7 +143,15 @@ def test_a_later_copy_in_memory_replaces_one_on_file_in_the_same_write(tmp_path:
     )  # fmt: skip
     short.respond(200, rec.response_headers)
     short.feed(b"data: [DONE]\n\n")
-    short.finish()
+    return short.finish()
+
+
+def test_a_later_copy_in_memory_replaces_one_on_file_in_the_same_write(tmp_path: Path) -> None:
+    """A stream committed at [DONE] and again, fuller, in one transaction: the last one wins,
+    wherever its body is."""
+    rec, pieces = long_stream(7)
+    twin = on_file(rec, tmp_path)
+    short = done_only(rec)
     try:
         for name, order, expected in (
             ("c.db", (twin, short), b"data: [DONE]\n\n"),
@@ -304,14 +309,7 @@ def test_a_long_body_that_does_not_pack_is_copied_into_its_row_as_sent(tmp_path:
     `long_response_body` a block at a time; and a later copy in the same write still wins."""
     rec, pieces = noise_stream(LONG_PACKED_AT_MOST + (1 << 20))
     twin = on_file(rec, tmp_path)
-    short = Recording(
-        rec.method, rec.path, "", [], rec.request_body, rec.context,
-        started_ns=rec.started_ns, exchange_id=rec.exchange_id, span_id=rec.span_id,
-        trace_id=rec.trace_id,
-    )  # fmt: skip
-    short.respond(200, rec.response_headers)
-    short.feed(b"data: [DONE]\n\n")
-    short.finish()
+    short = done_only(rec)
     try:
         for name, order, expected in (
             ("long.db", (twin,), b"".join(pieces)),
