@@ -1,6 +1,7 @@
 """A small raw-socket HTTP/1.1 load client (asyncio + uvloop + httptools) for what wrk cannot
-measure: time to first event and each event's arrival in a streamed answer, and runs of an
-exact number of requests (the memory scenario).
+measure: time to first event and each event's arrival in a streamed answer, runs of an
+exact number of requests (the memory scenario), and an open loop at a steady rate
+(`run_at_rate`: latency at a load that does not saturate, as LiteLLM publishes its overhead).
 
 Each connection is kept alive and sends one request at a time. Time stamps are
 CLOCK_MONOTONIC (`time.monotonic_ns()`), the clock the fake upstream writes into each paced
@@ -13,6 +14,7 @@ import asyncio
 import re
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -153,3 +155,92 @@ async def run(
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return results
+
+
+@dataclass(slots=True)
+class RateRun:
+    results: list[Result]
+    late_ns: list[int]
+    """For each request, how long after it was due it was sent (timer granularity; or, in an
+    overloaded system, the wait for a free connection)."""
+    seconds: float
+
+
+async def run_at_rate(
+    url: str,
+    request: bytes,
+    rate: float,
+    duration: float,
+    *,
+    max_connections: int = 256,
+    prewarm: int = 8,
+) -> RateRun:
+    """Open loop: the i-th request is due `i / rate` seconds after the start and is sent then,
+    whether or not the earlier ones were answered, on a free keep-alive connection (a new one
+    while fewer than `max_connections` are open). A slow answer holds nothing else back, so it
+    is not hidden (no coordinated omission): each latency is `done - sent`, and how late each
+    request was sent is kept beside it."""
+    u = urlsplit(url)
+    loop = asyncio.get_running_loop()
+    free: list[_Conn] = []
+    opened: list[_Conn] = []
+    queued: deque[asyncio.Future[_Conn]] = deque()
+    results: list[Result] = []
+    late: list[int] = []
+
+    async def connect() -> _Conn:
+        _, conn = await loop.create_connection(lambda: _Conn(False), u.hostname, u.port or 80)
+        opened.append(conn)
+        return conn
+
+    async def acquire() -> _Conn:
+        if free:
+            return free.pop()
+        if len(opened) < max_connections:
+            return await connect()
+        waiter: asyncio.Future[_Conn] = loop.create_future()
+        queued.append(waiter)
+        return await waiter
+
+    def release(conn: _Conn) -> None:
+        while queued:
+            waiter = queued.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        free.append(conn)
+
+    async def one(due_ns: int) -> None:
+        conn = await acquire()
+        late.append(time.monotonic_ns() - due_ns)
+        try:
+            results.append(await conn.request(request))
+        except ConnectionError:
+            results.append(Result())  # status 0: counted as an error
+            opened.remove(conn)
+            if queued and len(opened) < max_connections:  # a waiter gets a new connection
+                release(await connect())
+            return
+        release(conn)
+
+    free.extend([await connect() for _ in range(min(prewarm, max_connections))])
+    interval_ns = 1e9 / rate
+    start = time.monotonic_ns() + 1_000_000
+    end = start + int(duration * 1e9)
+    tasks: list[asyncio.Task[None]] = []
+    i = 0
+    while (due := start + int(i * interval_ns)) < end:
+        now = time.monotonic_ns()
+        if due > now:
+            await asyncio.sleep((due - now) / 1e9)
+            now = time.monotonic_ns()
+        while due <= now and due < end:  # every request due by now goes out now
+            tasks.append(asyncio.ensure_future(one(due)))
+            i += 1
+            due = start + int(i * interval_ns)
+    await asyncio.gather(*tasks)
+    seconds = (time.monotonic_ns() - start) / 1e9
+    for conn in opened:
+        if conn.transport is not None:
+            conn.transport.close()
+    return RateRun(results, late, seconds)

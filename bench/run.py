@@ -313,6 +313,7 @@ ROWS: list[Row] = [
         "httpx",
         "starlette + uvicorn + httpx pass-through (naive)",
         partial(start_passthrough, "httpx"),
+        skip=("rate-1000",),  # ~300-700 req/s at most: a queue that grows for the whole run
     ),
     Row(
         "aiohttp",
@@ -342,10 +343,13 @@ NAIVE, AIOHTTP, DIRECT, LLMTAP = "httpx", "aiohttp", "direct", "llmtap-record"
 class Scenario:
     name: str
     title: str
-    kind: str  # "wrk" | "paced" | "memory"
+    kind: str  # "wrk" | "paced" | "rate" | "memory"
     concurrency: int
+    """Connections (`rate`: at most)."""
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    rate: float = 0.0
+    """Requests a second, sent on schedule (`rate`)."""
 
     def raw(self, url: str) -> bytes:
         return client.build_request(url + PATH, self.body, self.headers)
@@ -371,6 +375,16 @@ SCENARIOS = [
         8,
         STREAM_BODY,
         {"x-bench-events": "100", "x-bench-pace-ms": "2"},
+    ),
+    Scenario(
+        "rate-1000",
+        # LiteLLM publishes its proxy's overhead at ~1,000 req/s: the added latency at a load
+        # that does not saturate, where wrk's closed loop would measure the queue instead
+        "non-streamed chat at a steady 1,000 req/s, open loop",
+        "rate",
+        256,
+        CHAT_BODY,
+        rate=1000,
     ),
     Scenario(
         "memory",
@@ -491,6 +505,35 @@ def measure_paced(ctx: Ctx, sc: Scenario, t: Target, seconds: float, warm: float
     }
 
 
+def measure_rate(ctx: Ctx, sc: Scenario, t: Target, seconds: float, warm: float) -> dict:
+    raw = sc.raw(t.url)
+    url = t.url + PATH
+
+    def go(duration: float) -> client.RateRun:
+        return _run(client.run_at_rate(url, raw, sc.rate, duration, max_connections=sc.concurrency))
+
+    go(warm)
+    main = [t.main_pid] if t.main_pid is not None else []
+    c0, m0 = cpu_seconds(t.pids), cpu_seconds(main)
+    run = go(seconds)
+    c1, m1 = cpu_seconds(t.pids), cpu_seconds(main)
+    ok = [r for r in run.results if r.status == 200]
+    latency = [(r.done_ns - r.sent_ns) / 1e6 for r in ok]
+    n = len(run.results)
+    return {
+        "requests": n,
+        "errors": n - len(ok),
+        "rps": len(ok) / run.seconds,
+        "p50_ms": _pct(latency, 50),
+        "p95_ms": _pct(latency, 95),
+        "p99_ms": _pct(latency, 99),
+        "late_p99_ms": _pct([d / 1e6 for d in run.late_ns], 99),
+        "cpu_us": (c1 - c0) / n * 1e6 if t.pids and n else None,
+        "main_cpu_us": (m1 - m0) / n * 1e6 if t.has_writer and n else None,
+        "cpu_pct": (c1 - c0) / run.seconds * 100 if t.pids else None,
+    }
+
+
 def measure_memory(ctx: Ctx, total: int) -> dict:
     t = start_llmtap("record", ctx, name="llmtap-memory")
     wait_port(t.url)
@@ -556,6 +599,9 @@ def _run(coro: Any) -> Any:
         return uvloop.run(coro)
     except ImportError:
         return asyncio.run(coro)
+
+
+MEASURES = {"wrk": measure_wrk, "paced": measure_paced, "rate": measure_rate}
 
 
 # --------------------------------------------------------------------------------------------
@@ -627,6 +673,34 @@ def table_paced(sc: Scenario, res: dict[str, dict]) -> str:
             f"| {_f(r['event_max_ms'], 2)} | {_f(r['end_p50_ms'], 2)} | {_f(r['end_p99_ms'], 2)} "
             f"| {_f(r['cpu_us_event'], 1)} | {_f(r.get('main_cpu_us_event'), 1)} "
             f"| {_f(r['cpu_us_stream'])} | {r['errors']} |"
+        )
+    return "\n".join(lines)
+
+
+def table_rate(sc: Scenario, res: dict[str, dict]) -> str:
+    d = res.get(DIRECT, {})
+    lines = [
+        f"### {sc.name}: {sc.title}",
+        "",
+        "Each request is sent when it is due, answered or not the ones before it; latency is "
+        "from its send to its answer's end. `+` columns: minus direct's figure (the latency "
+        "llmtap adds). Sends late p99: how late the 99th percentile request went out (the "
+        "client's timer, or no free connection under overload).",
+        "",
+        "| row | req/s | p50 ms | p95 ms | p99 ms | +p50 ms | +p95 ms | +p99 ms "
+        "| sends late p99 ms | proxy CPU us/req | of it main process | proxy CPU % | errors |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for key, r in res.items():
+        plus = [
+            _f(r[k] - d[k], 2) if d and key != DIRECT else "-"
+            for k in ("p50_ms", "p95_ms", "p99_ms")
+        ]
+        lines.append(
+            f"| {ROW_BY_KEY[key].label} | {_f(r['rps'])} | {_f(r['p50_ms'], 2)} "
+            f"| {_f(r['p95_ms'], 2)} | {_f(r['p99_ms'], 2)} | {' | '.join(plus)} "
+            f"| {_f(r['late_p99_ms'], 2)} | {_f(r['cpu_us'])} | {_f(r.get('main_cpu_us'))} "
+            f"| {_f(r['cpu_pct'])} | {r['errors']} |"
         )
     return "\n".join(lines)
 
@@ -720,6 +794,9 @@ def targets(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+TABLES = {"wrk": table_wrk, "paced": table_paced, "rate": table_rate}
+
+
 def render(results: dict[str, Any]) -> str:
     """All tables of a run, as markdown."""
     meta = results["meta"]
@@ -735,7 +812,7 @@ def render(results: dict[str, Any]) -> str:
             out.append(table_memory(sc, res))
         else:
             rows = {k: v for k, v in res.items() if k in ROW_BY_KEY}
-            out.append((table_wrk if sc.kind == "wrk" else table_paced)(sc, rows))
+            out.append(TABLES[sc.kind](sc, rows))
     out.append(targets(results))
     return "\n\n".join(out)
 
@@ -971,8 +1048,7 @@ def main() -> int:
                 for key, t in targets_.items():
                     if sc.name in ROW_BY_KEY[key].skip:
                         continue
-                    fn = measure_wrk if sc.kind == "wrk" else measure_paced
-                    r = fn(ctx, sc, t, seconds, warm)
+                    r = MEASURES[sc.kind](ctx, sc, t, seconds, warm)
                     rounds[key].append(r)
                     brief = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}
                     print(f"   {key:14} {brief}", file=sys.stderr, flush=True)
