@@ -245,21 +245,46 @@ class Checkpointer:
             if self._stopping:
                 return
             try:
-                with self._running:
-                    checkpoint(self.path)
+                self._catch_up()
                 self.error = None
             except sqlite3.Error as exc:
                 self.error = exc
 
+    def _catch_up(self) -> None:
+        """PASSIVE checkpoints one after another, until one finds nothing new to copy (each
+        pass copies what the writer wrote during the one before). A WAL wholly copied is
+        started over by the writer's next transaction, by SQLite itself (when no reader is in
+        it): nothing to copy and no sync in front of that commit, which the writer's own
+        restart would otherwise cost. The lock is let go between passes: the writer's restart
+        waits for one pass at most."""
+        conn = checkpoint_connection(self.path)
+        try:
+            seen = -1
+            for _ in range(CATCH_UP_PASSES):
+                with self._running:
+                    busy, frames, copied = checkpoint(conn)
+                if busy or copied < frames or frames == seen:  # a reader holds frames back, or done
+                    return
+                seen = frames
+        finally:
+            conn.close()
 
-def checkpoint(path: str) -> None:
-    """A PASSIVE checkpoint on a connection of its own (opened each time: the file at the
-    path may have been replaced since the last one; never created if it is gone)."""
-    conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=rw", uri=True, isolation_level=None)
-    try:
-        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-    finally:
-        conn.close()
+
+CATCH_UP_PASSES = 8
+"""PASSIVE checkpoints a request runs at most, one after another, to catch up with a writer
+that goes on writing (each pass copies what was written during the one before)."""
+
+
+def checkpoint_connection(path: str) -> sqlite3.Connection:
+    """A connection of the checkpointer's own, opened for each request: the file at the path
+    may have been replaced since the last one; never created if it is gone."""
+    return sqlite3.connect(f"file:{Path(path).resolve()}?mode=rw", uri=True, isolation_level=None)
+
+
+def checkpoint(conn: sqlite3.Connection) -> tuple[int, int, int]:
+    """A PASSIVE checkpoint: busy, the WAL's frames, the frames copied."""
+    busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return busy, frames, copied
 
 
 class SqliteStore:
@@ -275,7 +300,11 @@ class SqliteStore:
         self._inode = _inode(self.path)
         self._since_checkpoint = 0  # batches since a checkpoint was last asked for
         self._since_restart = 0  # batches since the writer's own last checkpoint
+        self._wal_header = b""
         self._checkpointer = Checkpointer(self.path)
+
+    LOOK_AT_WAL_EVERY = 16
+    """Batches between two looks at the WAL's header, to know whether it started over."""
 
     CHECKPOINT_AHEAD = 32
     """Batches before its own restart at which the writer asks the checkpointer, idle or not.
@@ -315,6 +344,18 @@ class SqliteStore:
         self._since_checkpoint = 0
         return not busy and frames == copied
 
+    def _wal_started_over(self) -> bool:
+        """Whether the WAL started over since this was last asked: its header's checkpoint
+        sequence number and salts change each time (SQLite rewrites them with the first frame
+        after), whoever's checkpoint made it possible."""
+        try:
+            with open(self.path + "-wal", "rb") as wal:
+                header = wal.read(24)[12:24]
+        except OSError:
+            return False
+        previous, self._wal_header = self._wal_header, header
+        return bool(previous) and header != previous
+
     def check_file(self) -> None:
         """A database deleted or replaced under a running proxy would swallow every write
         unseen: open the file at the path again (a new one if need be) and say so."""
@@ -332,6 +373,8 @@ class SqliteStore:
         """Write all batches in one transaction: all of them land, or none."""
         if self._since_restart % 64 == 63:  # under sustained load too, now and then
             self.check_file()
+        if self._since_restart % self.LOOK_AT_WAL_EVERY == 0 and self._wal_started_over():
+            self._since_restart = 0  # the checkpointer caught up, and SQLite started it over
         held = self._checkpointer.held()
         restart = self._since_restart >= self.CHECKPOINT_EVERY
         if restart:
@@ -352,6 +395,8 @@ class SqliteStore:
                 self._since_restart = 0
         self._since_checkpoint += 1
         self._since_restart += 1
+        if self._since_restart == 1:  # a new round: the header of the WAL it writes
+            self._wal_started_over()
         if self._since_restart == self.CHECKPOINT_EVERY - self.CHECKPOINT_AHEAD:
             # a writer that never idles asks too, once a round: its own restart then has only
             # the batches since to copy in front of a commit, not the whole round

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 
 import orjson
@@ -11,7 +12,7 @@ import orjson
 from llmtap.recorder.reader import TraceQuery, TraceReader
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.records import RequestContext
-from llmtap.recorder.sqlite import SqliteStore
+from llmtap.recorder.sqlite import SqliteStore, checkpoint, checkpoint_connection
 from llmtap.recorder.tracing import build_batch
 
 CHAT = {
@@ -209,12 +210,43 @@ def test_a_writer_that_never_idles_has_the_checkpointer_work_ahead_of_its_own(
         while db.stat().st_size == before and time.monotonic() < deadline:
             time.sleep(0.01)
         assert db.stat().st_size > before
-        # the round ends: the writer starts the WAL over (a batch or a few later while the
-        # thread's copy still runs), and only the batches since are in it
+        # the round ends: the WAL has started over (after the thread caught up, or by the
+        # writer's own restart a few batches late while the thread's copy still ran), and only
+        # the batches since are in it
+        header = Path(str(db) + "-wal").read_bytes()[12:24]
         for _ in range(2 * SqliteStore.CHECKPOINT_AHEAD + 1):
             store.write([build_batch(chat_recording())])
+        assert Path(str(db) + "-wal").read_bytes()[12:24] != header
         frames, copied = store.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1:]
-        assert copied == frames and frames < 20 * (SqliteStore.CHECKPOINT_AHEAD + 1)
+        assert copied == frames and frames < 20 * SqliteStore.CHECKPOINT_EVERY // 2
+    finally:
+        store.close()
+
+
+def test_a_wal_the_checkpointer_caught_up_with_starts_over_with_no_copy_by_the_writer(
+    tmp_path: Path,
+) -> None:
+    """The checkpointer's passes copy the whole WAL: the writer's next transaction starts it
+    over by itself, and at the end of the round the writer sees that and copies nothing in
+    front of a commit."""
+    db = tmp_path / "n.db"
+    wal = Path(str(db) + "-wal")
+    store = SqliteStore(db)
+    try:
+        for _ in range(10):
+            store.write([build_batch(chat_recording())])
+        store._since_restart = SqliteStore.CHECKPOINT_EVERY - 1  # (the thread left out of it)
+        header = wal.read_bytes()[12:24]
+        with closing(checkpoint_connection(str(db))) as conn:  # as the checkpointer's thread
+            busy, frames, copied = checkpoint(conn)
+        assert not busy and copied == frames > 0
+        store.write([build_batch(chat_recording())])  # the WAL starts over under this one
+        assert wal.read_bytes()[12:24] != header
+        restarts: list[int] = []
+        real = store._restart_wal
+        store._restart_wal = lambda: restarts.append(1) or real()  # type: ignore[method-assign]
+        store.write([build_batch(chat_recording())])  # the round is over
+        assert restarts == [] and store._since_restart == 1
     finally:
         store.close()
 
