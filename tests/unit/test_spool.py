@@ -7,9 +7,11 @@ import random
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import orjson
+import pytest
 from chunk_factory import make_chunks, sse_bytes
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -146,14 +148,20 @@ def done_only(rec: Recording) -> Recording:
     return short.finish()
 
 
-def test_a_later_copy_in_memory_replaces_one_on_file_in_the_same_write(tmp_path: Path) -> None:
+@pytest.mark.parametrize("packs", [True, False], ids=["packs", "does-not-pack"])
+def test_a_later_copy_in_memory_replaces_one_on_file_in_the_same_write(
+    tmp_path: Path, packs: bool
+) -> None:
     """A stream committed at [DONE] and again, fuller, in one transaction: the last one wins,
-    wherever its body is."""
-    rec, pieces = long_stream(7)
+    wherever its body is. A long body is packed into `response_body`; one that does not pack
+    to `LONG_PACKED_AT_MOST` or less is not held whole: it is copied as sent into
+    `long_response_body`, a block at a time."""
+    rec, pieces = long_stream(7) if packs else noise_stream(LONG_PACKED_AT_MOST + (1 << 20))
     twin = on_file(rec, tmp_path)
     short = done_only(rec)
     try:
         for name, order, expected in (
+            ("long.db", (twin,), b"".join(pieces)),
             ("c.db", (twin, short), b"data: [DONE]\n\n"),
             ("d.db", (short, twin), b"".join(pieces)),
         ):
@@ -163,6 +171,14 @@ def test_a_later_copy_in_memory_replaces_one_on_file_in_the_same_write(tmp_path:
             finally:
                 store.close()
             assert row(tmp_path / name, rec.exchange_id)[0] == expected
+            with closing(sqlite3.connect(tmp_path / name)) as conn:
+                short_body, long_body = conn.execute(
+                    "SELECT length(response_body), length(long_response_body) FROM exchanges"
+                ).fetchone()
+            if len(expected) > LONG_PACKED_AT_MOST:
+                assert short_body == 0 and long_body == len(expected)
+            else:
+                assert long_body is None
     finally:
         twin.spool.close()
 
@@ -302,36 +318,3 @@ def noise_stream(size: int) -> tuple[Recording, list[bytes]]:
     for piece in pieces:
         rec.feed(piece)
     return rec.finish(), pieces
-
-
-def test_a_long_body_that_does_not_pack_is_copied_into_its_row_as_sent(tmp_path: Path) -> None:
-    """Past `LONG_PACKED_AT_MOST` packed, a long body is not held whole: it goes into
-    `long_response_body` a block at a time; and a later copy in the same write still wins."""
-    rec, pieces = noise_stream(LONG_PACKED_AT_MOST + (1 << 20))
-    twin = on_file(rec, tmp_path)
-    short = done_only(rec)
-    try:
-        for name, order, expected in (
-            ("long.db", (twin,), b"".join(pieces)),
-            ("c.db", (twin, short), b"data: [DONE]\n\n"),
-            ("d.db", (short, twin), b"".join(pieces)),
-        ):
-            store = SqliteStore(tmp_path / name)
-            try:
-                store.write([build_batch(r) for r in order])
-            finally:
-                store.close()
-            assert row(tmp_path / name, rec.exchange_id)[0] == expected
-            conn = sqlite3.connect(tmp_path / name)
-            try:
-                short_body, long_body = conn.execute(
-                    "SELECT length(response_body), length(long_response_body) FROM exchanges"
-                ).fetchone()
-            finally:
-                conn.close()
-            if len(expected) > LONG_PACKED_AT_MOST:
-                assert short_body == 0 and long_body == len(expected)
-            else:
-                assert long_body is None
-    finally:
-        twin.spool.close()
