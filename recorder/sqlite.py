@@ -292,7 +292,8 @@ class SqliteStore:
 
     CHECKPOINT_EVERY = 256
     """Batches after which the writer checkpoints itself, in front of one of its transactions,
-    whatever the checkpointer did (see `_restart_wal`): the bound of the WAL."""
+    unless the WAL started over meanwhile (see `_restart_wal`, `Checkpointer._catch_up`): the
+    bound of the WAL."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
