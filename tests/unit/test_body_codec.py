@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import orjson
@@ -81,13 +82,10 @@ def test_a_stored_stream_is_small_on_disk_and_exact_for_replay_and_cassettes(
     finally:
         store.close()
 
-    conn = sqlite3.connect(db)
-    try:
+    with closing(sqlite3.connect(db)) as conn:
         stored_response, stored_request = conn.execute(
             "SELECT length(response_body), length(request_body) FROM exchanges"
         ).fetchone()
-    finally:
-        conn.close()
     assert stored_response * 10 < len(wire)
     assert stored_request < len(rec.request_body)
 
