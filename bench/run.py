@@ -623,16 +623,27 @@ def _ratio(a: Any, b: Any) -> str:
     return f"{r:.2f}x" if r >= 0.1 else f"{r:.3f}x"
 
 
-def table_wrk(sc: Scenario, res: dict[str, dict]) -> str:
-    d, nv, ah = res.get(DIRECT, {}), res.get(NAIVE, {}), res.get(AIOHTTP, {})
-    lines = [
+def _table_head(sc: Scenario, columns: str, note: str = "") -> list[str]:
+    """A scenario's title, its note if any, and the header of its table (`columns`: the names
+    after `row`, separated by ` | `; the first column left-aligned, the others right)."""
+    count = columns.count(" | ") + 1
+    return [
         f"### {sc.name}: {sc.title}",
         "",
-        "| row | req/s | vs direct | vs naive | vs aiohttp | p50 ms | p99 ms | +p50 ms "
-        "| proxy CPU us/req | of it main process | CPU vs naive | proxy CPU % | upstream CPU % "
-        "| errors |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        *([note, ""] if note else []),
+        f"| row | {columns} |",
+        "|---|" + "--:|" * count,
     ]
+
+
+def table_wrk(sc: Scenario, res: dict[str, dict]) -> str:
+    d, nv, ah = res.get(DIRECT, {}), res.get(NAIVE, {}), res.get(AIOHTTP, {})
+    lines = _table_head(
+        sc,
+        "req/s | vs direct | vs naive | vs aiohttp | p50 ms | p99 ms | +p50 ms "
+        "| proxy CPU us/req | of it main process | CPU vs naive | proxy CPU % | upstream CPU % "
+        "| errors",
+    )
     for key, r in res.items():
         added = r["p50_ms"] - d["p50_ms"] if d and key != DIRECT else None
         lines.append(
@@ -648,19 +659,16 @@ def table_wrk(sc: Scenario, res: dict[str, dict]) -> str:
 
 def table_paced(sc: Scenario, res: dict[str, dict]) -> str:
     d = res.get(DIRECT, {})
-    lines = [
-        f"### {sc.name}: {sc.title}",
-        "",
+    lines = _table_head(
+        sc,
+        "streams | first event p50 ms | +p50 vs direct | first event p99 ms "
+        "| event delay p50 ms | +p50 | event delay p99 ms | +p99 | max ms "
+        "| [DONE] delay p50 ms | p99 ms | proxy CPU us/event | of it main process "
+        "| us/stream | errors",
         "Event delay: client arrival minus the upstream's write of that event (same clock). "
         "[DONE] delay: end of the answer minus the upstream's write of `[DONE]` (llmtap holds "
         "`[DONE]` until the recording is committed).",
-        "",
-        "| row | streams | first event p50 ms | +p50 vs direct | first event p99 ms "
-        "| event delay p50 ms | +p50 | event delay p99 ms | +p99 | max ms "
-        "| [DONE] delay p50 ms | p99 ms | proxy CPU us/event | of it main process "
-        "| us/stream | errors |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
-    ]
+    )
     for key, r in res.items():
         other = key != DIRECT and d
         lines.append(
@@ -679,18 +687,15 @@ def table_paced(sc: Scenario, res: dict[str, dict]) -> str:
 
 def table_rate(sc: Scenario, res: dict[str, dict]) -> str:
     d = res.get(DIRECT, {})
-    lines = [
-        f"### {sc.name}: {sc.title}",
-        "",
+    lines = _table_head(
+        sc,
+        "req/s | p50 ms | p95 ms | p99 ms | +p50 ms | +p95 ms | +p99 ms "
+        "| sends late p99 ms | proxy CPU us/req | of it main process | proxy CPU % | errors",
         "Each request is sent when it is due, answered or not the ones before it; latency is "
         "from its send to its answer's end. `+` columns: minus direct's figure (the latency "
         "llmtap adds). Sends late p99: how late the 99th percentile request went out (the "
         "client's timer, or no free connection under overload).",
-        "",
-        "| row | req/s | p50 ms | p95 ms | p99 ms | +p50 ms | +p95 ms | +p99 ms "
-        "| sends late p99 ms | proxy CPU us/req | of it main process | proxy CPU % | errors |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
-    ]
+    )
     for key, r in res.items():
         plus = [
             _f(r[k] - d[k], 2) if d and key != DIRECT else "-"

@@ -341,7 +341,7 @@ class SqliteStore:
         (a reader in another process kept frames back) is tried again at the next batch,
         not `CHECKPOINT_EVERY` later, or the WAL file, which never shrinks, grows by another
         round."""
-        busy, frames, copied = self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        busy, frames, copied = checkpoint(self.conn)
         self._since_checkpoint = 0
         return not busy and frames == copied
 
