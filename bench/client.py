@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-_FP = re.compile(rb'"system_fingerprint":"fp_(\d+)"')
+_STAMP = re.compile(rb'"obfuscation":"(\d+)"')  # the upstream's send time (bench/upstream.py)
 
 
 @dataclass(slots=True)
@@ -36,7 +36,7 @@ class Result:
     def end_delay_ns(self, pace_ns: int) -> int | None:
         """End of the answer (after [DONE]) minus when the upstream wrote [DONE]: one pace
         after the last stamped event (the upstream keeps an absolute schedule)."""
-        stamps = _FP.findall(b"".join(c for _, c in self.chunks))
+        stamps = _STAMP.findall(b"".join(c for _, c in self.chunks))
         return self.done_ns - (int(stamps[-1]) + pace_ns) if stamps else None
 
     def event_delays_ns(self) -> list[int]:
@@ -49,7 +49,7 @@ class Result:
             ends.append(pos)
         out = []
         i = 0
-        for m in _FP.finditer(data):
+        for m in _STAMP.finditer(data):
             while ends[i] < m.end():
                 i += 1
             out.append(self.chunks[i][0] - int(m.group(1)))

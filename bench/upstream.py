@@ -6,8 +6,11 @@ It must never be the bottleneck, so every answer is prebuilt bytes written in on
 - a streamed `chat.completion.chunk` SSE answer of `x-bench-events` chunks (default 100) plus
   `[DONE]`, chunked transfer encoding, all written at once ("bulk");
 - with `x-bench-pace-ms: N`, the same stream paced: one event per write, N ms apart, each event
-  carrying its send time (`"system_fingerprint": "fp_<CLOCK_MONOTONIC ns>"`) so that a client
-  on the same machine can measure each event's delay through a proxy.
+  carrying its send time (`"obfuscation": "<CLOCK_MONOTONIC ns>"`) so that a client on the same
+  machine can measure each event's delay through a proxy. OpenAI's own `obfuscation` field is
+  the one that changes from event to event (random padding); `system_fingerprint` stays the
+  same for a whole stream, as it does from OpenAI (a stamp there made every event unlike the
+  one before, which no real stream does).
 
 A request that asks for `stream_options.include_usage` (llmtap injects it) also gets the
 final usage chunk and `"usage": null` on every other chunk, as OpenAI sends them.
@@ -66,22 +69,25 @@ COMPLETION = orjson.dumps(
 )
 
 
-def _chunk(delta: dict, finish: str | None, fp: str, usage: bool) -> dict:
+def _chunk(delta: dict, finish: str | None, usage: bool, stamp: str | None) -> dict:
     c = {
         "id": "chatcmpl-bench0000000000000000000000",
         "object": "chat.completion.chunk",
         "created": CREATED,
         "model": MODEL,
-        "system_fingerprint": fp,
+        "system_fingerprint": "fp_bench",
         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
     }
     if usage:
         c["usage"] = None
+    if stamp is not None:
+        c["obfuscation"] = stamp
     return c
 
 
-def stream_events(n: int, usage: bool, fp: str = "fp_bench") -> list[bytes]:
-    """The SSE events (each `data: ...\\n\\n`) of an n-chunk streamed answer, [DONE] last."""
+def stream_events(n: int, usage: bool, stamp: str | None = None) -> list[bytes]:
+    """The SSE events (each `data: ...\\n\\n`) of an n-chunk streamed answer, [DONE] last;
+    `stamp`: the `obfuscation` of every chunk."""
     out = []
     for i in range(n):
         if i == 0:
@@ -90,17 +96,19 @@ def stream_events(n: int, usage: bool, fp: str = "fp_bench") -> list[bytes]:
             delta, finish = {}, "stop"
         else:
             delta, finish = {"content": f"tok{i} "}, None
-        out.append(b"data: " + orjson.dumps(_chunk(delta, finish, fp, usage)) + b"\n\n")
+        out.append(b"data: " + orjson.dumps(_chunk(delta, finish, usage, stamp)) + b"\n\n")
     if usage:
         u = {
             "id": "chatcmpl-bench0000000000000000000000",
             "object": "chat.completion.chunk",
             "created": CREATED,
             "model": MODEL,
-            "system_fingerprint": fp,
+            "system_fingerprint": "fp_bench",
             "choices": [],
             "usage": {"prompt_tokens": 25, "completion_tokens": n, "total_tokens": 25 + n},
         }
+        if stamp is not None:
+            u["obfuscation"] = stamp
         out.append(b"data: " + orjson.dumps(u) + b"\n\n")
     out.append(b"data: [DONE]\n\n")
     return out
@@ -200,11 +208,11 @@ class Upstream(asyncio.Protocol):
                 delay = start + i * pace - loop.time()
                 await asyncio.sleep(max(delay, 0))
             # each event is built at send time, with its send time in it
-            fp = b"fp_%d" % time.monotonic_ns()
+            stamp = b"%d" % time.monotonic_ns()
             if i < n:
-                event = stream_events_one(i, n, usage, fp)
+                event = stream_events_one(i, n, usage, stamp)
             elif usage and i == n:
-                event = stream_events(1, True, fp.decode())[-2]
+                event = stream_events(1, True, stamp.decode())[-2]
             else:
                 event = b"data: [DONE]\n\n"
             t.write(_frame(event))
@@ -214,12 +222,12 @@ class Upstream(asyncio.Protocol):
 _paced_cache: dict[tuple[int, int, bool], bytes] = {}
 
 
-def stream_events_one(i: int, n: int, usage: bool, fp: bytes) -> bytes:
-    """Event i of n with a placeholder fingerprint replaced by `fp`."""
+def stream_events_one(i: int, n: int, usage: bool, stamp: bytes) -> bytes:
+    """Event i of n, stamped with `stamp`."""
     key = (i, n, usage)
     if key not in _paced_cache:
-        _paced_cache[key] = stream_events(n, usage, "fp_PLACEHOLDER")[i]
-    return _paced_cache[key].replace(b"fp_PLACEHOLDER", fp)
+        _paced_cache[key] = stream_events(n, usage, "STAMP")[i]
+    return _paced_cache[key].replace(b'"obfuscation":"STAMP"', b'"obfuscation":"%s"' % stamp)
 
 
 async def serve(host: str, port: int, ready: asyncio.Future | None = None) -> None:
