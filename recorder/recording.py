@@ -76,6 +76,9 @@ class Recording:
     spool: Any = None
     """In the writer process only: a long stream's pieces and their times, on file (see
     `llmtap.recorder.spool`); `chunks` and `chunk_times_ns` are then empty."""
+    chunks_json: str | None = None
+    """In the writer process only: what the exchange keeps of `chunks` and `chunk_times_ns`,
+    as JSON already, made while the stream ran (see `llmtap.recorder.chunk_times`)."""
 
     def __post_init__(self) -> None:
         # the ids from one read of the system's randomness (a syscall), not one per id

@@ -7,13 +7,13 @@ stream cut short, garbage from the upstream all become a span that says so.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from llmtap.recorder.agents import AgentLinker
+from llmtap.recorder.chunk_times import chunk_ms, chunks_json
 from llmtap.recorder.decoding import decoder_for
 from llmtap.recorder.endpoints import Endpoint, endpoint_for, invocation_params, usage_of
 from llmtap.recorder.matching import match_key
@@ -77,36 +77,6 @@ def _error_message(error: Any) -> str:
     return str(error)[:500] if error is not None else ""
 
 
-_EXACT_NS = 10**15
-"""Below this many nanoseconds, rounding half up in integers gives `round(ns / 1e6, 3)`
-wherever the exact value is no tie (the float's error is far below a thousandth)."""
-
-
-def chunk_ms(times_ns: Sequence[int], started_ns: int) -> list[float]:
-    """`round((t - started_ns) / 1e6, 3)` for each time, without `round`'s cost for floats:
-    in integers wherever that gives the same float (not on ties, not below zero)."""
-    return [
-        (d + 500) // 1000 / 1000
-        if 0 <= (d := t - started_ns) < _EXACT_NS and d % 1000 != 500
-        else round(d / 1e6, 3)
-        for t in times_ns
-    ]
-
-
-def chunks_json(lengths: Sequence[int], times_ns: Sequence[int], started_ns: int) -> str:
-    """`[[size, ms], ...]` for a long stream's pieces (`PieceSpool`), made a block at a time:
-    a million pieces as Python tuples would take ~120 MB on the way to ~20 MB of JSON."""
-    parts = []
-    for at in range(0, len(lengths), _JSON_BLOCK):
-        end = at + _JSON_BLOCK
-        block = zip(lengths[at:end], chunk_ms(times_ns[at:end], started_ns), strict=True)
-        parts.append(orjson.dumps(list(block))[1:-1])
-    return (b"[" + b",".join(parts) + b"]").decode()
-
-
-_JSON_BLOCK = 1 << 16
-
-
 def build_exchange(rec: Recording, body: bytes | PieceSpool, is_stream: bool) -> Exchange:
     started = rec.started_ns
     spool = rec.spool
@@ -116,11 +86,14 @@ def build_exchange(rec: Recording, body: bytes | PieceSpool, is_stream: bool) ->
         )
         first_byte_ns = spool.times[0] if spool.times else None
     else:
-        chunks = (
-            tuple(zip(map(len, rec.chunks), chunk_ms(rec.chunk_times_ns, started), strict=True))
-            if is_stream
-            else ()
-        )
+        if not is_stream:
+            chunks = ()
+        elif rec.chunks_json is not None:  # made while the stream ran (`ChunkTimes`)
+            chunks = rec.chunks_json
+        else:
+            chunks = tuple(
+                zip(map(len, rec.chunks), chunk_ms(rec.chunk_times_ns, started), strict=True)
+            )
         first_byte_ns = rec.chunk_times_ns[0] if rec.chunk_times_ns else None
     return Exchange(
         exchange_id=rec.exchange_id,

@@ -41,6 +41,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from llmtap.recorder.batch_writer import BatchWriter
+from llmtap.recorder.chunk_times import ChunkTimes
 from llmtap.recorder.frames import FrameDecoder, encode
 from llmtap.recorder.memory import return_freed_memory
 from llmtap.recorder.recording import Recording
@@ -74,7 +75,7 @@ class WriterConfig:
     removes it when it stops. None: unnamed files (nothing can take them over)."""
 
 
-_NOT_SENT = ("dropped", "summariser", "spool")  # one process's own (see `Recording`)
+_NOT_SENT = ("dropped", "summariser", "spool", "chunks_json")  # one process's own
 _RECORDING_FIELDS = tuple(f.name for f in fields(Recording) if f.name not in _NOT_SENT)
 _CONTEXT_AT = _RECORDING_FIELDS.index("context")
 _CHUNKS_AT = _RECORDING_FIELDS.index("chunks")
@@ -101,7 +102,7 @@ def unpack_recording(values: list[Any]) -> Recording:
     for name, value in zip(_RECORDING_FIELDS, values, strict=True):
         object.__setattr__(rec, name, value)
     rec.context = RequestContext(*values[_CONTEXT_AT])
-    rec.dropped, rec.summariser, rec.spool = 0, None, None
+    rec.dropped, rec.summariser, rec.spool, rec.chunks_json = 0, None, None, None
     return rec
 
 
@@ -143,19 +144,27 @@ def open_batch_writer(config: WriterConfig) -> BatchWriter:
 
 class _OpenStream:
     """A stream still running in the proxy: its pieces so far (in memory, or on file once
-    large: `PieceSpool`), reassembled as they came."""
+    large: `PieceSpool`), reassembled as they came, and their times as the row keeps them."""
 
-    __slots__ = ("spool", "summariser")
+    __slots__ = ("spool", "summariser", "times")
 
-    def __init__(self, spool: PieceSpool, summariser: Any) -> None:
+    def __init__(self, spool: PieceSpool, summariser: Any, started_ns: int) -> None:
         self.spool = spool
         self.summariser = summariser
         """A `StreamSummariser`, or None for a stream that is not traced (or whose
         summariser was handed to a record while the stream goes on)."""
+        self.times: ChunkTimes | None = None if spool.on_file else ChunkTimes(started_ns)
+        """None once the pieces are on file: then they are made from the file's index, a
+        block at a time, at the end (as JSON they would be ~15 bytes a piece in memory)."""
 
     def feed(self, chunks: list[bytes], times: list[int]) -> bool:
         """Says whether pieces went to the file."""
         spilled = self.spool.extend(chunks, times)
+        if self.times is not None:
+            if self.spool.on_file:
+                self.times = None
+            else:
+                self.times.add(chunks, times)
         self.summarise(chunks, times)
         return spilled
 
@@ -176,6 +185,8 @@ class _OpenStream:
             rec.chunks, rec.chunk_times_ns, rec.spool = [], [], spool
         else:
             rec.chunks, rec.chunk_times_ns = spool.held(), spool.times.tolist()
+            if self.times is not None:  # made now: later pieces of a kept stream are not its
+                rec.chunks_json = self.times.json()
         rec.summariser = self.summariser
         if keep:  # finished with this record: a later copy reassembles from the pieces again
             self.summariser = None
@@ -241,15 +252,15 @@ class _Streams:
             summariser = self._summariser(endpoint, encoding, started_ns)
         path_on_disk = os.path.join(self.spool_dir, xid) if self.spool_dir else None
         if not on_file:
-            return _OpenStream(PieceSpool(path_on_disk, self.spool_after), summariser)
+            return _OpenStream(PieceSpool(path_on_disk, self.spool_after), summariser, started_ns)
         try:
             if path_on_disk is None:
                 raise OSError("pieces on file, but no spool directory")
             spool = PieceSpool.adopt(path_on_disk, on_file, self.spool_after)
         except OSError as exc:  # the record finds its first pieces missing, and says so
             log.error("the first %d pieces of %s %s are lost: %s", on_file, method, path, exc)
-            return _OpenStream(PieceSpool(path_on_disk, self.spool_after), None)
-        stream = _OpenStream(spool, summariser)
+            return _OpenStream(PieceSpool(path_on_disk, self.spool_after), None, started_ns)
+        stream = _OpenStream(spool, summariser, started_ns)
         for pieces, times in spool.batches():  # reassembled again from the file
             stream.summarise(pieces, times)
         return stream

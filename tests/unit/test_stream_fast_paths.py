@@ -28,12 +28,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmtap.recorder.assemble import ChatAssembler
+from llmtap.recorder.chunk_times import chunk_ms
 from llmtap.recorder.endpoints import CHAT, RESPONSES, Endpoint
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.records import RequestContext
 from llmtap.recorder.sse import SseDecoder, split_simple
 from llmtap.recorder.stream_summary import StreamSummariser, StreamSummary
-from llmtap.recorder.tracing import chunk_ms, header, summarise_stream
+from llmtap.recorder.tracing import header, summarise_stream
 
 # -- split_simple against SseDecoder
 

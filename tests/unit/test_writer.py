@@ -304,6 +304,21 @@ def stored(db: Path, rec: Recording) -> tuple[bytes, object]:
     return unpack_body(bytes(body)), orjson.loads(outputs)
 
 
+def stored_chunks_match(db: Path, rec: Recording) -> bool:
+    """The row's chunk times, made in the writer process as the pieces came (or from its
+    spool file), are what they are when made at once from the whole recording."""
+    conn = sqlite3.connect(db)
+    try:
+        (chunks,) = conn.execute(
+            "SELECT chunks FROM exchanges WHERE exchange_id = ?", [rec.exchange_id]
+        ).fetchone()
+    finally:
+        conn.close()
+    whole = build_batch(rec).exchange.chunks
+    assert isinstance(whole, tuple) and len(whole) == len(rec.chunks) > 1
+    return chunks == orjson.dumps(whole).decode()
+
+
 async def kill_writer(writer: Writer) -> None:
     """kill -9 the writer process, and wait until its successor is up."""
     first = writer._process
@@ -347,6 +362,7 @@ def test_a_running_stream_is_sent_along_and_written_whole(tmp_path: Path) -> Non
     body, outputs = stored(tmp_path / "s.db", rec)
     assert body == b"".join(pieces)
     assert outputs == build_batch(rec).spans[-1].outputs
+    assert stored_chunks_match(tmp_path / "s.db", rec)
     assert outputs["choices"][0]["message"]["content"].startswith("Hello from")
 
 
@@ -356,6 +372,7 @@ def test_a_writer_killed_mid_stream_gets_the_stream_again_from_its_start(tmp_pat
     body, outputs = stored(tmp_path / "k.db", rec)
     assert body == b"".join(pieces)
     assert outputs == build_batch(rec).spans[-1].outputs
+    assert stored_chunks_match(tmp_path / "k.db", rec)
 
 
 def spool_files(writer: Writer) -> list[str]:
