@@ -20,7 +20,8 @@ not), models, models/{id}. Anything else under /v1 is an OpenAI-style 404. Any
 ``GET /_simulator/requests`` lists the last requests seen under /v1 (method, path, query,
 headers, body), ``DELETE`` clears them; ``GET /_simulator/health`` answers ``{"status": "ok"}``.
 Magic words in the last user message (EMPTY_CHOICES, EMPTY_STREAM, ERROR_MID_STREAM,
-AZURE_ANNOTATIONS, LIST_CONTENT, REFUSAL) trigger MLflow's mock-server edge cases.
+AZURE_ANNOTATIONS, LIST_CONTENT, REFUSAL) trigger MLflow's mock-server edge cases; USAGE_ALWAYS
+streams usage on the last content chunk whether asked or not, as some providers do.
 """
 
 from __future__ import annotations

@@ -382,10 +382,19 @@ def chat_completion(body: dict, seq: int, created: int, forced: int | None) -> d
                         error_event=ERROR_EVENT,
                         malformed_event=MALFORMED_EVENT,
                     )
-    for i, c in enumerate(choices):
-        events.append(
-            chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": c.finish}])
+    finishes = [
+        {"index": i, "delta": {}, "logprobs": None, "finish_reason": c.finish}
+        for i, c in enumerate(choices)
+    ]
+    if magic == "USAGE_ALWAYS":  # as Mistral and Together do: usage on the last chunk, unasked
+        events.extend(chunk([finish]) for finish in finishes[:-1])
+        events.append(sse({**head, "choices": finishes[-1:], "usage": usage}))
+        events.append(DONE)
+        return SSEStream(
+            events, terminal=True, error_event=ERROR_EVENT, malformed_event=MALFORMED_EVENT
         )
+    for finish in finishes:
+        events.append(chunk([finish]))
     if magic == "AZURE_ANNOTATIONS":
         events.append(_azure_annotation(content_filter_results=_CONTENT_FILTER))
         d = dict(head)

@@ -22,6 +22,7 @@ MAGIC_WORDS = (
     "AZURE_ANNOTATIONS",
     "LIST_CONTENT",
     "REFUSAL",
+    "USAGE_ALWAYS",
 )
 
 REFUSAL_TEXT = "I'm sorry, but I can't help with that request."

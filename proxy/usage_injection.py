@@ -111,6 +111,7 @@ def strip_event(event: bytes) -> bytes | None:
         return _USAGE_NULL.sub(b"", event)
     if not chunk.get("choices"):
         return None  # the usage chunk exists only because llmtap asked for it
-    del chunk["usage"]  # usage riding on a content chunk (some providers do this)
-    rebuilt = b"data: " + orjson.dumps(chunk)
-    return b"\n".join(rebuilt if line is data_lines[0] else line for line in lines)
+    # usage on a content chunk: OpenAI never does this, however it is asked; the providers
+    # that do (Mistral, Together and others put it on their last chunk) do it unasked, so the
+    # client would have received it directly too
+    return event

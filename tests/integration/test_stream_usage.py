@@ -70,3 +70,15 @@ def test_switched_off_nothing_is_injected(start_proxy: Any, upstream: str) -> No
     )
     (row,) = proxy.query("SELECT attributes FROM spans")
     assert "usage" not in orjson.loads(row["attributes"])
+
+
+def test_a_provider_that_always_streams_usage_keeps_it(proxy: Proxy, upstream: str) -> None:
+    """Mistral, Together and others put usage on their last content chunk, asked or not: the
+    client gets it as it would directly, and the trace has it."""
+    body = {**BODY, "messages": [{"role": "user", "content": "USAGE_ALWAYS count"}]}
+    direct = events(upstream, "/chat/completions", body)
+    assert events(proxy.base_url, "/chat/completions", body) == direct
+    last = direct[-2]
+    assert last["choices"][0]["finish_reason"] == "stop" and last["usage"]["total_tokens"] > 0
+    (row,) = proxy.query("SELECT attributes FROM spans")
+    assert orjson.loads(row["attributes"])["usage"]["total_tokens"] == last["usage"]["total_tokens"]

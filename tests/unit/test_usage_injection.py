@@ -6,6 +6,7 @@ import json
 import random
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -103,13 +104,16 @@ def test_a_spaced_stream_at_random_cuts(n: int, cuts: list[int], sep: bytes) -> 
     assert strip_all(with_usage, [c % (len(with_usage) + 1) for c in cuts]) == expected
 
 
-def test_usage_on_a_content_chunk_is_removed_but_the_chunk_kept() -> None:
+@pytest.mark.parametrize("spaced", [False, True])
+def test_usage_on_a_content_chunk_is_left_as_the_provider_sent_it(spaced: bool) -> None:
+    """Providers that put usage on their last content chunk do it whether asked or not: the
+    client would have had it directly, byte for byte."""
     c = chunk(0, "hi", False)
     c["usage"] = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
-    data = b"data: " + orjson.dumps(c) + b"\n\ndata: [DONE]\n\n"
-    out = strip_all(data, [random.Random(1).randrange(len(data))])
-    first = orjson.loads(out.split(b"\n\n")[0][6:])
-    assert "usage" not in first and first["choices"][0]["delta"]["content"] == "hi"
+    payload = json.dumps(c).encode() if spaced else orjson.dumps(c)
+    data = b"data: " + payload + b"\n\ndata: [DONE]\n\n"
+    for cut in random.Random(1).sample(range(len(data) + 1), 20):
+        assert strip_all(data, [cut]) == data
 
 
 def test_streams_without_usage_pass_untouched() -> None:
