@@ -6,9 +6,9 @@ relays each chunk as it arrives. It parses nothing; the Recording only collects 
 times, and the writer process does the rest.
 
 Ordering that makes SPEC section 6 hold: the piece of the response that completes it for the
-client (`data: [DONE]` in a stream, the end of any other body) is sent only after the
-recording is committed. Every earlier chunk goes out at once, so time to first token is
-untouched.
+client (the stream's last event, `stream_end.EndFinder`; the end of any other body) is sent
+only after the recording is committed. Every earlier chunk goes out at once, so time to first
+token is untouched.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from llmtap.proxy.errors import (
 )
 from llmtap.proxy.headers import split_request_headers, split_response_headers
 from llmtap.proxy.replaying import Replayer
+from llmtap.proxy.stream_end import EndFinder
 from llmtap.proxy.upstream_client import (
     Origin,
     Response,
@@ -48,7 +49,6 @@ Scope = dict[str, Any]
 Receive = Any
 Send = Any
 
-_DONE = b"[DONE]"
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
@@ -225,7 +225,9 @@ class Forwarder:
         # its pieces go to the writer process as they come
         tracked = writer.track(rec) if writer is not None else None
         try:
-            await self._relay_events(send, rec, upstream, stripper, tracked)
+            await self._relay_events(
+                send, rec, upstream, stripper, tracked, EndFinder(rec.path, encoding)
+            )
         finally:
             if writer is not None:
                 writer.untrack(rec)
@@ -237,18 +239,17 @@ class Forwarder:
         upstream: Response,
         stripper: UsageStripper | None,
         tracked: TrackedStream | None,
+        end: EndFinder,
     ) -> None:
         committed_at = 0  # how many chunks the committed copy holds
-        tail = b""
         while chunk := await upstream.read():
             rec.feed(chunk)
-            # the SDK stops reading at [DONE]: commit before the client can see it. (rfind: the
-            # marker ends a stream, so in a whole stream read at once it is found at once)
-            if not committed_at and (chunk.rfind(_DONE) >= 0 or _DONE in tail + chunk[:8]):
+            # the SDK has the whole answer at the stream's last event ([DONE], or a Responses
+            # stream's terminal event) and may stop reading there: commit before it can see it
+            if end.ends_in(chunk):
                 await self._commit(rec.finish())
                 rec.committed = True
                 committed_at = rec.piece_count
-            tail = chunk[-8:]
             out = stripper.feed(chunk) if stripper is not None else chunk
             if out:
                 await send({"type": "http.response.body", "body": out, "more_body": True})

@@ -292,6 +292,8 @@ class _V1:
         if faults.reset_mid:  # a stream too short to have a middle
             await abort_connection(cycle)
             return
+        if faults.end_ms:
+            await asyncio.sleep(faults.end_ms / 1000)
         tail = encoder.finish() if encoder is not None else b""
         await send({"type": "http.response.body", "body": tail})
 

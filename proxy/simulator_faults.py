@@ -25,6 +25,7 @@ class Faults:
         "slow_ms",
         "stall_ms",
         "delay_ms",
+        "end_ms",
         "garbage",
     )
 
@@ -32,7 +33,7 @@ class Faults:
         self.status = 0
         self.reset_before = self.reset_mid = self.no_done = False
         self.malformed = self.error_event = self.garbage = False
-        self.slow_ms = self.stall_ms = self.delay_ms = 0
+        self.slow_ms = self.stall_ms = self.delay_ms = self.end_ms = 0
 
 
 NO_FAULTS = Faults()
@@ -48,6 +49,7 @@ _DELAYS = {
     "slow-first-byte-ms": "slow_ms",
     "stall-mid-stream-ms": "stall_ms",
     "chunk-delay-ms": "delay_ms",
+    "end-delay-ms": "end_ms",
 }
 _fault_cache: dict[str, Faults] = {}
 
@@ -55,7 +57,8 @@ _fault_cache: dict[str, Faults] = {}
 def parse_faults(value: str | None) -> Faults:
     """``status-<code>``, ``reset-before-headers``, ``reset-mid-stream``, ``no-done``,
     ``malformed-chunk``, ``error-event``, ``garbage``, ``slow-first-byte-ms=N``,
-    ``stall-mid-stream-ms=N``, ``chunk-delay-ms=N``; several separated by commas."""
+    ``stall-mid-stream-ms=N``, ``chunk-delay-ms=N``, ``end-delay-ms=N`` (a stream's body ends N
+    ms after its last event, as it may over a network); several separated by commas."""
     if not value:
         return NO_FAULTS
     cached = _fault_cache.get(value)

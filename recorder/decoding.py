@@ -1,6 +1,7 @@
-"""Content-Encoding decoders, used only on the recording side.
+"""Content-Encoding decoders: a copy of what the upstream sent, read to understand it.
 
-The client always gets the upstream's bytes as sent; llmtap decodes a copy to understand it.
+The client always gets the upstream's bytes as sent; llmtap decodes a copy to record it (and the
+proxy, to see where a compressed stream ends: `proxy/stream_end.py`).
 Each decoder is incremental (`decompress(chunk)` then `flush()`), so a compressed stream is
 still decoded chunk by chunk and each SSE event keeps its arrival time.
 """

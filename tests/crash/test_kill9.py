@@ -67,27 +67,41 @@ def start_serve(db: Path, upstream: str, *extra: str) -> tuple[subprocess.Popen[
 
 
 def one_call(base: str, i: int) -> str | None:
-    """One exchange; the marker to find in the database if the response arrived in full."""
+    """One exchange (a chat stream, a non-streamed chat or a Responses stream, in turn); the
+    marker to find in the database if the response arrived in full."""
     marker = f"marker-{i}-{os.urandom(4).hex()}"
-    body = {
-        "model": "gpt-4o-mini",
-        "messages": [{"role": "user", "content": marker}],
-        "stream": i % 2 == 0,
-    }
+    kind = ("chat stream", "chat", "responses stream")[i % 3]
+    if kind == "responses stream":
+        path, body = "responses", {"model": "gpt-4o-mini", "input": marker, "stream": True}
+    else:
+        body = {
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": marker}],
+            "stream": kind == "chat stream",
+        }
+        path = "chat/completions"
     headers = {"authorization": f"Bearer {TEST_KEY}"}
     try:
-        with httpx.stream(
-            "POST", f"{base}/v1/chat/completions", json=body, headers=headers, timeout=10
-        ) as r:
+        with httpx.stream("POST", f"{base}/v1/{path}", json=body, headers=headers, timeout=10) as r:
             data = b""
             for piece in r.iter_raw():
                 data += piece
-                if b"data: [DONE]" in data:
-                    return marker  # as the SDK does: a stream is complete at [DONE]
+                if stream_complete(data):
+                    return marker  # as the SDK has it: a stream is whole at its last event
             complete = r.status_code == 200 and not body["stream"]
             return marker if complete and data.endswith(b"}") else None
     except httpx.HTTPError:
         return None  # cut off by the kill: nothing was promised
+
+
+def stream_complete(data: bytes) -> bool:
+    """The stream's last event has arrived whole: `[DONE]`, or a Responses stream's
+    `response.completed` (which no `[DONE]` follows), each with the blank line that ends it."""
+    for last in (b"data: [DONE]", b"event: response.completed"):
+        at = data.find(last)
+        if at >= 0 and data.find(b"\n\n", at) >= 0:
+            return True
+    return False
 
 
 def test_kill_minus_9_under_load_loses_nothing_a_client_saw_complete(

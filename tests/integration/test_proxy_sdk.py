@@ -396,6 +396,33 @@ def test_compressed_stream_is_reassembled(proxy: Proxy, encoding: str) -> None:
     assert f'"content-encoding","{encoding}"' in row[0]
 
 
+@pytest.mark.parametrize("encoding", ["br", "gzip"])
+def test_a_compressed_stream_is_whole_at_its_done(proxy: Proxy, encoding: str) -> None:
+    """The SDK stops reading at `[DONE]` and closes the connection: llmtap, seeing `[DONE]` in
+    the decoded bytes as the SDK does, committed before it relayed it, so that close breaks
+    nothing. (The upstream ends its body 300 ms after `[DONE]`, as one may over a network:
+    before, such a stream was recorded as "client disconnected".)"""
+    headers = {"x-simulator-compress": encoding, "x-simulator-fault": "end-delay-ms=300"}
+    with OpenAI(
+        base_url=proxy.base_url, api_key=TEST_KEY, max_retries=0, default_headers=headers
+    ) as c:
+        for i in range(3):
+            stream = c.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": f"{encoding} stream {i}"}],
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            assert "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)
+            stream.close()  # as soon as [DONE] is read, not at the end of the body
+    rows = proxy.query("SELECT error, response_headers FROM exchanges")
+    assert [r["error"] for r in rows] == [None] * 3
+    assert all(f'"content-encoding","{encoding}"' in r["response_headers"] for r in rows)
+    spans = proxy.query("SELECT status_code, attributes FROM spans")
+    assert [s["status_code"] for s in spans] == ["OK"] * 3
+    assert all(orjson.loads(s["attributes"])["usage"]["total_tokens"] > 0 for s in spans)
+
+
 def test_not_traced_paths_are_forwarded_and_kept(proxy: Proxy, client: OpenAI) -> None:
     models = client.models.list()
     assert models.data

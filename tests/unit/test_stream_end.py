@@ -1,0 +1,160 @@
+"""The relay commits before the piece that completes a stream's last event (SPEC section 6):
+`EndFinder` names that piece, whatever the cuts, the line ends or the content coding."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import zlib
+from collections.abc import Callable
+
+import brotli
+import pytest
+import zstandard
+from chunk_factory import make_chunks, response_events, sse_bytes
+
+from llmtap.proxy.stream_end import EndFinder
+from llmtap.recorder.decoding import decoder_for
+
+_BLANK_LINE = re.compile(rb"\n\n|\r\r|\n\r")
+
+
+def chat_events(text: str) -> list[bytes]:
+    return [e + b"\n\n" for e in sse_bytes(make_chunks(text, usage=True)).split(b"\n\n") if e]
+
+
+def responses_sse(text: str, *, named: bool) -> list[bytes]:
+    """A Responses stream as OpenAI sends it (`event:` lines) or as some servers do (data only)."""
+    events, _ = response_events(text)
+    out = []
+    for event in events:
+        data = b"data: " + json.dumps(event).encode() + b"\n"
+        out.append((b"event: " + event["type"].encode() + b"\n" if named else b"") + data + b"\n")
+    return out
+
+
+def with_line_ends(events: list[bytes], line_end: bytes) -> list[bytes]:
+    return [e.replace(b"\n", line_end) for e in events]
+
+
+def completing_offset(data: bytes, markers: tuple[bytes, ...]) -> int:
+    """The offset of the byte that completes the last marker's event (its blank line)."""
+    last = max((data.rfind(m), len(m)) for m in markers)
+    blank = _BLANK_LINE.search(data, last[0] + last[1])
+    assert blank is not None
+    return blank.end() - 1
+
+
+Encoder = Callable[[list[bytes]], bytes]
+
+
+def identity(events: list[bytes]) -> bytes:
+    return b"".join(events)
+
+
+def gzip_flushed(events: list[bytes]) -> bytes:
+    """As a streaming server compresses: each event flushed, so that it can be read at once."""
+    z = zlib.compressobj(wbits=zlib.MAX_WBITS | 16)
+    return b"".join(z.compress(e) + z.flush(zlib.Z_SYNC_FLUSH) for e in events) + z.flush()
+
+
+def deflate_flushed(events: list[bytes]) -> bytes:
+    z = zlib.compressobj()
+    return b"".join(z.compress(e) + z.flush(zlib.Z_SYNC_FLUSH) for e in events) + z.flush()
+
+
+def brotli_flushed(events: list[bytes]) -> bytes:
+    c = brotli.Compressor()
+    return b"".join(c.process(e) + c.flush() for e in events) + c.finish()
+
+
+def zstd_flushed(events: list[bytes]) -> bytes:
+    c = zstandard.ZstdCompressor().compressobj()
+    flush = zstandard.COMPRESSOBJ_FLUSH_BLOCK
+    return b"".join(c.compress(e) + c.flush(flush) for e in events) + c.flush()
+
+
+ENCODINGS: dict[bytes, Encoder] = {
+    b"identity": identity,
+    b"gzip": gzip_flushed,
+    b"deflate": deflate_flushed,
+    b"br": brotli_flushed,
+    b"zstd": zstd_flushed,
+}
+
+
+def piece_holding(pieces: list[bytes], encoding: bytes, offset: int) -> int:
+    """Which piece, decoded as the client decodes it, yields the byte at `offset`."""
+    decoder, seen = decoder_for(encoding.decode()), 0
+    for i, piece in enumerate(pieces):
+        seen += len(decoder.decompress(piece))
+        if seen > offset:
+            return i
+    raise AssertionError("the offset is past the stream")
+
+
+def firing(pieces: list[bytes], path: str, encoding: bytes) -> list[int]:
+    finder = EndFinder(path, encoding)
+    return [i for i, piece in enumerate(pieces) if finder.ends_in(piece)]
+
+
+CASES = [
+    ("/chat/completions", chat_events, (b"[DONE]",)),
+    ("/responses", lambda t: responses_sse(t, named=True), (b"response.completed",)),
+    ("/responses", lambda t: responses_sse(t, named=False), (b"response.completed",)),
+]
+
+
+@pytest.mark.parametrize("encoding", list(ENCODINGS))
+@pytest.mark.parametrize("line_end", [b"\n", b"\r\n", b"\r"])
+@pytest.mark.parametrize(("path", "events_of", "markers"), CASES)
+def test_the_piece_that_completes_the_last_event_and_no_other(
+    path: str,
+    events_of: Callable[[str], list[bytes]],
+    markers: tuple[bytes, ...],
+    line_end: bytes,
+    encoding: bytes,
+) -> None:
+    rng = random.Random(f"{path}{line_end!r}{encoding!r}")
+    events = with_line_ends(events_of("The end of a stream, cut anywhere"), line_end)
+    plain = b"".join(events)
+    wire = ENCODINGS[encoding](events)
+    end = completing_offset(plain, markers)
+    for _ in range(60):
+        cuts = sorted(rng.sample(range(1, len(wire)), rng.randint(0, min(12, len(wire) - 1))))
+        pieces = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)]
+        assert firing(pieces, path, encoding) == [piece_holding(pieces, encoding, end)], cuts
+
+
+def test_a_marker_in_the_text_commits_early_and_the_real_end_again() -> None:
+    said = b'data: {"choices":[{"index":0,"delta":{"content":"I print [DONE] now"}}]}\n\n'
+    wire = said + b"".join(chat_events("and then the end"))
+    spurious = completing_offset(said, (b"[DONE]",))
+    real = completing_offset(wire, (b"[DONE]",))
+    rng = random.Random(7)
+    for _ in range(300):
+        cuts = sorted(rng.sample(range(1, len(wire)), rng.randint(0, 10)))
+        pieces = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)]
+        fired = firing(pieces, "/chat/completions", b"identity")
+        # the real end always; the text's own "[DONE]" too, unless one piece holds both
+        assert fired[-1] == piece_holding(pieces, b"identity", real)
+        assert fired[0] == piece_holding(pieces, b"identity", spurious) or len(fired) == 1
+
+
+def test_a_responses_text_naming_the_terminal_event_still_waits_for_the_real_one() -> None:
+    events = responses_sse("say response.completed then stop", named=True)
+    wire = b"".join(events)
+    real = completing_offset(wire, (b"response.completed",))
+    for size in (1, 7, 64, len(wire)):
+        pieces = [wire[i : i + size] for i in range(0, len(wire), size)]
+        assert firing(pieces, "/responses", b"identity")[-1] == piece_holding(
+            pieces, b"identity", real
+        )
+
+
+def test_an_unterminated_last_event_or_an_unknown_coding_never_fires() -> None:
+    assert firing([b"data: {}\n\n", b"data: [DONE]"], "/chat/completions", b"identity") == []
+    assert firing([b"data: [DONE]\n\n"], "/chat/completions", b"compress") == []
+    garbage = [b"\x1f\x8b not gzip at all", b"data: [DONE]\n\n"]
+    assert firing(garbage, "/chat/completions", b"gzip") == []
