@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from openai import AsyncOpenAI, NotFoundError, OpenAI
+from openai import APIStatusError, AsyncOpenAI, NotFoundError, OpenAI
 
 from llmtap.proxy.app import create_app, uvicorn_kwargs
 from llmtap.proxy.config import Settings
@@ -226,3 +226,48 @@ def test_a_stream_recorded_with_injected_usage_replays_without_it(
     with httpx.stream("POST", f"{replay.url}/v1/chat/completions", json=body) as r:
         again = b"".join(r.iter_raw())
     assert again == live and b'"usage"' not in again
+
+
+AUDIO = b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(256))  # a file is bytes, not text
+
+
+def answer_of(call: Callable[[], Any]) -> tuple[int, Any, str | None]:
+    """What the app saw: status, body and request id (an error answer is an answer too)."""
+    try:
+        result = call()
+    except APIStatusError as exc:
+        return exc.status_code, exc.body, exc.request_id
+    return 200, result.model_dump(), None
+
+
+def uploads(base_url: str, filename: str = "speech.wav") -> list[tuple[int, Any, str | None]]:
+    """Multipart calls: each draws a new random boundary, as the SDK does on every request."""
+    with OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0) as c:
+        return [
+            answer_of(
+                lambda: c.audio.transcriptions.create(
+                    file=(filename, AUDIO, "audio/wav"), model="whisper-1"
+                )
+            ),
+            answer_of(lambda: c.files.create(file=("batch.jsonl", b'{"a": 1}\n'), purpose="batch")),
+        ]
+
+
+def test_multipart_uploads_replay_although_each_has_a_new_boundary(
+    start: Start, private_upstream: ServerThread
+) -> None:
+    recorder = start(upstream=f"{private_upstream.url}/v1")
+    recorded = uploads(f"{recorder.url}/v1")
+    assert all(request_id for _, _, request_id in recorded)  # answered by the upstream
+    recorder.stop()
+    private_upstream.stop()
+    replayer = start(mode="replay", upstream="http://127.0.0.1:9/v1")
+    assert uploads(f"{replayer.url}/v1") == recorded  # the simulator's 404s, same request ids
+    miss = uploads(f"{replayer.url}/v1", filename="other.wav")[0]
+    assert miss[0] == 404 and miss[1]["type"] == "llmtap_replay_miss"
+    # the part that differs, by its header line; not the boundary, not the file's bytes
+    assert miss[1]["message"].endswith(
+        "differs in: parts[1].headers[0]: "
+        """'Content-Disposition: form-data; name="file"; filename="speech.wav"' -> """
+        """'Content-Disposition: form-data; name="file"; filename="other.wav"'"""
+    )

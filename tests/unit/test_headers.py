@@ -68,3 +68,90 @@ def test_response_headers_relay_cookies_but_never_store_them() -> None:
         b"x-request-id": b"req_1",
     }
     assert dict(stored) == {"content-type": "application/json", "x-request-id": "req_1"}
+
+
+CREDENTIAL_NAMES = (
+    "authorization",
+    "api-key",
+    "x-api-key",
+    "apikey",
+    "x_api_key",
+    "x-goog-api-key",
+    "ocp-apim-subscription-key",
+    "x-functions-key",
+    "x-portkey-api-key",
+    "x-auth-token",
+    "x-access-token",
+    "private-token",
+    "x-amz-security-token",
+    "x-csrf-token",
+    "x-session-token",
+    "helicone-auth",
+    "x-client-secret",
+    "x-password",
+    "x-credentials",
+    "x-hub-signature-256",
+    "cookie",
+    "openai-organization",
+    "openai-project",
+)
+KEPT_NAMES = (
+    "content-type",
+    "accept",
+    "accept-encoding",
+    "user-agent",
+    "x-stainless-lang",
+    "x-stainless-package-version",
+    "x-stainless-retry-count",
+    "x-stainless-read-timeout",
+    "openai-beta",
+    "traceparent",
+    "tracestate",
+    "x-request-id",
+    "idempotency-key",
+    "x-ratelimit-remaining-tokens",
+    "x-simulator-fault",
+)
+
+
+def test_credential_header_names_are_forwarded_but_never_stored() -> None:
+    raw = [(name.encode(), b"SECRETVALUE7") for name in CREDENTIAL_NAMES]
+    split = split_request_headers(raw)
+    assert [name for name, _ in split.forward] == list(CREDENTIAL_NAMES)
+    assert split.stored == []
+
+
+def test_headers_needed_for_replay_and_debugging_are_stored() -> None:
+    raw = [(name.encode(), b"plain-value") for name in KEPT_NAMES]
+    split = split_request_headers(raw)
+    assert [name for name, _ in split.stored] == list(KEPT_NAMES)
+
+
+def test_a_credential_value_is_not_stored_whatever_its_header_is_called() -> None:
+    raw = [
+        (b"x-custom", b"Bearer abc.def"),
+        (b"x-other", b"basic dXNlcjpwYXNz"),
+        (b"x-openai", b"sk-proj-0123456789abcdefXYZ"),
+        (b"x-note", b"sketch"),
+    ]
+    split = split_request_headers(raw)
+    assert len(split.forward) == 4 and split.stored == [("x-note", "sketch")]
+
+
+def test_headers_named_in_connection_are_neither_forwarded_nor_stored() -> None:
+    raw = [
+        (b"Connection", b"keep-alive, X-Drop-Me ,x-also"),
+        (b"X-Drop-Me", b"1"),
+        (b"x-also", b"2"),
+        (b"x-kept", b"3"),
+        (b"Connection", b"close, x-late"),
+        (b"x-late", b"4"),
+    ]
+    split = split_request_headers(raw)
+    assert split.forward == split.stored == [("x-kept", "3")]
+
+
+def test_response_headers_named_in_connection_are_neither_relayed_nor_stored() -> None:
+    raw = ((b"Connection", b"x-hop"), (b"x-hop", b"1"), (b"x-request-id", b"req_1"))
+    relay, stored = split_response_headers(raw)
+    assert relay == [(b"x-request-id", b"req_1")] and stored == [("x-request-id", "req_1")]
