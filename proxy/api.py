@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Match, Route, Router
+from starlette.types import Receive, Scope, Send
 
 from llmtap.proxy import __version__
 from llmtap.proxy.config import Settings
+from llmtap.proxy.context import normalise_trace_id
 from llmtap.proxy.errors import openai_error
 from llmtap.recorder.batch_writer import WriterHealth
 from llmtap.recorder.reader import TraceQuery, TraceReader
@@ -24,10 +28,39 @@ class JSONResponse(Response):
         return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
 
 
-def _error(status: int, message: str) -> JSONResponse:
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse(
-        orjson.loads(openai_error(status, "invalid_request_error", message)), status_code=status
+        orjson.loads(openai_error(status, "invalid_request_error", message)),
+        status_code=status,
+        headers=headers,
     )
+
+
+class ApiNotFound(BaseRoute):
+    """Unknown `/api` paths answer a JSON 404 in OpenAI's shape, not Starlette's plain text.
+
+    It matches `/api` paths only partially, and the router takes a partial match only when no
+    route matched fully: it never shadows a route that another module adds under `/api`.
+    It then routes again without itself, so that slash redirects work as before and a 405
+    (a path known, its method not) is JSON too.
+    """
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and (path == "/api" or path.startswith("/api/")):
+            return Match.PARTIAL, {}
+        return Match.NONE, {}
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        others = [route for route in scope["router"].routes if route is not self]
+        try:
+            await Router(others, default=self.not_found)(scope, receive, send)
+        except HTTPException as exc:  # the 405 of a route that has the path but not the method
+            await _error(exc.status_code, exc.detail, exc.headers)(scope, receive, send)
+
+    async def not_found(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = f"llmtap has no API at {scope['method']} {scope['path']}"
+        await _error(404, message)(scope, receive, send)
 
 
 def _int_param(request: Request, name: str, default: int, upper: int) -> int:
@@ -40,7 +73,9 @@ def _int_param(request: Request, name: str, default: int, upper: int) -> int:
     return min(value, upper)
 
 
-def api_routes(settings: Settings, reader: TraceReader, health: WriterHealth | None) -> list[Route]:
+def api_routes(
+    settings: Settings, reader: TraceReader, health: WriterHealth | None
+) -> list[BaseRoute]:
     async def get_health(request: Request) -> JSONResponse:
         return JSONResponse(
             {
@@ -69,13 +104,15 @@ def api_routes(settings: Settings, reader: TraceReader, health: WriterHealth | N
         return JSONResponse({"traces": traces})
 
     async def get_trace(request: Request) -> JSONResponse:
-        trace_id = request.path_params["trace_id"]
-        trace = await run_in_threadpool(reader.get_trace, trace_id)
+        sent = request.path_params["trace_id"]
+        # the id as a client sent it in llmtap-trace-id finds the trace, as the stored id does
+        trace = await run_in_threadpool(reader.get_trace, normalise_trace_id(sent))
         if trace is None:
-            return _error(404, f"no trace with id {trace_id}")
+            return _error(404, f"no trace with id {sent}")
         return JSONResponse(trace)
 
     return [
+        ApiNotFound(),  # first, so that its partial match is the one the router falls back on
         Route("/api/health", get_health),
         Route("/api/traces", list_traces),
         Route("/api/traces/{trace_id}", get_trace),

@@ -14,6 +14,7 @@ import orjson
 from llmtap.proxy import __version__
 from llmtap.proxy.cli_models import models, predict
 from llmtap.proxy.config import Settings, load_toml, setting_fields
+from llmtap.proxy.context import normalise_trace_id
 from llmtap.recorder.reader import TraceQuery, TraceReader
 
 F = Callable[..., Any]
@@ -133,22 +134,31 @@ def traces(db: str, experiment: str | None, session: str | None, limit: int, as_
     print_traces(rows)
 
 
+def _find_trace(reader: TraceReader, wanted: str) -> dict[str, Any]:
+    """The trace `wanted` names, else a ClickException with the nearest ids.
+
+    The exact id comes first, in the form the proxy stored for what a client sent (a UUID,
+    upper case hex or a run name), then a unique prefix of at least 4 characters, as with git.
+    """
+    found = reader.get_trace(normalise_trace_id(wanted))
+    if found is None and len(wanted) >= 4:
+        prefixed = reader.ids_starting_with(wanted.lower())
+        if len(prefixed) == 1:
+            found = reader.get_trace(prefixed[0])
+    if found is None:
+        near = reader.similar_ids(wanted.lower())
+        hint = f"; did you mean {', '.join(near)}?" if near else ""
+        raise click.ClickException(f"no trace with id {wanted}{hint}")
+    return found
+
+
 @main.command()
 @_db_option
 @click.argument("trace_id")
 @click.option("--json", "as_json", is_flag=True, help="JSON for scripts.")
 def trace(db: str, trace_id: str, as_json: bool) -> None:
-    """One trace with its spans."""
-    reader = _reader(db)
-    found = reader.get_trace(trace_id)
-    if found is None and len(trace_id) >= 4:  # a unique prefix is enough, as with git
-        prefixed = reader.ids_starting_with(trace_id.lower())
-        if len(prefixed) == 1:
-            found = reader.get_trace(prefixed[0])
-    if found is None:
-        near = reader.similar_ids(trace_id.lower())
-        hint = f"; did you mean {', '.join(near)}?" if near else ""
-        raise click.ClickException(f"no trace with id {trace_id}{hint}")
+    """One trace with its spans: by its id, the llmtap-trace-id a client sent, or a prefix."""
+    found = _find_trace(_reader(db), trace_id)
     if as_json:
         click.echo(_dumps(found))
         return

@@ -7,7 +7,12 @@
 `--llmtap-mode` replay (default: offline, from the cassette, with a dummy key), record
 (against `--llmtap-upstream`, the cassette rewritten) or auto (replay what the cassette has,
 record the rest). Each test's cassette is `<cassettes>/<module>/<test>.yaml`, `<cassettes>`
-being `--llmtap-cassettes` or `cassettes/` beside the test module. After the run, the
+being `--llmtap-cassettes` or `cassettes/` beside the test module; a test in a class gets
+a folder per class (`<module>/TestChat/test_x.yaml`), as its node id has a `::` per class.
+`<test>` is the test's name with a parametrize id joined by `_` (`test_x[gpt-4o]` becomes
+`test_x_gpt-4o`); a name that loses anything to that (spaces, `/`, non-ASCII...) also gets
+`-` and 8 hex of a hash of the name as written, so that `[a b]` and `[a_b]` stay apart.
+Two tests that would still share a file stop the run at collection. After the run, the
 terminal summary lists recordings that no test used.
 
 Imports are lazy: installing llmtap must cost other test suites nothing.
@@ -15,6 +20,7 @@ Imports are lazy: installing llmtap must cost other test suites nothing.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -59,7 +65,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_UNUSED] = {}
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if (
             item.get_closest_marker("llmtap")
@@ -67,6 +73,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             and "llmtap" not in item.fixturenames
         ):
             item.fixturenames.append("llmtap")
+    _refuse_shared_cassettes(items, config.getoption("--llmtap-cassettes"))
 
 
 @dataclass
@@ -81,10 +88,53 @@ class LlmtapSession:
     recorded: list[str] = field(default_factory=list)
 
 
-def cassette_path(request: pytest.FixtureRequest, folder: str | None) -> Path:
-    base = Path(folder) if folder else request.path.parent / "cassettes"
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name).strip("_")
-    return base / request.path.stem / f"{name}.yaml"
+def cassette_path(item: pytest.Item, folder: str | None) -> Path:
+    """The test's own cassette: one file per test, stable across runs and selections."""
+    base = Path(folder) if folder else item.path.parent / "cassettes"
+    classes = [file_stem(node.name) for node in item.listchain() if isinstance(node, pytest.Class)]
+    return base.joinpath(item.path.stem, *classes, f"{file_stem(item.name)}.yaml")
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+_PARAMETRIZED = re.compile(r"(?P<function>[^\[]+)\[(?P<id>.+)\]")
+
+
+def file_stem(name: str) -> str:
+    """`name` as a file name: as before for plain names, made unique where cleaning loses text.
+
+    `test_x` and `test_x[gpt-4o]` keep the names cassettes have always had (`test_x`,
+    `test_x_gpt-4o`); any other name gets a hash of itself, since cleaning maps many to one.
+    """
+    cleaned = _UNSAFE.sub("_", name).strip("_")
+    if cleaned == _expected_when_lossless(name):
+        return cleaned
+    digest = hashlib.blake2b(name.encode(), digest_size=4).hexdigest()
+    return f"{cleaned}-{digest}" if cleaned else digest
+
+
+def _expected_when_lossless(name: str) -> str | None:
+    """What cleaning gives when the only change is the parametrize brackets, else None."""
+    match = _PARAMETRIZED.fullmatch(name)
+    function, id_ = match.group("function", "id") if match else (name, None)
+    if _UNSAFE.search(function) or (id_ is not None and _UNSAFE.search(id_)):
+        return None
+    return function if id_ is None else f"{function}_{id_}"
+
+
+def _refuse_shared_cassettes(items: list[pytest.Item], folder: str | None) -> None:
+    """Stop before running when two tests would write one file: the second would erase the
+    first's recordings. `test_x[a]` and a `test_x_a` are the one such pair names allow."""
+    owners: dict[Path, str] = {}
+    for item in items:
+        if "llmtap" not in getattr(item, "fixturenames", ()):
+            continue
+        path = cassette_path(item, folder)
+        if path in owners:
+            raise pytest.UsageError(
+                f"llmtap: {owners[path]} and {item.nodeid} would share the cassette {path}; "
+                "rename one of them (or its parametrize id)"
+            )
+        owners[path] = item.nodeid
 
 
 @pytest.fixture
@@ -99,7 +149,7 @@ def llmtap(
     config = request.config
     mode = config.getoption("--llmtap-mode") or config.getini("llmtap_mode")
     upstream = config.getoption("--llmtap-upstream") or config.getini("llmtap_upstream")
-    cassette = cassette_path(request, config.getoption("--llmtap-cassettes"))
+    cassette = cassette_path(request.node, config.getoption("--llmtap-cassettes"))
     db = tmp_path / "llmtap-plugin.db"
     if mode != "record" and cassette.exists():
         import_cassette(cassette, db)

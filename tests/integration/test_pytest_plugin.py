@@ -92,3 +92,92 @@ def test_auto_records_only_what_is_missing(
     upstream_server.stop()
     pytester.runpytest_subprocess(*args).assert_outcomes(passed=2)
     assert (pytester.path / "cassettes" / "test_llm" / "test_answer.yaml").read_text() == first
+
+
+ASK = """
+import pytest
+from openai import OpenAI
+
+def ask(text):
+    with OpenAI(max_retries=0) as client:
+        return client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": text}]
+        ).choices[0].message.content
+"""
+
+SAME_NAMES_IN_TWO_CLASSES = (
+    ASK
+    + """
+class TestAlpha:
+    def test_x(self, llmtap):
+        assert "alpha" in ask("alpha")
+
+class TestBeta:
+    def test_x(self, llmtap):
+        assert "beta" in ask("beta")
+"""
+)
+
+IDS_THAT_CLEAN_ALIKE = (
+    ASK
+    + """
+@pytest.mark.parametrize("text", ["a b", "a_b", "plain"])
+def test_x(llmtap, text):
+    assert text in ask(text)
+"""
+)
+
+
+def record_then_replay(
+    pytester: pytest.Pytester, upstream: ServerThread, monkeypatch: pytest.MonkeyPatch, passed: int
+) -> list[str]:
+    """Record, then replay with neither upstream nor key; the cassettes below the module's."""
+    record = pytester.runpytest_subprocess(
+        "--llmtap-mode=record", f"--llmtap-upstream={upstream.url}/v1", "-p", "no:cacheprovider"
+    )
+    record.assert_outcomes(passed=passed)
+    upstream.stop()
+    monkeypatch.delenv("OPENAI_API_KEY")
+    replayed = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    replayed.assert_outcomes(passed=passed)
+    assert "recordings no test used" not in replayed.stdout.str()
+    folder = pytester.path / "cassettes" / "test_llm"
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.yaml"))
+
+
+def test_same_named_tests_in_two_classes_keep_their_own_cassettes(
+    pytester: pytest.Pytester, upstream_server: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(test_llm=SAME_NAMES_IN_TWO_CLASSES)
+    cassettes = record_then_replay(pytester, upstream_server, monkeypatch, passed=2)
+    assert cassettes == ["TestAlpha/test_x.yaml", "TestBeta/test_x.yaml"]
+
+
+def test_parametrize_ids_that_clean_alike_keep_their_own_cassettes(
+    pytester: pytest.Pytester, upstream_server: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(test_llm=IDS_THAT_CLEAN_ALIKE)
+    cassettes = record_then_replay(pytester, upstream_server, monkeypatch, passed=3)
+    hashed = [name for name in cassettes if name.startswith("test_x_a_b-")]
+    # the simple ids keep the names they always had; "a b" loses its space, so gets a hash
+    assert sorted(set(cassettes) - set(hashed)) == ["test_x_a_b.yaml", "test_x_plain.yaml"]
+    assert len(hashed) == 1 and len(hashed[0]) == len("test_x_a_b-12345678.yaml")
+
+
+def test_tests_that_would_still_share_a_cassette_stop_the_run(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_llm=ASK
+        + """
+@pytest.mark.parametrize("text", ["stream"])
+def test_chat(llmtap, text):
+    pass
+
+def test_chat_stream(llmtap):
+    pass
+"""
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*test_llm.py::test_chat?stream? and test_llm.py::test_chat_stream would share*"]
+    )

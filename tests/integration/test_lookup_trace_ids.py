@@ -1,0 +1,111 @@
+"""A trace is found by the `llmtap-trace-id` a client sent, over HTTP and in the CLI (SPEC 3).
+
+The proxy stores a normalised id (32 lowercase hex); these tests look the trace up by the
+id exactly as sent, against a real llmtap in front of the simulator.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import httpx
+import orjson
+import pytest
+from click.testing import CliRunner
+from openai import OpenAI
+
+from llmtap.proxy.cli import main
+from tests.conftest import Proxy
+
+AS_SENT = {
+    "uuid with dashes": "550e8400-e29b-41d4-a716-446655440000",
+    "upper case hex": "4BF92F3577B34DA6A3CE929D0E0E4736",
+    "run name": "my-run-7",
+    "run name with a space": "nightly run 7",
+}
+
+
+def ask_in_trace(client: OpenAI, trace_id: str, prompt: str) -> None:
+    client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": prompt}],
+        extra_headers={"llmtap-trace-id": trace_id},
+    )
+
+
+def prompts_of(trace: dict[str, object]) -> list[str]:
+    spans = trace["spans"]
+    assert isinstance(spans, list)
+    return [span["inputs"]["messages"][0]["content"] for span in spans]
+
+
+@pytest.fixture
+def recorded(proxy: Proxy, client: OpenAI) -> Proxy:
+    """One trace per kind of id, two calls in each, so that grouping shows too."""
+    for kind, trace_id in AS_SENT.items():
+        ask_in_trace(client, trace_id, f"{kind} first")
+        ask_in_trace(client, trace_id, f"{kind} second")
+    proxy.flush()
+    return proxy
+
+
+@pytest.mark.parametrize("kind", AS_SENT)
+def test_the_api_finds_a_trace_by_the_id_as_sent(recorded: Proxy, kind: str) -> None:
+    response = httpx.get(f"{recorded.url}/api/traces/{quote(AS_SENT[kind])}")
+    assert response.status_code == 200, response.text
+    trace = response.json()
+    assert prompts_of(trace) == [f"{kind} first", f"{kind} second"]
+    stored = trace["info"]["trace_id"]
+    assert len(stored) == 32 and stored == stored.lower()
+    again = httpx.get(f"{recorded.url}/api/traces/{stored}")  # the stored id works as before
+    assert again.status_code == 200 and again.json()["info"]["trace_id"] == stored
+
+
+def test_the_stored_forms_of_uuid_and_hex_are_those_ids_in_lower_case(recorded: Proxy) -> None:
+    for sent in (AS_SENT["uuid with dashes"], AS_SENT["upper case hex"]):
+        trace = httpx.get(f"{recorded.url}/api/traces/{sent}").json()
+        assert trace["info"]["trace_id"] == sent.replace("-", "").lower()
+
+
+@pytest.mark.parametrize("kind", AS_SENT)
+def test_the_cli_finds_a_trace_by_the_id_as_sent(recorded: Proxy, kind: str) -> None:
+    db = str(recorded.db)
+    shown = CliRunner().invoke(main, ["trace", AS_SENT[kind], "--db", db, "--json"])
+    assert shown.exit_code == 0, shown.output
+    trace = orjson.loads(shown.output)
+    assert prompts_of(trace) == [f"{kind} first", f"{kind} second"]
+    plain = CliRunner().invoke(main, ["trace", AS_SENT[kind], "--db", db])
+    assert plain.exit_code == 0 and trace["info"]["trace_id"] in plain.output
+
+
+def test_an_id_never_sent_is_still_not_found(recorded: Proxy) -> None:
+    response = httpx.get(f"{recorded.url}/api/traces/never-sent")
+    assert response.status_code == 404
+    assert response.json()["error"]["message"] == "no trace with id never-sent"
+    shown = CliRunner().invoke(main, ["trace", "never-sent", "--db", str(recorded.db)])
+    assert shown.exit_code == 1 and "no trace with id never-sent" in shown.output
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/api/nope"), ("POST", "/api/traces/x/nope"), ("GET", "/api"), ("DELETE", "/api/")],
+)
+def test_an_unknown_api_path_is_a_json_404(proxy: Proxy, method: str, path: str) -> None:
+    response = httpx.request(method, f"{proxy.url}{path}")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["message"] == f"llmtap has no API at {method} {path}"
+
+
+def test_known_api_paths_are_not_shadowed_by_the_404(proxy: Proxy) -> None:
+    assert httpx.get(f"{proxy.url}/api/models").json() == {"models": []}
+    assert httpx.get(f"{proxy.url}/api/health").json()["status"] == "ok"
+    for path in ("/api/health", "/api/models/m/versions/1"):  # from api.py and models_api.py
+        wrong_method = httpx.delete(f"{proxy.url}{path}")
+        assert wrong_method.status_code == 405
+        assert set(wrong_method.headers["allow"].split(", ")) == {"GET", "HEAD"}
+        assert wrong_method.json()["error"]["type"] == "invalid_request_error"
+    slash = httpx.get(f"{proxy.url}/api/traces/")  # redirected to /api/traces, as before
+    assert slash.status_code == 307 and slash.headers["location"].endswith("/api/traces")
