@@ -125,7 +125,8 @@ def models(name: str | None, db: str, trace_id: str | None, as_json: bool) -> No
 @click.option(
     "--json-input",
     is_flag=True,
-    help='INPUT is JSON: a list of inputs (["a", "b"]) or a list of chat messages.',
+    help='INPUT is JSON: a list of inputs (["a", "b"]), a list of chat messages, a dict of '
+    'columns ({"content": "a"}, or a version\'s input_example) or a list of such records.',
 )
 @click.option(
     "--json", "as_json", is_flag=True, help="Print {predictions, model_uri, trace_ids} as JSON."
@@ -134,7 +135,10 @@ def predict(
     model_uri: str, input_text: str, db: str, upstream: str, json_input: bool, as_json: bool
 ) -> None:
     """Run a recorded model version again with INPUT ('-' reads stdin), like MLflow's
-    pyfunc.load_model(MODEL_URI).predict(INPUT); the call is recorded into --db."""
+    pyfunc.load_model(MODEL_URI).predict(INPUT); the call is recorded into --db.
+
+    Prints the answer's text when there is one text prediction, else the predictions (one
+    per input) as a JSON list."""
     reader = _reader(db)
     version = _find_version(reader, model_uri)
     if version is None:
@@ -159,8 +163,8 @@ def predict(
     if as_json:
         payload = {"predictions": result.predictions, "model_uri": version["model_uri"]}
         click.echo(_dumps({**payload, "trace_ids": result.trace_ids}))
-    elif isinstance(result.predictions, str):
-        click.echo(result.predictions)
+    elif len(result.predictions) == 1 and isinstance(result.predictions[0], str):
+        click.echo(result.predictions[0])  # one answer reads best as itself
     else:
         click.echo(_dumps(result.predictions, indent=False))
 

@@ -1,8 +1,8 @@
 """The model registry over HTTP: list, read, lineage, and predict (SPEC sections 3 and 4).
 
 Names may hold slashes (`Default/gpt-4o-mini`, `meta-llama/Llama-3-8b`), so `{name:path}`
-routes come most specific first. Predict answers `{"predictions": ...}`, as MLflow's scoring
-server does.
+routes come most specific first. Predict answers `{"predictions": [...]}`, one per input row,
+as MLflow's scoring server does (`predictions_to_json`), with the model URI and trace ids.
 """
 
 from __future__ import annotations

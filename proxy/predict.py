@@ -1,10 +1,17 @@
-"""Predict: run a recorded model version again with a new input, as MLflow's pyfunc does.
+"""Predict: run a recorded model version again with new inputs, as MLflow's pyfunc does.
 
 The calls go through llmtap's own `/v1` endpoint, in process (an ASGI call, no socket), so
 each is forwarded, traced and kept for replay like any client's call, and, with log_models
-on, links to the version it ran. The answer has pyfunc's shape: the assistant's text for
-chat and responses, the text for completions, the vector for embeddings; a list of them for
-a list of inputs.
+on, links to the version it ran.
+
+Inputs and answers have the shape of MLflow's openai flavor (`mlflow/openai/model.py`,
+`_OpenAIWrapper.predict`): the inputs are rows, as pyfunc turns them into a DataFrame (a
+string is one row, a list one row per item, a dict one row of columns or, with list values,
+one row per element, `{"columns", "data"}` split-oriented rows), and the answer is a list
+with one prediction per row: the assistant's text for chat and responses, the text for
+completions, the vector for embeddings. A row's input is its string, or the column named
+after the task's prompt variable (`content`, `prompt`, `input`) or `messages`, else its
+first string column. Unlike MLflow, a list of chat messages is one row (one conversation).
 """
 
 from __future__ import annotations
@@ -25,6 +32,16 @@ ASGIApp = Callable[..., Awaitable[None]]  # (scope, receive, send)
 TASK_PATHS = {e.name: e.path for e in ENDPOINTS.values()}
 CONCURRENCY = 8
 """Calls in flight at once for a list of inputs (MLflow's pyfunc also calls in parallel)."""
+CHAT_TASKS = frozenset({"chat.completions", "responses"})
+COLUMNS = {
+    "chat.completions": ("messages", "content"),
+    "responses": ("input", "messages", "content"),
+    "completions": ("prompt",),
+    "embeddings": ("input",),
+}
+"""The columns a row's input is read from, in order: `content` and `prompt` are the prompt
+variables of MLflow's default templates, `messages` and `input` the request's own fields
+(what `log_input_examples` stores); a row with none of them gives its first string column."""
 
 
 class PredictError(Exception):
@@ -37,74 +54,125 @@ class PredictError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Prediction:
-    predictions: Any
+    predictions: list[Any]
+    """One per input row, in order (MLflow's pyfunc answer)."""
     trace_ids: list[str]
     """The traces of the calls made, one per request sent."""
+
+
+# --- the inputs: rows, as pyfunc's DataFrame has them (pure) ---------------------------------
+
+
+def input_rows(task: str, inputs: Any) -> list[Any]:
+    """The rows of `inputs`: each a string, a conversation (a list of messages) or a record
+    (a dict of columns)."""
+    if isinstance(inputs, str):
+        return [inputs]
+    if isinstance(inputs, dict) and inputs:
+        return _dict_rows(task, inputs)
+    if isinstance(inputs, list) and inputs:
+        return [inputs] if _is_conversation(task, inputs) else list(inputs)
+    raise PredictError(
+        400, "inputs must be a string, a non-empty list or a dict of columns, not " + _show(inputs)
+    )
+
+
+def _is_conversation(task: str, value: Any) -> bool:
+    # chat messages have a role; Responses input items may instead have a type
+    keys = ("role", "type") if task == "responses" else ("role",)
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(m, dict) and any(k in m for k in keys) for m in value)
+    )
+
+
+def _dict_rows(task: str, inputs: dict[str, Any]) -> list[Any]:
+    data = inputs.get("data")
+    split = isinstance(data, list) and all(isinstance(row, list) for row in data)
+    if split and set(inputs) <= {"columns", "data", "index"}:  # pandas' split orient
+        columns = inputs.get("columns") or range(max(map(len, data), default=0))
+        return [dict(zip(columns, row, strict=False)) for row in data]
+    # a dict of columns: a list value is a column of rows (pandas broadcasts the others),
+    # but a conversation is one cell: {"messages": [...]} is one row
+    many = {
+        k: v for k, v in inputs.items() if isinstance(v, list) and not _is_conversation(task, v)
+    }
+    if not many:
+        return [inputs]
+    lengths = {len(v) for v in many.values()}
+    if len(lengths) != 1 or 0 in lengths:
+        sizes = {k: len(v) for k, v in many.items()}
+        raise PredictError(400, f"the columns of inputs must be non-empty and alike: {sizes}")
+    return [
+        {k: many[k][i] if k in many else v for k, v in inputs.items()} for i in range(lengths.pop())
+    ]
+
+
+def row_input(task: str, row: Any) -> Any:
+    """What one row asks: a string, or for chat and responses a conversation."""
+    if isinstance(row, dict) and not (task not in CHAT_TASKS and "role" in row):
+        found = next((row[c] for c in COLUMNS[task] if c in row), None)
+        if found is None:
+            found = next((v for v in row.values() if isinstance(v, str)), None)
+        row = row if found is None else found
+    if isinstance(row, str) or (task in CHAT_TASKS and _is_conversation(task, row)):
+        return row
+    wanted = "a string, a list of messages" if task in CHAT_TASKS else "a string"
+    columns = " or ".join(f"`{c}`" for c in COLUMNS[task])
+    raise PredictError(
+        400,
+        f"each input for the {task} task must be {wanted} or a record with a {columns} "
+        f"or other string column, not {_show(row)}",
+    )
+
+
+def _show(value: Any) -> str:
+    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()[:100]
 
 
 # --- the requests and the answers (pure) -----------------------------------------------------
 
 
-def request_bodies(version: Mapping[str, Any], inputs: Any) -> tuple[list[dict[str, Any]], bool]:
-    """(the request bodies to send, whether the caller gave a list of inputs)."""
+def request_bodies(version: Mapping[str, Any], inputs: Any) -> list[dict[str, Any]]:
+    """The request bodies for `inputs`: one per row, or one for all rows of an embeddings
+    model (the API embeds a list in one call, as MLflow batches them)."""
     task = version["task"]
-    many = _is_many(task, inputs)
-    items = inputs if many else [inputs]
-    for item in items:
-        _check_input(task, item)
-    if task == "embeddings":  # one request embeds them all, as the API allows
-        return [_body(version, items if many else inputs)], many
-    return [_body(version, item) for item in items], many
+    values = [row_input(task, row) for row in input_rows(task, inputs)]
+    if task == "embeddings":
+        return [_body(version, values if len(values) > 1 else values[0])]
+    return [_body(version, value) for value in values]
 
 
-def _is_many(task: str, inputs: Any) -> bool:
-    if isinstance(inputs, str):
-        return False
-    if not isinstance(inputs, list) or not inputs:
-        raise PredictError(400, "inputs must be a string or a non-empty list")
-    # a list of messages is one conversation; a list of strings (or of conversations) is many
-    one_conversation = task in ("chat.completions", "responses") and all(
-        isinstance(i, dict) for i in inputs
-    )
-    return not one_conversation
+def _messages(value: Any) -> list[Any]:
+    return [{"role": "user", "content": value}] if isinstance(value, str) else list(value)
 
 
-def _check_input(task: str, item: Any) -> None:
-    conversation = isinstance(item, list) and all(isinstance(m, dict) for m in item)
-    if isinstance(item, str) or (conversation and task in ("chat.completions", "responses")):
-        return
-    raise PredictError(
-        400,
-        f"each input of a {task} model must be a string"
-        + (" or a list of messages" if task in ("chat.completions", "responses") else "")
-        + f", not {orjson.dumps(item).decode()[:100]}",
-    )
+def _framed(lead: list[Any], items: list[Any]) -> list[Any]:
+    # a conversation that already opens with the template (an input example does) keeps it once
+    return items if items[: len(lead)] == lead else [*lead, *items]
 
 
-def _messages(item: Any) -> list[Any]:
-    return [{"role": "user", "content": item}] if isinstance(item, str) else list(item)
-
-
-def _body(version: Mapping[str, Any], item: Any) -> dict[str, Any]:
+def _body(version: Mapping[str, Any], value: Any) -> dict[str, Any]:
     task = version["task"]
     template = version.get("prompt_template") or {}
     body: dict[str, Any] = {"model": version["model"], **(version.get("params") or {})}
     if task == "chat.completions":
-        body["messages"] = [*template.get("messages", ()), *_messages(item)]
+        body["messages"] = _framed(list(template.get("messages", ())), _messages(value))
     elif task == "responses":
         if "instructions" in template:
             body["instructions"] = template["instructions"]
         lead = template.get("input")
-        body["input"] = [*lead, *_messages(item)] if lead else item
+        body["input"] = _framed(list(lead), _messages(value)) if lead else value
     elif task == "completions":
-        body["prompt"] = item
+        body["prompt"] = value
     else:
-        body["input"] = item
+        body["input"] = value
     return body
 
 
 def prediction(task: str, response: Mapping[str, Any]) -> list[Any]:
-    """What pyfunc returns for one response: one value per input it answered."""
+    """What pyfunc returns for one response: one value per row it answered."""
     if task == "embeddings":
         data = decode_embeddings(response).get("data") or []
         return [d["embedding"] for d in sorted(data, key=lambda d: d.get("index", 0))]
@@ -140,7 +208,7 @@ async def run_prediction(
 
     `headers` go with each call (the caller's key, `llmtap-session`...); llmtap files the calls
     under the version's experiment, in a new trace each, tagged with the model URI."""
-    bodies, many = request_bodies(version, inputs)
+    bodies = request_bodies(version, inputs)
     path = "/v1" + TASK_PATHS[version["task"]]
     limit = asyncio.Semaphore(CONCURRENCY)
     transport = httpx.ASGITransport(app=app)
@@ -165,7 +233,7 @@ async def run_prediction(
 
         results = await asyncio.gather(*(call(body) for body in bodies))
     values = [value for answer, _ in results for value in answer]
-    return Prediction(values if many else values[0], [trace_id for _, trace_id in results])
+    return Prediction(values, [trace_id for _, trace_id in results])
 
 
 def _answer(task: str, response: httpx.Response) -> list[Any]:

@@ -2,9 +2,9 @@
 
 A model version is one distinct configuration: task, model, invocation parameters and prompt
 template (the leading system/developer messages of a chat, a Responses call's `instructions`).
-What the caller asks each time (the user's messages, the prompt, the text to embed) is the
-input, not the model. Pure functions: the writer process calls `model_record()` while it builds
-a batch, `recorder.model_store` writes the result, `proxy.predict` runs a version again.
+What the caller asks each time (the messages, the prompt, the text to embed) is the input, not
+the model. Pure functions: the writer process calls `model_record()` while it builds a batch,
+`recorder.model_store` writes the result, `proxy.predict` runs a version again.
 """
 
 from __future__ import annotations
@@ -41,6 +41,13 @@ NOT_MODEL_FIELDS = frozenset(
     }
 )
 REDACTED = "[REDACTED]"
+INPUT_FIELDS = {
+    "chat.completions": "messages",
+    "completions": "prompt",
+    "embeddings": "input",
+    "responses": "input",
+}
+"""The request field that holds a task's input (MLflow's autolog `_get_input_from_model`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +86,7 @@ def model_record(
         return None
     model = body["model"]
     params = {k: v for k, v in invocation_params(body).items() if k not in NOT_MODEL_FIELDS}
-    template, user_input = split_input(task, body)
+    template = prompt_template(task, body)
     config = {"task": task, "model": model, "params": params, "prompt_template": template}
     config_hash = hashlib.sha256(orjson.dumps(config, option=orjson.OPT_SORT_KEYS)).hexdigest()
     name = registered_model_name or f"{experiment}/{model}"
@@ -94,7 +101,7 @@ def model_record(
         params=params,
         prompt_template=template,
         signature=infer_signature(task, params) if signatures else None,
-        input_example=scrub(user_input) if input_examples else None,
+        input_example=input_example(task, body) if input_examples else None,
     )
 
 
@@ -103,43 +110,42 @@ def model_id(name: str, config_hash: str) -> str:
     return "m-" + hashlib.blake2b(f"{name}\0{config_hash}".encode(), digest_size=16).hexdigest()
 
 
-def split_input(task: str, body: Mapping[str, Any]) -> tuple[dict[str, Any] | None, Any]:
-    """(prompt template, the user's input) of a request body."""
+def prompt_template(task: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The request fields that frame the input; None when there are none."""
     if task == "chat.completions":
         messages = body.get("messages")
-        lead, rest = _leading_template(messages if isinstance(messages, list) else [])
-        return ({"messages": lead} if lead else None), _plain(rest)
+        lead = _leading_template(messages if isinstance(messages, list) else [])
+        return {"messages": lead} if lead else None
     if task == "responses":
         template: dict[str, Any] = {}
         if body.get("instructions") is not None:
             template["instructions"] = body["instructions"]
         user_input = body.get("input")
-        if isinstance(user_input, list):
-            lead, rest = _leading_template(user_input)
-            if lead:
-                template["input"] = lead
-            user_input = _plain(rest)
-        return template or None, user_input
-    return None, body.get("prompt" if task == "completions" else "input")
+        if isinstance(user_input, list) and (lead := _leading_template(user_input)):
+            template["input"] = lead
+        return template or None
+    return None
 
 
-def _leading_template(items: list[Any]) -> tuple[list[Any], list[Any]]:
+def _leading_template(items: list[Any]) -> list[Any]:
     # only the leading run frames the conversation: a system message later on is part of it
     count = 0
     for item in items:
         if not (isinstance(item, dict) and item.get("role") in TEMPLATE_ROLES):
             break
         count += 1
-    return items[:count], items[count:]
+    return items[:count]
 
 
-def _plain(messages: list[Any]) -> Any:
-    """One user message with text content reads best as that text (MLflow's string input)."""
-    if len(messages) == 1 and isinstance(messages[0], dict):
-        only = messages[0]
-        if only.get("role") == "user" and isinstance(only.get("content"), str):
-            return only["content"]
-    return messages
+def input_example(task: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The request's input as the client sent it, under its field's name, secrets scrubbed:
+    `{"messages": [...]}` for chat (the whole list, template included, as MLflow's autolog
+    keeps it), `{"prompt": ...}`, `{"input": ...}`. It is a valid predict input, read from that
+    column: one row, or a row per item when it is a list of texts. None when it is empty
+    (MLflow then logs no example either)."""
+    field = INPUT_FIELDS[task]
+    value = body.get(field)
+    return {field: scrub(value)} if value else None
 
 
 def scrub(value: Any) -> Any:

@@ -143,30 +143,63 @@ def test_signatures_mlflow_defaults_and_json_schema(start_proxy: Callable[..., P
     assert completion["signature"]["outputs"] == string
 
 
-def test_input_example_is_the_first_requests_user_part_scrubbed(
+def test_input_example_is_the_first_requests_inputs_scrubbed(
     start_proxy: Callable[..., Proxy],
 ) -> None:
     proxy = start_proxy(log_models=True, log_input_examples=True)
     secret = "sk-proj-" + "a1b2c3d4" * 5
+    conversation = [{"role": "user", "content": "bonjour"}, {"role": "user", "content": "encore"}]
     with sdk(proxy) as client:
-        chat(client, f"my key is {secret}, keep it")
-        chat(client, "second question")  # same configuration: the first example stays
+        chat(client, f"my key is {secret}, keep it", temperature=0.3)
+        chat(client, "second question", temperature=0.3)  # same version: the first example stays
         client.responses.create(
-            model="gpt-4o-mini",
-            instructions="Answer in French.",
-            input=[{"role": "user", "content": "bonjour"}, {"role": "user", "content": "encore"}],
+            model="gpt-4o-mini", instructions="Answer in French.", input=conversation
         )
+        client.completions.create(model="gpt-3.5-turbo-instruct", prompt="say", max_tokens=5)
+        client.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
     [v] = versions(proxy, "Default/gpt-4o-mini")[:1]
-    assert v["input_example"] == "my key is [REDACTED], keep it"
-    assert v["signature"] is None  # log_model_signatures is off
+    # MLflow's autolog keeps the request's `messages` as they were sent (the system one too),
+    # not the model or its parameters: those are the version's configuration
+    user = {"role": "user", "content": "my key is [REDACTED], keep it"}
+    assert v["input_example"] == {"messages": [SYSTEM, user]}
+    assert v["params"] == {"temperature": 0.3} and v["signature"] is None  # signatures off
     stored = proxy.query("SELECT * FROM model_versions")
     assert not [row for row in stored if secret in orjson.dumps(tuple(row)).decode()]
     responses = [x for x in versions(proxy, "Default/gpt-4o-mini") if x["task"] == "responses"]
     assert responses[0]["prompt_template"] == {"instructions": "Answer in French."}
-    assert responses[0]["input_example"] == [
-        {"role": "user", "content": "bonjour"},
-        {"role": "user", "content": "encore"},
-    ]
+    assert responses[0]["input_example"] == {"input": conversation}
+    [completion] = versions(proxy, "Default/gpt-3.5-turbo-instruct")
+    assert completion["input_example"] == {"prompt": "say"}
+    [embedding] = versions(proxy, "Default/text-embedding-3-small")
+    assert embedding["input_example"] == {"input": ["a", "b"]}
+
+
+def test_the_input_example_is_a_valid_predict_input(start_proxy: Callable[..., Proxy]) -> None:
+    proxy = start_proxy(log_models=True, log_input_examples=True, log_model_signatures=True)
+    with sdk(proxy) as client:
+        direct = chat(client, "q1", temperature=0.2).choices[0].message.content
+        client.completions.create(model="gpt-3.5-turbo-instruct", prompt="say", max_tokens=30)
+        embedded = client.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
+        client.responses.create(model="gpt-4.1-mini", instructions="Be kind.", input="r")
+    proxy.flush()
+    [v] = versions(proxy, "Default/gpt-4o-mini")
+    assert v["signature"]["inputs"] == [{"type": "string", "required": True}]  # MLflow's default
+    answer = post_predict(proxy, "Default/gpt-4o-mini", 1, v["input_example"])
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["predictions"] == [direct]
+    # the example holds the system message, and the template is not sent a second time
+    span = api(proxy, f"/api/traces/{answer.json()['trace_ids'][0]}")["spans"][0]
+    assert span["inputs"]["messages"] == [SYSTEM, {"role": "user", "content": "q1"}]
+    for name, count in [("gpt-3.5-turbo-instruct", 1), ("text-embedding-3-small", 2)]:
+        [found] = versions(proxy, f"Default/{name}")
+        again = post_predict(proxy, f"Default/{name}", 1, found["input_example"])
+        assert again.status_code == 200, again.text
+        assert len(again.json()["predictions"]) == count
+    vectors = post_predict(proxy, "Default/text-embedding-3-small", 1, {"input": ["a", "b"]})
+    assert vectors.json()["predictions"] == [d.embedding for d in embedded.data]
+    [r] = versions(proxy, "Default/gpt-4.1-mini")
+    said = post_predict(proxy, "Default/gpt-4.1-mini", 1, r["input_example"]).json()
+    assert said["predictions"] == ["Hello! You said: r"]
 
 
 # --- versions and the registry ------------------------------------------------------------
@@ -282,22 +315,23 @@ def test_predict_over_the_api_for_each_task(start_proxy: Callable[..., Proxy]) -
     one = post_predict(proxy, "Default/gpt-4o-mini", 1, "what is up")
     assert one.status_code == 200, one.text
     body = one.json()
-    assert body["predictions"] == direct  # the recorded configuration, run again
+    assert body["predictions"] == [direct]  # the recorded configuration, run again: one row
     assert body["model_uri"] == "models:/Default/gpt-4o-mini/1" and len(body["trace_ids"]) == 1
     many = post_predict(proxy, "Default/gpt-4o-mini", "latest", ["a", "b", "c"]).json()
     assert many["predictions"] == [f"Hello! You said: {x}" for x in "abc"]
     conversation = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
     conversation.append({"role": "user", "content": "again"})
     again = post_predict(proxy, "Default/gpt-4o-mini", 1, conversation).json()
-    assert again["predictions"] == "Hello! You said: again"  # a list of messages is one input
-    vector = post_predict(proxy, "Default/text-embedding-3-small", 1, "v").json()["predictions"]
+    assert again["predictions"] == ["Hello! You said: again"]  # a list of messages is one input
+    [vector] = post_predict(proxy, "Default/text-embedding-3-small", 1, "v").json()["predictions"]
     assert isinstance(vector, list) and all(isinstance(x, float) for x in vector)
     vectors = post_predict(proxy, "Default/text-embedding-3-small", 1, ["v", "w"]).json()
     assert len(vectors["predictions"]) == 2 and vectors["predictions"][0] == vector
-    text = post_predict(proxy, "Default/gpt-3.5-turbo-instruct", 1, "q").json()["predictions"]
+    assert len(vectors["trace_ids"]) == 1  # one request embeds them all
+    [text] = post_predict(proxy, "Default/gpt-3.5-turbo-instruct", 1, "q").json()["predictions"]
     assert isinstance(text, str) and "q" in text
     said = post_predict(proxy, "Default/gpt-4.1-mini", 1, "resp").json()["predictions"]
-    assert said == "Hello! You said: resp"
+    assert said == ["Hello! You said: resp"]
     # each call was forwarded, traced with the template, tagged, and linked to its version
     trace = api(proxy, f"/api/traces/{body['trace_ids'][0]}")
     assert trace["info"]["tags"] == {"model_uri": "models:/Default/gpt-4o-mini/1"}
@@ -305,6 +339,37 @@ def test_predict_over_the_api_for_each_task(start_proxy: Callable[..., Proxy]) -
     assert trace["spans"][0]["inputs"]["temperature"] == 0.2
     assert api(proxy, "/api/models/Default/gpt-4o-mini/versions/1")["trace_count"] == 6
     assert len(versions(proxy, "Default/gpt-4o-mini")) == 1  # predict made no new version
+
+
+def test_predict_answers_a_list_one_prediction_per_input_in_order(
+    start_proxy: Callable[..., Proxy],
+) -> None:
+    proxy = start_proxy(log_models=True)
+    with sdk(proxy) as client:
+        chat(client, "x")
+        client.embeddings.create(model="text-embedding-3-small", input="e")
+    proxy.flush()
+    single = post_predict(proxy, "Default/gpt-4o-mini", 1, "hey").json()
+    assert single["predictions"] == ["Hello! You said: hey"]  # predictions[0] is the answer
+    two = post_predict(proxy, "Default/gpt-4o-mini", 1, ["first", "second"]).json()
+    assert two["predictions"] == ["Hello! You said: first", "Hello! You said: second"]
+    assert len(two["trace_ids"]) == 2
+    # MLflow's other shapes: a record with the prompt variable, records, a dict of columns,
+    # pandas' split orient, MLflow's chat request
+    for inputs, said in [
+        ({"content": "a"}, ["a"]),
+        ([{"content": "a"}, {"content": "b"}], ["a", "b"]),
+        ({"content": ["a", "b"]}, ["a", "b"]),
+        ({"columns": ["content"], "data": [["a"], ["b"]]}, ["a", "b"]),
+        ({"messages": [{"role": "user", "content": "a"}]}, ["a"]),
+    ]:
+        answer = post_predict(proxy, "Default/gpt-4o-mini", 1, inputs)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["predictions"] == [f"Hello! You said: {x}" for x in said]
+    [one] = post_predict(proxy, "Default/text-embedding-3-small", 1, "v").json()["predictions"]
+    both = post_predict(proxy, "Default/text-embedding-3-small", 1, ["w", "v"]).json()
+    assert len(both["predictions"]) == 2 and both["predictions"][1] == one
+    assert both["predictions"][0] != one
 
 
 def test_predict_errors(start_proxy: Callable[..., Proxy]) -> None:
@@ -344,7 +409,10 @@ def test_cli_models_and_predict_with_no_server_running(
 
     said = run(predict_command, "models:/cli-model/1", "hello", "--db", db, "--upstream", upstream)
     assert said.exit_code == 0, said.output
-    assert said.output == "Hello! You said: hello\n"
+    assert said.output == "Hello! You said: hello\n"  # one text prediction prints as itself
+    example = orjson.dumps({"messages": [SYSTEM, {"role": "user", "content": "again"}]}).decode()
+    given = ["models:/cli-model/1", example, "--json-input", "--db", db, "--upstream", upstream]
+    assert run(predict_command, *given).output == "Hello! You said: again\n"
     result = run(
         predict_command,
         "models:/cli-model/1",
@@ -361,7 +429,11 @@ def test_cli_models_and_predict_with_no_server_running(
     out = orjson.loads(result.output)
     assert out["predictions"] == ["Hello! You said: a", "Hello! You said: b"]
     vector = run(predict_command, "cli-model/2", "v", "--db", db, "--upstream", upstream)
-    assert vector.exit_code == 0 and isinstance(orjson.loads(vector.output)[0], float)
+    assert vector.exit_code == 0, vector.output
+    [floats] = orjson.loads(vector.output)  # the predictions: one vector per input
+    assert all(isinstance(x, float) for x in floats)
+    texts = run(predict_command, "cli-model/1", '["a", "b"]', "--json-input", *given[3:])
+    assert orjson.loads(texts.output) == ["Hello! You said: a", "Hello! You said: b"]
 
     # recorded into --db: traced, replayable, linked to the version they ran
     for trace_id in out["trace_ids"]:
@@ -371,7 +443,7 @@ def test_cli_models_and_predict_with_no_server_running(
         sql = "SELECT count(*) FROM exchanges WHERE trace_id IN (?, ?)"
         assert conn.execute(sql, out["trace_ids"]).fetchone()[0] == 2
     as_json = orjson.loads(run(models_command, "--db", db, "--json").output)["models"]
-    assert {v["version"]: v["trace_count"] for v in as_json[0]["versions"]} == {1: 4, 2: 2}
+    assert {v["version"]: v["trace_count"] for v in as_json[0]["versions"]} == {1: 7, 2: 2}
 
 
 def test_cli_explains_what_is_missing(tmp_path: Any, proxy: Proxy, client: OpenAI) -> None:
