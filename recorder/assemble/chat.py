@@ -5,13 +5,18 @@ The result equals what the OpenAI SDK's own accumulator builds from the same chu
 SDK-only `parsed` and `parsed_arguments` keys), because it follows the same rules: the first
 chunk gives the envelope, each choice's first chunk gives its fields, deltas merge as the SDK's
 `accumulate_delta` merges them (strings concatenate, dicts merge, lists of indexed entries merge
-by `index`), and logprobs lists extend.
+by `index`), and logprobs lists extend. Later chunks change only `usage`, `system_fingerprint`
+and `moderation` around the choices: a field first sent after the first chunk (Azure's
+`service_tier`, a trailing top-level `content_filter_results`) is not kept, and a choice's
+extra fields (Azure's `content_filter_results`) are those of its first chunk.
 
 Where the SDK misbehaves on shapes real providers send, we differ on purpose:
 - `id`, `name` and `role` repeated in later deltas are kept once (the SDK concatenates them,
   giving `"assistantassistant"`); numbers are replaced, not added.
-- identity fields (`id`, `model`, `created`, ...) take the first non-empty value, so an Azure
-  annotation chunk first in the stream (`id: ""`, `created: 0`) does not blank them.
+- `id`, `model` or `created` missing from the first chunk (no key at all) take the first
+  non-empty value a later chunk has (the SDK leaves them out). Present but empty, they stay
+  empty, as in the SDK: Azure's filter-results chunk, first in its streams (`id: ""`,
+  `model: ""`, `created: 0`, `choices: []`, `prompt_filter_results`), gives the envelope.
 - `usage`, `system_fingerprint` and `moderation` take the last non-null value (the SDK takes the
   last chunk's, null or not, and loses a usage that came before the last chunk).
 - list-typed `content` (Databricks) is joined into a string (the SDK drops it).
@@ -33,6 +38,8 @@ _FIRST_WINS = frozenset({"id", "name", "role"})  # the SDK concatenates repeats 
 _REPLACED = frozenset({"index", "type"})  # the SDK replaces these, as do we
 _LAST_NON_NULL = frozenset({"usage", "system_fingerprint", "moderation"})
 _ENVELOPE_SKIPPED = frozenset({"choices", "obfuscation"})  # obfuscation is stream padding
+_FILLED_LATER = frozenset({"id", "model", "created"})  # when the first chunk has no such key
+_EMPTY = (None, "", 0)
 # the SDK's final message carries every `ChatCompletionMessage` field, null when never sent
 _MESSAGE_FIELDS: dict[str, Any] = dict.fromkeys(
     ("content", "refusal", "annotations", "audio", "function_call", "tool_calls")
@@ -53,7 +60,8 @@ def is_index(value: Any) -> TypeGuard[int]:
 
 
 class Envelope:
-    """The fields around `choices`: first non-empty identity, last non-null usage and the like."""
+    """The fields around `choices`: each the first non-empty value sent, but the last non-null
+    usage and the like (legacy completions; chat follows the SDK: `ChatEnvelope`)."""
 
     def __init__(self, object_name: str) -> None:
         self.fields: dict[str, Any] = {}
@@ -69,9 +77,9 @@ class Envelope:
             if key in _LAST_NON_NULL:
                 if value is not None or key not in fields:
                     fields[key] = copy_json(value)
-            elif fields.get(key) in (None, "", 0):
+            elif fields.get(key) in _EMPTY:
                 fields[key] = copy_json(value)
-                if value not in (None, "", 0):
+                if value not in _EMPTY:
                     settled.add(key)
 
     def quiet_watch(self, chunk: dict[str, Any]) -> tuple[str, ...] | None:
@@ -96,6 +104,47 @@ class Envelope:
         out.setdefault("system_fingerprint", None)
         out.setdefault("usage", None)
         return out
+
+
+class ChatEnvelope(Envelope):
+    """The SDK's envelope: every field of the first chunk as it is (so Azure's filter-results
+    chunk first gives `id: ""`), then only the last non-null `usage`, `system_fingerprint` and
+    `moderation`, and the identity fields the first chunk had no key for (module doc)."""
+
+    def __init__(self) -> None:
+        super().__init__("chat.completion")
+        self._open: set[str] | None = None  # identity still to fill; None before the first chunk
+
+    def feed(self, chunk: Mapping[str, Any]) -> None:
+        fields, open_keys = self.fields, self._open
+        if open_keys is None:
+            self._open = set(_FILLED_LATER.difference(chunk))
+            for key, value in chunk.items():
+                if key not in _ENVELOPE_SKIPPED:
+                    fields[key] = copy_json(value)
+            return
+        for key, value in chunk.items():
+            if key in _LAST_NON_NULL:
+                if value is not None or key not in fields:
+                    fields[key] = copy_json(value)
+            elif key in open_keys:
+                if fields.get(key) in _EMPTY:
+                    fields[key] = copy_json(value)
+                if value not in _EMPTY:
+                    open_keys.discard(key)
+
+    def quiet_watch(self, chunk: dict[str, Any]) -> tuple[str, ...] | None:
+        """As `Envelope.quiet_watch`: after the first chunk, only these keys can change."""
+        open_keys = self._open or ()
+        watch: list[str] = []
+        for key in chunk:
+            if key in _LAST_NON_NULL:
+                if key not in self.fields:
+                    return None
+                watch.append(key)
+            elif key in open_keys:
+                return None
+        return tuple(watch)
 
 
 def merge_delta(acc: dict[str, Any], delta: Mapping[str, Any], problems: list[str]) -> None:
@@ -177,7 +226,7 @@ class ChatAssembler:
 
     def __init__(self, fast: bool = True) -> None:
         self.problems: list[str] = []
-        self._envelope = Envelope("chat.completion")
+        self._envelope = ChatEnvelope()
         self._choices: dict[int, dict[str, Any]] = {}
         self._fed = False
         self._fast = fast

@@ -1,13 +1,15 @@
 """Factories for streamed payloads as OpenAI sends them, and the SDK's verdict on them.
 
-`make_chunks()` builds one realistic `chat.completion.chunk` stream; `random_chunks(rng)` draws
-one from a wide mix (content, refusal, parallel tool calls, n>1, logprobs, usage, annotation
-chunks); `sse_bytes()` serialises payloads as the wire carries them; `sdk_final_completion()`
+`make_chunks()` builds one realistic `chat.completion.chunk` stream and `azure_chunks()` the same
+as Azure OpenAI sends it; `random_chunks(rng)` draws one from a wide mix (content, refusal,
+parallel tool calls, n>1, logprobs, usage, annotation chunks, Azure's filter results);
+`sse_bytes()` serialises payloads as the wire carries them; `sdk_final_completion()`
 is what the OpenAI SDK's own accumulator makes of chunks, dumped as the fair comparison.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import warnings
@@ -158,16 +160,61 @@ def make_chunks(
     return chunks
 
 
-def annotation_chunk() -> Chunk:
-    """Azure's filter-results chunk: no choices, and an empty envelope."""
-    return {"id": "", "object": "", "created": 0, "model": "", "choices": []}
+def annotation_chunk(**results: Any) -> Chunk:
+    """Azure's filter-results chunk: no choices, an empty envelope, and the `results` given."""
+    return {"id": "", "object": "", "created": 0, "model": "", "choices": [], **results}
 
 
-def random_chunks(rng: random.Random) -> list[Chunk]:
-    """A random stream: n choices interleaved, each with a random mix of what a choice carries."""
+CONTENT_FILTER = {
+    "hate": {"filtered": False, "severity": "safe"},
+    "self_harm": {"filtered": False, "severity": "safe"},
+    "sexual": {"filtered": False, "severity": "safe"},
+    "violence": {"filtered": False, "severity": "safe"},
+}
+FILTERED = {**CONTENT_FILTER, "violence": {"filtered": True, "severity": "medium"}}
+
+
+def prompt_filter_chunk() -> Chunk:
+    """The chunk Azure sends first: the prompt's filter results, before any choice."""
+    results = [{"prompt_index": 0, "content_filter_results": CONTENT_FILTER}]
+    return annotation_chunk(prompt_filter_results=results)
+
+
+def add_filter_results(choices: list[Chunk], rng: random.Random | None = None) -> None:
+    """Azure's `content_filter_results` on each of `choices` (chunk choices): empty on the role
+    and finish chunks, random (from chunk to chunk) when `rng` is given."""
+    for choice in choices:
+        if rng is not None:
+            results: dict[str, Any] = rng.choice([{}, CONTENT_FILTER, FILTERED])
+        elif "role" in choice["delta"] or not choice["delta"]:
+            results = {}
+        else:
+            results = CONTENT_FILTER
+        choice["content_filter_results"] = copy.deepcopy(results)
+
+
+def azure_chunks(content: str | None = "Hello there!", **knobs: Any) -> list[Chunk]:
+    """`make_chunks(content, **knobs)` as Azure OpenAI streams it: the prompt's filter results
+    first, then per-choice filter results; with usage, the completion's filter results in a
+    chunk of their own just before the usage chunk (never last, see `random_chunks`)."""
+    chunks = make_chunks(content, **knobs)
+    for chunk in chunks:
+        add_filter_results(chunk["choices"])
+    if knobs.get("usage"):
+        chunks.insert(-1, annotation_chunk(content_filter_results=CONTENT_FILTER))
+    return [prompt_filter_chunk(), *chunks]
+
+
+def random_chunks(rng: random.Random, *, azure: bool | None = None) -> list[Chunk]:
+    """A random stream: n choices interleaved, each with a random mix of what a choice carries;
+    in a share of them (all when `azure`, none when False) Azure's filter results."""
     n = rng.choice([1, 1, 1, 2, 3])
     with_usage, with_logprobs = rng.random() < 0.6, rng.random() < 0.3
+    azure = rng.random() < 0.25 if azure is None else azure
     queues = [_random_choice(index, rng, with_logprobs) for index in range(n)]
+    if azure:
+        for queue in queues:
+            add_filter_results(queue, rng)
     extra: dict[str, Any] = {"usage": None} if with_usage else {}
     if rng.random() < 0.3:
         extra["obfuscation"] = "x" * rng.randint(1, 9)
@@ -181,6 +228,10 @@ def random_chunks(rng: random.Random) -> list[Chunk]:
         if rng.random() < 0.05:
             chunks.append(annotation_chunk())  # never last: the SDK keeps the last fingerprint
         chunks.append(envelope(choices, **extra))
+    if azure:
+        chunks.insert(0, prompt_filter_chunk())
+        if with_usage and rng.random() < 0.5:  # never last, as above
+            chunks.append(annotation_chunk(content_filter_results=FILTERED))
     if with_usage:
         chunks.append(envelope([], usage=usage_body(rng.randint(1, 999), rng.randint(1, 999))))
     return chunks

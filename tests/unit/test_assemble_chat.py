@@ -8,10 +8,13 @@ from typing import Any
 
 import pytest
 from chunk_factory import (
+    CONTENT_FILTER,
     annotation_chunk,
+    azure_chunks,
     cut_at_random,
     envelope,
     make_chunks,
+    prompt_filter_chunk,
     random_chunks,
     sdk_final_completion,
     sse_bytes,
@@ -20,6 +23,7 @@ from chunk_factory import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from llmtap.proxy.simulator_chat import chat_completion
 from llmtap.recorder.assemble import ASSEMBLERS, ChatAssembler
 from llmtap.recorder.sse import SseDecoder
 
@@ -151,17 +155,71 @@ def test_usage_on_the_last_chunk_with_choices() -> None:
     assert assemble(chunks) == sdk_final_completion(chunks)
 
 
-def test_azure_annotation_chunk_first_does_not_blank_the_envelope() -> None:
-    """The SDK takes id "" and created 0 from Azure's first chunk; we take the real ones."""
-    first = {**annotation_chunk(), "prompt_filter_results": [{"prompt_index": 0}]}
-    chunks = [first, *make_chunks("hi", usage=True)]
+# Azure OpenAI: the prompt's filter results first, in a chunk with an empty envelope
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        {},
+        {"usage": True},
+        {"content": None, "tool_calls": 2, "usage": True},
+        {"n": 2, "logprobs": True, "usage": True},
+        {"refusal": "I can't help with that.", "content": ""},
+        {"finish_reason": "content_filter", "usage": True},
+    ],
+)
+def test_azure_stream_equals_the_sdk_accumulator(knobs: dict[str, Any]) -> None:
+    chunks = azure_chunks(**knobs)
+    assert assemble(chunks) == sdk_final_completion(chunks)
+
+
+def test_azure_stream_keeps_what_the_sdk_keeps() -> None:
+    """The SDK's envelope is the first chunk's, empty as it is, with the prompt's filter
+    results; `service_tier` (only in later chunks) and the completion's filter results (in a
+    chunk of their own) are not kept; a choice keeps its first chunk's filter results."""
+    chunks = azure_chunks("hi", usage=True)
     result = assemble(chunks)
+    assert result == sdk_final_completion(chunks)
+    assert (result["id"], result["model"], result["created"]) == ("", "", 0)
+    assert result["object"] == "chat.completion"
+    assert result["prompt_filter_results"] == prompt_filter_chunk()["prompt_filter_results"]
+    assert "service_tier" not in result and "content_filter_results" not in result
+    assert result["choices"][0]["content_filter_results"] == {}  # its role chunk's
+    assert result["system_fingerprint"] == "fp_44709d6fcb" and result["usage"] == usage_body()
+
+
+def test_azure_filter_results_last_keep_the_fingerprint() -> None:
+    """A stream may end on a filter-results chunk: the SDK takes its null fingerprint; we keep
+    the last non-null one, as in any stream (module doc)."""
+    trailer = annotation_chunk(content_filter_results=CONTENT_FILTER)
+    chunks = [*azure_chunks("hi"), trailer]
     expected = sdk_final_completion(chunks)
-    assert expected["id"] == "" and expected["created"] == 0
-    expected.update(id="chatcmpl-abc123", created=1_700_000_000, model="gpt-4o-mini-2024-07-18")
-    expected.update(service_tier="default")  # not in the first chunk, so the SDK drops it
-    assert result == expected
-    assert result["prompt_filter_results"] == [{"prompt_index": 0}]  # type: ignore[index]
+    assert expected["system_fingerprint"] is None
+    assert assemble(chunks) == {**expected, "system_fingerprint": "fp_44709d6fcb"}
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_the_simulators_azure_stream_equals_the_sdk_accumulator(n: int) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "AZURE_ANNOTATIONS"}]}
+    stream = chat_completion({**body, "stream": True, "n": n}, 1, 1_700_000_000, None)
+    assert not isinstance(stream, dict)
+    wire = b"".join(stream.events)
+    chunks = [json.loads(e.data) for e in SseDecoder().feed(wire) if e.data != "[DONE]"]
+    assert chunks[0]["prompt_filter_results"] and chunks[-2]["content_filter_results"]
+    assembler = assemble_from_wire(cut_at_random(wire, random.Random(n), pieces=12))
+    assert assembler.result() == sdk_final_completion(chunks)
+    assert assembler.problems == []
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_azure_conformance_corpus(seed: int) -> None:
+    rng = random.Random(seed)
+    chunks = random_chunks(rng, azure=True)
+    wire = sse_bytes(chunks, line_end=rng.choice(["\n", "\r\n", "\r"]))
+    assembler = assemble_from_wire(cut_at_random(wire, rng, pieces=rng.randint(1, 40)))
+    assert assembler.result() == sdk_final_completion(chunks)
+    assert assembler.problems == []
 
 
 def test_annotation_chunk_mid_stream_changes_nothing() -> None:
@@ -276,6 +334,7 @@ def test_tool_call_delta_without_index_is_kept_and_noted() -> None:
 
 
 def test_missing_identity_fields_are_filled_later() -> None:
+    """The SDK leaves out an `id` or `model` the first chunk has no key for; we fill them."""
     chunks = make_chunks("hi")
     del chunks[0]["id"], chunks[0]["model"]
     result = assemble(chunks)

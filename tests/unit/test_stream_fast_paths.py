@@ -15,9 +15,12 @@ from typing import Any
 
 import orjson
 from chunk_factory import (
+    CONTENT_FILTER,
+    azure_chunks,
     cut_at_random,
     envelope,
     make_chunks,
+    prompt_filter_chunk,
     random_chunks,
     response_events,
     sdk_final_completion,
@@ -260,7 +263,8 @@ chunk_strategy = st.builds(
 @given(st.data())
 def test_chat_fast_path_equals_the_general_rules(data: st.DataObject) -> None:
     """Common chunks, repeated (so that the fast path runs), with odd ones among them."""
-    base = make_chunks(data.draw(st.sampled_from(["Hello there", "", "日本語 🎉"])), usage=True)
+    make = data.draw(st.sampled_from([make_chunks, azure_chunks]))
+    base = make(data.draw(st.sampled_from(["Hello there", "", "日本語 🎉"])), usage=True)
     stream: list[Any] = [json.loads(json.dumps(c)) for c in base]
     for _ in range(data.draw(st.integers(0, 6))):
         if data.draw(st.booleans()):  # a common chunk with one thing changed
@@ -303,6 +307,16 @@ def test_the_fast_path_takes_the_common_stream() -> None:
     result, _, assembler = assemble(chunks, fast=True)
     assert result == assemble(chunks, fast=False)[0]
     assert assembler._quiet_keys is not None  # it was on at the end of the text
+
+
+def test_the_fast_path_takes_an_azure_stream() -> None:
+    """After Azure's empty first chunk, which gives the envelope, the text chunks (with their
+    filter results) are common chunks all the same."""
+    chunks = azure_chunks("Hello there, how are you today?", usage=True)
+    result, _, assembler = assemble(chunks[:-3], fast=True)
+    assert assembler._quiet_keys is not None
+    assert result == assemble(chunks[:-3], fast=False)[0]
+    assert assemble(chunks, fast=True)[0] == sdk_final_completion(chunks)
 
 
 # -- the chunk times of an exchange
@@ -400,14 +414,19 @@ def dump(chunk: dict[str, Any], rng: random.Random, ascii_only: bool) -> bytes:
 def test_chunks_read_as_text_give_what_parsing_gives(seed: int) -> None:
     rng = random.Random(seed)
     padded, ascii_only = rng.random() < 0.6, rng.random() < 0.3
+    azure = rng.random() < 0.2  # the prompt's filter results first, the choice's on each chunk
     opening = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None}
     first = openai_chunk(rng, "", None, choices=[opening])
-    chunks = [first]
+    chunks = [prompt_filter_chunk(), first] if azure else [first]
     for _ in range(rng.randint(0, 40)):
         pad: Any = "".join(rng.choice('ab"\\') for _ in range(rng.randint(0, 6)))
         pad = (pad if rng.random() < 0.95 else rng.choice([5, None, ["a"]])) if padded else None
         changes = rng.choice(ODD_CHANGES) if rng.random() < 0.1 else {}
         chunks.append(openai_chunk(rng, rng.choice(TEXTS), pad, **changes))
+    if azure:
+        for chunk in chunks:
+            for choice in chunk["choices"]:
+                choice["content_filter_results"] = CONTENT_FILTER
     datas = [dump(c, rng, ascii_only) for c in chunks]
     if rng.random() < 0.2:  # bytes that only look alike
         at = rng.randrange(len(datas))
