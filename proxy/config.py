@@ -53,7 +53,12 @@ class Settings:
         "output}}) laid over the built-in table.",
     )
     replay_ignore_fields: str = _option(
-        "", "Comma-separated top-level request fields replay matching ignores (e.g. user,metadata)."
+        # fields that say who asks or what to keep, never what to answer: a test run that tags
+        # its calls differently still replays ("" to match on every field)
+        "user,metadata,store,safety_identifier,prompt_cache_key",
+        "Comma-separated top-level request fields replay matching ignores (by default those that "
+        "never change an answer: user, metadata, store, safety_identifier, prompt_cache_key; "
+        '"" for none).',
     )
     replay_exhausted: str = _option(
         "repeat",

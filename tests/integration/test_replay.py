@@ -154,14 +154,18 @@ def test_key_order_whitespace_and_ignored_fields_do_not_matter(start: Start, ups
         headers={"content-type": "application/json"},
     ).json()
     server.stop()
-    replay = start(mode="replay", replay_ignore_fields="user,metadata")
-    again = httpx.post(
-        f"{replay.url}/v1/chat/completions",
-        content=b'{"messages":[{"content":"k","role":"user"}],"metadata":{"run":2},"model":"m",'
-        b'"user":"bob"}',
-        headers={"content-type": "application/json"},
+    replay = start(mode="replay")  # user and metadata are ignored by default
+    other = (
+        b'{"messages":[{"content":"k","role":"user"}],"metadata":{"run":2},"model":"m",'
+        b'"user":"bob"}'
     )
+    json_headers = {"content-type": "application/json"}
+    again = httpx.post(f"{replay.url}/v1/chat/completions", content=other, headers=json_headers)
     assert again.status_code == 200 and again.json() == first
+    replay.stop()
+    strict = start(mode="replay", replay_ignore_fields="")
+    missed = httpx.post(f"{strict.url}/v1/chat/completions", content=other, headers=json_headers)
+    assert missed.status_code == 404 and "user" in missed.json()["error"]["message"]
 
 
 def test_streams_replay_instantly_or_at_the_recorded_pace(start: Start, upstream: str) -> None:
