@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from llmtap.proxy.api import JSONResponse
+from llmtap.proxy.context import normalise_trace_id
 from llmtap.proxy.errors import openai_error
 from llmtap.proxy.predict import ASGIApp, PredictError, passthrough_headers, run_prediction
 from llmtap.recorder.model_store import ModelReader
@@ -86,7 +87,7 @@ def model_routes(reader: ModelReader, app: ASGIApp) -> list[Route]:
         )
 
     async def trace_models(request: Request) -> JSONResponse:
-        trace_id = request.path_params["trace_id"]
+        trace_id = normalise_trace_id(request.path_params["trace_id"])  # (as sent, or stored)
         versions = await run_in_threadpool(reader.versions_of_trace, trace_id)
         return JSONResponse({"trace_id": trace_id, "model_versions": versions})
 

@@ -109,3 +109,12 @@ def test_known_api_paths_are_not_shadowed_by_the_404(proxy: Proxy) -> None:
         assert wrong_method.json()["error"]["type"] == "invalid_request_error"
     slash = httpx.get(f"{proxy.url}/api/traces/")  # redirected to /api/traces, as before
     assert slash.status_code == 307 and slash.headers["location"].endswith("/api/traces")
+
+
+@pytest.mark.parametrize("kind", AS_SENT)
+def test_the_ui_page_and_the_models_api_take_the_id_as_sent(recorded: Proxy, kind: str) -> None:
+    stored = httpx.get(f"{recorded.url}/api/traces/{quote(AS_SENT[kind])}").json()["info"]
+    page = httpx.get(f"{recorded.url}/traces/{quote(AS_SENT[kind])}")
+    assert page.status_code == 200 and f"{kind} second" in page.text
+    models = httpx.get(f"{recorded.url}/api/traces/{quote(AS_SENT[kind])}/models")
+    assert models.status_code == 200 and models.json()["trace_id"] == stored["trace_id"]
