@@ -8,8 +8,9 @@ no later code ever holds a secret it could write down.
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
+
+from llmtap.recorder.secret_headers import SECRET_VALUE, VALUE_STARTS, is_secret_name
 
 RawHeaders = list[tuple[bytes, bytes]]
 
@@ -31,27 +32,6 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-# Request headers that carry credentials or account ids: forwarded, never stored. Names are
-# matched by rule, not by list, because every gateway invents its own (x-auth-token,
-# x-portkey-api-key, ocp-apim-subscription-key, helicone-auth, x-vault-token...): a name is a
-# secret when it contains auth, secret, passw, passphrase, credential, cookie, session,
-# signature, jwt or bearer anywhere, or has a word (between -, _ or .) ending in `key`, `keys`
-# or `token`. Wrongly dropping a header only makes a record less complete, while wrongly keeping
-# one leaks a key, so the rule is broad. It leaves what replay and debugging need:
-# content-type, accept*, user-agent, x-stainless-*, openai-beta, traceparent, x-request-id,
-# idempotency-key, and plural `tokens` (a count, not a credential).
-SECRET_NAME = re.compile(
-    rb"auth|secret|passw|passphrase|credential|cookie|session|signature|jwt|bearer"
-    rb"|(?:keys?|token)(?:$|[-_.])"
-)
-SECRET_REQUEST = frozenset({b"openai-organization", b"openai-project"})
-"""Account ids: secret by name, though the rule above does not see them."""
-NOT_SECRET = frozenset({b"idempotency-key"})
-"""Names the rule would catch that are no credential (a retry id the SDKs send)."""
-# a value that is a credential whatever the header is called: an HTTP auth scheme, an OpenAI key
-SECRET_VALUE = re.compile(rb"\s*(?:bearer|basic|digest)\s|\s*sk-[A-Za-z0-9_-]{16}", re.IGNORECASE)
-VALUE_STARTS = frozenset(b"bBdDsS \t"[i : i + 1] for i in range(8))
-"""The first bytes a SECRET_VALUE can have."""
 KEY_HEADERS = (b"authorization", b"api-key", b"x-api-key", b"x-goog-api-key")
 
 # response headers that identify the account or set cookies: relayed, never stored
@@ -82,13 +62,6 @@ def fingerprint(secret: str) -> str:
     """A short non-reversible tag that tells keys apart without revealing them."""
     token = secret.split(" ", 1)[-1].strip()
     return "fp-" + hashlib.blake2b(token.encode(), digest_size=6).hexdigest()
-
-
-def is_secret_name(name: bytes) -> bool:
-    """Whether a lower-cased request header name says the header holds a credential."""
-    if name in NOT_SECRET:
-        return False
-    return name in SECRET_REQUEST or SECRET_NAME.search(name) is not None
 
 
 _secret_names: dict[bytes, bool] = {}

@@ -24,6 +24,7 @@ import yaml
 from llmtap.recorder.body_codec import pack_body, unpack_body
 from llmtap.recorder.decoding import decoder_for, is_identity
 from llmtap.recorder.schema import RESPONSE_BODY
+from llmtap.recorder.secret_headers import is_secret_header
 from llmtap.recorder.sqlite import connect_for_reading, connect_for_writing
 
 VERSION = 1
@@ -113,7 +114,14 @@ def _raw(side: dict[str, Any]) -> bytes:
 
 
 def _clean(headers: Iterable[list[str] | tuple[str, str]]) -> list[list[str]]:
-    return [[k, v] for k, v in headers if k.lower() not in SECRET_HEADERS]
+    return [[k, v] for k, v in headers if not _secret(k, v)]
+
+
+def _secret(name: Any, value: Any) -> bool:
+    """A header that must not be in a cassette: a known name (the response's too), or one the
+    proxy's rule would not have stored (`secret_headers`)."""
+    name, value = str(name), str(value)
+    return name.lower() in SECRET_HEADERS or is_secret_header(name, value)
 
 
 def _decoded(
@@ -276,7 +284,7 @@ def find_secrets(path: str | Path) -> list[str]:
             found.append(f"{secret[:8]}… (looks like a key)")
     for i, entry in enumerate(load_cassette(path)):
         for side in ("request", "response"):
-            for name, _value in (entry.get(side) or {}).get("headers") or []:
-                if str(name).lower() in SECRET_HEADERS:
+            for name, value in (entry.get(side) or {}).get("headers") or []:
+                if _secret(name, value):
                     found.append(f"exchange {i}: {side} header {name}")
     return found

@@ -85,11 +85,20 @@ def test_check_fails_on_anything_that_looks_like_a_key(proxy: Proxy, tmp_path: P
     header.write_text(
         text.replace("- [content-type, application/json]", "- [authorization, Basic xyz]", 1)
     )
-    for bad in (leaked, header):
+    odd = tmp_path / "odd.yaml"  # a gateway's own credential header, in a cassette from elsewhere
+    odd.write_text(
+        text.replace("- [content-type, application/json]", "- [x-auth-token, tok-1234]", 1)
+    )
+    for bad in (leaked, header, odd):
         result = cli("cassette", "check", str(bad))
         assert result.exit_code == 1, result.output
     assert "looks like a key" in cli("cassette", "check", str(leaked)).output
     assert "request header authorization" in cli("cassette", "check", str(header)).output
+    assert "request header x-auth-token" in cli("cassette", "check", str(odd)).output
+    imported = tmp_path / "imported.db"  # and import scrubs it, as export would have
+    assert cli("cassette", "import", str(odd), "--db", str(imported)).exit_code == 0
+    files = list(tmp_path.glob("imported.db*"))  # the database, and its WAL if one is left
+    assert imported in files and not any(b"tok-1234" in f.read_bytes() for f in files)
     assert cli("cassette", "check", str(tmp_path)).exit_code == 1
 
 

@@ -1,0 +1,48 @@
+"""Which headers hold credentials: never stored, never written to a cassette.
+
+One rule for the proxy (`llmtap.proxy.headers`, as a request comes in) and for cassettes
+(`llmtap.recorder.cassettes`, at export and import, whatever a database or a file from
+elsewhere holds).
+"""
+
+from __future__ import annotations
+
+import re
+
+# Request headers that carry credentials or account ids: forwarded, never stored. Names are
+# matched by rule, not by list, because every gateway invents its own (x-auth-token,
+# x-portkey-api-key, ocp-apim-subscription-key, helicone-auth, x-vault-token...): a name is a
+# secret when it contains auth, secret, passw, passphrase, credential, cookie, session,
+# signature, jwt or bearer anywhere, or has a word (between -, _ or .) ending in `key`, `keys`
+# or `token`. Wrongly dropping a header only makes a record less complete, while wrongly keeping
+# one leaks a key, so the rule is broad. It leaves what replay and debugging need:
+# content-type, accept*, user-agent, x-stainless-*, openai-beta, traceparent, x-request-id,
+# idempotency-key, and plural `tokens` (a count, not a credential).
+SECRET_NAME = re.compile(
+    rb"auth|secret|passw|passphrase|credential|cookie|session|signature|jwt|bearer"
+    rb"|(?:keys?|token)(?:$|[-_.])"
+)
+SECRET_REQUEST = frozenset({b"openai-organization", b"openai-project"})
+"""Account ids: secret by name, though the rule above does not see them."""
+NOT_SECRET = frozenset({b"idempotency-key"})
+"""Names the rule would catch that are no credential (a retry id the SDKs send)."""
+# a value that is a credential whatever the header is called: an HTTP auth scheme, an OpenAI key
+SECRET_VALUE = re.compile(rb"\s*(?:bearer|basic|digest)\s|\s*sk-[A-Za-z0-9_-]{16}", re.IGNORECASE)
+VALUE_STARTS = frozenset(b"bBdDsS \t"[i : i + 1] for i in range(8))
+"""The first bytes a SECRET_VALUE can have."""
+
+
+def is_secret_name(name: bytes) -> bool:
+    """Whether a lower-cased request header name says the header holds a credential."""
+    if name in NOT_SECRET:
+        return False
+    return name in SECRET_REQUEST or SECRET_NAME.search(name) is not None
+
+
+def is_secret_header(name: str, value: str) -> bool:
+    """Whether a header (any case) must never be kept: its name says credential, or its
+    value is one whatever the name."""
+    raw = value.encode("latin-1", "replace")
+    return is_secret_name(name.lower().encode("latin-1", "replace")) or (
+        raw[:1] in VALUE_STARTS and SECRET_VALUE.match(raw) is not None
+    )
