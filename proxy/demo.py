@@ -34,39 +34,48 @@ WEATHER_TOOL: Any = {
 
 def make_calls(base_url: str) -> list[str]:
     """A few real SDK calls through the proxy; returns one line per call for the user."""
+    import httpx
     from openai import OpenAI
 
-    client = OpenAI(base_url=base_url, api_key="sk-demo-not-a-real-key", max_retries=0)
-    said: list[str] = []
-    chat = client.chat.completions.create(
-        model="gpt-4o-mini",
-        messages=[
-            {"role": "system", "content": "You are terse."},
-            {"role": "user", "content": "Say hello to llmtap."},
-        ],
-        temperature=0.2,
+    # straight to the local proxy: an HTTP(S)_PROXY in the environment must not take the
+    # demo's calls elsewhere (it needs no network)
+    client = OpenAI(
+        base_url=base_url,
+        api_key="sk-demo-not-a-real-key",
+        max_retries=0,
+        http_client=httpx.Client(trust_env=False),
     )
-    said.append(f"chat:        {chat.choices[0].message.content}")
-    with client.chat.completions.stream(
-        model="gpt-4o-mini",
-        messages=[{"role": "user", "content": "What is the weather in Paris?"}],
-        tools=[WEATHER_TOOL],
-    ) as stream:
-        final = stream.get_final_completion()
-    calls = final.choices[0].message.tool_calls or []
-    said.append(
-        "stream+tool: "
-        + ", ".join(
-            f"{c.function.name}({c.function.arguments})" for c in calls if c.type == "function"
+    with client:  # (its connections closed when done)
+        said: list[str] = []
+        chat = client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[
+                {"role": "system", "content": "You are terse."},
+                {"role": "user", "content": "Say hello to llmtap."},
+            ],
+            temperature=0.2,
         )
-    )
-    emb = client.embeddings.create(model="text-embedding-3-small", input="llmtap records this")
-    said.append(f"embeddings:  {len(emb.data[0].embedding)} floats")
-    legacy = client.completions.create(
-        model="gpt-3.5-turbo-instruct", prompt="Once upon a time", max_tokens=16
-    )
-    said.append(f"completion:  {legacy.choices[0].text.strip()}")
-    return said
+        said.append(f"chat:        {chat.choices[0].message.content}")
+        with client.chat.completions.stream(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+            tools=[WEATHER_TOOL],
+        ) as stream:
+            final = stream.get_final_completion()
+        calls = final.choices[0].message.tool_calls or []
+        said.append(
+            "stream+tool: "
+            + ", ".join(
+                f"{c.function.name}({c.function.arguments})" for c in calls if c.type == "function"
+            )
+        )
+        emb = client.embeddings.create(model="text-embedding-3-small", input="llmtap records this")
+        said.append(f"embeddings:  {len(emb.data[0].embedding)} floats")
+        legacy = client.completions.create(
+            model="gpt-3.5-turbo-instruct", prompt="Once upon a time", max_tokens=16
+        )
+        said.append(f"completion:  {legacy.choices[0].text.strip()}")
+        return said
 
 
 def run_demo(db: str, keep_serving: bool = False) -> None:

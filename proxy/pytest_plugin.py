@@ -21,6 +21,7 @@ Imports are lazy: installing llmtap must cost other test suites nothing.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -157,6 +158,11 @@ def llmtap(
     server = ServerThread(app, **uvicorn_kwargs()).start()
     session = LlmtapSession(f"{server.url}/v1", server.url, mode, cassette, db)
     monkeypatch.setenv("OPENAI_BASE_URL", session.base_url)
+    # an HTTP(S)_PROXY of the machine (CI runners have them) must not take the SDK's calls
+    # to the local llmtap elsewhere
+    for name in ("NO_PROXY", "no_proxy"):
+        current = os.environ.get(name, "")
+        monkeypatch.setenv(name, f"{current},127.0.0.1" if current else "127.0.0.1")
     if mode == "replay":
         monkeypatch.setenv("OPENAI_API_KEY", DUMMY_KEY)
     try:

@@ -59,6 +59,11 @@ def test_record_then_replay_offline(
     assert "sk-test-recording-key" not in text
     upstream_server.stop()  # replay must need neither the upstream nor a key
     monkeypatch.delenv("OPENAI_API_KEY")
+    # nor a network: a machine's HTTP proxy (a dead one here) does not get the SDK's calls
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
     replayed = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     replayed.assert_outcomes(passed=2)
     assert "recordings no test used" not in replayed.stdout.str()
