@@ -198,12 +198,18 @@ class StreamSummariser:
             split.payloads, split.names, lambda index: time_at(split.dispatch_offset(index)), True
         )
 
+    def _unreadable(self, problem: str) -> None:
+        """An event a client's SDK cannot parse (it raises there): the call failed for it."""
+        summary = self.summary
+        summary.problems.append(problem)
+        if summary.error is None:
+            summary.error = {"message": f"the upstream sent an {problem}"}
+
     def _take_datas(
         self, datas: list[Any], names: list[str | None] | None, time_of: Any, split: bool
     ) -> None:
         """Events into the assembler: `datas` are bytes (split) or str (decoder)."""
         summary = self.summary
-        problems = summary.problems
         assembler = self._assembler
         endpoint = self._endpoint
         feed, carries_output, is_terminal = (
@@ -241,10 +247,10 @@ class StreamSummariser:
                 try:
                     data = loads(text)
                 except decode_error:
-                    problems.append(f"event is not JSON: {text[:200]!r}")
+                    self._unreadable(f"event is not JSON: {text[:200]!r}")
                     continue
                 if not isinstance(data, dict):
-                    problems.append(f"event is not a JSON object: {text[:200]!r}")
+                    self._unreadable(f"event is not a JSON object: {text[:200]!r}")
                     continue
             if "error" in data and not data.get("choices") and name != "error":
                 summary.error = data["error"]

@@ -224,7 +224,8 @@ def build_span(
             attributes["time_to_first_token_ms"] = round(
                 (summary.first_output_ns - rec.started_ns) / 1e6, 3
             )
-        if not summary.terminal_seen and rec.error is None and error is None:
+        ended = summary.terminal_seen or _every_choice_finished(outputs)
+        if not ended and rec.error is None and error is None:
             rec_error = "the stream ended before its final event"
             problems.append(rec_error)
             error = error or rec_error
@@ -277,6 +278,14 @@ def build_span(
         outputs=outputs,
         attributes=attributes,
     )
+
+
+def _every_choice_finished(outputs: Any) -> bool:
+    """A chat or completions stream whose every choice has its finish reason: whole for its
+    client though no `[DONE]` followed (some providers never send one; the SDKs read to the
+    end of the body then, without an error)."""
+    choices = outputs.get("choices") if isinstance(outputs, dict) else None
+    return bool(choices) and all(isinstance(c, dict) and c.get("finish_reason") for c in choices)
 
 
 def _status(rec: Recording, exchange: Exchange, error: Any) -> Status:
