@@ -2,7 +2,10 @@
 
 The result equals what the OpenAI SDK's own accumulator builds from the same chunks
 (`ChatCompletionStreamState.handle_chunk()` then `get_final_completion()`, dumped without the
-SDK-only `parsed` and `parsed_arguments` keys), because it follows the same rules: the first
+SDK-only `parsed` and `parsed_arguments` keys), as the SDK's stream feeds it: Azure's
+asynchronous filter events (`"object": ""`: a `prompt_filter_results` chunk first, filter
+results after the text) are skipped, as `client.chat.completions.stream()` skips them (and as
+MLflow's fix for mlflow#23026 does). It follows the same rules: the first
 chunk gives the envelope, each choice's first chunk gives its fields, deltas merge as the SDK's
 `accumulate_delta` merges them (strings concatenate, dicts merge, lists of indexed entries merge
 by `index`), and logprobs lists extend. Later chunks change only `usage`, `system_fingerprint`
@@ -15,8 +18,7 @@ Where the SDK misbehaves on shapes real providers send, we differ on purpose:
   giving `"assistantassistant"`); numbers are replaced, not added.
 - `id`, `model` or `created` missing from the first chunk (no key at all) take the first
   non-empty value a later chunk has (the SDK leaves them out). Present but empty, they stay
-  empty, as in the SDK: Azure's filter-results chunk, first in its streams (`id: ""`,
-  `model: ""`, `created: 0`, `choices: []`, `prompt_filter_results`), gives the envelope.
+  empty, as in the SDK.
 - `usage`, `system_fingerprint` and `moderation` take the last non-null value (the SDK takes the
   last chunk's, null or not, and loses a usage that came before the last chunk).
 - list-typed `content` (Databricks) is joined into a string (the SDK drops it).
@@ -241,6 +243,8 @@ class ChatAssembler:
     def feed(self, chunk: Mapping[str, Any]) -> None:
         """Take one chunk. Never raises: what cannot be used is noted in `problems`."""
         self._appended = None
+        if type(chunk) is dict and chunk.get("object") == "":  # an Azure filter event: skipped
+            return
         if self._quiet_keys is not None and self._feed_text(chunk):
             return
         self._template = None  # the general rules may change what a template stands for

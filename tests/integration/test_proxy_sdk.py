@@ -483,3 +483,22 @@ def test_client_leaving_right_after_done_is_a_complete_ok_span(
     rows = wait_for_spans(proxy, 5)
     assert [r["status_code"] for r in rows] == ["OK"] * 5
     assert proxy.query("SELECT count(*) FROM traces")[0][0] == 5
+
+
+def test_an_azure_stream_is_traced_as_the_sdks_stream_makes_it(
+    proxy: Proxy, client: OpenAI
+) -> None:
+    """Azure's filter events (`"object": ""`, before and after the answer) are skipped, as the
+    SDK's `chat.completions.stream()` skips them: the span's outputs are its final completion."""
+    with client.chat.completions.stream(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "AZURE_ANNOTATIONS"}],
+        stream_options={"include_usage": True},
+    ) as stream:
+        final = stream.get_final_completion().to_dict(mode="json", warnings=False)
+    for choice in final["choices"]:
+        choice["message"].pop("parsed", None)
+    span = only_trace(proxy)["spans"][0]
+    assert span["outputs"] == final
+    assert final["id"] and final["model"] and "prompt_filter_results" not in final
+    assert span["attributes"]["gen_ai.response.model"] == final["model"]

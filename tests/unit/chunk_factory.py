@@ -276,6 +276,8 @@ def sdk_final_completion(chunks: list[Chunk]) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydantic warns when dumping unvalidated models
         for chunk in chunks:
+            if chunk.get("object") == "":
+                continue  # Azure's filter events, skipped as `chat.completions.stream()` does
             state.handle_chunk(construct_type(type_=ChatCompletionChunk, value=chunk))
         try:
             final: Any = state.get_final_completion()

@@ -14,7 +14,6 @@ from chunk_factory import (
     cut_at_random,
     envelope,
     make_chunks,
-    prompt_filter_chunk,
     random_chunks,
     sdk_final_completion,
     sse_bytes,
@@ -174,29 +173,29 @@ def test_azure_stream_equals_the_sdk_accumulator(knobs: dict[str, Any]) -> None:
     assert assemble(chunks) == sdk_final_completion(chunks)
 
 
-def test_azure_stream_keeps_what_the_sdk_keeps() -> None:
-    """The SDK's envelope is the first chunk's, empty as it is, with the prompt's filter
-    results; `service_tier` (only in later chunks) and the completion's filter results (in a
-    chunk of their own) are not kept; a choice keeps its first chunk's filter results."""
+def test_azure_filter_events_are_skipped_as_the_sdks_stream_skips_them() -> None:
+    """Azure's asynchronous filter events (`"object": ""`: the prompt's filter results first,
+    the completion's after) are no chunks of the answer: `chat.completions.stream()` skips
+    them, and so do we. The envelope is the first real chunk's; a choice keeps its first
+    chunk's filter results."""
     chunks = azure_chunks("hi", usage=True)
     result = assemble(chunks)
     assert result == sdk_final_completion(chunks)
-    assert (result["id"], result["model"], result["created"]) == ("", "", 0)
+    assert chunks[0]["object"] == "" and chunks[0]["id"] == ""
+    assert result["id"] and result["model"] and result["created"]
     assert result["object"] == "chat.completion"
-    assert result["prompt_filter_results"] == prompt_filter_chunk()["prompt_filter_results"]
-    assert "service_tier" not in result and "content_filter_results" not in result
+    assert "prompt_filter_results" not in result and "content_filter_results" not in result
     assert result["choices"][0]["content_filter_results"] == {}  # its role chunk's
     assert result["system_fingerprint"] == "fp_44709d6fcb" and result["usage"] == usage_body()
 
 
-def test_azure_filter_results_last_keep_the_fingerprint() -> None:
-    """A stream may end on a filter-results chunk: the SDK takes its null fingerprint; we keep
-    the last non-null one, as in any stream (module doc)."""
+def test_azure_filter_results_last_leave_the_fingerprint() -> None:
+    """A stream may end on a filter event, with a null fingerprint: skipped, it changes
+    nothing, in the SDK's stream as here."""
     trailer = annotation_chunk(content_filter_results=CONTENT_FILTER)
     chunks = [*azure_chunks("hi"), trailer]
-    expected = sdk_final_completion(chunks)
-    assert expected["system_fingerprint"] is None
-    assert assemble(chunks) == {**expected, "system_fingerprint": "fp_44709d6fcb"}
+    assert assemble(chunks) == sdk_final_completion(chunks) == assemble(chunks[:-1])
+    assert assemble(chunks)["system_fingerprint"] == "fp_44709d6fcb"
 
 
 @pytest.mark.parametrize("n", [1, 2])
