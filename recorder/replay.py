@@ -64,8 +64,8 @@ class Miss:
 
 
 _SELECT = (
-    "SELECT exchange_id, method, path, query, request_body FROM exchanges "
-    "WHERE error IS NULL AND status IS NOT NULL ORDER BY started_ns, rowid"
+    "SELECT rowid, exchange_id, method, path, query, request_body FROM exchanges "
+    "WHERE error IS NULL AND status IS NOT NULL AND rowid > ? ORDER BY started_ns, rowid"
 )
 
 
@@ -81,18 +81,22 @@ class ReplayIndex:
         self._known: set[str] = set()
         self._cache: OrderedDict[str, Recorded] = OrderedDict()
         self._lock = threading.Lock()
+        self._last_rowid = 0  # the last row `load` read (a rewritten row gets a new one)
 
     def key_for(self, method: str, path: str, query: str, body: bytes) -> str:
         return match_key(method, path, body, self.ignore, query)
 
     def load(self) -> int:
-        """Index every replayable exchange in the store; returns how many."""
+        """Index every replayable exchange in the store not indexed yet (all of them the first
+        time; then those another llmtap recorded into the same file since); how many."""
         try:
             conn = connect_for_reading(self.db)
         except FileNotFoundError:
             return 0
         with closing(conn):
-            rows = conn.execute(_SELECT).fetchall()
+            rows = conn.execute(_SELECT, [self._last_rowid]).fetchall()
+        if rows:
+            self._last_rowid = max(self._last_rowid, max(row["rowid"] for row in rows))
         for row in rows:
             self.add(
                 row["exchange_id"],

@@ -275,3 +275,22 @@ def test_multipart_uploads_replay_although_each_has_a_new_boundary(
         """'Content-Disposition: form-data; name="file"; filename="speech.wav"' -> """
         """'Content-Disposition: form-data; name="file"; filename="other.wav"'"""
     )
+
+
+def test_a_replay_server_answers_what_another_llmtap_recorded_after_it_started(
+    start: Start, upstream: str
+) -> None:
+    """A replay server and a recording one on the same file: what the recorder adds later is
+    found at the replay server's first miss on it (it reads the new rows only)."""
+    replay = start(mode="replay")
+    body = {"model": "m", "messages": [{"role": "user", "content": "recorded later"}]}
+    assert httpx.post(f"{replay.url}/v1/chat/completions", json=body).status_code == 404
+    recorder = start(upstream=upstream)
+    first = httpx.post(f"{recorder.url}/v1/chat/completions", json=body).json()
+    refused = httpx.post(f"{recorder.url}/v1/chat/completions", json={"model": "m"})
+    assert refused.status_code == 400
+    recorder.stop()  # (its writer has committed everything when it stops)
+    again = httpx.post(f"{replay.url}/v1/chat/completions", json=body)
+    assert again.status_code == 200 and again.json() == first
+    error = httpx.post(f"{replay.url}/v1/chat/completions", json={"model": "m"})
+    assert error.status_code == 400 and error.json() == refused.json()
