@@ -1,7 +1,7 @@
 """Agent runs from the wire alone: tool calls, their results, and one trace per run.
 
-A model call that answers with tool calls leaves them here. When a later request carries the
-results (`tool` messages in chat, `function_call_output` items in the Responses API), or names
+A model call that answers with tool calls leaves them here. When a later request answers them
+(ends with `tool` messages in chat, `function_call_output` items in the Responses API), or names
 an earlier response (`previous_response_id`), it joins that call's trace; the trace gets one
 AGENT root span over the run's model calls, and a TOOL span per call: its name, arguments,
 result, and the time the client spent between receiving the call and sending the result.
@@ -62,25 +62,31 @@ def _scope(rec: Recording) -> tuple[str, str]:
 
 
 def tool_results(inputs: Any) -> list[tuple[str, Any]]:
-    """(call id, result) for each tool result a chat or Responses request carries."""
+    """(call id, result) for the tool results a chat or Responses request ends with: those it
+    answers now. Results further back are history: a new user turn after them starts a run of
+    its own (its own trace), as SPEC section 3 has it."""
     if not isinstance(inputs, dict):
         return []
     found: list[tuple[str, Any]] = []
-    for message in inputs.get("messages") or ():
-        if (
+    messages = inputs.get("messages")
+    for message in reversed(messages) if isinstance(messages, list) else ():
+        if not (
             isinstance(message, dict)
             and message.get("role") == "tool"
             and isinstance(message.get("tool_call_id"), str)
         ):
-            found.append((message["tool_call_id"], message.get("content")))
+            break
+        found.append((message["tool_call_id"], message.get("content")))
     items = inputs.get("input")
-    for item in items if isinstance(items, list) else ():
-        if (
+    for item in reversed(items) if isinstance(items, list) else ():
+        if not (
             isinstance(item, dict)
             and item.get("type") == "function_call_output"
             and isinstance(item.get("call_id"), str)
         ):
-            found.append((item["call_id"], item.get("output")))
+            break
+        found.append((item["call_id"], item.get("output")))
+    found.reverse()
     return found
 
 
@@ -108,7 +114,9 @@ def tool_calls(outputs: Any) -> list[tuple[str, str, Any]]:
 class AgentLinker:
     def __init__(self) -> None:
         self._calls: _Lru = _Lru()  # (scope, call id) -> ToolCall
-        self._answered: _Lru = _Lru()  # (scope, call id) -> True once its TOOL span exists
+        # (scope, call id, the calling span) -> True once its TOOL span exists: an upstream
+        # that gives every run the same ids (`call_1`) still gets a TOOL span in each run
+        self._answered: _Lru = _Lru()
         self._responses: _Lru = _Lru()  # response id -> (trace id, span id)
         self._roots: _Lru = _Lru()  # trace id -> the AGENT root Span
         self._first: _Lru = _Lru()  # trace id -> (span id, start ns) of its first call
@@ -136,9 +144,10 @@ class AgentLinker:
         links = Links(trace_id=trace_id, parent_id=root.span_id, reparent=reparent)
         spans = [root]
         for call, cid, result in known:
-            if (scope, cid) in self._answered:
-                continue  # a result the history repeats: its TOOL span exists already
-            self._answered.remember((scope, cid), True)
+            answered = (scope, cid, call.span_id)
+            if answered in self._answered:
+                continue  # a result sent again (a retry): its TOOL span exists already
+            self._answered.remember(answered, True)
             spans.append(
                 Span(
                     span_id=new_span_id(),

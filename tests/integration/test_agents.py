@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 from openai import OpenAI
 
+from llmtap.proxy.server import ServerThread
 from tests.conftest import TEST_KEY, Proxy
 from tests.integration.test_proxy_sdk import WEATHER
 
@@ -165,3 +166,74 @@ def test_prices_file_overrides(start_proxy: Any, tmp_path: Any) -> None:
     assert info["cost"]["total_cost"] == round(
         usage.prompt_tokens * 1e-6 + usage.completion_tokens * 2e-6, 10
     )
+
+
+async def same_ids_upstream(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """An OpenAI-compatible server that gives every run the same tool call id (`call_1`), as
+    canned mocks and some local servers do: a call for the weather, then the answer."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    last = json.loads(body)["messages"][-1]
+    if last["role"] == "tool":
+        message = {"role": "assistant", "content": f"It is {last['content']}."}
+        finish = "stop"
+    else:
+        call = {"name": "get_weather", "arguments": '{"city": "Oslo"}'}
+        message = {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "call_1", "type": "function", "function": call}],
+        }
+        finish = "tool_calls"
+    answer = {
+        "id": "chatcmpl-fixed",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10},
+    }
+    data = json.dumps(answer).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": data})
+
+
+def test_every_run_gets_its_tool_spans_though_the_upstream_reuses_call_ids(
+    start_proxy: Any,
+) -> None:
+    with ServerThread(same_ids_upstream) as upstream:
+        proxy = start_proxy(upstream=f"{upstream.url}/v1")
+        with OpenAI(base_url=proxy.base_url, api_key=TEST_KEY, max_retries=0) as c:
+            assert run_chat_agent(c, "weather in Oslo") == run_chat_agent(c, "and again")
+        runs = traces(proxy)
+        assert len(runs) == 2
+        for run in runs:
+            kinds = [s["span_type"] for s in trace(proxy, run["trace_id"])["spans"]]
+            assert kinds == ["AGENT", "CHAT_MODEL", "TOOL", "CHAT_MODEL"], kinds
+
+
+def test_a_new_user_turn_after_a_tool_run_is_a_trace_of_its_own(
+    proxy: Proxy, client: OpenAI
+) -> None:
+    """SPEC 3: only a call answering tool calls joins their trace; the next question, though
+    its history holds the tool results, is a run of its own."""
+    messages: list[Any] = [{"role": "user", "content": "weather in Quito"}]
+    first = client.chat.completions.create(model="gpt-4o-mini", messages=messages, tools=[WEATHER])
+    call = first.choices[0].message.tool_calls[0]
+    messages += [
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "rain, 14 C"},
+    ]
+    answer = client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+    messages += [
+        answer.choices[0].message.model_dump(exclude_none=True),
+        {"role": "user", "content": "and tomorrow?"},
+    ]
+    client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+    runs = traces(proxy)
+    assert sorted(t["span_count"] for t in runs) == [1, 4]
