@@ -72,10 +72,12 @@ def _json(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
-def record_version(conn: sqlite3.Connection, record: ModelRecord, span: Span) -> int:
-    """Link the span to its configuration's version, creating the version (and the model)
-    on first sight; the caller holds the write transaction. Returns the version number."""
-    at = span.start_time_ns
+def record_version(
+    conn: sqlite3.Connection, record: ModelRecord, at: int, span: Span | None
+) -> int:
+    """The version of a call's configuration, created (with its model) on first sight, and
+    the call's span linked to it (None: traces are not logged, the version is all there is);
+    the caller holds the write transaction. Returns the version number."""
     found = conn.execute(
         "SELECT version FROM model_versions WHERE name = ? AND config_hash = ?",
         (record.name, record.config_hash),
@@ -101,7 +103,7 @@ def record_version(conn: sqlite3.Connection, record: ModelRecord, span: Span) ->
                 _json(record.signature),
                 _json(record.input_example),
                 record.experiment,
-                span.trace_id,
+                span.trace_id if span is not None else None,
                 at,
                 at,
             ),
@@ -121,11 +123,12 @@ def record_version(conn: sqlite3.Connection, record: ModelRecord, span: Span) ->
         "updated_ns = max(models.updated_ns, excluded.updated_ns)",
         (record.name, int(record.registered), None if record.registered else record.experiment, at),
     )
-    conn.execute(
-        "INSERT OR REPLACE INTO model_version_spans (span_id, trace_id, name, version, "
-        "start_time_ns) VALUES (?, ?, ?, ?, ?)",
-        (span.span_id, span.trace_id, record.name, version, at),
-    )
+    if span is not None:
+        conn.execute(
+            "INSERT OR REPLACE INTO model_version_spans (span_id, trace_id, name, version, "
+            "start_time_ns) VALUES (?, ?, ?, ?, ?)",
+            (span.span_id, span.trace_id, record.name, version, at),
+        )
     return int(version)
 
 

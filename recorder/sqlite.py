@@ -452,8 +452,8 @@ class SqliteStore:
                 row = _span_row(s, x.exchange_id)
                 spans.append(row)
                 by_trace.setdefault(s.trace_id, {})[s.span_id] = row
-            if batch.model_version is not None and own is not None:
-                record_version(conn, batch.model_version, own)  # numbered in this transaction
+            if batch.model_version is not None:  # numbered in this transaction
+                record_version(conn, batch.model_version, x.started_ns, own)
             if batch.reparent:  # spans written earlier: those of this write are in the table
                 conn.executemany(_INSERT_SPAN, spans)
                 spans = []

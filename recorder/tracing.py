@@ -132,11 +132,24 @@ class Tracer:
         """The exchange, and for a traced endpoint its spans and trace head."""
         exchange, is_stream = exchange_of(rec)
         endpoint = endpoint_for(rec.path)
-        if endpoint is None or not self.log_traces or rec.method != "POST":
+        if endpoint is None or rec.method != "POST" or not (self.log_traces or self.log_models):
             key = match_key(rec.method, rec.path, rec.request_body, query=rec.query)
             return Batch(exchange, key, is_stream)
         inputs = _parse_json(rec.request_body)  # once: for the key, the span and the links
         key = match_key(rec.method, rec.path, rec.request_body, query=rec.query, parsed=inputs)
+        ctx = rec.context
+        model = None
+        if self.log_models and 200 <= (exchange.status or 0) < 300:  # a configuration that works
+            model = model_record(
+                endpoint.name,
+                inputs,
+                ctx.experiment,
+                signatures=self.log_model_signatures,
+                input_examples=self.log_input_examples,
+                registered_model_name=self.registered_model_name,
+            )
+        if not self.log_traces:  # the switches are apart, as in MLflow's autolog
+            return Batch(exchange, key, is_stream, model_version=model)
         links = self.linker.link(rec, inputs, explicit_trace=rec.context.trace_id is not None)
         if links.trace_id is not None:
             rec.trace_id = links.trace_id  # kept: writing the recording again lands here too
@@ -150,18 +163,7 @@ class Tracer:
             links.parent_id or rec.context.parent_id,
         )
         self.linker.remember(rec, span)
-        ctx = rec.context
         head = TraceHead(span.trace_id, ctx.experiment, ctx.session, dict(ctx.tags))
-        model = None
-        if self.log_models and 200 <= (exchange.status or 0) < 300:  # a configuration that works
-            model = model_record(
-                endpoint.name,
-                inputs,
-                ctx.experiment,
-                signatures=self.log_model_signatures,
-                input_examples=self.log_input_examples,
-                registered_model_name=self.registered_model_name,
-            )
         spans = (*links.spans, span)
         return Batch(exchange, key, is_stream, spans, head, links.reparent, model)
 

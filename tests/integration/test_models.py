@@ -108,6 +108,24 @@ def test_log_models_alone_records_configuration_without_signature_or_example(
     assert v["model_uri"] == "models:/Default/gpt-4o-mini/1"
 
 
+def test_models_are_logged_with_traces_off(start_proxy: Callable[..., Proxy]) -> None:
+    """The switches are apart, as in MLflow's `autolog(log_traces=False, log_models=True)`:
+    versions are recorded, and predict runs them, with no trace kept."""
+    proxy = start_proxy(log_traces=False, log_models=True, log_input_examples=True)
+    with sdk(proxy) as client:
+        chat(client, "hello", temperature=0.2)
+        chat(client, "again", temperature=0.2)
+    assert api(proxy, "/api/traces")["traces"] == []
+    [model] = api(proxy, "/api/models")["models"]
+    [v] = model["versions"]
+    assert v["model_uri"] == "models:/Default/gpt-4o-mini/1" and v["params"] == {"temperature": 0.2}
+    assert v["input_example"]["messages"][-1]["content"] == "hello"
+    answer = httpx.post(
+        f"{proxy.url}/api/models/Default/gpt-4o-mini/versions/1/predict", json={"inputs": "hi"}
+    )
+    assert answer.status_code == 200 and "hi" in answer.json()["predictions"][0]
+
+
 def test_signatures_mlflow_defaults_and_json_schema(start_proxy: Callable[..., Proxy]) -> None:
     proxy = start_proxy(log_models=True, log_model_signatures=True)
     with sdk(proxy) as client:
