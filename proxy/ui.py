@@ -8,6 +8,7 @@ elsewhere. A Content-Security-Policy that allows only our own script backs up th
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ _HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 SESSIONS_PAGE = 100
+
+log = logging.getLogger("llmtap.ui")
 
 
 def pretty_json(value: Any) -> str:
@@ -207,7 +210,8 @@ def _calls(items: Any) -> list[ToolCallView]:
     calls = []
     for call in items if isinstance(items, list) else []:
         if isinstance(call, dict):
-            function = call.get("function") or {}
+            function = call.get("function")
+            function = function if isinstance(function, dict) else {}
             calls.append(
                 ToolCallView(
                     str(function.get("name") or call.get("type") or "?"),
@@ -268,9 +272,16 @@ def response_item(item: Any, output: bool) -> Message:
     return Message(str(kind), pretty_json(item), output=output)
 
 
+def _choices(outputs: Any) -> list[dict[str, Any]]:
+    """An answer's choices that are objects (whatever else a broken upstream put there)."""
+    choices = outputs.get("choices") if isinstance(outputs, dict) else None
+    return [c for c in choices if isinstance(c, dict)] if isinstance(choices, list) else []
+
+
 def _chat(inputs: dict[str, Any], outputs: Any) -> list[Message]:
-    messages = [chat_message(m) for m in inputs.get("messages") or []]
-    for choice in (outputs or {}).get("choices") or [] if isinstance(outputs, dict) else []:
+    given = inputs.get("messages")
+    messages = [chat_message(m) for m in (given if isinstance(given, list) else [given])]
+    for choice in _choices(outputs):
         messages.append(
             chat_message(choice.get("message"), True, str(choice.get("finish_reason") or ""))
         )
@@ -280,7 +291,7 @@ def _chat(inputs: dict[str, Any], outputs: Any) -> list[Message]:
 def _completion(inputs: dict[str, Any], outputs: Any) -> list[Message]:
     prompt = inputs.get("prompt")
     messages = [Message("prompt", prompt if isinstance(prompt, str) else pretty_json(prompt))]
-    for choice in (outputs or {}).get("choices") or [] if isinstance(outputs, dict) else []:
+    for choice in _choices(outputs):
         messages.append(
             Message(
                 "completion",
@@ -295,10 +306,12 @@ def _completion(inputs: dict[str, Any], outputs: Any) -> list[Message]:
 def _responses(inputs: dict[str, Any], outputs: Any) -> list[Message]:
     messages = [Message("system", inputs["instructions"])] if inputs.get("instructions") else []
     given = inputs.get("input")
-    items: Iterable[Any] = [given] if isinstance(given, str) else given or []
+    items: Iterable[Any] = given if isinstance(given, list) else [given] if given else []
     messages.extend(response_item(i, False) for i in items)
     produced = outputs.get("output") if isinstance(outputs, dict) else None
-    messages.extend(response_item(i, True) for i in produced or [])
+    messages.extend(
+        response_item(i, True) for i in (produced if isinstance(produced, list) else [])
+    )
     return messages
 
 
@@ -342,6 +355,16 @@ def conversation(span: dict[str, Any]) -> SpanView:
     elif "messages" in inputs:
         view.history, view.messages = split_history(_chat(inputs, outputs))
     return view
+
+
+def _readable(span: dict[str, Any]) -> SpanView:
+    """`conversation`, or for a span whose recorded bodies are beyond it, the span's JSON
+    alone (the page shows that too): a broken answer never breaks the trace's page."""
+    try:
+        return conversation(span)
+    except Exception:  # noqa: BLE001 - logged, and the page still renders
+        log.exception("a span's conversation could not be shown: %s", span.get("span_id"))
+        return SpanView()
 
 
 def split_history(messages: list[Message]) -> tuple[list[Message], list[Message]]:
@@ -404,7 +427,7 @@ class Pages:
             return self.problem(404, "No such trace", f"There is no trace with id {trace_id}.")
         info, spans = trace["info"], trace["spans"]
         rows = span_tree(spans, info["start_time_ns"], info["end_time_ns"])
-        views = {s["span_id"]: conversation(s) for s in spans}
+        views = {s["span_id"]: _readable(s) for s in spans}
         return self.render("trace.html", info=info, rows=rows, views=views)
 
     async def experiments(self, request: Request) -> HTMLResponse:

@@ -239,3 +239,35 @@ def test_model_filter_is_served_by_the_model_index(site: Site, http: httpx.Clien
 def test_iso_time_matches_request_time() -> None:
     assert iso_time(1_735_689_600_123_456_789) == "2025-01-01T00:00:00.123Z"
     assert iso_time(None) is None
+
+
+async def broken_upstream(scope: dict[str, object], receive: object, send: object) -> None:
+    """A 200 whose JSON no SDK would accept: choices that are strings, a function that is."""
+    odd = b'{"choices": ["oops", {"message": {"role": "assistant", "tool_calls": [{"id": "c", '
+    odd += b'"function": "oops"}]}}], "output": "not a list"}'
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(odd))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})  # type: ignore[operator]
+    await send({"type": "http.response.body", "body": odd})  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("chat/completions", {"model": "m", "messages": "not a list"}),
+        ("chat/completions", {"model": "m", "messages": [{"role": "user", "content": "q"}]}),
+        ("responses", {"model": "m", "input": {"an": "object"}}),
+        ("completions", {"model": "m", "prompt": "p"}),
+    ],
+)
+def test_a_trace_of_a_broken_answer_still_has_its_page(
+    start_proxy: Callable[..., Proxy], path: str, body: dict[str, object]
+) -> None:
+    from llmtap.proxy.server import ServerThread
+
+    with ServerThread(broken_upstream) as upstream:
+        proxy = start_proxy(upstream=f"{upstream.url}/v1")
+        httpx.post(f"{proxy.url}/v1/{path}", json=body)
+        proxy.flush()
+        (trace,) = httpx.get(f"{proxy.url}/api/traces").json()["traces"]
+        page = httpx.get(f"{proxy.url}/traces/{trace['trace_id']}")
+        assert page.status_code == 200
