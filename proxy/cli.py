@@ -80,7 +80,29 @@ def main() -> None:
     """llmtap: a local recording proxy for the OpenAI API."""
 
 
-@main.command()
+class SwitchValues(click.Command):
+    """`--log-models=false` as well as `--no-log-models` (and `=true`, `=1`, `=yes`...): the
+    capture switches read as MLflow's keyword arguments do, as well as flags."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        switches = {
+            f"--{f.name.replace('_', '-')}" for f in setting_fields() if isinstance(f.default, bool)
+        }
+        return super().parse_args(ctx, [_as_flag(arg, switches) for arg in args])
+
+
+def _as_flag(arg: str, switches: set[str]) -> str:
+    name, equals, value = arg.partition("=")
+    if not equals or name not in switches:
+        return arg
+    try:
+        on = click.BOOL.convert(value, None, None)
+    except click.BadParameter:
+        return arg  # click says what is wrong with it
+    return name if on else f"--no-{name[2:]}"
+
+
+@main.command(cls=SwitchValues)
 @settings_options
 @click.option(
     "--print-config",

@@ -72,3 +72,25 @@ def test_bad_values_are_refused() -> None:
     assert result.exit_code != 0 and "sideways" in result.output
     with pytest.raises(ValueError):
         Settings(mode="sideways")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--log-models"], True),
+        (["--log-models=true"], True),
+        (["--log-models=1"], True),
+        (["--log-models=yes"], True),
+        (["--log-models", "--no-log-models"], False),
+        (["--log-models=false"], False),
+        (["--log-models=0"], False),
+    ],
+)
+def test_capture_switches_take_a_value_or_none(args: list[str], expected: bool) -> None:
+    """As flags, or with a value as MLflow's keyword arguments take one."""
+    assert resolved(args)["log_models"] is expected
+
+
+def test_a_switch_value_that_is_no_boolean_is_refused() -> None:
+    result = CliRunner().invoke(main, ["serve", "--print-config", "--log-traces=maybe"])
+    assert result.exit_code == 2 and "--log-traces" in result.output
