@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from llmtap.recorder.records import RequestContext
 
 DEFAULT_EXPERIMENT = "Default"
-_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -17,13 +17,17 @@ def parse_traceparent(value: str) -> tuple[str, str] | None:
     """(trace_id, parent span id) of a valid W3C traceparent, else None.
 
     Version ff and all-zero ids are invalid by the W3C spec; such a header is ignored rather
-    than trusted, so that a broken client cannot merge unrelated calls into one trace.
+    than trusted, so that a broken client cannot merge unrelated calls into one trace. A later
+    version may carry more fields after the four of version 00: those are read, the rest
+    ignored, as the spec asks of a reader that knows version 00 only.
     """
     match = _TRACEPARENT.match(value.strip().lower())
     if not match:
         return None
-    version, trace_id, parent_id, _flags = match.groups()
-    if version == "ff" or trace_id == "0" * 32 or parent_id == "0" * 16:
+    version, trace_id, parent_id, _flags, more = match.groups()
+    if version == "ff" or (version == "00" and more) or trace_id == "0" * 32:
+        return None
+    if parent_id == "0" * 16:
         return None
     return trace_id, parent_id
 
@@ -49,7 +53,10 @@ def build_context(experiment: str | None, controls: Mapping[str, str]) -> Reques
         if parsed:
             trace_id, parent_id = parsed
     if "trace-id" in controls and controls["trace-id"].strip():
-        trace_id = normalise_trace_id(controls["trace-id"])
+        named = normalise_trace_id(controls["trace-id"])
+        if named != trace_id:  # a traceparent's span is in its own trace, not this one
+            parent_id = None
+        trace_id = named
     tags = {k[4:]: v for k, v in controls.items() if k.startswith("tag-") and len(k) > 4}
     return RequestContext(
         experiment=experiment or controls.get("experiment") or DEFAULT_EXPERIMENT,

@@ -101,7 +101,7 @@ def split_request_headers(raw: RawHeaders) -> SplitHeaders:
     for name, value in raw:
         lname = name.lower()
         if lname.startswith(LLMTAP_PREFIX):
-            controls[lname[7:].decode("latin-1")] = value.decode("latin-1")
+            controls[lname[7:].decode("latin-1")] = _text(value)
             continue
         if lname in HOP_BY_HOP:
             if lname == b"connection" and value.lower() not in CONNECTION_TOKENS:
@@ -141,3 +141,12 @@ def split_response_headers(
         relay = [h for h in relay if h[0] not in listed]
         stored = without(stored, listed)
     return relay, stored
+
+
+def _text(value: bytes) -> str:
+    """A control header's value: UTF-8 as curl and most clients send it, else latin-1 (what
+    HTTP allows), so that a session or tag named in any language reads back as sent."""
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return value.decode("latin-1")

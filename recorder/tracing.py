@@ -160,7 +160,7 @@ class Tracer:
             is_stream,
             inputs,
             self.prices,
-            links.parent_id or rec.context.parent_id,
+            rec.context.parent_id or links.parent_id,  # a traceparent names the parent itself
         )
         self.linker.remember(rec, span)
         head = TraceHead(span.trace_id, ctx.experiment, ctx.session, dict(ctx.tags))

@@ -237,3 +237,32 @@ def test_a_new_user_turn_after_a_tool_run_is_a_trace_of_its_own(
     client.chat.completions.create(model="gpt-4o-mini", messages=messages)
     runs = traces(proxy)
     assert sorted(t["span_count"] for t in runs) == [1, 4]
+
+
+def test_a_linked_call_with_a_traceparent_stays_under_that_parent(
+    proxy: Proxy, client: OpenAI
+) -> None:
+    """SPEC 3: a traceparent puts the span under that parent, also when the call answers
+    tool calls (llmtap's agent root does not take it over)."""
+    trace_hex, first_parent, second_parent = "ab" * 16, "1" * 16, "2" * 16
+    messages: list[Any] = [{"role": "user", "content": "weather in Lyon"}]
+    first = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=messages,
+        tools=[WEATHER],
+        extra_headers={"traceparent": f"00-{trace_hex}-{first_parent}-01"},
+    )
+    call = first.choices[0].message.tool_calls[0]
+    messages += [
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "fog, 9 C"},
+    ]
+    client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=messages,
+        extra_headers={"traceparent": f"00-{trace_hex}-{second_parent}-01"},
+    )
+    spans = trace(proxy, trace_hex)["spans"]
+    models = [s for s in spans if s["span_type"] == "CHAT_MODEL"]
+    assert [s["parent_id"] for s in models][-1] == second_parent
+    assert any(s["span_type"] == "TOOL" for s in spans)

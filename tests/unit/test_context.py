@@ -56,3 +56,20 @@ def test_context_from_controls() -> None:
     assert ctx.session == "s" and ctx.tags == {"team": "core"} and ctx.experiment == "hdr"
     assert build_context("path", {"experiment": "hdr"}).experiment == "path"
     assert build_context(None, {}).experiment == "Default"
+
+
+def test_a_later_traceparent_version_is_read_by_its_first_fields() -> None:
+    """W3C: a reader that knows version 00 reads the four fields of a later version and
+    ignores what follows; version 00 itself has exactly four."""
+    trace, span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    assert parse_traceparent(f"01-{trace}-{span}-01-what-comes-later") == (trace, span)
+    assert parse_traceparent(f"00-{trace}-{span}-01-extra") is None
+
+
+def test_a_traceparent_of_another_trace_gives_no_parent_to_a_named_trace() -> None:
+    trace, span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    header = f"00-{trace}-{span}-01"
+    elsewhere = build_context(None, {"traceparent": header, "trace-id": "my-run"})
+    assert elsewhere.trace_id == normalise_trace_id("my-run") and elsewhere.parent_id is None
+    same = build_context(None, {"traceparent": header, "trace-id": trace.upper()})
+    assert same.trace_id == trace and same.parent_id == span

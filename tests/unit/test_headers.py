@@ -155,3 +155,11 @@ def test_response_headers_named_in_connection_are_neither_relayed_nor_stored() -
     raw = ((b"Connection", b"x-hop"), (b"x-hop", b"1"), (b"x-request-id", b"req_1"))
     relay, stored = split_response_headers(raw)
     assert relay == [(b"x-request-id", b"req_1")] and stored == [("x-request-id", "req_1")]
+
+
+def test_control_values_read_as_utf8_as_curl_sends_them() -> None:
+    split = split_request_headers(
+        [(b"llmtap-session", "café-7".encode()), (b"llmtap-tag-team", b"\xe9quipe")]
+    )
+    assert split.controls["session"] == "café-7"  # UTF-8
+    assert split.controls["tag-team"] == "équipe"  # not UTF-8: latin-1, as HTTP allows
