@@ -357,6 +357,16 @@ def conversation(span: dict[str, Any]) -> SpanView:
     return view
 
 
+def _show_first_history(spans: list[dict[str, Any]], views: dict[str, SpanView]) -> None:
+    """The trace's first model call shows the turns it was sent in full: no span before it
+    showed them (a conversation a client sends whole, or the first call of an agent run)."""
+    for span in sorted(spans, key=lambda s: s["start_time_ns"]):
+        view = views[span["span_id"]]
+        if view.messages or view.history:
+            view.messages, view.history = [*view.history, *view.messages], []
+            return
+
+
 def _readable(span: dict[str, Any]) -> SpanView:
     """`conversation`, or for a span whose recorded bodies are beyond it, the span's JSON
     alone (the page shows that too): a broken answer never breaks the trace's page."""
@@ -428,6 +438,7 @@ class Pages:
         info, spans = trace["info"], trace["spans"]
         rows = span_tree(spans, info["start_time_ns"], info["end_time_ns"])
         views = {s["span_id"]: _readable(s) for s in spans}
+        _show_first_history(spans, views)
         return self.render("trace.html", info=info, rows=rows, views=views)
 
     async def experiments(self, request: Request) -> HTMLResponse:

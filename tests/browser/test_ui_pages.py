@@ -271,3 +271,21 @@ def test_a_trace_of_a_broken_answer_still_has_its_page(
         (trace,) = httpx.get(f"{proxy.url}/api/traces").json()["traces"]
         page = httpx.get(f"{proxy.url}/traces/{trace['trace_id']}")
         assert page.status_code == 200
+
+
+def test_a_conversation_sent_whole_shows_every_turn(proxy: Proxy) -> None:
+    """The first call of a trace has shown nothing yet: its earlier turns are on the page,
+    not folded away as history (later calls of an agent run fold what the first showed)."""
+    messages = [
+        {"role": "system", "content": "You are the system voice."},
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "first answer"},
+        {"role": "user", "content": "second question"},
+    ]
+    httpx.post(f"{proxy.url}/v1/chat/completions", json={"model": "m", "messages": messages})
+    proxy.flush()
+    (trace,) = httpx.get(f"{proxy.url}/api/traces").json()["traces"]
+    page = httpx.get(f"{proxy.url}/traces/{trace['trace_id']}").text
+    assert 'class="history"' not in page
+    for m in messages:
+        assert escaped(m["content"]) in page
