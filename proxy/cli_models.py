@@ -16,6 +16,7 @@ import click
 import orjson
 
 from llmtap.proxy.config import Settings
+from llmtap.proxy.context import normalise_trace_id
 from llmtap.proxy.predict import PredictError, Prediction, run_prediction
 from llmtap.recorder.model_store import ModelReader, parse_model_uri
 
@@ -86,6 +87,7 @@ def models(name: str | None, db: str, trace_id: str | None, as_json: bool) -> No
     """Model records and their versions; NAME (or models:/NAME/VERSION) for one of them."""
     reader = _reader(db)
     if trace_id is not None:
+        trace_id = normalise_trace_id(trace_id)  # the llmtap-trace-id a client sent, as the API
         found: Any = {"trace_id": trace_id, "model_versions": reader.versions_of_trace(trace_id)}
         click.echo(_dumps(found))
         return

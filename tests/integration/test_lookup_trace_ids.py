@@ -118,3 +118,15 @@ def test_the_ui_page_and_the_models_api_take_the_id_as_sent(recorded: Proxy, kin
     assert page.status_code == 200 and f"{kind} second" in page.text
     models = httpx.get(f"{recorded.url}/api/traces/{quote(AS_SENT[kind])}/models")
     assert models.status_code == 200 and models.json()["trace_id"] == stored["trace_id"]
+
+
+@pytest.mark.parametrize("kind", AS_SENT)
+def test_models_trace_takes_the_id_as_sent(recorded: Proxy, kind: str) -> None:
+    from llmtap.proxy.cli_models import models
+
+    stored = httpx.get(f"{recorded.url}/api/traces/{quote(AS_SENT[kind])}").json()["info"]
+    result = CliRunner().invoke(
+        models, ["--db", str(recorded.db), "--trace", AS_SENT[kind], "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert orjson.loads(result.output)["trace_id"] == stored["trace_id"]
