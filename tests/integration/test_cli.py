@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 from click.testing import CliRunner
 from openai import OpenAI
@@ -96,3 +97,35 @@ def test_serve_explains_a_database_it_cannot_open(tmp_path: Path) -> None:
     run = subprocess.run(serve_command(missing), capture_output=True, text=True, timeout=30)
     assert run.returncode != 0
     assert "llmtap cannot open its database" in run.stdout + run.stderr
+
+
+def test_listing_pages_and_filters_by_cli_and_api(proxy: Proxy, client: OpenAI) -> None:
+    """`llmtap traces --limit` and `GET /api/traces?experiment=&session=&limit=&offset=`."""
+    for i in range(5):
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": f"page {i}"}],
+            extra_headers={"llmtap-session": "odd" if i % 2 else "even"},
+        )
+    proxy.flush()
+    newest_first = [f"page {i}" for i in reversed(range(5))]
+
+    def prompts(traces: list[dict[str, Any]]) -> list[str]:
+        return [
+            httpx.get(f"{proxy.url}/api/traces/{t['trace_id']}").json()["spans"][0]["inputs"][
+                "messages"
+            ][0]["content"]
+            for t in traces
+        ]
+
+    listed = orjson.loads(cli("traces", "--db", str(proxy.db), "--limit", "2", "--json").output)
+    assert prompts(listed["traces"]) == newest_first[:2]
+    api = f"{proxy.url}/api/traces"
+    assert (
+        prompts(httpx.get(api, params={"limit": 2, "offset": 2}).json()["traces"])
+        == (newest_first[2:4])
+    )
+    odd = httpx.get(api, params={"session": "odd"}).json()["traces"]
+    assert prompts(odd) == ["page 3", "page 1"] and {t["session"] for t in odd} == {"odd"}
+    none = httpx.get(api, params={"experiment": "nowhere"}).json()["traces"]
+    assert none == []
