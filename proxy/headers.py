@@ -72,11 +72,20 @@ def is_secret(name: bytes, value: bytes) -> bool:
     """Whether a request header (lower-cased name) must never be stored."""
     secret = _secret_names.get(name)
     if secret is None:
-        if len(_secret_names) >= 4096:  # a client inventing names costs no memory
-            _secret_names.clear()
-        secret = _secret_names[name] = is_secret_name(name)
+        secret = _learn_name(name)
+    return secret or _secret_value(value)
+
+
+def _learn_name(name: bytes) -> bool:
+    if len(_secret_names) >= 4096:  # a client inventing names costs no memory
+        _secret_names.clear()
+    secret = _secret_names[name] = is_secret_name(name)
+    return secret
+
+
+def _secret_value(value: bytes) -> bool:
     # the first byte rules out nearly every value before the regex runs
-    return secret or (value[:1] in VALUE_STARTS and SECRET_VALUE.match(value) is not None)
+    return value[:1] in VALUE_STARTS and SECRET_VALUE.match(value) is not None
 
 
 def connection_options(value: bytes) -> set[bytes]:
@@ -98,6 +107,7 @@ def split_request_headers(raw: RawHeaders) -> SplitHeaders:
     controls: dict[str, str] = {}
     key_fp: str | None = None
     listed: set[bytes] = set()
+    known = _secret_names  # (the hot path of every request: the checks inlined)
     for name, value in raw:
         lname = name.lower()
         if lname.startswith(LLMTAP_PREFIX):
@@ -107,15 +117,18 @@ def split_request_headers(raw: RawHeaders) -> SplitHeaders:
             if lname == b"connection" and value.lower() not in CONNECTION_TOKENS:
                 listed |= connection_options(value)
             continue
-        text = value.decode("latin-1")
-        forward.append((lname.decode("latin-1"), text))
-        if is_secret(lname, value):
+        header = (lname.decode("latin-1"), value.decode("latin-1"))
+        forward.append(header)
+        secret = known.get(lname)
+        if secret is None:
+            secret = _learn_name(lname)
+        if secret or (value[:1] in VALUE_STARTS and SECRET_VALUE.match(value) is not None):
             if key_fp is None and lname in KEY_HEADERS:
-                key_fp = fingerprint(text)
+                key_fp = fingerprint(header[1])
             continue
         if lname == b"traceparent":
-            controls["traceparent"] = text
-        stored.append((lname.decode("latin-1"), text))
+            controls["traceparent"] = header[1]
+        stored.append(header)
     if listed:  # rare: almost every client sends no more than `Connection: keep-alive`
         forward, stored = without(forward, listed), without(stored, listed)
     return SplitHeaders(forward, stored, controls, key_fp)
