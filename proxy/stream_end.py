@@ -23,27 +23,42 @@ from llmtap.recorder.decoding import Decoder, decoder_for
 
 log = logging.getLogger("llmtap.proxy")
 
-_DONE = (b"[DONE]",)
-_RESPONSES_END = (b"response.completed", b"response.failed", b"response.incomplete", b"[DONE]")
+# A marker counts only where it opens an event's field: `data: [DONE]`, `event:
+# response.completed`, or `data: {"type": "response.completed"` (servers that name no events).
+# Inside a JSON string (a prompt that says "[DONE]", repeated in `response.created`) it never
+# does: a JSON text has no raw line end, and the field starts a line.
+_DATA_LEAD = re.compile(rb"[\r\n]data: ?\Z")
+_RESPONSE_LEAD = re.compile(rb'[\r\n](?:event: ?|data: ?\{\s*"type"\s*:\s*")\Z')
+_DONE = ((b"[DONE]", _DATA_LEAD),)
+_RESPONSES_END = (
+    (b"response.completed", _RESPONSE_LEAD),
+    (b"response.failed", _RESPONSE_LEAD),
+    (b"response.incomplete", _RESPONSE_LEAD),
+    (b"[DONE]", _DATA_LEAD),
+)
+_LEAD = 48  # bytes before a marker its lead may take (`\ndata: {  "type" :  "` and the like)
 _EVENT_END = re.compile(rb"\n\n|\r\r|\n\r")  # a blank line, whatever the line ends (CRLF too)
-_KEEP = 32  # bytes of the pieces before, for a marker or a blank line cut in two
+_KEEP = 96  # bytes of the pieces before: a marker, its lead or a blank line cut by the pieces
+Marker = tuple[bytes, "re.Pattern[bytes]"]
 
 
 class EndFinder:
     """Feed it every piece of one stream, in order; it says which pieces complete the
-    stream's last event (or an event that looks like it)."""
+    stream's last event."""
 
     __slots__ = ("_markers", "_decoder", "_tail", "_armed")
 
     def __init__(self, api_path: str, content_encoding: bytes) -> None:
-        self._markers = _RESPONSES_END if api_path.startswith("/responses") else _DONE
+        self._markers: tuple[Marker, ...] = (
+            _RESPONSES_END if api_path.startswith("/responses") else _DONE
+        )
         self._decoder: Decoder | None = None
         if content_encoding != b"identity":
             try:
                 self._decoder = decoder_for(content_encoding.decode("latin-1"))
             except ValueError:  # an encoding we cannot read: the end of the body commits
                 self._markers = ()
-        self._tail = b""  # the last bytes before this piece (decoded)
+        self._tail = b"\n"  # the last bytes before this piece (decoded); a line starts the stream
         self._armed = False  # a marker was seen; the blank line that ends its event was not
 
     def ends_in(self, piece: bytes) -> bool:
@@ -58,34 +73,32 @@ class EndFinder:
                 return False
         if not piece:
             return False
-        tail = self._tail
-        self._tail = piece[-_KEEP:] if len(piece) >= _KEEP else (tail + piece)[-_KEEP:]
+        # (one copy of the piece: a whole stream read at once is ~27 KB, ~1 us)
+        window = self._tail + piece
+        new = len(self._tail)  # where this piece starts in `window`
+        self._tail = window[-_KEEP:]
         ended = False
-        if self._armed and (
-            _EVENT_END.match(tail[-1:] + piece[:1]) or _EVENT_END.search(piece) is not None
-        ):
-            ended, self._armed = True, False
-        # only the last marker matters: the stream's real end is its last event. (rfind, from
-        # the end, in C: in a whole stream read at once it is found at once)
-        at, size = _last_marker(piece, self._markers)
-        end = at + size if at >= 0 else -1  # where it ends in the piece
-        if at < 0 and tail:  # one cut in two by the pieces?
-            at, size = _last_marker(tail + piece[:_KEEP], self._markers)
-            if at >= 0 and at + size > len(tail):  # (else it was seen with the piece before)
-                end = at + size - len(tail)
+        if self._armed and _EVENT_END.search(window, new - 1) is not None:
+            ended, self._armed = True, False  # (a blank line may straddle the two)
+        end = _last_marker_end(window, new, self._markers)
         if end > 0:
-            if _EVENT_END.search(piece, end) is None:
+            if _EVENT_END.search(window, end) is None:
                 self._armed = True
             else:
                 ended, self._armed = True, False
         return ended
 
 
-def _last_marker(data: bytes, markers: tuple[bytes, ...]) -> tuple[int, int]:
-    """(where the last of the markers in `data` starts, its length); (-1, 0) for none."""
-    best, size = -1, 0
-    for marker in markers:
-        at = data.rfind(marker)
-        if at > best:
-            best, size = at, len(marker)
-    return best, size
+def _last_marker_end(window: bytes, new: int, markers: tuple[Marker, ...]) -> int:
+    """Where the last marker that opens a field and ends in the new bytes (from `new` on)
+    ends in `window`; -1 for none. Only the last matters: a stream's end is its last event.
+    (rfind, from the end, in C: in a whole stream read at once it is found at once.)"""
+    best = -1
+    for marker, lead in markers:
+        limit = len(window)
+        while (at := window.rfind(marker, 0, limit)) >= 0 and at + len(marker) > new:
+            if lead.search(window, max(0, at - _LEAD), at) is not None:
+                best = max(best, at + len(marker))
+                break
+            limit = at + len(marker) - 1  # inside a text: look further back
+    return best

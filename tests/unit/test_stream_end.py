@@ -127,30 +127,42 @@ def test_the_piece_that_completes_the_last_event_and_no_other(
         assert firing(pieces, path, encoding) == [piece_holding(pieces, encoding, end)], cuts
 
 
-def test_a_marker_in_the_text_commits_early_and_the_real_end_again() -> None:
-    said = b'data: {"choices":[{"index":0,"delta":{"content":"I print [DONE] now"}}]}\n\n'
+def test_a_marker_inside_a_text_is_no_end() -> None:
+    """`[DONE]` said by the model is inside a JSON string: it opens no field, and only the
+    real end fires (a commit there would take a half stream for a whole one)."""
+    said = b'data: {"choices":[{"index":0,"delta":{"content":"I print\\ndata: [DONE] now"}}]}\n\n'
     wire = said + b"".join(chat_events("and then the end"))
-    spurious = completing_offset(said, (b"[DONE]",))
-    real = completing_offset(wire, (b"[DONE]",))
+    real = completing_offset(wire, (b"data: [DONE]",))
     rng = random.Random(7)
     for _ in range(300):
         cuts = sorted(rng.sample(range(1, len(wire)), rng.randint(0, 10)))
         pieces = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)]
-        fired = firing(pieces, "/chat/completions", b"identity")
-        # the real end always; the text's own "[DONE]" too, unless one piece holds both
-        assert fired[-1] == piece_holding(pieces, b"identity", real)
-        assert fired[0] == piece_holding(pieces, b"identity", spurious) or len(fired) == 1
+        assert firing(pieces, "/chat/completions", b"identity") == [
+            piece_holding(pieces, b"identity", real)
+        ]
 
 
-def test_a_responses_text_naming_the_terminal_event_still_waits_for_the_real_one() -> None:
-    events = responses_sse("say response.completed then stop", named=True)
-    wire = b"".join(events)
-    real = completing_offset(wire, (b"response.completed",))
+@pytest.mark.parametrize("named", [True, False])
+def test_a_responses_text_naming_the_terminal_event_is_no_end(named: bool) -> None:
+    """The instructions come back in `response.created`, the text in its deltas: neither is
+    the end, whatever they say."""
+    text = 'say response.completed and [DONE], then {"type":"response.completed"} and stop'
+    events, _ = response_events(text)
+    events[0]["response"]["instructions"] = text
+    wire = b"".join(
+        (b"event: " + e["type"].encode() + b"\n" if named else b"")
+        + b"data: "
+        + json.dumps(e).encode()
+        + b"\n\n"
+        for e in events
+    )
+    marker = b"event: response.completed" if named else b'data: {"type": "response.completed"'
+    real = completing_offset(wire, (marker,))
     for size in (1, 7, 64, len(wire)):
         pieces = [wire[i : i + size] for i in range(0, len(wire), size)]
-        assert firing(pieces, "/responses", b"identity")[-1] == piece_holding(
-            pieces, b"identity", real
-        )
+        assert firing(pieces, "/responses", b"identity") == [
+            piece_holding(pieces, b"identity", real)
+        ]
 
 
 def test_an_unterminated_last_event_or_an_unknown_coding_never_fires() -> None:
