@@ -61,6 +61,11 @@ def _scope(rec: Recording) -> tuple[str, str]:
     )
 
 
+_SAME_TURN = frozenset({"function_call", "reasoning"})
+"""Responses input items of the turn whose results a request sends: a call, then its result
+(OpenAI's function-calling guide appends them in pairs), reasoning before the calls."""
+
+
 def tool_results(inputs: Any) -> list[tuple[str, Any]]:
     """(call id, result) for the tool results a chat or Responses request ends with: those it
     answers now. Results further back are history: a new user turn after them starts a run of
@@ -79,11 +84,10 @@ def tool_results(inputs: Any) -> list[tuple[str, Any]]:
         found.append((message["tool_call_id"], message.get("content")))
     items = inputs.get("input")
     for item in reversed(items) if isinstance(items, list) else ():
-        if not (
-            isinstance(item, dict)
-            and item.get("type") == "function_call_output"
-            and isinstance(item.get("call_id"), str)
-        ):
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind in _SAME_TURN:  # the calls answered, as OpenAI's guide interleaves them
+            continue
+        if kind != "function_call_output" or not isinstance(item.get("call_id"), str):
             break
         found.append((item["call_id"], item.get("output")))
     found.reverse()

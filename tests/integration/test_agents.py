@@ -266,3 +266,30 @@ def test_a_linked_call_with_a_traceparent_stays_under_that_parent(
     models = [s for s in spans if s["span_type"] == "CHAT_MODEL"]
     assert [s["parent_id"] for s in models][-1] == second_parent
     assert any(s["span_type"] == "TOOL" for s in spans)
+
+
+def test_responses_results_interleaved_with_their_calls_each_get_a_tool_span(
+    proxy: Proxy, client: OpenAI
+) -> None:
+    """OpenAI's function-calling guide appends each call and then its result: every result
+    of the turn is read, not only the last pair."""
+    tools = [
+        {"type": "function", "name": name, "parameters": WEATHER["function"]["parameters"]}
+        for name in ("get_weather", "get_forecast")
+    ]
+    first = client.responses.create(
+        model="gpt-4o-mini", input="Oslo", tools=tools, parallel_tool_calls=True
+    )
+    calls = [item for item in first.output if item.type == "function_call"]
+    assert len(calls) == 2
+    history: list[Any] = [{"type": "message", "role": "user", "content": "Oslo"}]
+    for call in calls:
+        history += [
+            call.model_dump(exclude_none=True),
+            {"type": "function_call_output", "call_id": call.call_id, "output": call.name},
+        ]
+    client.responses.create(model="gpt-4o-mini", tools=tools, input=history)
+    (info,) = traces(proxy)
+    spans = trace(proxy, info["trace_id"])["spans"]
+    tool_spans = sorted((s["name"], s["outputs"]) for s in spans if s["span_type"] == "TOOL")
+    assert tool_spans == [("get_forecast", "get_forecast"), ("get_weather", "get_weather")]
