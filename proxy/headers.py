@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from llmtap.recorder.secret_headers import SECRET_VALUE, VALUE_STARTS, is_secret_name
+from llmtap.recorder.secret_headers import VALUE_STARTS, is_secret_name, is_secret_value
 
 RawHeaders = list[tuple[bytes, bytes]]
 
@@ -68,24 +68,11 @@ _secret_names: dict[bytes, bool] = {}
 """`is_secret_name` of the names seen: a client sends the same dozen on every request."""
 
 
-def is_secret(name: bytes, value: bytes) -> bool:
-    """Whether a request header (lower-cased name) must never be stored."""
-    secret = _secret_names.get(name)
-    if secret is None:
-        secret = _learn_name(name)
-    return secret or _secret_value(value)
-
-
 def _learn_name(name: bytes) -> bool:
     if len(_secret_names) >= 4096:  # a client inventing names costs no memory
         _secret_names.clear()
     secret = _secret_names[name] = is_secret_name(name)
     return secret
-
-
-def _secret_value(value: bytes) -> bool:
-    # the first byte rules out nearly every value before the regex runs
-    return value[:1] in VALUE_STARTS and SECRET_VALUE.match(value) is not None
 
 
 def connection_options(value: bytes) -> set[bytes]:
@@ -122,7 +109,8 @@ def split_request_headers(raw: RawHeaders) -> SplitHeaders:
         secret = known.get(lname)
         if secret is None:
             secret = _learn_name(lname)
-        if secret or (value[:1] in VALUE_STARTS and SECRET_VALUE.match(value) is not None):
+        # (the first byte checked here: a call per header costs ~0.05 us, 17 headers a request)
+        if secret or (value[:1] in VALUE_STARTS and is_secret_value(value)):
             if key_fp is None and lname in KEY_HEADERS:
                 key_fp = fingerprint(header[1])
             continue
