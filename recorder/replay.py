@@ -82,6 +82,7 @@ class ReplayIndex:
         self._cache: OrderedDict[str, Recorded] = OrderedDict()
         self._lock = threading.Lock()
         self._last_rowid = 0  # the last row `load` read (a rewritten row gets a new one)
+        self._reading = threading.Lock()
 
     def key_for(self, method: str, path: str, query: str, body: bytes) -> str:
         return match_key(method, path, body, self.ignore, query)
@@ -89,14 +90,15 @@ class ReplayIndex:
     def load(self) -> int:
         """Index every replayable exchange in the store not indexed yet (all of them the first
         time; then those another llmtap recorded into the same file since); how many."""
-        try:
-            conn = connect_for_reading(self.db)
-        except FileNotFoundError:
-            return 0
-        with closing(conn):
-            rows = conn.execute(_SELECT, [self._last_rowid]).fetchall()
-        if rows:
-            self._last_rowid = max(self._last_rowid, max(row["rowid"] for row in rows))
+        with self._reading:  # misses at once: one reads, the others then find nothing new
+            try:
+                conn = connect_for_reading(self.db)
+            except FileNotFoundError:
+                return 0
+            with closing(conn):
+                rows = conn.execute(_SELECT, [self._last_rowid]).fetchall()
+            if rows:
+                self._last_rowid = max(self._last_rowid, max(row["rowid"] for row in rows))
         for row in rows:
             self.add(
                 row["exchange_id"],
