@@ -101,7 +101,7 @@ class Exchange:
     """A long stream's body stays on file (`PieceSpool`) until the store copies it in."""
     chunks: tuple[tuple[int, float], ...] | str
     """(size in bytes, milliseconds after the request started) for each piece received; for
-    a long stream, that list as JSON already (see `tracing.chunks_json`)."""
+    a stream, that list as JSON already (see `llmtap.recorder.chunk_times`)."""
     started_ns: int
     ended_ns: int
     first_byte_ns: int | None

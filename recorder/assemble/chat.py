@@ -9,9 +9,8 @@ MLflow's fix for mlflow#23026 does). It follows the same rules: the first
 chunk gives the envelope, each choice's first chunk gives its fields, deltas merge as the SDK's
 `accumulate_delta` merges them (strings concatenate, dicts merge, lists of indexed entries merge
 by `index`), and logprobs lists extend. Later chunks change only `usage`, `system_fingerprint`
-and `moderation` around the choices: a field first sent after the first chunk (Azure's
-`service_tier`, a trailing top-level `content_filter_results`) is not kept, and a choice's
-extra fields (Azure's `content_filter_results`) are those of its first chunk.
+and `moderation` around the choices: a field first sent after the first chunk is not kept, and
+a choice's extra fields (Azure's `content_filter_results`) are those of its first chunk.
 
 Where the SDK misbehaves on shapes real providers send, we differ on purpose:
 - `id`, `name` and `role` repeated in later deltas are kept once (the SDK concatenates them,
@@ -109,9 +108,9 @@ class Envelope:
 
 
 class ChatEnvelope(Envelope):
-    """The SDK's envelope: every field of the first chunk as it is (so Azure's filter-results
-    chunk first gives `id: ""`), then only the last non-null `usage`, `system_fingerprint` and
-    `moderation`, and the identity fields the first chunk had no key for (module doc)."""
+    """The SDK's envelope: every field of the first chunk as it is, then only the last
+    non-null `usage`, `system_fingerprint` and `moderation`, and the identity fields the first
+    chunk had no key for (module doc)."""
 
     def __init__(self) -> None:
         super().__init__("chat.completion")
