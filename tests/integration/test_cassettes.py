@@ -107,3 +107,14 @@ def test_import_refuses_what_is_not_a_cassette(tmp_path: Path) -> None:
     bogus.write_text("hello: world\n")
     result = cli("cassette", "import", "--db", str(tmp_path / "d.db"), str(bogus))
     assert result.exit_code == 1 and "not a valid llmtap cassette" in result.output
+
+
+def test_a_cassette_keeps_the_response_headers_the_database_keeps() -> None:
+    """The name rule is the request side's (what a client sends); a response's headers are the
+    upstream's own, and a cassette keeps what the database keeps of them."""
+    from llmtap.recorder.cassettes import _clean
+
+    upstream_own = [["x-session-id", "s-1"], ["x-ratelimit-remaining-tokens", "99"]]
+    assert _clean(upstream_own, response=True) == upstream_own
+    assert _clean([["set-cookie", "a=b"], ["x-key", "sk-" + "a1B2" * 6]], response=True) == []
+    assert _clean([["x-session-id", "s-1"]]) == []  # sent by a client: never stored
