@@ -20,6 +20,9 @@ from openai._models import construct_type
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletionChunk
 
+from llmtap.recorder.recording import Recording
+from llmtap.recorder.records import RequestContext
+
 Chunk = dict[str, Any]
 
 WORDS = ["Hello", " world", ",", " héllo", " 日本語", " 🎉", " the", " quick", "\n", " fox", ""]
@@ -412,3 +415,17 @@ def response_events(
     for number, event in enumerate(events):
         event["sequence_number"] = number
     return events, final
+
+
+def chat_stream_recording() -> Recording:
+    """A streamed chat call's recording that has only responded yet: feed it the wire."""
+    rec = Recording(
+        "POST",
+        "/chat/completions",
+        "",
+        [],
+        b'{"model": "gpt-4o-mini", "stream": true, "messages": []}',
+        RequestContext(),
+    )
+    rec.respond(200, [("content-type", "text/event-stream")])
+    return rec

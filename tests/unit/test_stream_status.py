@@ -5,24 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from chunk_factory import make_chunks, sse_bytes
+from chunk_factory import chat_stream_recording, make_chunks, sse_bytes
 
-from llmtap.recorder.recording import Recording
-from llmtap.recorder.records import RequestContext
 from llmtap.recorder.tracing import build_batch
 
 
 def streamed(wire: bytes, cut_into: int = 7) -> dict[str, Any]:
     """The span of a chat stream that arrived as `wire` and ended cleanly (no reset)."""
-    rec = Recording(
-        "POST",
-        "/chat/completions",
-        "",
-        [],
-        b'{"model": "gpt-4o-mini", "stream": true, "messages": []}',
-        RequestContext(),
-    )
-    rec.respond(200, [("content-type", "text/event-stream")])
+    rec = chat_stream_recording()
     step = max(1, len(wire) // cut_into)
     for at in range(0, len(wire), step):
         rec.feed(wire[at : at + step])

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import orjson
 import pytest
-from chunk_factory import make_chunks, sse_bytes
+from chunk_factory import chat_stream_recording, make_chunks, sse_bytes
 
 from llmtap.recorder import writer as writer_module
 from llmtap.recorder.batch_writer import BatchWriter
@@ -276,15 +276,7 @@ def test_flush_returns_at_once_with_nothing_pending(tmp_path: Path) -> None:
 def running_stream(text: str) -> tuple[Recording, list[bytes]]:
     """A streamed chat recording that has only responded yet, and its wire in pieces."""
     wire = sse_bytes(make_chunks(text, usage=True))
-    rec = Recording(
-        "POST",
-        "/chat/completions",
-        "",
-        [],
-        b'{"model": "gpt-4o-mini", "stream": true, "messages": []}',
-        RequestContext(),
-    )
-    rec.respond(200, [("content-type", "text/event-stream")])
+    rec = chat_stream_recording()
     step = max(1, len(wire) // 9)
     return rec, [wire[i : i + step] for i in range(0, len(wire), step)]
 
