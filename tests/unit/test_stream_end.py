@@ -7,12 +7,14 @@ import json
 import random
 import re
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import brotli
+import httpx._decoders as httpx_decoders
 import pytest
 import zstandard
 from chunk_factory import make_chunks, response_events, sse_bytes
+from openai._streaming import SSEDecoder
 
 from llmtap.proxy.stream_end import EndFinder
 from llmtap.recorder.decoding import decoder_for
@@ -170,3 +172,54 @@ def test_an_unterminated_last_event_or_an_unknown_coding_never_fires() -> None:
     assert firing([b"data: [DONE]\n\n"], "/chat/completions", b"compress") == []
     garbage = [b"\x1f\x8b not gzip at all", b"data: [DONE]\n\n"]
     assert firing(garbage, "/chat/completions", b"gzip") == []
+
+
+_CLIENT_DECODERS = {
+    b"identity": httpx_decoders.IdentityDecoder,
+    b"gzip": httpx_decoders.GZipDecoder,
+    b"deflate": httpx_decoders.DeflateDecoder,
+    b"br": httpx_decoders.BrotliDecoder,
+    b"zstd": httpx_decoders.ZStandardDecoder,
+}
+
+
+def piece_the_sdk_ends_at(pieces: list[bytes], encoding: bytes, path: str) -> int:
+    """The piece after which the OpenAI SDK has the stream's last event: httpx decodes the
+    body, the SDK's own `SSEDecoder` dispatches the events (the client's view, not ours)."""
+    decoder = _CLIENT_DECODERS[encoding]()
+    at = -1
+
+    def body() -> Iterator[bytes]:
+        nonlocal at
+        for at, piece in enumerate(pieces):  # noqa: B007 - read by the events' loop
+            yield decoder.decode(piece)
+
+    for event in SSEDecoder().iter_bytes(body()):
+        if event.data.startswith("[DONE]") or event.event == "response.completed":
+            return at
+        if '"type": "response.completed"' in event.data[:40]:
+            return at
+    raise AssertionError("the SDK never saw the end")
+
+
+@pytest.mark.parametrize("encoding", list(ENCODINGS))
+@pytest.mark.parametrize("line_end", [b"\n", b"\r\n"])
+@pytest.mark.parametrize(("path", "events_of", "markers"), CASES)
+def test_never_after_the_sdk_has_the_end_and_never_a_piece_before(
+    path: str,
+    events_of: Callable[[str], list[bytes]],
+    markers: tuple[bytes, ...],
+    line_end: bytes,
+    encoding: bytes,
+) -> None:
+    """Against the client itself: the commit comes before the piece that gives the SDK the
+    last event, at the latest; at most one piece earlier (a CRLF blank line cut after its CR,
+    which a reader of CR line ends already dispatches)."""
+    rng = random.Random(f"sdk{path}{line_end!r}{encoding!r}")
+    wire = ENCODINGS[encoding](with_line_ends(events_of("Seen as the SDK sees it"), line_end))
+    for _ in range(40):
+        cuts = sorted(rng.sample(range(1, len(wire)), rng.randint(0, min(12, len(wire) - 1))))
+        pieces = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)]
+        (fired,) = firing(pieces, path, encoding)
+        sdk = piece_the_sdk_ends_at(pieces, encoding, path)
+        assert sdk - 1 <= fired <= sdk, (cuts, fired, sdk)
