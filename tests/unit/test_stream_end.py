@@ -13,7 +13,7 @@ import brotli
 import httpx._decoders as httpx_decoders
 import pytest
 import zstandard
-from chunk_factory import make_chunks, response_events, sse_bytes
+from chunk_factory import cut_at_random, make_chunks, response_events, sse_bytes
 from openai._streaming import SSEDecoder
 
 from llmtap.proxy.stream_end import EndFinder
@@ -124,9 +124,8 @@ def test_the_piece_that_completes_the_last_event_and_no_other(
     wire = ENCODINGS[encoding](events)
     end = completing_offset(plain, markers)
     for _ in range(60):
-        cuts = sorted(rng.sample(range(1, len(wire)), rng.randint(0, min(12, len(wire) - 1))))
-        pieces = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)]
-        assert firing(pieces, path, encoding) == [piece_holding(pieces, encoding, end)], cuts
+        pieces = cut_at_random(wire, rng, pieces=rng.randint(0, 12))
+        assert firing(pieces, path, encoding) == [piece_holding(pieces, encoding, end)], pieces
 
 
 def test_a_marker_inside_a_text_is_no_end() -> None:
@@ -137,8 +136,7 @@ def test_a_marker_inside_a_text_is_no_end() -> None:
     real = completing_offset(wire, (b"data: [DONE]",))
     rng = random.Random(7)
     for _ in range(300):
-        cuts = sorted(rng.sample(range(1, len(wire)), rng.randint(0, 10)))
-        pieces = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)]
+        pieces = cut_at_random(wire, rng, pieces=rng.randint(0, 12))
         assert firing(pieces, "/chat/completions", b"identity") == [
             piece_holding(pieces, b"identity", real)
         ]
@@ -218,8 +216,7 @@ def test_never_after_the_sdk_has_the_end_and_never_a_piece_before(
     rng = random.Random(f"sdk{path}{line_end!r}{encoding!r}")
     wire = ENCODINGS[encoding](with_line_ends(events_of("Seen as the SDK sees it"), line_end))
     for _ in range(40):
-        cuts = sorted(rng.sample(range(1, len(wire)), rng.randint(0, min(12, len(wire) - 1))))
-        pieces = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)]
+        pieces = cut_at_random(wire, rng, pieces=rng.randint(0, 12))
         (fired,) = firing(pieces, path, encoding)
         sdk = piece_the_sdk_ends_at(pieces, encoding, path)
-        assert sdk - 1 <= fired <= sdk, (cuts, fired, sdk)
+        assert sdk - 1 <= fired <= sdk, (pieces, fired, sdk)
