@@ -111,7 +111,7 @@ def _dict_rows(task: str, inputs: dict[str, Any]) -> list[Any]:
 
 def row_input(task: str, row: Any) -> Any:
     """What one row asks: a string, or for chat and responses a conversation."""
-    if isinstance(row, dict) and not (task not in CHAT_TASKS and "role" in row):
+    if isinstance(row, dict) and (task in CHAT_TASKS or "role" not in row):
         found = next((row[c] for c in COLUMNS[task] if c in row), None)
         if found is None:
             found = next((v for v in row.values() if isinstance(v, str)), None)

@@ -99,9 +99,9 @@ class Exchange:
     response_headers: tuple[tuple[str, str], ...]
     response_body: bytes | PieceSpool
     """A long stream's body stays on file (`PieceSpool`) until the store copies it in."""
-    chunks: tuple[tuple[int, float], ...] | str
-    """(size in bytes, milliseconds after the request started) for each piece received; for
-    a stream, that list as JSON already (see `llmtap.recorder.chunk_times`)."""
+    chunks: str
+    """`[[size in bytes, milliseconds after the request started], ...]` for each piece
+    received, as JSON (`llmtap.recorder.chunk_times`); `[]` for a body that is no stream."""
     started_ns: int
     ended_ns: int
     first_byte_ns: int | None

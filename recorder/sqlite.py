@@ -111,7 +111,7 @@ def _exchange_row(
         x.status,
         _json(x.response_headers),
         body,
-        x.chunks if isinstance(x.chunks, str) else _json(x.chunks),
+        x.chunks,
         int(stream),
         x.started_ns,
         x.first_byte_ns,

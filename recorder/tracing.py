@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from llmtap.recorder.agents import AgentLinker
-from llmtap.recorder.chunk_times import chunk_ms, chunks_json
+from llmtap.recorder.chunk_times import chunks_json
 from llmtap.recorder.decoding import decoder_for
 from llmtap.recorder.endpoints import Endpoint, endpoint_for, invocation_params, usage_of
 from llmtap.recorder.matching import match_key
@@ -81,19 +81,15 @@ def build_exchange(rec: Recording, body: bytes | PieceSpool, is_stream: bool) ->
     started = rec.started_ns
     spool = rec.spool
     if spool is not None:  # a long stream, on file
-        chunks: tuple[tuple[int, float], ...] | str = chunks_json(
-            spool.lengths, spool.times, started
-        )
+        chunks = chunks_json(spool.lengths, spool.times, started)
         first_byte_ns = spool.times[0] if spool.times else None
     else:
         if not is_stream:
-            chunks = ()
+            chunks = "[]"
         elif rec.chunks_json is not None:  # made while the stream ran (`ChunkTimes`)
             chunks = rec.chunks_json
         else:
-            chunks = tuple(
-                zip(map(len, rec.chunks), chunk_ms(rec.chunk_times_ns, started), strict=True)
-            )
+            chunks = chunks_json(list(map(len, rec.chunks)), rec.chunk_times_ns, started)
         first_byte_ns = rec.chunk_times_ns[0] if rec.chunk_times_ns else None
     return Exchange(
         exchange_id=rec.exchange_id,

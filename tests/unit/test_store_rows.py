@@ -47,7 +47,7 @@ TRACES = ["a" * 32, "b" * 32, "c" * 32]
 
 def exchange(n: int) -> Exchange:
     return Exchange(
-        f"x{n:015d}", "POST", "/chat/completions", "", (), b"{}", 200, (), b"{}", (), 1, 2, None,
+        f"x{n:015d}", "POST", "/chat/completions", "", (), b"{}", 200, (), b"{}", "[]", 1, 2, None,
         None, None, "Default",
     )  # fmt: skip
 
