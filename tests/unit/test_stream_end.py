@@ -8,6 +8,7 @@ import random
 import re
 import zlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import brotli
 import httpx._decoders as httpx_decoders
@@ -108,9 +109,22 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("encoding", list(ENCODINGS))
-@pytest.mark.parametrize("line_end", [b"\n", b"\r\n", b"\r"])
-@pytest.mark.parametrize(("path", "events_of", "markers"), CASES)
+def each_stream(line_ends: list[bytes]) -> Callable[[Any], Any]:
+    """Every endpoint's stream shape x these line ends x every content coding."""
+
+    def marked(test: Any) -> Any:
+        for mark in (
+            pytest.mark.parametrize(("path", "events_of", "markers"), CASES),
+            pytest.mark.parametrize("line_end", line_ends),
+            pytest.mark.parametrize("encoding", list(ENCODINGS)),
+        ):
+            test = mark(test)
+        return test
+
+    return marked
+
+
+@each_stream([b"\n", b"\r\n", b"\r"])
 def test_the_piece_that_completes_the_last_event_and_no_other(
     path: str,
     events_of: Callable[[str], list[bytes]],
@@ -200,9 +214,7 @@ def piece_the_sdk_ends_at(pieces: list[bytes], encoding: bytes, path: str) -> in
     raise AssertionError("the SDK never saw the end")
 
 
-@pytest.mark.parametrize("encoding", list(ENCODINGS))
-@pytest.mark.parametrize("line_end", [b"\n", b"\r\n"])
-@pytest.mark.parametrize(("path", "events_of", "markers"), CASES)
+@each_stream([b"\n", b"\r\n"])
 def test_never_after_the_sdk_has_the_end_and_never_a_piece_before(
     path: str,
     events_of: Callable[[str], list[bytes]],
