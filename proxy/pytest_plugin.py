@@ -6,8 +6,10 @@
 
 `--llmtap-mode` replay (default: offline, from the cassette, with a dummy key), record
 (against `--llmtap-upstream`, the cassette rewritten) or auto (replay what the cassette has,
-record the rest). Each test's cassette is `<cassettes>/<module>/<test>.yaml`, `<cassettes>`
-being `--llmtap-cassettes` or `cassettes/` beside the test module; a test in a class gets
+record the rest; the dummy key too when OPENAI_API_KEY is unset). Each test's cassette is
+`cassettes/<module>/<test>.yaml` beside the test module, or with `--llmtap-cassettes DIR`
+`DIR/<module's path below the rootdir>/<test>.yaml` (`DIR/tests/unit/test_api/test_x.yaml`,
+so that same-named modules of two packages stay apart); a test in a class gets
 a folder per class (`<module>/TestChat/test_x.yaml`), as its node id has a `::` per class.
 `<test>` is the test's name with a parametrize id joined by `_` (`test_x[gpt-4o]` becomes
 `test_x_gpt-4o`); a name that loses anything to that (spaces, `/`, non-ASCII...) also gets
@@ -73,8 +75,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             and isinstance(item, pytest.Function)
             and "llmtap" not in item.fixturenames
         ):
-            item.fixturenames.append("llmtap")
+            _request_first(item, "llmtap")
     _refuse_shared_cassettes(items, config.getoption("--llmtap-cassettes"))
+
+
+def _request_first(item: pytest.Function, name: str) -> None:
+    """Set `name` up as if it were the test's first argument: after the autouse fixtures,
+    before the test's own, so that a fixture that makes `OpenAI()` sees OPENAI_BASE_URL.
+    pytest sets fixtures up in the order of `item.fixturenames`; appending ran it last."""
+    names = item.fixturenames
+    own = set(item._fixtureinfo.argnames)
+    first = next((i for i, n in enumerate(names) if n in own), len(names))
+    names.insert(first, name)
 
 
 @dataclass
@@ -91,9 +103,21 @@ class LlmtapSession:
 
 def cassette_path(item: pytest.Item, folder: str | None) -> Path:
     """The test's own cassette: one file per test, stable across runs and selections."""
-    base = Path(folder) if folder else item.path.parent / "cassettes"
     classes = [file_stem(node.name) for node in item.listchain() if isinstance(node, pytest.Class)]
-    return base.joinpath(item.path.stem, *classes, f"{file_stem(item.name)}.yaml")
+    leaf = [*classes, f"{file_stem(item.name)}.yaml"]
+    if folder:  # one folder for all modules: tests/unit/test_api.py and tests/e2e/test_api.py
+        return Path(folder).joinpath(*_module_parts(item), *leaf)  # must not meet in it
+    return item.path.parent.joinpath("cassettes", item.path.stem, *leaf)
+
+
+def _module_parts(item: pytest.Item) -> tuple[str, ...]:
+    """The module's path below the rootdir without its suffix (`tests/unit/test_api`); just
+    its name for a module outside the rootdir."""
+    try:
+        relative = item.path.relative_to(item.config.rootpath)
+    except ValueError:
+        return (item.path.stem,)
+    return relative.with_suffix("").parts
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -163,7 +187,9 @@ def llmtap(
     for name in ("NO_PROXY", "no_proxy"):
         current = os.environ.get(name, "")
         monkeypatch.setenv(name, f"{current},127.0.0.1" if current else "127.0.0.1")
-    if mode == "replay":
+    # replay needs no key (SPEC 5), nor does auto for what it replays; a real key is kept,
+    # since auto forwards what is not recorded yet
+    if mode == "replay" or (mode == "auto" and not os.environ.get("OPENAI_API_KEY")):
         monkeypatch.setenv("OPENAI_API_KEY", DUMMY_KEY)
     try:
         yield session

@@ -186,3 +186,81 @@ def test_chat_stream(llmtap):
     result.stderr.fnmatch_lines(
         ["*test_llm.py::test_chat?stream? and test_llm.py::test_chat_stream would share*"]
     )
+
+
+MARKED_WITH_A_CLIENT_FIXTURE = """
+import pytest
+from openai import OpenAI
+
+pytestmark = pytest.mark.llmtap
+
+@pytest.fixture
+def client():
+    # made before the test runs: it reads OPENAI_BASE_URL and OPENAI_API_KEY now
+    with OpenAI(max_retries=0) as c:
+        yield c
+
+def ask(client, text):
+    return client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": text}]
+    ).choices[0].message.content
+
+def test_module_marked(client):
+    assert "module" in ask(client, "module")
+
+@pytest.mark.llmtap
+def test_function_marked(client):
+    assert "function" in ask(client, "function")
+"""
+
+
+def test_marked_tests_fixtures_see_the_proxy(
+    pytester: pytest.Pytester, upstream_server: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The marker sets llmtap up before the test's own fixtures, as a first argument would:
+    a `client` fixture builds its OpenAI() against llmtap, and with the dummy key on replay."""
+    pytester.makepyfile(test_llm=MARKED_WITH_A_CLIENT_FIXTURE)
+    cassettes = record_then_replay(pytester, upstream_server, monkeypatch, passed=2)
+    assert cassettes == ["test_function_marked.yaml", "test_module_marked.yaml"]
+
+
+def test_auto_replays_what_is_recorded_without_a_key(
+    pytester: pytest.Pytester, upstream_server: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC 5, replay needs no key: in auto mode too, when everything is in the cassettes."""
+    pytester.makepyfile(test_llm=TEST_FILE.replace("PROMPT", "keyless"))
+    record = ["--llmtap-mode=record", f"--llmtap-upstream={upstream_server.url}/v1"]
+    pytester.runpytest_subprocess(*record).assert_outcomes(passed=2)
+    upstream_server.stop()
+    monkeypatch.delenv("OPENAI_API_KEY")
+    auto = pytester.runpytest_subprocess("--llmtap-mode=auto", "-p", "no:cacheprovider")
+    auto.assert_outcomes(passed=2)
+
+
+def test_one_cassette_folder_keeps_same_named_modules_apart(
+    pytester: pytest.Pytester, upstream_server: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tests/unit/test_api.py and tests/integration/test_api.py under --llmtap-cassettes DIR:
+    each module's cassettes under its path below the rootdir, not both under DIR/test_api."""
+    for package in ("unit", "integration"):
+        (pytester.path / "tests" / package).mkdir(parents=True)
+        for module, text in (("__init__", ""), ("test_api", TEST_FILE.replace("PROMPT", package))):
+            (pytester.path / "tests" / package / f"{module}.py").write_text(text)
+    (pytester.path / "tests" / "__init__.py").write_text("")
+    folder = ["--llmtap-cassettes", "recorded"]
+    pytester.runpytest_subprocess(
+        "--llmtap-mode=record", f"--llmtap-upstream={upstream_server.url}/v1", *folder
+    ).assert_outcomes(passed=4)
+    upstream_server.stop()
+    monkeypatch.delenv("OPENAI_API_KEY")
+    pytester.runpytest_subprocess(*folder).assert_outcomes(passed=4)
+    written = sorted(
+        p.relative_to(pytester.path / "recorded").as_posix()
+        for p in (pytester.path / "recorded").rglob("*.yaml")
+    )
+    assert written == [
+        f"tests/{package}/test_api/{test}.yaml"
+        for package in ("integration", "unit")
+        for test in ("test_answer", "test_marked")
+    ]
+    assert "unit" in (pytester.path / "recorded" / written[2]).read_text()
