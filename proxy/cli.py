@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -12,7 +11,7 @@ import click
 import orjson
 
 from llmtap.proxy import __version__
-from llmtap.proxy.cli_models import models, predict
+from llmtap.proxy.cli_models import models, predict, require_database
 from llmtap.proxy.config import Settings, load_toml, setting_fields
 from llmtap.proxy.context import normalise_trace_id
 from llmtap.recorder.reader import TraceQuery, TraceReader
@@ -132,10 +131,7 @@ def demo(db: str, keep_serving: bool) -> None:
 
 
 def _reader(db: str) -> TraceReader:
-    if not os.path.exists(db):
-        raise click.ClickException(
-            f"no llmtap database at {db} (run `llmtap serve` or `llmtap demo` first, or pass --db)"
-        )
+    require_database(db, "`llmtap serve` or `llmtap demo`")
     return TraceReader(db)
 
 
@@ -150,6 +146,10 @@ def traces(db: str, experiment: str | None, session: str | None, limit: int, as_
     rows = _reader(db).list_traces(TraceQuery(experiment=experiment, session=session, limit=limit))
     if as_json:
         click.echo(_dumps({"traces": rows}))
+        return
+    filters = [f"{k} {v}" for k, v in (("experiment", experiment), ("session", session)) if v]
+    if not rows and filters:  # not "no traces recorded yet": others may be
+        click.echo(f"no traces in {' and '.join(filters)}")
         return
     from llmtap.proxy.tables import print_traces
 
@@ -194,21 +194,20 @@ def trace(db: str, trace_id: str, as_json: bool) -> None:
 @click.option("--format", "fmt", type=click.Choice(["jsonl"]), default="jsonl", show_default=True)
 @click.option("--experiment", help="Only traces of this experiment.")
 @click.option(
-    "-o", "--output", type=click.File("w"), default="-", help="File to write (default: stdout)."
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    default="-",
+    help="File to write (default: stdout).",
 )
-def export(db: str, fmt: str, experiment: str | None, output: Any) -> None:
+def export(db: str, fmt: str, experiment: str | None, output: str) -> None:
     """Traces as JSON lines, one trace per line in the shape of GET /api/traces/{id}."""
     reader = _reader(db)
-    offset, page = 0, 500
-    while True:
-        rows = reader.list_traces(TraceQuery(experiment=experiment, limit=page, offset=offset))
-        for info in rows:
-            full = reader.get_trace(info["trace_id"])
-            if full is not None:
-                output.write(orjson.dumps(full, option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
-        if len(rows) < page:
-            break
-        offset += page
+    # opened once the database is known good, and always: an export with no traces leaves an
+    # empty FILE, not the previous export's lines (click.File opens lazily, at the first write)
+    with click.open_file(output, "w") as out:
+        for full in reader.each_trace(experiment):  # one snapshot, however long it takes
+            out.write(orjson.dumps(full, option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
 
 
 main.add_command(models)

@@ -19,13 +19,23 @@ from llmtap.proxy.config import Settings
 from llmtap.proxy.context import normalise_trace_id
 from llmtap.proxy.predict import PredictError, Prediction, run_prediction
 from llmtap.recorder.model_store import ModelReader, parse_model_uri
+from llmtap.recorder.reader import NotAnLlmtapDatabase, open_for_reading
+
+
+def require_database(db: str, first: str) -> None:
+    """A ClickException unless `db` is a database llmtap wrote; `first` says how to make one.
+    A foreign file would otherwise crash a query, or read as "nothing recorded yet"."""
+    try:
+        conn = open_for_reading(db)
+    except NotAnLlmtapDatabase as exc:
+        raise click.ClickException(f"{exc}; pass --db with the file llmtap records into") from exc
+    if conn is None:
+        raise click.ClickException(f"no llmtap database at {db} (run {first} first, or pass --db)")
+    conn.close()
 
 
 def _reader(db: str) -> ModelReader:
-    if not os.path.exists(db):
-        raise click.ClickException(
-            f"no llmtap database at {db} (run `llmtap serve --log-models` first, or pass --db)"
-        )
+    require_database(db, "`llmtap serve --log-models`")
     return ModelReader(db)
 
 

@@ -1,12 +1,13 @@
 """TraceReader: the read side of the store, shared by the HTTP API and the CLI.
 
 Each call opens its own read-only connection: readers never take the writer's lock, and a
-reader works whether or not a server is running.
+reader works whether or not a server is running. No database file yet reads as no traces.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,53 +103,78 @@ def _loads(text: str | None) -> Any:
     return orjson.loads(text) if text else None
 
 
+class NotAnLlmtapDatabase(Exception):
+    """The file is there but is no database llmtap wrote: not SQLite, or without its tables."""
+
+
+def open_for_reading(path: str | Path) -> sqlite3.Connection | None:
+    """A read-only connection to the llmtap database at `path`; None when there is no file
+    yet (nothing recorded: `--mode off`, or deleted); NotAnLlmtapDatabase for another file
+    (a zero-byte `touch`ed file opens as an empty SQLite database, so look for the table)."""
+    try:
+        conn = connect_for_reading(path)
+    except FileNotFoundError:
+        return None
+    try:
+        found = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'traces'"
+        ).fetchone()
+    except sqlite3.DatabaseError as exc:  # "file is not a database"
+        conn.close()
+        raise NotAnLlmtapDatabase(f"{path} is not an llmtap database ({exc})") from exc
+    if found is None:
+        conn.close()
+        raise NotAnLlmtapDatabase(f"{path} is not an llmtap database (it has no traces table)")
+    return conn
+
+
 class TraceReader:
     def __init__(self, path: str | Path) -> None:
         self.path = path
 
-    def _connect(self) -> sqlite3.Connection:
-        return connect_for_reading(self.path)
+    def _rows(self, sql: str, params: list[Any]) -> list[sqlite3.Row]:
+        conn = open_for_reading(self.path)
+        if conn is None:  # nothing recorded yet
+            return []
+        with closing(conn):
+            rows: list[sqlite3.Row] = conn.execute(sql, params).fetchall()
+            return rows
 
     def list_traces(self, query: TraceQuery) -> list[dict[str, Any]]:
-        where, params = [], []
-        for column in ("experiment", "session", "status"):
-            value = getattr(query, column)
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        sql = f"SELECT {_TRACE_COLUMNS} FROM traces"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY start_time_ns DESC LIMIT ? OFFSET ?"
-        with closing(self._connect()) as conn:
-            rows = conn.execute(sql, [*params, query.limit, query.offset]).fetchall()
-        return [trace_info(r) for r in rows]
+        sql, params = _list_sql(query)
+        sql += " LIMIT ? OFFSET ?"
+        return [trace_info(r) for r in self._rows(sql, [*params, query.limit, query.offset])]
 
     def get_trace(self, trace_id: str) -> dict[str, Any] | None:
         """{"info": TraceInfo, "spans": [Span...]} or None when there is no such trace."""
-        with closing(self._connect()) as conn:
-            row = conn.execute(
-                f"SELECT {_TRACE_COLUMNS} FROM traces WHERE trace_id = ?", [trace_id]
-            ).fetchone()
-            if row is None:
-                return None
-            spans = conn.execute(
-                "SELECT * FROM spans WHERE trace_id = ? ORDER BY start_time_ns, rowid", [trace_id]
-            ).fetchall()
-            links = model_links(conn, trace_id)  # lineage: the model version a call ran
-        dicts = [span_dict(s) for s in spans]
-        for span in dicts:
-            if span["span_id"] in links:
-                span["model_version"] = links[span["span_id"]]
-        return {"info": trace_info(row), "spans": tree_order(dicts)}
+        conn = open_for_reading(self.path)
+        if conn is None:
+            return None
+        with closing(conn):
+            return _full_trace(conn, trace_id)
+
+    def each_trace(self, experiment: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every trace (of `experiment`), newest first, as get_trace gives it, all read in
+        one read transaction: a server recording meanwhile can neither shift a page (offset
+        paging repeated or skipped traces) nor show half of what the export sees."""
+        conn = open_for_reading(self.path)
+        if conn is None:
+            return
+        with closing(conn):
+            conn.execute("BEGIN")  # the snapshot of the first read holds until the end
+            sql, params = _list_sql(TraceQuery(experiment=experiment))
+            ids = [r["trace_id"] for r in conn.execute(sql, params).fetchall()]
+            for trace_id in ids:
+                found = _full_trace(conn, trace_id)
+                if found is not None:
+                    yield found
 
     def ids_starting_with(self, prefix: str, limit: int = 2) -> list[str]:
-        with closing(self._connect()) as conn:
-            rows = conn.execute(
-                "SELECT trace_id FROM traces WHERE trace_id >= ?1 AND trace_id < ?1 || 'g' "
-                "ORDER BY trace_id LIMIT ?2",
-                [prefix, limit],
-            ).fetchall()
+        rows = self._rows(
+            "SELECT trace_id FROM traces WHERE trace_id >= ?1 AND trace_id < ?1 || 'g' "
+            "ORDER BY trace_id LIMIT ?2",
+            [prefix, limit],
+        )
         return [r[0] for r in rows]
 
     def similar_ids(self, trace_id: str, limit: int = 3) -> list[str]:
@@ -158,3 +184,34 @@ class TraceReader:
             if found:
                 return found
         return []
+
+
+def _list_sql(query: TraceQuery) -> tuple[str, list[Any]]:
+    """The newest-first listing of `query`'s filters, without its page."""
+    where, params = [], []
+    for column in ("experiment", "session", "status"):
+        value = getattr(query, column)
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    sql = f"SELECT {_TRACE_COLUMNS} FROM traces"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    return sql + " ORDER BY start_time_ns DESC", params
+
+
+def _full_trace(conn: sqlite3.Connection, trace_id: str) -> dict[str, Any] | None:
+    row = conn.execute(
+        f"SELECT {_TRACE_COLUMNS} FROM traces WHERE trace_id = ?", [trace_id]
+    ).fetchone()
+    if row is None:
+        return None
+    spans = conn.execute(
+        "SELECT * FROM spans WHERE trace_id = ? ORDER BY start_time_ns, rowid", [trace_id]
+    ).fetchall()
+    links = model_links(conn, trace_id)  # lineage: the model version a call ran
+    dicts = [span_dict(s) for s in spans]
+    for span in dicts:
+        if span["span_id"] in links:
+            span["model_version"] = links[span["span_id"]]
+    return {"info": trace_info(row), "spans": tree_order(dicts)}

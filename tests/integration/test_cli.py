@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import sqlite3
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
+import pytest
 from click.testing import CliRunner
 from openai import OpenAI
 
@@ -129,3 +134,88 @@ def test_listing_pages_and_filters_by_cli_and_api(proxy: Proxy, client: OpenAI) 
     assert prompts(odd) == ["page 3", "page 1"] and {t["session"] for t in odd} == {"odd"}
     none = httpx.get(api, params={"experiment": "nowhere"}).json()["traces"]
     assert none == []
+
+
+def chat_body(text: str) -> dict[str, Any]:
+    return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]}
+
+
+def test_export_reads_one_snapshot_while_a_server_records(proxy: Proxy) -> None:
+    """Offset paging in new connections repeated traces (or skipped some) when a server
+    recorded between two pages: more than a page of traces, and ten more recorded while
+    the export is stalled on a full pipe, must still export each trace of the start once."""
+    with httpx.Client(base_url=proxy.base_url) as http:
+        for i in range(505):
+            http.post("/chat/completions", json=chat_body(f"before {i}")).raise_for_status()
+        proxy.flush()
+        listed = orjson.loads(
+            cli("traces", "--db", str(proxy.db), "--limit", "1000", "--json").output
+        )
+        before = [t["trace_id"] for t in listed["traces"]]
+        export = subprocess.Popen(
+            [sys.executable, "-m", "llmtap.proxy.cli", "export", "--db", str(proxy.db)],
+            stdout=subprocess.PIPE,
+        )
+        assert export.stdout is not None
+        first = export.stdout.readline()  # it has begun, and stalls once the pipe is full
+        for i in range(10):
+            http.post("/chat/completions", json=chat_body(f"during {i}")).raise_for_status()
+        proxy.flush()
+        rest, _ = export.communicate(timeout=60)
+    exported = [orjson.loads(line)["info"]["trace_id"] for line in [first, *rest.splitlines()]]
+    assert export.returncode == 0
+    assert exported == before
+
+
+def test_export_to_a_file_always_writes_it(proxy: Proxy, client: OpenAI, tmp_path: Path) -> None:
+    """-o FILE was opened at the first write: an export of no traces left an old FILE as it
+    was, and created no new one. A missing database still leaves FILE alone."""
+    record(proxy, client)
+    stale = tmp_path / "stale.jsonl"
+    stale.write_text('{"stale": "an earlier export"}\n')
+    nothing = cli("export", "--db", str(proxy.db), "--experiment", "nowhere", "-o", str(stale))
+    assert nothing.exit_code == 0 and stale.read_text() == ""
+    new = tmp_path / "new.jsonl"
+    assert (
+        cli("export", "--db", str(proxy.db), "--experiment", "none", "-o", str(new)).exit_code == 0
+    )
+    assert new.read_text() == ""
+    stale.write_text("kept\n")
+    missing = cli("export", "--db", str(tmp_path / "none.db"), "-o", str(stale))
+    assert missing.exit_code == 1 and stale.read_text() == "kept\n"
+    nightly = cli("export", "--db", str(proxy.db), "--experiment", "nightly", "-o", str(stale))
+    assert nightly.exit_code == 0 and len(stale.read_text().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", [["traces"], ["trace", "abcd"], ["export"], ["models"]])
+@pytest.mark.parametrize(
+    "content", [b"", b"not sqlite at all, some notes\n"], ids=["empty", "text"]
+)
+def test_reading_commands_refuse_a_file_that_is_no_llmtap_database(
+    tmp_path: Path, command: list[str], content: bytes
+) -> None:
+    """A zero-byte file (`touch llmtap.db`) or a text file: a clear error, no traceback, and
+    not "no models recorded yet"."""
+    db = tmp_path / "other.db"
+    db.write_bytes(content)
+    result = cli(*command, "--db", str(db))
+    assert result.exit_code == 1, result.output
+    assert f"{db} is not an llmtap database" in result.output
+    assert not isinstance(result.exception, sqlite3.Error) and "Traceback" not in result.output
+
+
+def test_traces_of_an_empty_experiment_say_so(proxy: Proxy, client: OpenAI) -> None:
+    record(proxy, client)
+    result = cli("traces", "--db", str(proxy.db), "--experiment", "nope")
+    assert result.exit_code == 0 and result.output.strip() == "no traces in experiment nope"
+
+
+def test_read_api_without_a_database(start_proxy: Callable[..., Proxy]) -> None:
+    """--mode off records nothing, so there is no database: the read API answers as for an
+    empty one (and a JSON 404 for a trace), not a 500."""
+    proxy = start_proxy(mode="off")
+    assert not proxy.db.exists()
+    listed = httpx.get(f"{proxy.url}/api/traces")
+    assert listed.status_code == 200 and listed.json() == {"traces": []}
+    one = httpx.get(f"{proxy.url}/api/traces/0123456789abcdef0123456789abcdef")
+    assert one.status_code == 404 and "no trace with id" in one.json()["error"]["message"]
