@@ -84,6 +84,18 @@ class LlmtapApp:
 
     async def startup(self) -> None:
         if self.writer is not None:
+            if self.settings.prices_file:
+                # read here first: in the writer process its error read as a database problem
+                from llmtap.recorder.prices import load_prices
+
+                try:
+                    load_prices(self.settings.prices_file)
+                except Exception as exc:  # missing, unreadable, not TOML/JSON, wrong shape
+                    raise RuntimeError(
+                        f"llmtap cannot use its prices file {self.settings.prices_file}: {exc} "
+                        "(pass --prices-file or LLMTAP_PRICES_FILE with a TOML or JSON file of "
+                        "{model = {input, output}} prices per 1M tokens)"
+                    ) from exc
             try:
                 await self.writer.start()
             except Exception as exc:

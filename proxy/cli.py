@@ -12,7 +12,7 @@ import orjson
 
 from llmtap.proxy import __version__
 from llmtap.proxy.cli_models import models, predict, require_database
-from llmtap.proxy.config import Settings, load_toml, setting_fields
+from llmtap.proxy.config import Settings, check_setting, load_toml, setting_fields
 from llmtap.proxy.context import normalise_trace_id
 from llmtap.recorder.reader import TraceQuery, TraceReader
 
@@ -29,6 +29,16 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
     return value
 
 
+def _checked(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """The Settings field's own check, from the command line, environment or file alike, as
+    a usage error that names the option (not a traceback from Settings or from bind())."""
+    try:
+        check_setting(str(param.name), value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
+    return value
+
+
 def settings_options(func: F) -> F:
     """One click option per Settings field, each also read from LLMTAP_<NAME>."""
     for f in reversed(setting_fields()):
@@ -38,6 +48,7 @@ def settings_options(func: F) -> F:
             "show_default": True,
             "help": f.metadata["help"],
             "default": f.default,
+            "callback": _checked,
         }
         if "choices" in f.metadata:
             kwargs["type"] = click.Choice(f.metadata["choices"])
@@ -112,7 +123,10 @@ def serve(print_config: bool, **params: Any) -> None:
     """Start the proxy."""
     from llmtap.proxy.serve import run_server
 
-    settings = Settings(**params)
+    try:
+        settings = Settings(**params)
+    except ValueError as exc:  # each option is checked already; this is the net under them
+        raise click.UsageError(str(exc)) from exc
     if print_config:
         click.echo(_dumps({f.name: getattr(settings, f.name) for f in setting_fields()}))
         return

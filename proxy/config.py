@@ -20,10 +20,27 @@ def _option(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
 
 
+def replay_speed(timing: str) -> float | None:
+    """None for instant replay, else the factor to divide recorded delays by."""
+    if timing == "instant":
+        return None
+    if timing == "recorded":
+        return 1.0
+    try:
+        factor = float(timing)
+    except ValueError:
+        raise ValueError(
+            f"replay_timing must be instant, recorded or a speed factor, not {timing!r}"
+        ) from None
+    if factor <= 0:
+        raise ValueError("replay_timing speed factor must be positive")
+    return factor
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     host: str = _option("127.0.0.1", "Address to listen on (loopback by default).")
-    port: int = _option(8787, "Port to listen on (0 picks a free one).")
+    port: int = _option(8787, "Port to listen on (0 picks a free one).", low=0, high=65535)
     upstream: str = _option(
         "https://api.openai.com/v1", "Base URL of the OpenAI-compatible API to forward to."
     )
@@ -68,13 +85,16 @@ class Settings:
     replay_timing: str = _option(
         "instant",
         "Replay streams instantly, at the recorded pace, or at a speed factor (2 = twice as fast).",
+        check=replay_speed,
     )
     max_body_size: int = _option(
-        32 * 1024 * 1024, "Largest request body accepted, in bytes (larger gets 413)."
+        32 * 1024 * 1024, "Largest request body accepted, in bytes (larger gets 413).", low=1
     )
-    connect_timeout: float = _option(10.0, "Seconds to wait for a connection to the upstream.")
+    connect_timeout: float = _option(
+        10.0, "Seconds to wait for a connection to the upstream.", above=0
+    )
     read_timeout: float = _option(
-        600.0, "Seconds to wait for the upstream's next byte (headers or stream data)."
+        600.0, "Seconds to wait for the upstream's next byte (headers or stream data).", above=0
     )
     log_level: str = _option(
         "info",
@@ -85,37 +105,42 @@ class Settings:
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode(self.mode))
         object.__setattr__(self, "upstream", self.upstream.rstrip("/"))
-        if self.replay_exhausted not in ("repeat", "miss"):
-            raise ValueError(
-                f"replay_exhausted must be repeat or miss, not {self.replay_exhausted}"
-            )
-        replay_speed(self.replay_timing)  # fail at start, not at the first replayed stream
+        for f in fields(self):  # fail at start, not at the first request that needs it
+            check_setting(f.name, getattr(self, f.name))
 
     @property
     def ignored_fields(self) -> tuple[str, ...]:
         return tuple(f.strip() for f in self.replay_ignore_fields.split(",") if f.strip())
 
 
-def replay_speed(timing: str) -> float | None:
-    """None for instant replay, else the factor to divide recorded delays by."""
-    if timing == "instant":
-        return None
-    if timing == "recorded":
-        return 1.0
-    try:
-        factor = float(timing)
-    except ValueError:
-        raise ValueError(
-            f"replay_timing must be instant, recorded or a speed factor, not {timing!r}"
-        ) from None
-    if factor <= 0:
-        raise ValueError("replay_timing speed factor must be positive")
-    return factor
+def check_setting(name: str, value: Any) -> None:
+    """ValueError when `value` is not one the field `name` takes: its choices, its bounds
+    (`low`, `high` inclusive, `above` exclusive) or its own `check`. `llmtap serve` runs it
+    on each option too, so that the message names the option."""
+    meta = _FIELDS[name].metadata
+    if value is None:
+        return
+    if "choices" in meta and value not in meta["choices"]:
+        raise ValueError(f"{name} must be one of {', '.join(meta['choices'])}, not {value!r}")
+    low, high, above = meta.get("low"), meta.get("high"), meta.get("above")
+    if (
+        (low is not None and value < low)
+        or (high is not None and value > high)
+        or (above is not None and value <= above)
+    ):
+        named = (("at least", low), ("at most", high), ("above", above))
+        wanted = " and ".join(f"{text} {bound}" for text, bound in named if bound is not None)
+        raise ValueError(f"{name} must be {wanted}, not {value}")
+    if "check" in meta:
+        meta["check"](value)
 
 
 def setting_fields() -> list[Any]:
     """The dataclass fields of `Settings`, in declaration order."""
     return list(fields(Settings))
+
+
+_FIELDS = {f.name: f for f in fields(Settings)}
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -124,8 +149,34 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         data = tomllib.load(f)
     if isinstance(data.get("replay_ignore_fields"), list):  # a TOML list reads naturally too
         data["replay_ignore_fields"] = ",".join(map(str, data["replay_ignore_fields"]))
-    known = {f.name for f in setting_fields()}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(set(data) - set(_FIELDS))
     if unknown:
-        raise ValueError(f"{path}: unknown option(s) {', '.join(unknown)}; known: {sorted(known)}")
+        raise ValueError(
+            f"{path}: unknown option(s) {', '.join(unknown)}; known: {sorted(_FIELDS)}"
+        )
+    for name, value in data.items():  # click would cast 9009.5 to 9009, and trip on 0 as a flag
+        kind = _toml_kind(_FIELDS[name].default)
+        # bool is an int to Python, not to TOML: `port = true` is no port
+        if not isinstance(value, _TOML_KINDS[kind]) or (
+            kind != _BOOLEAN and isinstance(value, bool)
+        ):
+            raise ValueError(f"{path}: {name} must be {kind}, not {value!r}")
     return data
+
+
+_BOOLEAN = "true or false"
+_TOML_KINDS: dict[str, tuple[type, ...]] = {
+    _BOOLEAN: (bool,),
+    "an integer": (int,),
+    "a number": (int, float),
+    "a string": (str,),
+}
+
+
+def _toml_kind(default: Any) -> str:
+    """What a TOML value of a field with this default must be."""
+    if isinstance(default, bool):
+        return _BOOLEAN
+    if isinstance(default, int):
+        return "an integer"
+    return "a number" if isinstance(default, float) else "a string"  # None: an optional string

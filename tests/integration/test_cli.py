@@ -219,3 +219,22 @@ def test_read_api_without_a_database(start_proxy: Callable[..., Proxy]) -> None:
     assert listed.status_code == 200 and listed.json() == {"traces": []}
     one = httpx.get(f"{proxy.url}/api/traces/0123456789abcdef0123456789abcdef")
     assert one.status_code == 404 and "no trace with id" in one.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [("missing.toml", None), ("bad.json", b'{"gpt-4o": {"input": 1}}'), ("bad.toml", b"x = [")],
+)
+def test_serve_explains_a_prices_file_it_cannot_use(
+    tmp_path: Path, name: str, content: bytes | None
+) -> None:
+    """A bad --prices-file was reported as 'llmtap cannot open its database ... pass --db'."""
+    prices = tmp_path / name
+    if content is not None:
+        prices.write_bytes(content)
+    command = serve_command(tmp_path / "x.db", "--prices-file", str(prices))
+    run = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    out = run.stdout + run.stderr
+    assert run.returncode != 0
+    assert f"llmtap cannot use its prices file {prices}" in out
+    assert "cannot open its database" not in out

@@ -94,3 +94,40 @@ def test_capture_switches_take_a_value_or_none(args: list[str], expected: bool) 
 def test_a_switch_value_that_is_no_boolean_is_refused() -> None:
     result = CliRunner().invoke(main, ["serve", "--print-config", "--log-traces=maybe"])
     assert result.exit_code == 2 and "--log-traces" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "toml", "named"),
+    [
+        (["--replay-timing", "fast"], {}, None, "--replay-timing"),
+        (["--port", "70000"], {}, None, "--port"),
+        (["--port", "-1"], {}, None, "--port"),
+        ([], {"LLMTAP_PORT": "65536"}, None, "--port"),
+        (["--max-body-size", "-1"], {}, None, "--max-body-size"),
+        (["--read-timeout", "0"], {}, None, "--read-timeout"),
+        ([], {}, "port = 70000", "--port"),
+        ([], {}, "log_traces = 0", "log_traces must be true or false"),
+        ([], {}, "port = 9009.5", "port must be an integer"),
+        ([], {}, "port = true", "port must be an integer"),
+        ([], {}, 'upstream = ["a"]', "upstream must be a string"),
+    ],
+)
+def test_bad_values_are_usage_errors_that_name_the_option(
+    tmp_path: Path, args: list[str], env: dict[str, str], toml: str | None, named: str
+) -> None:
+    """Before: a traceback (ValueError from Settings, OverflowError from bind(), click's
+    AttributeError on a TOML 0 for a switch), or silently taken (9009.5 as 9009, -1 bytes)."""
+    if toml is not None:
+        (tmp_path / "c.toml").write_text(toml + "\n")
+        args = [*args, "--config", str(tmp_path / "c.toml")]
+    result = CliRunner().invoke(main, ["serve", "--print-config", *args], env=env)
+    assert result.exit_code == 2, result.output
+    assert named in result.output and "Traceback" not in result.output
+
+
+def test_settings_check_their_values() -> None:
+    for bad in ({"port": 70000}, {"replay_timing": "fast"}, {"connect_timeout": 0.0}):
+        with pytest.raises(ValueError):
+            Settings(**bad)  # type: ignore[arg-type]
+    assert Settings(port=0, replay_timing="2.5", max_body_size=1).port == 0
+    assert resolved(["--replay-timing", "recorded", "--read-timeout", "0.5"])["read_timeout"] == 0.5
