@@ -2,9 +2,10 @@
 
 SPEC section 6: a response a client has received in full is already recorded. An SDK has a
 stream in full at its last event, and may stop reading and close the connection there: at
-`data: [DONE]` for chat and legacy completions (and the Assistants streams), at the terminal
-event of a Responses stream (`response.completed`, `response.failed`, `response.incomplete`:
-no `[DONE]` follows). The relay asks `EndFinder.ends_in(piece)` of every piece and commits
+`data: [DONE]` for chat and legacy completions (and the Assistants streams), at an error event
+(`data: {"error": {...}}`: the SDK raises at it and closes), at the terminal event of a
+Responses stream (`response.completed`, `response.failed`, `response.incomplete`: no `[DONE]`
+follows). The relay asks `EndFinder.ends_in(piece)` of every piece and commits
 the recording before it sends a piece that completes such an event.
 
 The finder reads the bytes as the client's SDK does: a compressed stream (`Content-Encoding`)
@@ -29,7 +30,14 @@ log = logging.getLogger("llmtap.proxy")
 # does: a JSON text has no raw line end, and the field starts a line.
 _DATA_LEAD = re.compile(rb"[\r\n]data: ?\Z")
 _RESPONSE_LEAD = re.compile(rb'[\r\n](?:event: ?|data: ?\{\s*"type"\s*:\s*")\Z')
-_DONE = ((b"[DONE]", _DATA_LEAD),)
+# OpenAI's error in a stream, `data: {"error": {...}}`: the SDK raises there and closes. Not
+# when the member holds nothing the SDK raises on (`"error": null`, as some gateways send)
+_ERROR_LEAD = re.compile(rb"[\r\n]data: ?\{\s*\Z")
+_ERROR_VALUE = re.compile(rb"\s*:\s*")
+_NO_ERROR = re.compile(rb'(?:null|false|""|0|\{\s*\}|\[\s*\])')
+_NO_ERROR_YET = re.compile(rb'(?:n(?:u(?:ll?)?)?|f(?:a(?:l(?:se?)?)?)?|"|0|\{\s*|\[\s*)?\Z')
+_REACH = 16  # bytes after an error marker that may still decide it (`  :   null`)
+_DONE = ((b"[DONE]", _DATA_LEAD), (b'"error"', _ERROR_LEAD))
 _RESPONSES_END = (
     (b"response.completed", _RESPONSE_LEAD),
     (b"response.failed", _RESPONSE_LEAD),
@@ -46,7 +54,7 @@ class EndFinder:
     """Feed it every piece of one stream, in order; it says which pieces complete the
     stream's last event."""
 
-    __slots__ = ("_markers", "_decoder", "_tail", "_armed")
+    __slots__ = ("_markers", "_decoder", "_tail", "_armed", "_undecided")
 
     def __init__(self, api_path: str, content_encoding: bytes) -> None:
         self._markers: tuple[Marker, ...] = (
@@ -60,6 +68,7 @@ class EndFinder:
                 self._markers = ()
         self._tail = b"\n"  # the last bytes before this piece (decoded); a line starts the stream
         self._armed = False  # a marker was seen; the blank line that ends its event was not
+        self._undecided = False  # an error marker ended the last piece before its value did
 
     def ends_in(self, piece: bytes) -> bool:
         if not self._markers:
@@ -80,7 +89,9 @@ class EndFinder:
         ended = False
         if self._armed and _EVENT_END.search(window, new - 1) is not None:
             ended, self._armed = True, False  # (a blank line may straddle the two)
-        end = _last_marker_end(window, new, self._markers)
+        end, self._undecided = _last_marker_end(
+            window, new, self._markers, _REACH if self._undecided else 0
+        )
         if end > 0:
             if _EVENT_END.search(window, end) is None:
                 self._armed = True
@@ -89,16 +100,44 @@ class EndFinder:
         return ended
 
 
-def _last_marker_end(window: bytes, new: int, markers: tuple[Marker, ...]) -> int:
+def _last_marker_end(
+    window: bytes, new: int, markers: tuple[Marker, ...], reach: int
+) -> tuple[int, bool]:
     """Where the last marker that opens a field and ends in the new bytes (from `new` on)
-    ends in `window`; -1 for none. Only the last matters: a stream's end is its last event.
-    (rfind, from the end, in C: in a whole stream read at once it is found at once.)"""
-    best = -1
+    ends in `window`, -1 for none; and whether an error marker waits for its value's first
+    bytes (then the next piece looks at it again: `reach`). Only the last marker matters: a
+    stream's end is its last event. (rfind, from the end, in C: in a whole stream read at
+    once it is found at once.)"""
+    best, undecided = -1, False
     for marker, lead in markers:
+        extra = reach if lead is _ERROR_LEAD else 0
         limit = len(window)
-        while (at := window.rfind(marker, 0, limit)) >= 0 and at + len(marker) > new:
-            if lead.search(window, max(0, at - _LEAD), at) is not None:
-                best = max(best, at + len(marker))
-                break
-            limit = at + len(marker) - 1  # inside a text: look further back
-    return best
+        while (at := window.rfind(marker, 0, limit)) >= 0 and at + len(marker) + extra > new:
+            limit = at + len(marker) - 1  # (inside a text, or no error: look further back)
+            if lead.search(window, max(0, at - _LEAD), at) is None:
+                continue
+            if lead is _ERROR_LEAD:
+                raised = _error_is_set(window, at + len(marker))
+                if raised is None:
+                    undecided = True
+                    break
+                if not raised:
+                    continue
+            best = max(best, at + len(marker))
+            break
+    return best, undecided
+
+
+def _error_is_set(window: bytes, after: int) -> bool | None:
+    """Whether the member that starts at `after` (just past `"error"`) holds an error the SDK
+    raises on; None while the window ends before that is known."""
+    if not window[after:].strip():
+        return None
+    colon = _ERROR_VALUE.match(window, after)
+    assert colon is not None  # (it matches nothing at worst)
+    if b":" not in window[after : colon.end()]:
+        return False  # `"error"` was no member's name
+    value = window[colon.end() :]
+    if _NO_ERROR.match(value) is not None:
+        return False
+    return None if _NO_ERROR_YET.fullmatch(value) is not None else True

@@ -99,19 +99,64 @@ def strip_event(event: bytes) -> bytes | None:
     if b'"usage"' not in event:
         return event
     lines = event.splitlines()
-    data_lines = [line for line in lines if line.startswith(b"data:")]
-    if len(data_lines) != 1:
-        return _USAGE_NULL.sub(b"", event)
-    payload = data_lines[0][5:].strip()
+    data_at = [i for i, line in enumerate(lines) if line.startswith(b"data:")]
+    if not data_at:
+        return event
+    # a client joins an event's data lines with "\n" (pretty-printed JSON spans several)
+    payload = b"\n".join(_field_value(lines[i]) for i in data_at)
     try:
         chunk = orjson.loads(payload)
     except orjson.JSONDecodeError:
         return event
-    if not isinstance(chunk, dict) or chunk.get("usage") is None:
-        return _USAGE_NULL.sub(b"", event)
+    if not isinstance(chunk, dict) or "usage" not in chunk:
+        return event
+    if chunk["usage"] is None:
+        return _without_usage_null(event, lines, data_at, payload, chunk)
     if not chunk.get("choices"):
         return None  # the usage chunk exists only because llmtap asked for it
     # usage on a content chunk: OpenAI never does this, however it is asked; the providers
     # that do (Mistral, Together and others put it on their last chunk) do it unasked, so the
     # client would have received it directly too
     return event
+
+
+def _field_value(line: bytes) -> bytes:
+    value = line[5:]
+    return value[1:] if value[:1] == b" " else value
+
+
+def _without_usage_null(
+    event: bytes, lines: list[bytes], data_at: list[int], payload: bytes, chunk: dict[str, Any]
+) -> bytes:
+    """The event with its `"usage": null` member cut out of the JSON text and every other byte
+    as it was; the event unchanged if the cut would not leave the same chunk."""
+    cut = _USAGE_NULL.sub(b"", payload, count=1)
+    try:
+        same = orjson.loads(cut) == {k: v for k, v in chunk.items() if k != "usage"}
+    except orjson.JSONDecodeError:
+        same = False
+    if not same:
+        return event
+    # the cut takes one run of the text: the data lines before and after it stay as they were
+    # (each with its own `data:` or `data: `), the line or two it touched become one
+    raw = [lines[i] for i in data_at]
+    values = payload.split(b"\n")
+    parts = cut.split(b"\n")
+    front = 0
+    while front < len(parts) and parts[front] == values[front]:
+        front += 1
+    back = 0
+    while back < len(parts) - front and parts[-1 - back] == values[-1 - back]:
+        back += 1
+    opening = raw[front][: len(raw[front]) - len(values[front])] if front < len(raw) else b"data: "
+    touched = [opening + part for part in parts[front : len(parts) - back]]
+    data_lines = raw[:front] + touched + raw[len(raw) - back :]
+    others = [line for i, line in enumerate(lines) if i not in data_at]
+    at = data_at[0]  # the other fields before the first data line stay before it
+    return _line_end(event).join(others[:at] + data_lines + others[at:])
+
+
+def _line_end(event: bytes) -> bytes:
+    if b"\r\n" in event:
+        return b"\r\n"
+    return b"\r" if b"\r" in event else b"\n"

@@ -49,6 +49,11 @@ def _choice_has_output(data: Mapping[str, Any]) -> bool:
                 or delta.get("refusal")
                 or delta.get("tool_calls")
                 or delta.get("function_call")
+                or delta.get("audio")
+                # a reasoning model's first tokens (DeepSeek, vLLM, Ollama), as Responses
+                # streams count their reasoning deltas
+                or delta.get("reasoning_content")
+                or delta.get("reasoning")
             ):
                 return True
         elif choice.get("text"):
@@ -120,12 +125,17 @@ def endpoint_for(path: str) -> Endpoint | None:
 
 def usage_of(payload: Mapping[str, Any] | None) -> Usage | None:
     """Token usage from any endpoint's `usage` object (prompt/completion or input/output names)."""
-    if not isinstance(payload, dict) or ("usage" not in payload and "response" not in payload):
+    if not isinstance(payload, dict) or (
+        "usage" not in payload and "response" not in payload and "x_groq" not in payload
+    ):
         return None  # most stream events: no usage, nothing to look at
     raw = payload.get("usage")
     if not isinstance(raw, dict):
         response = payload.get("response")  # a Responses API event wraps the response
         raw = response.get("usage") if isinstance(response, dict) else None
+    if not isinstance(raw, dict):
+        groq = payload.get("x_groq")  # Groq's last chunk, when no usage chunk follows
+        raw = groq.get("usage") if isinstance(groq, dict) else None
     if not isinstance(raw, dict):
         return None
     inp = _int(raw.get("input_tokens", raw.get("prompt_tokens")))

@@ -252,16 +252,21 @@ class StreamSummariser:
                 if not isinstance(data, dict):
                     self._unreadable(f"event is not a JSON object: {text[:200]!r}")
                     continue
-            if "error" in data and not data.get("choices") and name != "error":
-                summary.error = data["error"]
-                continue
+            if "error" in data:
+                error = data["error"]
+                if error:  # the SDK raises at any event whose error is set, choices or not
+                    summary.error = error
+                    if not data.get("choices") and name != "error":
+                        continue
             quiet = True  # nothing here depends on this event but the time of the first output
             if name == "error" or data.get("type") == "error":
                 summary.error = data.get("error", data)
                 quiet = False
             if summary.first_output_ns is None and carries_output(data):
                 summary.first_output_ns = time_of(i)
-            if (data.get("usage") is not None or "response" in data) and usage_of(data) is not None:
+            if (
+                data.get("usage") is not None or "response" in data or "x_groq" in data
+            ) and usage_of(data) is not None:
                 summary.usage_payload = data
                 quiet = False
             if not terminal_seen and is_terminal(name, data):

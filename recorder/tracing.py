@@ -209,6 +209,7 @@ def build_span(
     attributes["stream"] = is_stream
     attributes["http_status"] = exchange.status
     error: Any = None
+    stream_error: Any = None  # an error event in the stream
     outputs: Any = None
     usage = None
     if rec.error_status:
@@ -216,12 +217,14 @@ def build_span(
     elif is_stream:
         summary = summarise_stream(endpoint, rec)
         outputs, error = summary.output, summary.error
+        stream_error = summary.error
         problems.extend(summary.problems)
         usage = usage_of(summary.output) or usage_of(summary.usage_payload)
         if summary.first_output_ns is not None:
             attributes["time_to_first_token_ms"] = round(
                 (summary.first_output_ns - rec.started_ns) / 1e6, 3
             )
+        error = error or _failed_response_error(outputs)
         ended = summary.terminal_seen or _every_choice_finished(outputs)
         if not ended and rec.error is None and error is None:
             rec_error = "the stream ended before its final event"
@@ -234,6 +237,7 @@ def build_span(
         elif isinstance(decoded, dict):
             outputs = endpoint.response_output(decoded)
             usage = usage_of(decoded)
+            error = _failed_response_error(outputs)
         else:  # garbage with a 200: the client's SDK fails on it, and the span says why
             outputs = decoded
             error = {"message": "the upstream's answer is not a JSON object"}
@@ -260,7 +264,7 @@ def build_span(
             attributes["cost"] = cost
     if problems:
         attributes["llmtap.reassembly_problems"] = problems[:20]
-    status = _status(rec, exchange, error)
+    status = _status(rec, exchange, error, stream_error)
     if error is not None and outputs is None and status.code == "ERROR":
         outputs = error if isinstance(error, (dict, list)) else {"error": error}
     return Span(
@@ -278,6 +282,16 @@ def build_span(
     )
 
 
+def _failed_response_error(outputs: Any) -> Any:
+    """A Responses API response that says it failed (`response.failed`, or a 200 whose status
+    is "failed"): its error, for the span's status; None for anything else."""
+    if not isinstance(outputs, dict) or outputs.get("object") != "response":
+        return None
+    if outputs.get("status") != "failed":
+        return None
+    return outputs.get("error") or {"message": "the response failed"}
+
+
 def _every_choice_finished(outputs: Any) -> bool:
     """A chat or completions stream whose every choice has its finish reason: whole for its
     client though no `[DONE]` followed (some providers never send one; the SDKs read to the
@@ -286,9 +300,11 @@ def _every_choice_finished(outputs: Any) -> bool:
     return bool(choices) and all(isinstance(c, dict) and c.get("finish_reason") for c in choices)
 
 
-def _status(rec: Recording, exchange: Exchange, error: Any) -> Status:
+def _status(rec: Recording, exchange: Exchange, error: Any, stream_error: Any = None) -> Status:
     if rec.error:
-        return Status("ERROR", rec.error)
+        # an SDK raises at a stream's error event and leaves: that error is what happened
+        said = _error_message(stream_error) if stream_error is not None else ""
+        return Status("ERROR", f"{said} ({rec.error})" if said else rec.error)
     if (exchange.status or 0) >= 400:
         return Status("ERROR", _error_message(error) or f"HTTP {exchange.status}")
     if error is not None:

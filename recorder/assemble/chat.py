@@ -206,14 +206,33 @@ def _merge_indexed(
     acc: list[Any], index: int, entry: Mapping[str, Any], problems: list[str]
 ) -> None:
     position = len(acc)
+    for i in range(len(acc) - 1, -1, -1):  # the last entry of that index: see below
+        existing = acc[i]
+        if isinstance(existing, dict) and existing.get("index") == index:
+            if not _another_call(existing, entry):
+                merge_delta(existing, entry, problems)
+                return
+            # some gateways number every call of a Gemini answer 0, each whole in its chunk:
+            # merged, two calls would make one with both argument texts run together
+            problems.append(f"calls with index {index} and different ids: kept apart")
+            acc.insert(i + 1, copy_json(entry))
+            return
     for i, existing in enumerate(acc):
         existing_index = existing.get("index") if isinstance(existing, dict) else None
-        if existing_index == index and isinstance(existing, dict):
-            merge_delta(existing, entry, problems)
-            return
-        if is_index(existing_index) and existing_index > index and position == len(acc):
+        if is_index(existing_index) and existing_index > index:
             position = i
+            break
     acc.insert(position, copy_json(entry))  # kept in index order, whatever the arrival order
+
+
+def _another_call(existing: dict[str, Any], entry: Mapping[str, Any]) -> bool:
+    """An entry that opens a new call under an index already taken: its own id, and a name
+    (a fragment of the same call never names its function again)."""
+    new_id, old_id = entry.get("id"), existing.get("id")
+    if not (new_id and old_id and isinstance(new_id, str) and new_id != old_id):
+        return False
+    function = entry.get("function")
+    return isinstance(function, dict) and bool(function.get("name"))
 
 
 class ChatAssembler:
@@ -409,7 +428,9 @@ class ChatAssembler:
         choice = dict(snapshot)
         message = snapshot["message"]
         role = {"role": message["role"]} if "role" in message else {}  # first, for readers
-        choice["message"] = {**role, **_MESSAGE_FIELDS, **message}
+        choice["message"] = final = {**role, **_MESSAGE_FIELDS, **message}
+        if final["tool_calls"] == []:  # Groq sends `"tool_calls": []` in every delta
+            final["tool_calls"] = None  # and the SDK's final completion says None
         return choice
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-from openai import AsyncOpenAI, OpenAI
+from openai import APIError, AsyncOpenAI, OpenAI
 
 from llmtap.recorder.body_codec import unpack_body
 from tests.conftest import TEST_KEY, Proxy
@@ -421,6 +422,47 @@ def test_a_compressed_stream_is_whole_at_its_done(proxy: Proxy, encoding: str) -
     spans = proxy.query("SELECT status_code, attributes FROM spans")
     assert [s["status_code"] for s in spans] == ["OK"] * 3
     assert all(orjson.loads(s["attributes"])["usage"]["total_tokens"] > 0 for s in spans)
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_an_error_event_mid_stream_is_recorded_with_the_upstreams_message(
+    proxy: Proxy, asynchronous: bool
+) -> None:
+    """OpenAI's `data: {"error": ...}` in a stream: the SDK raises APIError there and closes
+    the connection, while the upstream's body stays open (300 ms here). llmtap commits before
+    it relays the error event, so the span is in the database when the client has the error,
+    and its status says what the upstream said (before: "client disconnected", nothing else)."""
+    headers = {"x-simulator-fault": "error-event,end-delay-ms=300"}
+    messages = [{"role": "user", "content": "a stream that fails"}]
+    if asynchronous:
+
+        async def run() -> None:
+            async with AsyncOpenAI(
+                base_url=proxy.base_url, api_key=TEST_KEY, max_retries=0, default_headers=headers
+            ) as c:
+                stream = await c.chat.completions.create(model="m", messages=messages, stream=True)
+                async for _ in stream:
+                    pass
+
+        with pytest.raises(APIError, match="server had an error"):
+            asyncio.run(run())
+    else:
+        with OpenAI(
+            base_url=proxy.base_url, api_key=TEST_KEY, max_retries=0, default_headers=headers
+        ) as c:
+            stream = c.chat.completions.create(model="m", messages=messages, stream=True)
+            with pytest.raises(APIError, match="server had an error"):
+                for _ in stream:
+                    pass
+    conn = sqlite3.connect(proxy.db)  # no flush: committed before the client saw the error
+    try:
+        rows = conn.execute("SELECT status_code, status_message FROM spans").fetchall()
+    finally:
+        conn.close()
+    assert len(rows) == 1
+    code, message = rows[0]
+    assert code == "ERROR"
+    assert "server had an error" in message
 
 
 def test_not_traced_paths_are_forwarded_and_kept(proxy: Proxy, client: OpenAI) -> None:

@@ -332,6 +332,47 @@ def test_tool_call_delta_without_index_is_kept_and_noted() -> None:
     assert any("index" in problem for problem in assembler.problems)
 
 
+def test_calls_numbered_alike_each_whole_in_its_chunk_are_kept_apart() -> None:
+    """Gemini's answers through some gateways: every call has index 0, each whole in its own
+    chunk with its own id. Merged (the SDK's way), two calls made one with both argument
+    texts run together; a fragment that follows (no id, no name) goes to the last of them."""
+
+    def call(**fields: Any) -> dict[str, Any]:
+        return envelope([{"index": 0, "delta": {"tool_calls": [{"index": 0, **fields}]}}])
+
+    chunks = [
+        envelope([{"index": 0, "delta": {"role": "assistant", "content": None}}]),
+        call(id="call_1", type="function", function={"name": "weather", "arguments": '{"c":"P'}),
+        call(function={"arguments": 'aris"}'}),
+        call(id="call_2", type="function", function={"name": "clock", "arguments": '{"tz":'}),
+        call(function={"arguments": '"CET"}'}),
+        call(id="call_2", function={"arguments": ""}),  # an id repeated on a fragment: same call
+        envelope([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]),
+    ]
+    assembler = ChatAssembler()
+    for chunk in chunks:
+        assembler.feed(chunk)
+    calls = assembler.result()["choices"][0]["message"]["tool_calls"]  # type: ignore[index]
+    assert [(c["id"], c["function"]["name"], c["function"]["arguments"]) for c in calls] == [
+        ("call_1", "weather", '{"c":"Paris"}'),
+        ("call_2", "clock", '{"tz":"CET"}'),
+    ]
+    assert any("kept apart" in problem for problem in assembler.problems)
+
+
+def test_an_empty_tool_calls_list_ends_as_none_as_the_sdk_has_it() -> None:
+    """Groq sends `"tool_calls": []` in every delta of a text answer: the SDK's final
+    completion says None, and so does ours."""
+    chunks = make_chunks("Just text.")
+    for chunk in chunks:
+        for choice in chunk["choices"]:
+            choice["delta"]["tool_calls"] = []
+    result = assemble(chunks)
+    expected = sdk_final_completion(chunks)
+    assert result["choices"][0]["message"]["tool_calls"] is None  # type: ignore[index]
+    assert result["choices"] == expected["choices"]  # type: ignore[index]
+
+
 def test_missing_identity_fields_are_filled_later() -> None:
     """The SDK leaves out an `id` or `model` the first chunk has no key for; we fill them."""
     chunks = make_chunks("hi")

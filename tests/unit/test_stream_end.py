@@ -102,8 +102,16 @@ def firing(pieces: list[bytes], path: str, encoding: bytes) -> list[int]:
     return [i for i, piece in enumerate(pieces) if finder.ends_in(piece)]
 
 
+def chat_error_events(text: str) -> list[bytes]:
+    """A chat stream that OpenAI breaks off with an error event: the SDK raises there and
+    leaves, so that event is the stream's end (no `[DONE]` follows it)."""
+    error = {"error": {"message": "The server had an error", "type": "server_error"}}
+    return chat_events(text)[:3] + [b"data: " + json.dumps(error).encode() + b"\n\n"]
+
+
 CASES = [
     ("/chat/completions", chat_events, (b"[DONE]",)),
+    ("/chat/completions", chat_error_events, (b'"error"',)),
     ("/responses", lambda t: responses_sse(t, named=True), (b"response.completed",)),
     ("/responses", lambda t: responses_sse(t, named=False), (b"response.completed",)),
 ]
@@ -154,6 +162,21 @@ def test_a_marker_inside_a_text_is_no_end() -> None:
         assert firing(pieces, "/chat/completions", b"identity") == [
             piece_holding(pieces, b"identity", real)
         ]
+
+
+def test_an_error_member_that_is_no_error_or_is_text_is_no_end() -> None:
+    """Only a set error ends a stream for the SDK: `"error": null` (some gateways send it on
+    every chunk) and a text that says `data: {"error": ...` are not ends."""
+    nulls = [b'data: {"error": null, "choices": [{"index": 0, "delta": {"content": "a"}}]}\n\n']
+    said = [b'data: {"choices":[{"delta":{"content":"x\\ndata: {\\"error\\": 1}"}}]}\n\n']
+    for extra in (nulls, said, [b'data: {"error":{}}\n\n', b'data: {"error" : false}\n\n']):
+        wire = b"".join(extra) + b"".join(chat_events("and then the end"))
+        real = completing_offset(wire, (b"data: [DONE]",))
+        for size in (1, 5, 64, len(wire)):
+            pieces = [wire[i : i + size] for i in range(0, len(wire), size)]
+            assert firing(pieces, "/chat/completions", b"identity") == [
+                piece_holding(pieces, b"identity", real)
+            ]
 
 
 @pytest.mark.parametrize("named", [True, False])
@@ -209,6 +232,8 @@ def piece_the_sdk_ends_at(pieces: list[bytes], encoding: bytes, path: str) -> in
     for event in SSEDecoder().iter_bytes(body()):
         if event.data.startswith("[DONE]") or event.event == "response.completed":
             return at
+        if event.data.startswith("{") and json.loads(event.data).get("error"):
+            return at  # the SDK raises here (openai/_streaming.py)
         if '"type": "response.completed"' in event.data[:40]:
             return at
     raise AssertionError("the SDK never saw the end")

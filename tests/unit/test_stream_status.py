@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import orjson
 import pytest
-from chunk_factory import chat_stream_recording, make_chunks, sse_bytes
+from chunk_factory import (
+    chat_stream_recording,
+    make_chunks,
+    response_events,
+    response_object,
+    sse_bytes,
+    usage_body,
+)
 
+from llmtap.recorder.recording import Recording
+from llmtap.recorder.records import RequestContext
 from llmtap.recorder.tracing import build_batch
 
 
@@ -49,3 +60,73 @@ def test_an_event_the_sdk_cannot_parse_makes_the_call_an_error(bad: bytes) -> No
     assert span["code"] == "ERROR"
     assert "is not JSON" in span["message"] or "is not a JSON object" in span["message"]
     assert span["outputs"]["choices"][0]["message"]["content"] == "Fine text."
+
+
+def test_an_error_set_on_a_chunk_with_choices_makes_the_call_an_error() -> None:
+    """OpenRouter and other gateways end a failed answer with a chunk that has both choices
+    and an `error`: the SDK raises at any event whose error is set (before: OK)."""
+    chunks = make_chunks("Half an ans")
+    broken = {**chunks[1], "error": {"message": "Provider returned error", "code": 502}}
+    broken["choices"] = [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}]
+    span = streamed(sse_bytes([chunks[0], broken]))
+    assert span["code"] == "ERROR" and "Provider returned error" in span["message"]
+
+
+def test_an_error_member_that_is_null_hides_nothing() -> None:
+    """`"error": null` on the usage chunk is no error, and its usage counts (before: the chunk
+    was skipped as an error event, and the call had no usage)."""
+    chunks = make_chunks("All fine.", usage=True)
+    chunks = [{**c, "error": None} for c in chunks]
+    span = streamed(sse_bytes(chunks))
+    assert span["code"] == "OK", span["message"]
+    assert span["outputs"]["usage"] == chunks[-1]["usage"]
+
+
+def test_usage_only_in_groqs_x_groq_is_recorded() -> None:
+    """Groq's last chunk carries `x_groq.usage`; when no usage chunk follows (the client or the
+    model did not ask for one), that is the call's usage."""
+    chunks = make_chunks("Fast tokens.")
+    chunks[-1] = {**chunks[-1], "x_groq": {"id": "req_1", "usage": usage_body(5, 7)}}
+    rec = chat_stream_recording()
+    rec.feed(sse_bytes(chunks))
+    span = build_batch(rec.finish()).spans[-1]
+    assert span.attributes["usage"] == {"input_tokens": 5, "output_tokens": 7, "total_tokens": 12}
+    assert span.outputs["usage"] is None  # as the SDK's accumulator has it: no `usage` chunk
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning", "audio"])
+def test_time_to_first_token_counts_reasoning_and_audio(field: str) -> None:
+    """A reasoning model's first tokens are its reasoning (as Responses streams count them); an
+    audio answer's are its audio (before: no time to first token at all for audio)."""
+    value: Any = {"id": "audio_1", "data": "AAAA"} if field == "audio" else "Let me think."
+    chunks = make_chunks("")
+    first = {**chunks[0], "choices": [{"index": 0, "delta": {field: value}}]}
+    rec = chat_stream_recording()
+    rec.feed(sse_bytes([first]))
+    time.sleep(0.02)
+    rec.feed(sse_bytes(chunks[1:]))
+    span = build_batch(rec.finish()).spans[-1]
+    ttft = span.attributes["time_to_first_token_ms"]
+    assert ttft < (span.end_time_ns - span.start_time_ns) / 1e6 - 15
+
+
+@pytest.mark.parametrize("streamed_call", [True, False])
+def test_a_failed_response_is_an_error(streamed_call: bool) -> None:
+    """A Responses stream that ends in `response.failed` (or a response whose status says
+    failed) is an ERROR with the response's error (before: OK)."""
+    error = {"code": "server_error", "message": "The model failed to answer"}
+    failed = response_object("failed", [], error=error)
+    rec = Recording(
+        "POST", "/responses", "", [], b'{"model": "m", "input": "hi"}', RequestContext()
+    )
+    if streamed_call:
+        rec.respond(200, [("content-type", "text/event-stream")])
+        events, _ = response_events("Hel", terminal=False)
+        events.append({"type": "response.failed", "response": failed})
+        rec.feed(b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events))
+    else:
+        rec.respond(200, [("content-type", "application/json")])
+        rec.feed(orjson.dumps(failed))
+    span = build_batch(rec.finish()).spans[-1]
+    assert span.status.code == "ERROR" and "failed to answer" in span.status.message
+    assert span.outputs["status"] == "failed"

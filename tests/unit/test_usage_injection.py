@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from typing import Any
 
 import orjson
 import pytest
@@ -26,8 +27,19 @@ def chunk(i: int, content: str | None, usage: bool) -> dict:
     return c
 
 
-def stream(n: int, with_usage: bool, sep: bytes = b"\n\n", spaced: bool = False) -> bytes:
-    dumps = (lambda v: json.dumps(v).encode()) if spaced else orjson.dumps
+def stream(
+    n: int, with_usage: bool, sep: bytes = b"\n\n", spaced: bool = False, pretty: bytes = b""
+) -> bytes:
+    """`pretty`: each event's JSON indented over several data lines, each line opened with
+    `pretty` (`data: ` or `data:`), as SSE allows and some servers write."""
+    end = sep[: len(sep) // 2]
+
+    def dumps(value: Any) -> bytes:
+        if pretty:
+            lines = json.dumps(value, indent=1).encode().split(b"\n")
+            return end.join(pretty + line for line in lines)[len(pretty) :]
+        return json.dumps(value).encode() if spaced else orjson.dumps(value)
+
     events = [dumps(chunk(i, f"w{i} ", with_usage)) for i in range(n)]
     if with_usage:
         events.append(
@@ -102,6 +114,35 @@ def test_a_spaced_stream_at_random_cuts(n: int, cuts: list[int], sep: bytes) -> 
     with_usage = stream(n, True, sep, spaced=True)
     expected = stream(n, False, sep, spaced=True)
     assert strip_all(with_usage, [c % (len(with_usage) + 1) for c in cuts]) == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.integers(1, 12),
+    st.lists(st.integers(0, 8000), max_size=12),
+    st.sampled_from([b"\n\n", b"\r\n\r\n", b"\r\r"]),
+    st.sampled_from([b"data: ", b"data:"]),
+)
+def test_a_pretty_printed_stream_at_random_cuts(
+    n: int, cuts: list[int], sep: bytes, prefix: bytes
+) -> None:
+    """JSON over several `data:` lines per event: the `"usage": null` member leaves with its
+    comma and line, the usage chunk leaves whole, everything else stays byte for byte
+    (before, a regex across the lines left a dangling comma the SDK could not parse, and the
+    usage chunk reached the client)."""
+    with_usage = stream(n, True, sep, pretty=prefix)
+    expected = stream(n, False, sep, pretty=prefix)
+    assert b"\n" + prefix + b' "usage": null' in with_usage.replace(b"\r", b"\n")
+    assert strip_all(with_usage, [c % (len(with_usage) + 1) for c in cuts]) == expected
+
+
+def test_an_event_whose_usage_null_cannot_be_cut_cleanly_is_left_as_sent() -> None:
+    """Never a broken event: when cutting `"usage": null` would not leave the same chunk, the
+    client gets the event as the upstream sent it (SDKs read a null usage as none)."""
+    odd = b'data: {"choices": [{"delta": {"content": "a"}}],\ndata:  "usage" : null , "x": 1}\n\n'
+    out = strip_all(odd, [])
+    body = b"\n".join(line[5:] for line in out.strip().split(b"\n"))
+    assert orjson.loads(body) == {"choices": [{"delta": {"content": "a"}}], "x": 1}
 
 
 @pytest.mark.parametrize("spaced", [False, True])
