@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import quote, unquote
 
 from starlette.applications import Starlette
 
 from llmtap.proxy.api import api_routes
 from llmtap.proxy.config import Settings
-from llmtap.proxy.errors import UpstreamAborted
+from llmtap.proxy.errors import UpstreamAborted, openai_error
 from llmtap.proxy.forward import Forwarder, Receive, Scope, Send
 from llmtap.proxy.models_api import model_routes
 from llmtap.proxy.replaying import Replayer
@@ -30,15 +31,33 @@ log = logging.getLogger("llmtap")
 _EXPERIMENTS = "/experiments/"
 
 
-def split_api_path(path: str) -> tuple[str | None, str] | None:
-    """(experiment, path below /v1) for a forwarded path, or None for llmtap's own routes."""
-    if path == "/v1" or path.startswith("/v1/"):
-        return None, path[3:]
-    if path.startswith(_EXPERIMENTS):
-        name, sep, rest = path[len(_EXPERIMENTS) :].partition("/")
+def split_api_path(raw_path: str) -> tuple[str | None, str, str] | None:
+    """(experiment, path below /v1, that path as sent) for a forwarded path, or None for
+    llmtap's own routes. Read from the path as the client encoded it, once: an experiment's
+    name may hold an encoded slash (`/experiments/team%2Fnightly/v1`), and the path below it
+    is forwarded exactly as it was sent."""
+    if raw_path == "/v1" or raw_path.startswith("/v1/"):
+        below = raw_path[3:]
+        return None, unquote(below), below
+    if raw_path.startswith(_EXPERIMENTS):
+        name, sep, rest = raw_path[len(_EXPERIMENTS) :].partition("/")
         if name and sep and (rest == "v1" or rest.startswith("v1/")):
-            return name, rest[2:]
+            return unquote(name), unquote(rest[2:]), rest[2:]
     return None
+
+
+async def not_an_experiment_path(send: Send) -> None:
+    """A path under /experiments/ that names no experiment's base URL: an OpenAI-shaped 404
+    that says what one looks like, not Starlette's plain text."""
+    body = openai_error(
+        404,
+        "invalid_request_error",
+        "llmtap: an experiment's base URL is /experiments/NAME/v1 (NAME percent-encoded)",
+        "not_found",
+    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": 404, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class LlmtapApp:
@@ -72,9 +91,16 @@ class LlmtapApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            target = split_api_path(scope["path"])
+            raw = scope.get("raw_path")
+            target = split_api_path(raw.decode("latin-1") if raw else quote(scope["path"]))
             if target is not None:
-                await self.forwarder.handle(scope, receive, send, target[1], target[0])
+                experiment, api_path, raw_api_path = target
+                await self.forwarder.handle(
+                    scope, receive, send, api_path, raw_api_path, experiment
+                )
+                return
+            if scope["path"].startswith(_EXPERIMENTS):
+                await not_an_experiment_path(send)
                 return
             await self.site(scope, receive, send)
         elif scope["type"] == "lifespan":

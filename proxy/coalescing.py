@@ -14,6 +14,9 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from llmtap.proxy.errors import openai_error
+from llmtap.proxy.http10 import unframed_for_http10
+
 
 class CoalescingTransport:
     """A transport whose writes are joined until the end of the event loop's turn."""
@@ -79,7 +82,25 @@ class CoalescingTransport:
 
 
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, writing through a `CoalescingTransport`."""
+    """uvicorn's httptools protocol, writing through a `CoalescingTransport`; an HTTP/1.0
+    request's answer without a length goes out unframed (`llmtap.proxy.http10`), and a
+    request that is not HTTP gets its 400 in OpenAI's shape."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope and self.scope["http_version"] == "1.0":
+            unframed_for_http10(cycle)
+
+    def send_400_response(self, msg: str) -> None:
+        # a request that is not HTTP (bad framing, Content-Length with Transfer-Encoding...):
+        # the error in OpenAI's shape, as every other llmtap answers, not uvicorn's plain text
+        body = openai_error(400, "invalid_request_error", f"llmtap: {msg}", "invalid_http")
+        head = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+        self.transport.write(
+            head + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body
+        )
+        self.transport.close()

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any
-from urllib.parse import quote
 
 from llmtap.proxy.config import Settings
 from llmtap.proxy.context import build_context
@@ -37,6 +37,7 @@ from llmtap.proxy.upstream_client import (
     UnsendableRequest,
     UpstreamClient,
     UpstreamError,
+    shown_url,
 )
 from llmtap.proxy.usage_injection import UsageStripper, injected_body
 from llmtap.recorder.recording import Recording
@@ -50,6 +51,7 @@ Receive = Any
 Send = Any
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+_DOT_SEGMENT = re.compile(r"(?:^|/)\.{1,2}(?:/|$)")
 
 
 class Forwarder:
@@ -59,7 +61,7 @@ class Forwarder:
         self.settings = settings
         self.writer = writer
         self.replayer = replayer
-        self.base = settings.upstream
+        self.base = shown_url(settings.upstream)  # for messages: no credentials
         self.client: UpstreamClient | None = None
         self.origin: Origin | None = None
         self.origin_error: UpstreamError | None = None
@@ -67,7 +69,7 @@ class Forwarder:
     async def start(self) -> None:
         s = self.settings
         try:
-            self.origin = Origin.parse(self.base)
+            self.origin = Origin.parse(s.upstream)
         except UpstreamError as exc:  # said on each request, as a 502 naming the upstream
             self.origin_error = exc
         self.client = UpstreamClient(connect_timeout=s.connect_timeout, read_timeout=s.read_timeout)
@@ -77,8 +79,16 @@ class Forwarder:
             await self.client.close()
 
     async def handle(
-        self, scope: Scope, receive: Receive, send: Send, api_path: str, experiment: str | None
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        api_path: str,
+        raw_api_path: str,
+        experiment: str | None,
     ) -> None:
+        """Serve one request; `api_path` is below `/v1`, decoded, and `raw_api_path` the same
+        as the client encoded it (forwarded as it is: re-encoding would change it)."""
         split = split_request_headers(scope["headers"])
         ctx = build_context(experiment, split.controls)
         query = scope.get("query_string", b"").decode("latin-1")
@@ -112,8 +122,16 @@ class Forwarder:
         ):
             return
         rec.discard = mode == Mode.OFF
-        # the path as the client encoded it: decoding and re-encoding would change the request
-        target = raw_api_path(scope, api_path) + ("?" + query if query else "")
+        if _DOT_SEGMENT.search(api_path):
+            # `/v1/../admin` climbs out of the base path at any server that resolves dot
+            # segments (RFC 3986 5.2.4): only the configured upstream's API is reachable
+            await self._answer_error(
+                send,
+                rec,
+                BadControl("llmtap: a path with '.' or '..' segments is not forwarded"),
+            )
+            return
+        target = raw_api_path + ("?" + query if query else "")
         body, headers = rec.request_body, split.forward
         if self.settings.stream_usage and self.writer and not rec.discard and rec.method == "POST":
             injected = injected_body(api_path, body)
@@ -131,7 +149,7 @@ class Forwarder:
         if self.origin is None or self.client is None:
             raise self.origin_error or UpstreamError("the forwarder is not started")
         return await self.client.request(
-            self.origin, method, self.origin.prefix + target, headers, body
+            self.origin, method, self.origin.target(target), headers, body
         )
 
     async def _forward(
@@ -180,6 +198,10 @@ class Forwarder:
         rec.respond(upstream.status, stored)
         content_type, encoding = _content_headers(relay_headers)
         streamed = content_type == b"text/event-stream"
+        if streamed and rec.usage_injected and encoding == b"identity":
+            # the usage llmtap asked for leaves the stream: the upstream's length is not its
+            # length any more (uvicorn frames it as chunked instead)
+            relay_headers = [h for h in relay_headers if h[0] != b"content-length"]
         # a stream can run for minutes: a task waits for the client to leave and cancels the
         # relay. Any other body is relayed as it comes, and under uvicorn the connection's
         # `disconnected` flag, read between pieces, says the same without a task per request.
@@ -297,18 +319,6 @@ class Forwarder:
     def _submit(self, rec: Recording) -> None:
         if self.writer is not None and not rec.discard:
             self.writer.submit_nowait(rec)
-
-
-def raw_api_path(scope: Scope, api_path: str) -> str:
-    """The path below `/v1` exactly as the client sent it (still percent-encoded)."""
-    raw = scope.get("raw_path")
-    if not raw:
-        return quote(api_path, safe="/:@!$&'()*+,;=-._~")
-    text = raw.decode("latin-1")
-    if text.startswith("/v1"):
-        return text[3:]
-    parts = text.split("/", 3)  # "", "experiments", NAME, "v1/..."
-    return parts[3][2:] if len(parts) == 4 else api_path
 
 
 def _content_headers(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes]:

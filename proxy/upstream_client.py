@@ -118,6 +118,14 @@ class Origin:
     ssl: ssl.SSLContext | None
     authorization: str | None
     """`Basic ...` from credentials in the base URL, sent when the request has none."""
+    query: str = ""
+    """The base URL's query (Azure's `?api-version=...`), added to every request's own."""
+
+    def target(self, path_and_query: str) -> str:
+        """The request target upstream for a path below the base URL (with its query)."""
+        if not self.query:
+            return self.prefix + path_and_query
+        return self.prefix + path_and_query + ("&" if "?" in path_and_query else "?") + self.query
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -128,14 +136,16 @@ class Origin:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https"):
-            raise UpstreamError(f"unsupported upstream URL {url!r}: http:// or https:// only")
+            raise UpstreamError(
+                f"unsupported upstream URL {shown_url(url)!r}: http:// or https:// only"
+            )
         try:
             host = parts.hostname
             port = parts.port
         except ValueError as exc:
-            raise UpstreamError(f"invalid upstream URL {url!r}: {exc}") from None
+            raise UpstreamError(f"invalid upstream URL {shown_url(url)!r}: {exc}") from None
         if not host:
-            raise UpstreamError(f"invalid upstream URL {url!r}: no host")
+            raise UpstreamError(f"invalid upstream URL {shown_url(url)!r}: no host")
         if ":" in host:  # an IPv6 literal
             shown = f"[{host}]"
         else:
@@ -164,7 +174,18 @@ class Origin:
             prefix,
             context,
             authorization,
+            parts.query,
         )
+
+
+def shown_url(url: str) -> str:
+    """A base URL as messages, logs and the API may show it: without its credentials
+    (`https://user:password@host/v1` authenticates llmtap; the password is a secret)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"***@{host}").geturl()
 
 
 class UpstreamClient:
@@ -455,7 +476,9 @@ class _Connection(asyncio.Protocol):
     # --- httptools callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self.message_done:
+        # after the head, httptools reports a chunked body's trailer fields here: they are not
+        # headers (RFC 9110 6.5.1), and when they came in the head's read they joined them
+        if not self.message_done and not self.head_done:
             self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:

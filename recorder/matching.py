@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from llmtap.recorder.secret_headers import redacted_query
+
 # RFC 2046 section 5.1.1: 1-70 of these characters, the last one not a space
 _BOUNDARY = re.compile(rb"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
 _MAX_BOUNDARY = 70
@@ -97,7 +99,8 @@ def match_key(
     parsed: Any = None,
 ) -> str:
     digest = hashlib.sha256()
-    digest.update(f"{method.upper()} {path}?{query}\n".encode())
+    # (the query as it is kept: a key in it is not, and a recording must still match)
+    digest.update(f"{method.upper()} {path}?{redacted_query(query)}\n".encode())
     digest.update(canonical_body(body, ignore, parsed))
     return digest.hexdigest()
 

@@ -37,8 +37,8 @@ def load_prices(path: str | None) -> PriceTable:
     return table
 
 
-def price_for(table: PriceTable, model: str | None) -> dict[str, float] | None:
-    if not model:
+def price_for(table: PriceTable, model: Any) -> dict[str, float] | None:
+    if not model or not isinstance(model, str):  # a request's `model` may be anything
         return None
     return table.get(model) or table.get(_SNAPSHOT.sub("", model))
 

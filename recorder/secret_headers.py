@@ -8,6 +8,7 @@ elsewhere holds).
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote_plus
 
 # Request headers that carry credentials or account ids: forwarded, never stored. Names are
 # matched by rule, not by list, because every gateway invents its own (x-auth-token,
@@ -51,3 +52,24 @@ def is_secret_value(value: bytes) -> bool:
     """A value that is a credential whatever its header is called."""
     # the first byte rules out nearly every value before the regex runs
     return value[:1] in VALUE_STARTS and SECRET_VALUE.match(value) is not None
+
+
+def redacted_query(query: str) -> str:
+    """A query string as it may be kept: the value of a parameter named like a credential
+    (`?api-key=...`, `?access_token=...`) or holding one replaced by `***`, the rest as sent.
+    Replay matches on this form on both sides, so a recording still answers its request."""
+    if not query:
+        return query
+    pairs = query.split("&")
+    for i, pair in enumerate(pairs):
+        name, eq, value = pair.partition("=")
+        if (
+            eq
+            and value
+            and (
+                is_secret_name(unquote_plus(name).lower().encode("utf-8", "replace"))
+                or is_secret_value(unquote_plus(value).encode("utf-8", "replace"))
+            )
+        ):
+            pairs[i] = f"{name}=***"
+    return "&".join(pairs)

@@ -141,6 +141,10 @@ def _copy_body(conn: sqlite3.Connection, exchange_id: str, body: PieceSpool) -> 
             blob.write(block)
 
 
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 def _span_row(s: Span, exchange_id: str | None) -> tuple[Any, ...]:
     attributes = s.attributes
     usage = attributes.get("usage") or {}
@@ -150,7 +154,7 @@ def _span_row(s: Span, exchange_id: str | None) -> tuple[Any, ...]:
         s.parent_id,
         s.name,
         str(s.span_type),
-        attributes.get("model"),
+        _text_or_none(attributes.get("model")),  # a bad request's model may be a list, a number
         s.start_time_ns,
         s.end_time_ns,
         s.status.code,

@@ -21,6 +21,7 @@ from llmtap.recorder.models import model_record
 from llmtap.recorder.prices import PriceTable, cost_of, default_prices
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.records import Batch, Exchange, Span, Status, TraceHead
+from llmtap.recorder.secret_headers import redacted_query
 from llmtap.recorder.semconv import genai_attributes
 from llmtap.recorder.spool import PieceSpool
 from llmtap.recorder.stream_summary import StreamSummariser, StreamSummary
@@ -69,6 +70,14 @@ def _decoded_body(rec: Recording, body: bytes, problems: list[str]) -> bytes:
         return b""
 
 
+def _decoded_request(body: bytes, coding: str) -> bytes:
+    try:
+        decompressor = decoder_for(coding)
+        return decompressor.decompress(body) + decompressor.flush()
+    except Exception:  # the upstream gets it as sent and will say what is wrong with it
+        return body
+
+
 def _error_message(error: Any) -> str:
     if isinstance(error, dict):
         inner = error.get("error", error)
@@ -95,7 +104,7 @@ def build_exchange(rec: Recording, body: bytes | PieceSpool, is_stream: bool) ->
         exchange_id=rec.exchange_id,
         method=rec.method,
         path=rec.path,
-        query=rec.query,
+        query=redacted_query(rec.query),
         request_headers=tuple(rec.request_headers),
         request_body=rec.request_body,
         status=rec.error_status or rec.status,
@@ -131,8 +140,13 @@ class Tracer:
         if endpoint is None or rec.method != "POST" or not (self.log_traces or self.log_models):
             key = match_key(rec.method, rec.path, rec.request_body, query=rec.query)
             return Batch(exchange, key, is_stream)
-        inputs = _parse_json(rec.request_body)  # once: for the key, the span and the links
-        key = match_key(rec.method, rec.path, rec.request_body, query=rec.query, parsed=inputs)
+        coding = header(rec.request_headers, "content-encoding")
+        if coding is None or coding.strip().lower() == "identity":
+            inputs = _parse_json(rec.request_body)  # once: for the key, the span and the links
+            key = match_key(rec.method, rec.path, rec.request_body, query=rec.query, parsed=inputs)
+        else:  # a compressed request: the span shows it decoded; replay matches its bytes
+            inputs = _parse_json(_decoded_request(rec.request_body, coding))
+            key = match_key(rec.method, rec.path, rec.request_body, query=rec.query)
         ctx = rec.context
         model = None
         if self.log_models and 200 <= (exchange.status or 0) < 300:  # a configuration that works

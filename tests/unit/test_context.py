@@ -9,13 +9,41 @@ VALID = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 def test_split_api_path() -> None:
-    assert split_api_path("/v1/chat/completions") == (None, "/chat/completions")
-    assert split_api_path("/v1") == (None, "")
-    assert split_api_path("/experiments/nightly/v1/embeddings") == ("nightly", "/embeddings")
+    """(experiment, path below /v1 decoded, the same as sent), from the path as sent."""
+    assert split_api_path("/v1/chat/completions") == (
+        None,
+        "/chat/completions",
+        "/chat/completions",
+    )
+    assert split_api_path("/v1") == (None, "", "")
+    assert split_api_path("/experiments/nightly/v1/embeddings") == (
+        "nightly",
+        "/embeddings",
+        "/embeddings",
+    )
     assert split_api_path("/experiments/x/v2/embeddings") is None
     assert split_api_path("/v10/x") is None
     assert split_api_path("/api/traces") is None
     assert split_api_path("/experiments//v1/x") is None
+
+
+def test_split_api_path_reads_each_part_once_from_the_path_as_sent() -> None:
+    """An encoded slash belongs to the name it is in; the path below /v1 is forwarded as sent
+    (before, the name and the forwarded path were read from two different forms of the path:
+    `/experiments/a%2Fv1/x/v1/models` went upstream as `/v1v1/models`, recorded as
+    `/x/v1/models`)."""
+    assert split_api_path("/experiments/team%2Frun-1/v1/models") == (
+        "team/run-1",
+        "/models",
+        "/models",
+    )
+    assert split_api_path("/experiments/a%2Fv1/x/v1/models") is None
+    assert split_api_path("/experiments/a/%76%31/models") is None  # v1 spelt in escapes
+    assert split_api_path("/experiments/caf%C3%A9/v1/files/a%20b") == (
+        "café",
+        "/files/a b",
+        "/files/a%20b",
+    )
 
 
 def test_traceparent_validation() -> None:

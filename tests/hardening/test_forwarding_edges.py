@@ -1,0 +1,307 @@
+"""The forwarding leg at its edges (SPEC sections 2 and 6), against an upstream that answers
+with exact bytes: what the client gets, what the upstream gets, what is kept."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import brotli
+import httpx
+import orjson
+import pytest
+
+from tests.conftest import Proxy
+from tests.raw_upstream import Received, json_reply, raw_upstream
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+COMPLETION = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "m",
+    "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}
+    ],
+    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+}
+
+
+def raw_exchange(proxy: Proxy, request: bytes) -> tuple[bytes, bytes]:
+    """(head, body) of the answer to one raw request sent with `connection: close`."""
+    port = int(proxy.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    head, _, body = out.partition(b"\r\n\r\n")
+    return head, body
+
+
+def post(path: str, body: bytes, *extra: bytes) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n".encode()
+        + b"".join(h + b"\r\n" for h in extra)
+        + f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
+        + body
+    )
+
+
+def spans(proxy: Proxy) -> list[Any]:
+    return proxy.query("SELECT status_code, status_message, inputs, attributes FROM spans")
+
+
+def sse_with_length(request: Received) -> bytes:
+    """A stream sent with a Content-Length, as a buffering gateway or a mock server sends it;
+    with the usage OpenAI adds when asked."""
+    asked = (json.loads(request.body).get("stream_options") or {}).get("include_usage")
+    extra = {"usage": None} if asked else {}
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    events = [
+        {**chunk, "choices": [{"index": 0, "delta": {"content": "hi"}}], **extra},
+        {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], **extra},
+    ]
+    if asked:
+        events.append({**chunk, "choices": [], "usage": COMPLETION["usage"]})
+    body = b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+    return (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+        + f"content-length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+
+
+def test_a_stream_with_a_content_length_keeps_a_true_length(
+    start_proxy: Callable[..., Proxy],
+) -> None:
+    """llmtap takes the usage it asked for out of the stream: the upstream's Content-Length
+    no longer holds, so it does not reach the client (before: 473 bytes announced, 292 sent;
+    curl failed with "transfer closed", uvicorn logged an exception)."""
+    with raw_upstream(sse_with_length) as upstream:
+        proxy = start_proxy(upstream=f"{upstream.url}/v1")
+        body = orjson.dumps({**CHAT, "stream": True})
+        direct = httpx.post(f"{upstream.url}/v1/chat/completions", content=body)
+        head, received = raw_exchange(proxy, post("/v1/chat/completions", body))
+    lengths = [
+        int(line.split(b":")[1])
+        for line in head.lower().split(b"\r\n")
+        if line.startswith(b"content-length:")
+    ]
+    assert b"transfer-encoding: chunked" in head.lower() and lengths == []
+    assert dechunk(received) == direct.content  # the events the client would have had directly
+    assert [s["status_code"] for s in spans(proxy)] == ["OK"]
+    assert json.loads(spans(proxy)[0]["attributes"])["usage"]["total_tokens"] == 2
+
+
+def dechunk(body: bytes) -> bytes:
+    out, at = b"", 0
+    while True:
+        end = body.index(b"\r\n", at)
+        size = int(body[at:end].split(b";")[0], 16)
+        if size == 0:
+            return out
+        out += body[end + 2 : end + 2 + size]
+        at = end + 2 + size + 2
+
+
+@pytest.mark.parametrize("model", [5, ["gpt-4o"], {"name": "gpt-4o"}, None])
+def test_a_call_whose_model_is_no_string_is_still_traced(
+    start_proxy: Callable[..., Proxy], model: Any
+) -> None:
+    """SPEC 3 and 6: every call is a span, bad input included (before: the price lookup or the
+    spans table's model column failed, and the call had no trace at all)."""
+    reply = orjson.dumps({**COMPLETION, "model": 123})
+    with raw_upstream(lambda request: json_reply(reply)) as upstream:
+        proxy = start_proxy(upstream=f"{upstream.url}/v1", log_models=True)
+        answer = httpx.post(f"{proxy.base_url}/chat/completions", json={**CHAT, "model": model})
+    assert answer.status_code == 200
+    (span,) = spans(proxy)
+    assert span["status_code"] == "OK"
+    assert json.loads(span["inputs"])["model"] == model
+    assert json.loads(span["attributes"])["usage"]["total_tokens"] == 2
+    health = httpx.get(f"{proxy.url}/api/health").json()
+    assert health["store"]["ok"], health
+
+
+def test_credentials_in_the_upstream_url_are_never_shown(start_proxy: Callable[..., Proxy]) -> None:
+    """`http://user:password@host/v1` authenticates llmtap to its upstream; when that upstream
+    is down, the 502, the span and the exchange say which upstream without the password."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once it is closed
+    proxy = start_proxy(upstream=f"http://admin:hunter2secret@127.0.0.1:{port}/v1")
+    answer = httpx.post(f"{proxy.base_url}/chat/completions", json=CHAT)
+    assert answer.status_code == 502
+    assert "hunter2secret" not in answer.text and f"127.0.0.1:{port}" in answer.text
+    rows = proxy.query("SELECT * FROM exchanges") + proxy.query("SELECT * FROM spans")
+    assert rows and "hunter2secret" not in json.dumps([tuple(r) for r in rows], default=str)
+    assert "hunter2secret" not in proxy.db.read_bytes().decode("latin-1")
+
+
+def test_a_query_in_the_upstream_url_goes_with_every_request(
+    start_proxy: Callable[..., Proxy],
+) -> None:
+    """An Azure deployment URL carries `?api-version=...`: each request gets it, after its own
+    query (before: dropped without a word)."""
+    reply = orjson.dumps(COMPLETION)
+    with raw_upstream(lambda request: json_reply(reply)) as upstream:
+        proxy = start_proxy(upstream=f"{upstream.url}/openai/deployments/d?api-version=2024-10-21")
+        httpx.post(f"{proxy.base_url}/chat/completions", json=CHAT)
+        httpx.get(f"{proxy.base_url}/models?limit=2")
+    assert [r.target for r in upstream.received] == [
+        "/openai/deployments/d/chat/completions?api-version=2024-10-21",
+        "/openai/deployments/d/models?limit=2&api-version=2024-10-21",
+    ]
+
+
+def test_trailer_fields_never_join_the_headers(start_proxy: Callable[..., Proxy]) -> None:
+    """A chunked answer with a trailer section: its fields are no headers (RFC 9110 6.5.1).
+    Before, when they came in the same read as the head, the client got two Content-Types
+    and the stored headers had them too."""
+    body = orjson.dumps(COMPLETION)
+    reply = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n"
+        + b"trailer: content-type\r\n\r\n"
+        + f"{len(body):x}\r\n".encode()
+        + body
+        + b"\r\n0\r\ncontent-type: text/html\r\nx-checksum: 1\r\n\r\n"
+    )
+    with raw_upstream(lambda request: reply) as upstream:
+        proxy = start_proxy(upstream=f"{upstream.url}/v1")
+        answer = httpx.post(f"{proxy.base_url}/chat/completions", json=CHAT)
+    assert answer.headers.get_list("content-type") == ["application/json"]
+    assert "x-checksum" not in answer.headers
+    assert answer.json() == COMPLETION
+    (row,) = proxy.query("SELECT response_headers FROM exchanges")
+    assert "text/html" not in row[0] and "x-checksum" not in row[0]
+
+
+def test_a_key_in_the_query_string_is_never_kept_and_still_replays(
+    start_proxy: Callable[..., Proxy],
+) -> None:
+    """Some gateways take the key as `?api-key=`: forwarded, never stored (SPEC 6); replay
+    matches the request on the query as kept, so the recording still answers it."""
+    key = "sk-querykey0123456789abcdef"
+    recorder = start_proxy()
+    url = f"{recorder.base_url}/embeddings?api-key={key}&dimensions=8"
+    sent = httpx.post(url, json={"model": "text-embedding-3-small", "input": "hi"})
+    assert sent.status_code == 200
+    (row,) = recorder.query("SELECT query FROM exchanges")
+    assert row[0] == "api-key=***&dimensions=8"
+    recorder.flush()
+    assert key.encode() not in recorder.db.read_bytes()
+    wal = recorder.db.with_name(recorder.db.name + "-wal")
+    assert not wal.exists() or key.encode() not in wal.read_bytes()
+    replayer = start_proxy(db=str(recorder.db), mode="replay")
+    again = httpx.post(
+        url.replace(recorder.base_url, replayer.base_url),
+        json={"model": "text-embedding-3-small", "input": "hi"},
+    )
+    assert again.status_code == 200 and again.json() == sent.json()
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br"])
+def test_a_compressed_request_is_traced_decoded(
+    start_proxy: Callable[..., Proxy], coding: str
+) -> None:
+    """`Content-Encoding: gzip` on a request: forwarded as sent, and the span's inputs and
+    model are the JSON it holds (before: a string of compressed bytes and no model)."""
+    packed = {"gzip": gzip.compress, "deflate": zlib.compress, "br": brotli.compress}[coding](
+        orjson.dumps(CHAT)
+    )
+    reply = orjson.dumps(COMPLETION)
+    with raw_upstream(lambda request: json_reply(reply)) as upstream:
+        proxy = start_proxy(upstream=f"{upstream.url}/v1")
+        answer = httpx.post(
+            f"{proxy.base_url}/chat/completions",
+            content=packed,
+            headers={"content-type": "application/json", "content-encoding": coding},
+        )
+    assert answer.status_code == 200
+    assert upstream.received[0].body == packed
+    (span,) = spans(proxy)
+    assert json.loads(span["inputs"]) == CHAT
+    assert json.loads(span["attributes"])["model"] == "m"
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/../../admin/keys", "/v1/%2e%2e/%2E%2E/admin", "/v1/./../x", "/v1/files/.."]
+)
+def test_dot_segments_never_leave_the_base_path(
+    start_proxy: Callable[..., Proxy], path: str
+) -> None:
+    """With `--upstream http://gw/openai/v1`, `/v1/../../admin/keys` reached the gateway as
+    `/openai/v1/../../admin/keys`, which any server that resolves dot segments serves as
+    `/admin/keys`, with the client's key (SPEC 2: the upstream is only ever the configured
+    one). Such a path gets a clear 400, recorded, and nothing goes upstream."""
+    with raw_upstream(lambda request: json_reply(orjson.dumps(COMPLETION))) as upstream:
+        proxy = start_proxy(upstream=f"{upstream.url}/openai/v1")
+        head, body = raw_exchange(
+            proxy, f"GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".encode()
+        )
+        fine = httpx.get(f"{proxy.base_url}/models")
+    assert head.startswith(b"HTTP/1.1 400")
+    assert json.loads(body)["error"]["message"].startswith("llmtap: a path with")
+    assert [r.target for r in upstream.received] == ["/openai/v1/models"]
+    assert fine.status_code == 200
+    rows = proxy.query("SELECT status, error FROM exchanges ORDER BY rowid")
+    assert rows[0]["status"] == 400 and rows[0]["error"]
+
+
+def test_experiment_paths_as_sent(start_proxy: Callable[..., Proxy]) -> None:
+    """A name with an encoded slash files its traffic under that name; a path under
+    /experiments/ that is no base URL gets an OpenAI-shaped 404 (before: text/plain)."""
+    with raw_upstream(lambda request: json_reply(orjson.dumps(COMPLETION))) as upstream:
+        proxy = start_proxy(upstream=f"{upstream.url}/v1")
+        named = httpx.post(f"{proxy.url}/experiments/team%2Frun-1/v1/chat/completions", json=CHAT)
+        wrong = httpx.get(f"{proxy.url}/experiments/team/v2/models")
+    assert named.status_code == 200
+    assert [r.target for r in upstream.received] == ["/v1/chat/completions"]
+    traces = httpx.get(f"{proxy.url}/api/traces").json()["traces"]
+    assert [t["experiment"] for t in traces] == ["team/run-1"]
+    assert wrong.status_code == 404 and "/experiments/NAME/v1" in wrong.json()["error"]["message"]
+
+
+def test_an_http10_client_gets_its_stream_unframed(proxy: Proxy) -> None:
+    """HTTP/1.0 knows no chunked coding (RFC 9112 6.1): a stream reaches such a client as its
+    bytes, ended by the close (before: chunk sizes inside its SSE, no `[DONE]` at the end)."""
+    body = orjson.dumps({**CHAT, "model": "gpt-4o-mini", "stream": True})
+    request = (
+        b"POST /v1/chat/completions HTTP/1.0\r\ncontent-type: application/json\r\n"
+        + f"authorization: Bearer sk-test\r\ncontent-length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    head, received = raw_exchange(proxy, request)
+    assert b"transfer-encoding" not in head.lower() and b"connection: close" in head.lower()
+    events = [e for e in received.split(b"\n\n") if e]
+    assert events[-1] == b"data: [DONE]" and all(e.startswith(b"data: ") for e in events)
+    assert "".join(
+        c["delta"].get("content") or "" for e in events[:-1] for c in orjson.loads(e[6:])["choices"]
+    )
+    assert [s["status_code"] for s in spans(proxy)] == ["OK"]
+    after = httpx.get(f"{proxy.base_url}/models")  # and the server goes on as before
+    assert after.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /v1/chat/completions HTTP/1.1\r\ncontent-length: 2\r\n"
+        b"transfer-encoding: chunked\r\n\r\nzz\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\nnot-hex\r\n",
+        b"GARBAGE\x00\x01 / HTTP/1.1\r\n\r\n",
+    ],
+    ids=["length-and-chunked", "bad-chunk-size", "not-http"],
+)
+def test_a_request_that_is_not_http_gets_an_openai_shaped_400(
+    proxy: Proxy, request_bytes: bytes
+) -> None:
+    head, body = raw_exchange(proxy, request_bytes)
+    assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head
+    assert json.loads(body)["error"]["type"] == "invalid_request_error"
+    assert httpx.get(f"{proxy.base_url}/models").status_code == 200  # and the next is served
