@@ -141,10 +141,23 @@ def models(name: str | None, db: str, trace_id: str | None, as_json: bool) -> No
     'columns ({"content": "a"}, or a version\'s input_example) or a list of such records.',
 )
 @click.option(
+    "--params",
+    "params_json",
+    metavar="JSON",
+    help="Parameters laid over the version's, as MLflow's predict(params=...) takes them: "
+    "'{\"temperature\": 0.9}'. Only the version's own parameters may be given.",
+)
+@click.option(
     "--json", "as_json", is_flag=True, help="Print {predictions, model_uri, trace_ids} as JSON."
 )
 def predict(
-    model_uri: str, input_text: str, db: str, upstream: str, json_input: bool, as_json: bool
+    model_uri: str,
+    input_text: str,
+    db: str,
+    upstream: str,
+    json_input: bool,
+    params_json: str | None,
+    as_json: bool,
 ) -> None:
     """Run a recorded model version again with INPUT ('-' reads stdin), like MLflow's
     pyfunc.load_model(MODEL_URI).predict(INPUT); the call is recorded into --db.
@@ -160,6 +173,10 @@ def predict(
         inputs = orjson.loads(text) if json_input else text
     except orjson.JSONDecodeError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="INPUT") from exc
+    try:
+        params = None if params_json is None else orjson.loads(params_json)
+    except orjson.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--params") from exc
     model = reader.get_model(version["name"]) or {}
     settings = Settings(
         upstream=upstream,
@@ -169,7 +186,7 @@ def predict(
         registered_model_name=version["name"] if model.get("registered") else None,
     )
     try:
-        result = asyncio.run(_predict_in_process(settings, version, inputs))
+        result = asyncio.run(_predict_in_process(settings, version, inputs, params))
     except PredictError as exc:
         raise click.ClickException(f"{model_uri}: {exc}") from exc
     if as_json:
@@ -182,7 +199,7 @@ def predict(
 
 
 async def _predict_in_process(
-    settings: Settings, version: dict[str, Any], inputs: Any
+    settings: Settings, version: dict[str, Any], inputs: Any, params: Any
 ) -> Prediction:
     from llmtap.proxy.app import create_app
 
@@ -191,6 +208,6 @@ async def _predict_in_process(
     try:
         key = os.environ.get("OPENAI_API_KEY")
         headers = [("authorization", f"Bearer {key}")] if key else []
-        return await run_prediction(app, version, inputs, headers)
+        return await run_prediction(app, version, inputs, headers, params)
     finally:
         await app.shutdown()  # drains the writer: the calls are in the database

@@ -70,10 +70,14 @@ def model_routes(reader: ModelReader, app: ASGIApp) -> list[Route]:
         except orjson.JSONDecodeError as exc:
             return _error(400, f"the body is not JSON: {exc}")
         if not isinstance(body, dict) or "inputs" not in body:
-            return _error(400, 'the body must be {"inputs": ...}')
+            return _error(400, 'the body must be {"inputs": ..., "params": {...}}')
         try:
             result = await run_prediction(
-                app, found, body["inputs"], passthrough_headers(request.headers.raw)
+                app,
+                found,
+                body["inputs"],
+                passthrough_headers(request.headers.raw),
+                body.get("params"),  # MLflow's scoring server takes them beside the inputs
             )
         except PredictError as exc:
             kind = "invalid_request_error" if exc.status == 400 else "llmtap_upstream_error"

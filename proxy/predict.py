@@ -134,14 +134,39 @@ def _show(value: Any) -> str:
 # --- the requests and the answers (pure) -----------------------------------------------------
 
 
-def request_bodies(version: Mapping[str, Any], inputs: Any) -> list[dict[str, Any]]:
+def request_bodies(
+    version: Mapping[str, Any], inputs: Any, params: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """The request bodies for `inputs`: one per row, or one for all rows of an embeddings
-    model (the API embeds a list in one call, as MLflow batches them)."""
+    model (the API embeds a list in one call, as MLflow batches them). `params` (MLflow's
+    `predict(data, params=...)`) are laid over the version's own, as the openai flavor does
+    (`{**model_params, **params}`)."""
     task = version["task"]
+    own = {**(version.get("params") or {}), **_checked_params(version, params)}
     values = [row_input(task, row) for row in input_rows(task, inputs)]
     if task == "embeddings":
-        return [_body(version, values if len(values) > 1 else values[0])]
-    return [_body(version, value) for value in values]
+        return [_body(version, own, values if len(values) > 1 else values[0])]
+    return [_body(version, own, value) for value in values]
+
+
+def _checked_params(version: Mapping[str, Any], params: Any) -> Mapping[str, Any]:
+    """`params` when each names a parameter of the version (its recorded invocation params or
+    its signature's); a PredictError 400 otherwise, as a typo must not pass silently."""
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise PredictError(400, f"params must be an object of parameters, not {_show(params)}")
+    signature = (version.get("signature") or {}).get("params") or []
+    known = set(version.get("params") or {}) | {p.get("name") for p in signature}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        names = ", ".join(sorted(map(str, known))) or "none"
+        raise PredictError(
+            400,
+            f"unknown param(s) {', '.join(unknown)} for {version['model_uri']} "
+            f"(its params: {names})",
+        )
+    return params
 
 
 def _messages(value: Any) -> list[Any]:
@@ -153,10 +178,10 @@ def _framed(lead: list[Any], items: list[Any]) -> list[Any]:
     return items if items[: len(lead)] == lead else [*lead, *items]
 
 
-def _body(version: Mapping[str, Any], value: Any) -> dict[str, Any]:
+def _body(version: Mapping[str, Any], params: Mapping[str, Any], value: Any) -> dict[str, Any]:
     task = version["task"]
     template = version.get("prompt_template") or {}
-    body: dict[str, Any] = {"model": version["model"], **(version.get("params") or {})}
+    body: dict[str, Any] = {"model": version["model"], **params}
     if task == "chat.completions":
         body["messages"] = _framed(list(template.get("messages", ())), _messages(value))
     elif task == "responses":
@@ -203,12 +228,14 @@ async def run_prediction(
     version: Mapping[str, Any],
     inputs: Any,
     headers: Sequence[tuple[str, str]] = (),
+    params: Mapping[str, Any] | None = None,
 ) -> Prediction:
-    """Send the version's requests for `inputs` to `app`'s own `/v1` and gather the answers.
+    """Send the version's requests for `inputs` (with `params` over the version's) to `app`'s
+    own `/v1` and gather the answers.
 
     `headers` go with each call (the caller's key, `llmtap-session`...); llmtap files the calls
     under the version's experiment, in a new trace each, tagged with the model URI."""
-    bodies = request_bodies(version, inputs)
+    bodies = request_bodies(version, inputs, params)
     path = "/v1" + TASK_PATHS[version["task"]]
     limit = asyncio.Semaphore(CONCURRENCY)
     transport = httpx.ASGITransport(app=app)

@@ -473,3 +473,46 @@ def test_cli_explains_what_is_missing(tmp_path: Any, proxy: Proxy, client: OpenA
     assert empty.exit_code == 0 and "no models recorded yet" in empty.output
     unknown = run(predict_command, "models:/nope/1", "x", "--db", str(proxy.db))
     assert unknown.exit_code == 1 and "no model version models:/nope/1" in unknown.output
+
+
+def test_predict_params_are_laid_over_the_versions(start_proxy: Callable[..., Proxy]) -> None:
+    """MLflow's scoring server takes {"inputs", "params"} and its openai flavor sends
+    {**model_params, **params}: llmtap dropped params. A name that is not one of the version's
+    params is refused, OpenAI-shaped, rather than sent or dropped."""
+    proxy = start_proxy(log_models=True, log_model_signatures=True, registered_model_name="bot")
+    with sdk(proxy) as client:
+        chat(client, "x", temperature=0.2, max_tokens=40)
+    proxy.flush()
+    url = f"{proxy.url}/api/models/bot/versions/1/predict"
+    given = {"inputs": "hi", "params": {"temperature": 0.9}}
+    answer = httpx.post(url, json=given, headers=AUTH, timeout=30)
+    assert answer.status_code == 200, answer.text
+    sent = api(proxy, f"/api/traces/{answer.json()['trace_ids'][0]}")["spans"][0]["inputs"]
+    assert (sent["temperature"], sent["max_tokens"]) == (0.9, 40)  # the rest as recorded
+    for params, said in [
+        ({"temprature": 0.9}, "unknown param(s) temprature for models:/bot/1"),
+        ([0.9], "params must be an object"),
+    ]:
+        refused = httpx.post(url, json={"inputs": "hi", "params": params}, headers=AUTH)
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert said in error["message"] and error["type"] == "invalid_request_error"
+
+
+def test_cli_predict_takes_params(start_proxy: Callable[..., Proxy], upstream: str) -> None:
+    proxy = start_proxy(log_models=True, registered_model_name="cli-params")
+    with sdk(proxy) as client:
+        chat(client, "x", temperature=0.2)
+    proxy.flush()
+    proxy.server.stop()
+    given = ["models:/cli-params/1", "hi", "--db", str(proxy.db), "--upstream", upstream, "--json"]
+    result = run(predict_command, *given, "--params", '{"temperature": 0.9}')
+    assert result.exit_code == 0, result.output
+    [trace_id] = orjson.loads(result.output)["trace_ids"]
+    with closing(sqlite3.connect(proxy.db)) as conn:
+        inputs = conn.execute("SELECT inputs FROM spans WHERE trace_id = ?", [trace_id]).fetchone()
+    assert orjson.loads(inputs[0])["temperature"] == 0.9
+    unknown = run(predict_command, *given, "--params", '{"top_k": 3}')
+    assert unknown.exit_code == 1 and "unknown param(s) top_k" in unknown.output
+    not_json = run(predict_command, *given, "--params", "{temperature: 1}")
+    assert not_json.exit_code == 2 and "--params" in not_json.output
