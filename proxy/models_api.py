@@ -30,6 +30,10 @@ def _version_param(request: Request) -> str | None:
     return version if version.isdigit() or version == "latest" else None
 
 
+_ANY = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+"""predict takes every method, to answer all but POST with a 405 itself."""
+
+
 def model_routes(reader: ModelReader, app: ASGIApp) -> list[Route]:
     """Routes over `reader`; predict calls `app`, the running llmtap, in process."""
 
@@ -62,6 +66,10 @@ def model_routes(reader: ModelReader, app: ASGIApp) -> list[Route]:
         return JSONResponse({**found, "traces": traces})
 
     async def predict(request: Request) -> JSONResponse:
+        if request.method != "POST":  # a 405, not get_model's "no model named .../predict"
+            response = _error(405, 'predict takes POST with {"inputs": ...}')
+            response.headers["allow"] = "POST"
+            return response
         found = await find_version(request)
         if isinstance(found, JSONResponse):
             return found
@@ -97,7 +105,7 @@ def model_routes(reader: ModelReader, app: ASGIApp) -> list[Route]:
 
     return [
         Route("/api/models", list_models),
-        Route("/api/models/{name:path}/versions/{version}/predict", predict, methods=["POST"]),
+        Route("/api/models/{name:path}/versions/{version}/predict", predict, methods=_ANY),
         Route("/api/models/{name:path}/versions/{version}", get_version),
         Route("/api/models/{name:path}", get_model),
         Route("/api/traces/{trace_id}/models", trace_models),

@@ -404,6 +404,10 @@ def test_predict_errors(start_proxy: Callable[..., Proxy]) -> None:
     no_inputs = httpx.post(f"{proxy.url}/api/models/Default/gpt-4o-mini/versions/1/predict")
     assert no_inputs.status_code == 400
     assert httpx.get(f"{proxy.url}/api/models/nothing").status_code == 404
+    # the predict path with another method: a 405 (it was get_model's "no model named ...")
+    got = httpx.get(f"{proxy.url}/api/models/Default/gpt-4o-mini/versions/1/predict")
+    assert got.status_code == 405 and got.headers["allow"] == "POST"
+    assert got.json()["error"]["message"].startswith("predict takes POST")
 
 
 def test_cli_models_and_predict_with_no_server_running(
