@@ -203,6 +203,30 @@ def llmtap(
             export_cassette(db, cassette, skip_empty=True)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A test that failed on a replay miss is told which cassette lacked the request and how
+    to record it: the miss itself (a 404 from llmtap) knows neither."""
+    report = yield
+    session = getattr(item, "funcargs", {}).get("llmtap")
+    if (
+        report.failed
+        and isinstance(session, LlmtapSession)
+        and session.mode != "record"
+        and "llmtap replay:" in report.longreprtext
+    ):
+        state = "" if session.cassette.exists() else " (no such file yet)"
+        report.sections.append(
+            (
+                "llmtap replay miss",
+                f"the request was not in the cassette {session.cassette}{state}; record it "
+                "with `pytest --llmtap-mode record` (or `--llmtap-mode auto` to record only "
+                "what is missing) and OPENAI_API_KEY set",
+            )
+        )
+    return report
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     unused = config.stash.get(_UNUSED, {})
     if not unused:

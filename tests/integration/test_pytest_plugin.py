@@ -264,3 +264,17 @@ def test_one_cassette_folder_keeps_same_named_modules_apart(
         for test in ("test_answer", "test_marked")
     ]
     assert "unit" in (pytester.path / "recorded" / written[2]).read_text()
+
+
+def test_a_replay_miss_names_the_cassette_and_how_to_record(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_llm=TEST_FILE.replace("PROMPT", "unrecorded"))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-k", "test_answer")
+    result.assert_outcomes(failed=1)
+    cassette = pytester.path / "cassettes" / "test_llm" / "test_answer.yaml"
+    result.stdout.fnmatch_lines(
+        [
+            "*llmtap replay miss*",
+            f"the request was not in the cassette {cassette} (no such file yet); record it "
+            "with `pytest --llmtap-mode record`*",
+        ]
+    )
