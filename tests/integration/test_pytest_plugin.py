@@ -134,20 +134,31 @@ def test_x(llmtap, text):
 
 
 def record_then_replay(
-    pytester: pytest.Pytester, upstream: ServerThread, monkeypatch: pytest.MonkeyPatch, passed: int
+    pytester: pytest.Pytester,
+    upstream: ServerThread,
+    monkeypatch: pytest.MonkeyPatch,
+    passed: int,
+    *args: str,
+    replay: tuple[str, ...] = (),
+    folder: str = "cassettes/test_llm",
 ) -> list[str]:
-    """Record, then replay with neither upstream nor key; the cassettes below the module's."""
+    """Record, then replay (with `replay`'s options) with neither upstream nor key, both runs
+    with `args`; the cassettes below `folder`."""
     record = pytester.runpytest_subprocess(
-        "--llmtap-mode=record", f"--llmtap-upstream={upstream.url}/v1", "-p", "no:cacheprovider"
+        "--llmtap-mode=record",
+        f"--llmtap-upstream={upstream.url}/v1",
+        "-p",
+        "no:cacheprovider",
+        *args,
     )
     record.assert_outcomes(passed=passed)
     upstream.stop()
     monkeypatch.delenv("OPENAI_API_KEY")
-    replayed = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    replayed = pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, *replay)
     replayed.assert_outcomes(passed=passed)
     assert "recordings no test used" not in replayed.stdout.str()
-    folder = pytester.path / "cassettes" / "test_llm"
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.yaml"))
+    below = pytester.path / folder
+    return sorted(p.relative_to(below).as_posix() for p in below.rglob("*.yaml"))
 
 
 def test_same_named_tests_in_two_classes_keep_their_own_cassettes(
@@ -229,12 +240,7 @@ def test_auto_replays_what_is_recorded_without_a_key(
 ) -> None:
     """SPEC 5, replay needs no key: in auto mode too, when everything is in the cassettes."""
     pytester.makepyfile(test_llm=TEST_FILE.replace("PROMPT", "keyless"))
-    record = ["--llmtap-mode=record", f"--llmtap-upstream={upstream_server.url}/v1"]
-    pytester.runpytest_subprocess(*record).assert_outcomes(passed=2)
-    upstream_server.stop()
-    monkeypatch.delenv("OPENAI_API_KEY")
-    auto = pytester.runpytest_subprocess("--llmtap-mode=auto", "-p", "no:cacheprovider")
-    auto.assert_outcomes(passed=2)
+    record_then_replay(pytester, upstream_server, monkeypatch, 2, replay=("--llmtap-mode=auto",))
 
 
 def test_one_cassette_folder_keeps_same_named_modules_apart(
@@ -247,16 +253,9 @@ def test_one_cassette_folder_keeps_same_named_modules_apart(
         for module, text in (("__init__", ""), ("test_api", TEST_FILE.replace("PROMPT", package))):
             (pytester.path / "tests" / package / f"{module}.py").write_text(text)
     (pytester.path / "tests" / "__init__.py").write_text("")
-    folder = ["--llmtap-cassettes", "recorded"]
-    pytester.runpytest_subprocess(
-        "--llmtap-mode=record", f"--llmtap-upstream={upstream_server.url}/v1", *folder
-    ).assert_outcomes(passed=4)
-    upstream_server.stop()
-    monkeypatch.delenv("OPENAI_API_KEY")
-    pytester.runpytest_subprocess(*folder).assert_outcomes(passed=4)
-    written = sorted(
-        p.relative_to(pytester.path / "recorded").as_posix()
-        for p in (pytester.path / "recorded").rglob("*.yaml")
+    one_folder = ("--llmtap-cassettes", "recorded")
+    written = record_then_replay(
+        pytester, upstream_server, monkeypatch, 4, *one_folder, folder="recorded"
     )
     assert written == [
         f"tests/{package}/test_api/{test}.yaml"
