@@ -17,6 +17,7 @@ from llmtap.proxy import __version__
 from llmtap.proxy.config import Settings
 from llmtap.proxy.context import normalise_trace_id
 from llmtap.proxy.errors import openai_error
+from llmtap.proxy.upstream_client import shown_url
 from llmtap.recorder.batch_writer import WriterHealth
 from llmtap.recorder.reader import TraceQuery, TraceReader
 
@@ -82,7 +83,7 @@ def api_routes(
                 "status": "ok",
                 "version": __version__,
                 "mode": str(settings.mode),
-                "upstream": settings.upstream,
+                "upstream": shown_url(settings.upstream),  # without its credentials
                 "db": settings.db,
                 "store": health.as_dict() if health is not None else None,
             }

@@ -8,10 +8,13 @@ The lifespan owns the upstream session and the writer process.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import Any
 from urllib.parse import quote, unquote
 
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
 
 from llmtap.proxy.api import api_routes
 from llmtap.proxy.config import Settings
@@ -21,7 +24,7 @@ from llmtap.proxy.models_api import model_routes
 from llmtap.proxy.replaying import Replayer
 from llmtap.proxy.ui import ui_routes
 from llmtap.recorder.model_store import ModelReader
-from llmtap.recorder.reader import TraceReader
+from llmtap.recorder.reader import NotAnLlmtapDatabase, TraceReader
 from llmtap.recorder.records import Mode
 from llmtap.recorder.writer import Writer, WriterConfig
 
@@ -86,8 +89,19 @@ class LlmtapApp:
                 *api_routes(settings, reader, health),
                 *model_routes(ModelReader(settings.db), self),
                 *ui_routes(reader),
-            ]
+            ],
+            exception_handlers={
+                sqlite3.DatabaseError: self._unreadable_database,
+                NotAnLlmtapDatabase: self._unreadable_database,
+            },
         )
+
+    async def _unreadable_database(self, request: Request, exc: Exception) -> Response:
+        """`--db` names a file that is not llmtap's (it opens only for reading with `--mode
+        off`): the read API and the UI say so in OpenAI's shape, not a bare 500."""
+        message = f"llmtap cannot read the database {self.settings.db}: {exc}"
+        body = openai_error(503, "llmtap_database_error", message, "database_unreadable")
+        return Response(body, status_code=503, media_type="application/json")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

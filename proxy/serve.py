@@ -7,6 +7,7 @@ import click
 from llmtap.proxy.app import create_app, install_log_filters, uvicorn_kwargs
 from llmtap.proxy.config import Settings
 from llmtap.proxy.server import bind_socket, make_server, url_of
+from llmtap.proxy.upstream_client import shown_url
 
 
 def run_server(settings: Settings) -> None:
@@ -21,7 +22,7 @@ def run_server(settings: Settings) -> None:
     install_log_filters()
     click.echo(f"llmtap listening on {url}", err=False)
     click.echo(f"  OPENAI_BASE_URL={url}/v1")
-    click.echo(f"  upstream  {settings.upstream}")
+    click.echo(f"  upstream  {shown_url(settings.upstream)}")
     click.echo(f"  database  {settings.db}")
     click.echo(f"  mode      {settings.mode}")
     click.echo(f"  UI        {url}/")

@@ -141,6 +141,8 @@ def test_credentials_in_the_upstream_url_are_never_shown(start_proxy: Callable[.
     rows = proxy.query("SELECT * FROM exchanges") + proxy.query("SELECT * FROM spans")
     assert rows and "hunter2secret" not in json.dumps([tuple(r) for r in rows], default=str)
     assert "hunter2secret" not in proxy.db.read_bytes().decode("latin-1")
+    health = httpx.get(f"{proxy.url}/api/health").json()
+    assert health["upstream"] == f"http://***@127.0.0.1:{port}/v1"
 
 
 def test_a_query_in_the_upstream_url_goes_with_every_request(

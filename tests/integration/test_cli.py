@@ -221,6 +221,21 @@ def test_read_api_without_a_database(start_proxy: Callable[..., Proxy]) -> None:
     assert one.status_code == 404 and "no trace with id" in one.json()["error"]["message"]
 
 
+def test_read_api_and_ui_on_a_file_that_is_no_llmtap_database(
+    start_proxy: Callable[..., Proxy], tmp_path: Path
+) -> None:
+    """--mode off only reads the database: a --db that names some other file gets a JSON 503
+    that says so from the read API and the UI, not a bare 500 (and health stays up)."""
+    foreign = tmp_path / "foreign.db"
+    foreign.write_bytes(b"not a database at all\n")
+    proxy = start_proxy(mode="off", db=str(foreign))
+    for path in ("/", "/api/traces", "/api/traces/0123456789abcdef0123456789abcdef", "/api/models"):
+        answer = httpx.get(f"{proxy.url}{path}")
+        assert answer.status_code == 503, path
+        assert "cannot read the database" in answer.json()["error"]["message"], path
+    assert httpx.get(f"{proxy.url}/api/health").json()["status"] == "ok"
+
+
 @pytest.mark.parametrize(
     ("name", "content"),
     [("missing.toml", None), ("bad.json", b'{"gpt-4o": {"input": 1}}'), ("bad.toml", b"x = [")],
