@@ -237,18 +237,29 @@ def cassette() -> None:
 @_db_option
 @click.option("--experiment", help="Only exchanges of this experiment.")
 @click.option(
+    "--trace",
+    "traces",
+    multiple=True,
+    help="Only exchanges of this trace (its id, the llmtap-trace-id sent, a prefix); repeatable.",
+)
+@click.option("--session", help="Only exchanges of the traces of this session.")
+@click.option(
     "-o",
     "--output",
     required=True,
     type=click.Path(dir_okay=False),
     help="The cassette file to write.",
 )
-def cassette_export(db: str, experiment: str | None, output: str) -> None:
-    """Write the database's recorded exchanges to a cassette."""
+def cassette_export(
+    db: str, experiment: str | None, traces: tuple[str, ...], session: str | None, output: str
+) -> None:
+    """Write the database's recorded exchanges to a cassette: all, or those of an experiment,
+    of some traces or of a session (a run seen go wrong, made a test fixture)."""
     from llmtap.recorder.cassettes import export_cassette
 
-    _reader(db)
-    count = export_cassette(db, output, experiment)
+    reader = _reader(db)
+    trace_ids = [_find_trace(reader, t)["info"]["trace_id"] for t in traces] if traces else None
+    count = export_cassette(db, output, experiment, trace_ids=trace_ids, session=session)
     click.echo(f"{count} exchanges written to {output}")
 
 

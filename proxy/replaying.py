@@ -13,6 +13,7 @@ from typing import Any
 from llmtap.proxy.config import Settings, replay_speed
 from llmtap.proxy.errors import openai_error
 from llmtap.proxy.usage_injection import UsageStripper
+from llmtap.recorder.decoding import is_identity
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.replay import Recorded, ReplayIndex
 
@@ -94,7 +95,11 @@ class Replayer:
             await send({"type": "http.response.body", "body": recorded.body, "more_body": False})
             return
         await send({"type": "http.response.start", "status": recorded.status, "headers": headers})
-        stripper = UsageStripper() if recorded.usage_injected else None
+        # as the relay did: the usage llmtap asked for left the client's stream only when the
+        # stream was not compressed (one the upstream compressed anyway reached it whole)
+        encoding = next((v for k, v in recorded.headers if k == "content-encoding"), None)
+        strip = recorded.usage_injected and is_identity(encoding)
+        stripper = UsageStripper() if strip else None
         offset, previous_ms = 0, 0.0
         for size, at_ms in recorded.chunks:
             piece = recorded.body[offset : offset + size]

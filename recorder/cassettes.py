@@ -158,6 +158,11 @@ def _decoded(
 def _entry(row: sqlite3.Row) -> dict[str, Any]:
     response_headers = _clean(orjson.loads(row["response_headers"]), response=True)
     chunks = orjson.loads(row["chunks"])
+    # replay takes out the usage llmtap asked for only where the client's stream had it taken
+    # out: a stream the upstream compressed anyway reached its client whole (and leaves
+    # here decoded, where replay could no longer tell)
+    encoding = next((v for k, v in response_headers if k == "content-encoding"), None)
+    usage_stripped = bool(row["usage_injected"]) and is_identity(encoding)
     response_headers, body, chunks = _decoded(
         response_headers, unpack_body(bytes(row["response_body"])), chunks
     )
@@ -170,7 +175,7 @@ def _entry(row: sqlite3.Row) -> dict[str, Any]:
         "started_ns": row["started_ns"],
         "ended_ns": row["ended_ns"],
         "stream": bool(row["stream"]),
-        "usage_injected": bool(row["usage_injected"]),
+        "usage_injected": usage_stripped,
         "request": {
             "method": row["method"],
             "path": row["path"],
@@ -183,15 +188,28 @@ def _entry(row: sqlite3.Row) -> dict[str, Any]:
 
 
 def exchange_rows(
-    db: str | Path, experiment: str | None = None, ids: Iterable[str] | None = None
+    db: str | Path,
+    experiment: str | None = None,
+    ids: Iterable[str] | None = None,
+    trace_ids: Iterable[str] | None = None,
+    session: str | None = None,
 ) -> Iterator[sqlite3.Row]:
-    """Replayable exchanges (not llmtap's own failures), oldest first."""
+    """Replayable exchanges (not llmtap's own failures), oldest first: all, or those of an
+    experiment, of some traces, or of the traces of a session (a test fixture made from a
+    run that was seen go right or wrong)."""
     columns = _COLUMNS.format(body=f"{RESPONSE_BODY} AS response_body")
     sql = f"SELECT {columns} FROM exchanges WHERE error IS NULL AND status IS NOT NULL"
     params: list[Any] = []
     if experiment is not None:
         sql += " AND experiment = ?"
         params.append(experiment)
+    if trace_ids is not None:
+        wanted_traces = list(trace_ids)
+        sql += f" AND trace_id IN ({','.join('?' * len(wanted_traces)) or 'NULL'})"
+        params += wanted_traces
+    if session is not None:
+        sql += " AND trace_id IN (SELECT trace_id FROM traces WHERE session = ?)"
+        params.append(session)
     wanted = set(ids) if ids is not None else None
     with closing(connect_for_reading(db)) as conn:
         for row in conn.execute(sql + " ORDER BY started_ns, rowid", params):
@@ -204,10 +222,16 @@ def dump_cassette(rows: Iterable[sqlite3.Row]) -> str:
 
 
 def export_cassette(
-    db: str | Path, path: str | Path, experiment: str | None = None, skip_empty: bool = False
+    db: str | Path,
+    path: str | Path,
+    experiment: str | None = None,
+    skip_empty: bool = False,
+    trace_ids: Iterable[str] | None = None,
+    session: str | None = None,
 ) -> int:
-    """Write the database's exchanges to a cassette file; returns how many."""
-    rows = list(exchange_rows(db, experiment))
+    """Write the database's exchanges (see `exchange_rows`) to a cassette file; returns how
+    many."""
+    rows = list(exchange_rows(db, experiment, trace_ids=trace_ids, session=session))
     if skip_empty and not rows:
         return 0
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,11 @@
 """How replay finds a recording: method, path, query and the body in canonical form.
 
-Canonical means key order and whitespace never matter: a JSON body is re-serialised with
-sorted keys, without the fields the user chose to ignore (`user`, `metadata`, `seed`...);
-a multipart/form-data body (file uploads, audio) is its parts in order without the random
-boundary the client drew for it; any other body is compared as it came.
+Canonical means key order, whitespace and the way a client writes the same request never
+matter: a JSON body is re-serialised with sorted keys, whole floats as integers, without the
+fields the user chose to ignore (`user`, `metadata`, `seed`...) and without the fields that are
+null or hold their default; a multipart/form-data body (file uploads, audio) is its parts by
+name without the random boundary the client drew for it or their content types; any other body
+is compared as it came.
 """
 
 from __future__ import annotations
@@ -32,10 +34,53 @@ def parse_body(body: bytes) -> Any:
         return body
 
 
-def canonical_value(value: Any, ignore: Iterable[str] = ()) -> Any:
+# A request field set to what the API takes when it is left out: the same request either way.
+# (SDKs and frameworks differ: LangChain sends `n: 1` and `stream: false`, the Node SDK leaves
+# them out.) Only defaults that hold for every model; not temperature or top_p.
+_DEFAULTS: dict[str, Any] = {
+    "stream": False,
+    "n": 1,
+    "logprobs": False,
+    "presence_penalty": 0,
+    "frequency_penalty": 0,
+    "parallel_tool_calls": True,
+}
+
+
+def canonical_value(value: Any, ignore: Iterable[str] = (), whole_floats: bool = True) -> Any:
+    """A body's JSON value as replay compares it: without the ignored top-level fields, the
+    fields that are null or hold their default (a null field is an absent one to the API), and
+    with every whole float an integer (`0.0` and `0` are one JSON number, and JavaScript can
+    only send `0`: a recording made from Python must answer a Node client). `whole_floats`
+    False: the caller knows the body has none."""
     if isinstance(value, dict):
         skip = set(ignore)
-        return {k: v for k, v in value.items() if k not in skip} if skip else value
+        if value.get("stream") is not True:
+            skip.add("stream_options")  # read only for streams
+        value = {
+            k: v
+            for k, v in value.items()
+            if k not in skip and v is not None and not _is_default(k, v)
+        }
+    return _whole_floats_as_ints(value) if whole_floats else value
+
+
+def _is_default(key: str, value: Any) -> bool:
+    if key not in _DEFAULTS:
+        return False
+    default = _DEFAULTS[key]
+    if isinstance(default, bool) or isinstance(value, bool):
+        return value is default  # (True == 1 in Python: `n: true` is no default)
+    return isinstance(value, int | float) and value == default
+
+
+def _whole_floats_as_ints(value: Any) -> Any:
+    if type(value) is float:
+        return int(value) if value.is_integer() and abs(value) < 2**53 else value
+    if isinstance(value, dict):
+        return {k: _whole_floats_as_ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_floats_as_ints(v) for v in value]
     return value
 
 
@@ -65,12 +110,34 @@ def multipart_parts(body: bytes) -> list[memoryview] | None:
     return None
 
 
+_DISPOSITION = re.compile(rb"^content-disposition:(.*)$", re.IGNORECASE | re.MULTILINE)
+_PARAM = re.compile(rb';\s*(name|filename)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]*))', re.IGNORECASE)
+
+
 def canonical_multipart(parts: list[memoryview]) -> bytes:
-    """The parts, each preceded by its length: no boundary, and no part can pass for two."""
-    pieces: list[bytes | memoryview] = [MULTIPART_TAG]
-    for part in parts:
+    """The parts in the order of their names, each as its name, file name and content,
+    preceded by its length: no boundary, and no part can pass for two. The order of the parts
+    and a file's Content-Type are the client's (httpx sends `purpose` before `file`, Node's
+    fetch after it; one says `audio/x-wav` where the other says `application/octet-stream`):
+    the same upload from either SDK matches."""
+    named = sorted((_canonical_part(part) for part in parts), key=lambda p: p[0])
+    pieces: list[bytes] = [MULTIPART_TAG]
+    for _, part in named:
         pieces += (b"%d\n" % len(part), part)
     return b"".join(pieces)
+
+
+def _canonical_part(part: memoryview) -> tuple[bytes, bytes]:
+    """(name, `name=...;filename=...` LF content) of one part; a part without a readable
+    Content-Disposition stands for itself (and sorts first)."""
+    raw = bytes(part)
+    head, sep, content = raw.partition(b"\r\n\r\n")
+    found = _DISPOSITION.search(head) if sep else None
+    if found is None:
+        return b"", raw
+    params = {m[1].lower(): m[2] or m[3] for m in _PARAM.finditer(found[1])}
+    name = params.get(b"name", b"")
+    return name, b"name=%s;filename=%s\n%s" % (name, params.get(b"filename", b""), content)
 
 
 def canonical_body(body: bytes, ignore: Iterable[str] = (), parsed: Any = None) -> bytes:
@@ -85,7 +152,9 @@ def canonical_body(body: bytes, ignore: Iterable[str] = (), parsed: Any = None) 
     if isinstance(value, bytes):
         return value
     try:
-        return orjson.dumps(canonical_value(value, ignore), option=orjson.OPT_SORT_KEYS)
+        # (a whole float is written `1.0` by every JSON writer that writes one at all)
+        canonical = canonical_value(value, ignore, whole_floats=b".0" in body)
+        return orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)
     except TypeError:  # nested deeper than orjson writes: the bytes stand for themselves
         return body
 

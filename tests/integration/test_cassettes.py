@@ -118,3 +118,54 @@ def test_a_cassette_keeps_the_response_headers_the_database_keeps() -> None:
     assert _clean(upstream_own, response=True) == upstream_own
     assert _clean([["set-cookie", "a=b"], ["x-key", "sk-" + "a1B2" * 6]], response=True) == []
     assert _clean([["x-session-id", "s-1"]]) == []  # sent by a client: never stored
+
+
+def test_a_stream_compressed_against_llmtaps_wish_replays_from_a_cassette_as_it_was_received(
+    proxy: Proxy, start_proxy: Any, tmp_path: Path
+) -> None:
+    """The client asked for no usage; llmtap asked for it and `identity`, the upstream gzipped
+    anyway, so the client got the stream whole, usage included (its bytes cannot be edited).
+    The cassette decodes the body: replay from it must not then take the usage out (before:
+    the replayed events differed from what the client had received)."""
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "gz"}]}
+    headers = {"accept-encoding": "gzip", "x-simulator-compress": "gzip!"}
+    with httpx.stream(
+        "POST", f"{proxy.base_url}/chat/completions", json=body, headers=headers
+    ) as r:
+        received = r.read()
+    assert b'"usage"' in received  # the case at hand: the upstream's usage reached the client
+    proxy.flush()
+    cassette, imported = tmp_path / "gz.yaml", tmp_path / "gz.db"
+    assert cli("cassette", "export", "--db", str(proxy.db), "-o", str(cassette)).exit_code == 0
+    assert cli("cassette", "import", "--db", str(imported), str(cassette)).exit_code == 0
+    for db in (proxy.db, imported):
+        replay = start_proxy(mode="replay", db=str(db))
+        again = httpx.post(f"{replay.base_url}/chat/completions", json=body, headers=headers)
+        assert again.content == received, db
+
+
+def test_a_cassette_of_one_trace_or_one_session(proxy: Proxy, tmp_path: Path) -> None:
+    """`--trace` (as `llmtap trace` takes it) and `--session` make a test fixture of one run."""
+    with OpenAI(base_url=proxy.base_url, api_key=TEST_KEY, max_retries=0) as c:
+        for content, extra in (
+            ("first", {"llmtap-trace-id": "run-one"}),
+            ("second", {"llmtap-session": "s-7"}),
+            ("third", {"llmtap-session": "s-7"}),
+            ("fourth", {}),
+        ):
+            c.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": content}], extra_headers=extra
+            )
+    proxy.flush()
+    one, session = tmp_path / "one.yaml", tmp_path / "session.yaml"
+    result = cli("cassette", "export", "--db", str(proxy.db), "--trace", "run-one", "-o", str(one))
+    assert result.exit_code == 0 and "1 exchanges" in result.output, result.output
+    assert "first" in one.read_text() and "second" not in one.read_text()
+    result = cli(
+        "cassette", "export", "--db", str(proxy.db), "--session", "s-7", "-o", str(session)
+    )
+    assert result.exit_code == 0 and "2 exchanges" in result.output, result.output
+    text = session.read_text()
+    assert "second" in text and "third" in text and "first" not in text and "fourth" not in text
+    missing = cli("cassette", "export", "--db", str(proxy.db), "--trace", "nope", "-o", str(one))
+    assert missing.exit_code != 0 and "no trace with id nope" in missing.output

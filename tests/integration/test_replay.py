@@ -168,6 +168,41 @@ def test_key_order_whitespace_and_ignored_fields_do_not_matter(start: Start, ups
     assert missed.status_code == 404 and "user" in missed.json()["error"]["message"]
 
 
+def test_one_request_written_by_two_languages_matches(start: Start, upstream: str) -> None:
+    """Python writes `0.0` where JavaScript can only write `0`, LangChain sends `n: 1` and
+    `stream: false` where the Node SDK leaves them out, a Go client sends `"tools": null`: one
+    request to the API, so one recording answers it (before: a miss naming those fields)."""
+    server = start(upstream=upstream)
+    json_headers = {"content-type": "application/json"}
+    python = (
+        b'{"model": "m", "messages": [{"role": "user", "content": "zero"}], "temperature": 0.0,'
+        b' "top_p": 1.0, "n": 1, "stream": false, "tools": null, "stream_options": null,'
+        b' "presence_penalty": 0.0, "logit_bias": {"50256": -100.0}}'
+    )
+    first = httpx.post(f"{server.url}/v1/chat/completions", content=python, headers=json_headers)
+    assert first.status_code == 200
+    server.stop()
+    replay = start(mode="replay")
+    javascript = (
+        b'{"model":"m","messages":[{"role":"user","content":"zero"}],"temperature":0,"top_p":1,'
+        b'"logit_bias":{"50256":-100}}'
+    )
+    again = httpx.post(
+        f"{replay.url}/v1/chat/completions", content=javascript, headers=json_headers
+    )
+    assert again.status_code == 200 and again.json() == first.json()
+    other = javascript.replace(b'"temperature":0', b'"temperature":0.5')
+    missed = httpx.post(f"{replay.url}/v1/chat/completions", content=other, headers=json_headers)
+    assert missed.status_code == 404 and "temperature" in missed.json()["error"]["message"]
+    n2 = javascript.replace(b'"top_p":1', b'"top_p":1,"n":2')
+    assert (
+        httpx.post(
+            f"{replay.url}/v1/chat/completions", content=n2, headers=json_headers
+        ).status_code
+        == 404
+    )
+
+
 def test_streams_replay_instantly_or_at_the_recorded_pace(start: Start, upstream: str) -> None:
     body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "pace"}]}
     headers = {"x-simulator-fault": "chunk-delay-ms=60", "x-simulator-chunks": "6"}

@@ -70,18 +70,36 @@ def test_every_rfc_2046_boundary_is_recognised(boundary: str) -> None:
     )
 
 
-def test_a_changed_part_filename_or_order_does_not_match() -> None:
+def test_a_changed_part_filename_or_field_does_not_match() -> None:
     original = key(form(*TRANSCRIPTION))
     changed = (
         form(field("model", "whisper-2"), upload("speech.wav")),
         form(field("model", "whisper-1"), upload("speech.wav", AUDIO[:-1] + b"!")),
         form(field("model", "whisper-1"), upload("other.wav")),
-        form(upload("speech.wav"), field("model", "whisper-1")),
         form(field("model", "whisper-1")),
         form(*TRANSCRIPTION, field("language", "en")),
+        form(field("modelx", "whisper-1"), upload("speech.wav")),
+        form(field("model", "whisper-1"), field("model", "whisper-2"), upload("speech.wav")),
+        form(field("model", "whisper-2"), field("model", "whisper-1"), upload("speech.wav")),
     )
     keys = {key(body) for body in changed}
     assert len(keys) == len(changed) and original not in keys
+
+
+def test_the_same_upload_from_another_sdk_matches() -> None:
+    """httpx sends the fields before the file, Node's fetch the file first; one names the
+    file's type `audio/wav`, another `application/octet-stream`: the same request to the API,
+    so one recording answers both (before: a miss from a client of the other language)."""
+    node_like = form(
+        (
+            'content-disposition: form-data; name=file; filename="speech.wav"\r\n'
+            "content-type: application/octet-stream",
+            AUDIO,
+        ),
+        field("model", "whisper-1"),
+        boundary="----formdata-undici-0123456789",
+    )
+    assert key(node_like) == key(form(*TRANSCRIPTION))
 
 
 def test_part_boundaries_cannot_be_shifted_between_parts() -> None:
