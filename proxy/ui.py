@@ -343,13 +343,13 @@ def conversation(span: dict[str, Any]) -> SpanView:
             outputs if isinstance(outputs, str) or outputs is None else pretty_json(outputs)
         )
         return view
-    if not isinstance(inputs, dict):
-        return view
+    if not isinstance(inputs, dict) or span["span_type"] == "AGENT":
+        return view  # (an agent run's root: its calls below show its conversation)
     endpoint = span["attributes"].get("endpoint") or span["name"]
     if endpoint == "embeddings":
         view.embedding = _embedding(inputs, None if view.error else outputs)
     elif endpoint == "responses":
-        view.messages = _responses(inputs, outputs)
+        view.history, view.messages = split_history(_responses(inputs, outputs))
     elif endpoint == "completions":
         view.messages = _completion(inputs, outputs)
     elif "messages" in inputs:

@@ -1,14 +1,22 @@
 """Agent runs from the wire alone: tool calls, their results, and one trace per run.
 
 A model call that answers with tool calls leaves them here. When a later request answers them
-(ends with `tool` messages in chat, `function_call_output` items in the Responses API), or names
-an earlier response (`previous_response_id`), it joins that call's trace; the trace gets one
-AGENT root span over the run's model calls, and a TOOL span per call: its name, arguments,
-result, and the time the client spent between receiving the call and sending the result.
+(ends with `tool` messages in chat, `function_call_output` items in the Responses API, or a
+legacy `function` message), it joins that call's trace (SPEC section 3: only a call answering
+tool calls joins; a new user turn, `previous_response_id` or not, is a trace of its own). The
+trace gets one AGENT root span over the run's model calls, whose status and outputs are those
+of the run's latest call (as MLflow's root span), and a TOOL span per call: its name,
+arguments, result, and the time the client spent between receiving the call and sending the
+result. A client that sends a `traceparent` keeps its own structure: no root is made and no
+span is moved; each TOOL span goes beside the call that asked for it.
 
 Matching is scoped to the session when the client sends one, else to the experiment and the
-key's fingerprint, so that two clients reusing ids like `call_1` never merge. The memory is
-bounded (least recently used entries go first) and lives in the writer process only.
+key's fingerprint, so that two clients reusing ids like `call_1` never merge. Within a scope,
+two runs going at once may still get the same ids (an upstream that numbers calls per answer):
+the response a request names (`previous_response_id`) decides, else the conversation the
+request carries before the calls it answers, which is the conversation the calling request
+sent. The memory is bounded (least recently used entries go first) and lives in the writer
+process only.
 """
 
 from __future__ import annotations
@@ -17,21 +25,38 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Any
 
+import orjson
+
 from llmtap.recorder.recording import Recording, new_span_id
 from llmtap.recorder.records import Span, SpanType, Status
 
 MEMORY = 50_000
 
 
+CANDIDATES = 8
+"""Calls kept per (scope, call id): runs going at once that got the same ids."""
+
+
 @dataclass(frozen=True, slots=True)
-class ToolCall:
+class Caller:
+    """A model call whose answer a later request may continue: where its span is."""
+
     trace_id: str
     span_id: str
+    start_ns: int
+    parent_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    caller: Caller
     call_id: str
     name: str
     arguments: Any
     called_ns: int
     """When the client received the call: the end of the model call's response."""
+    conversation: int
+    """A hash of the conversation the calling request sent (see `conversation_of`)."""
 
 
 @dataclass(slots=True)
@@ -66,6 +91,11 @@ _SAME_TURN = frozenset({"function_call", "reasoning"})
 (OpenAI's function-calling guide appends them in pairs), reasoning before the calls."""
 
 
+def _legacy_id(name: Any) -> str:
+    """The legacy `functions` API has no call ids: a function's name stands for one."""
+    return f"function:{name}"
+
+
 def tool_results(inputs: Any) -> list[tuple[str, Any]]:
     """(call id, result) for the tool results a chat or Responses request ends with: those it
     answers now. Results further back are history: a new user turn after them starts a run of
@@ -75,13 +105,13 @@ def tool_results(inputs: Any) -> list[tuple[str, Any]]:
     found: list[tuple[str, Any]] = []
     messages = inputs.get("messages")
     for message in reversed(messages) if isinstance(messages, list) else ():
-        if not (
-            isinstance(message, dict)
-            and message.get("role") == "tool"
-            and isinstance(message.get("tool_call_id"), str)
-        ):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role == "tool" and isinstance(message.get("tool_call_id"), str):
+            found.append((message["tool_call_id"], message.get("content")))
+        elif role == "function" and isinstance(message.get("name"), str):
+            found.append((_legacy_id(message["name"]), message.get("content")))
+        else:
             break
-        found.append((message["tool_call_id"], message.get("content")))
     items = inputs.get("input")
     for item in reversed(items) if isinstance(items, list) else ():
         kind = item.get("type") if isinstance(item, dict) else None
@@ -105,6 +135,9 @@ def tool_calls(outputs: Any) -> list[tuple[str, str, Any]]:
             function = call.get("function") if isinstance(call, dict) else None
             if isinstance(function, dict) and isinstance(call.get("id"), str):
                 found.append((call["id"], str(function.get("name")), function.get("arguments")))
+        legacy = message.get("function_call") if isinstance(message, dict) else None
+        if isinstance(legacy, dict) and isinstance(legacy.get("name"), str):
+            found.append((_legacy_id(legacy["name"]), legacy["name"], legacy.get("arguments")))
     for item in outputs.get("output") or () if isinstance(outputs.get("output"), list) else ():
         if (
             isinstance(item, dict)
@@ -115,40 +148,123 @@ def tool_calls(outputs: Any) -> list[tuple[str, str, Any]]:
     return found
 
 
+def conversation_of(inputs: Any) -> list[Any] | None:
+    """What a request sent before the turn its tool results end: in chat, the messages before
+    the assistant message that made the calls; in the Responses API, the input items before
+    the calls (and reasoning) of that turn. For the calling request itself that is all it sent,
+    so the two hash alike (`conversation_hash`). None when there is nothing to compare."""
+    if not isinstance(inputs, dict):
+        return None
+    messages = inputs.get("messages")
+    if isinstance(messages, list):
+        end = len(messages)
+        while end and _role(messages[end - 1]) in ("tool", "function"):
+            end -= 1
+        if end and _role(messages[end - 1]) == "assistant":
+            end -= 1
+        return messages[:end]
+    items = inputs.get("input")
+    if isinstance(items, str):
+        return [{"role": "user", "content": items}]
+    if isinstance(items, list):
+        end = len(items)
+        while end and _kind(items[end - 1]) in (*_SAME_TURN, "function_call_output"):
+            end -= 1
+        return [_plain_item(item) for item in items[:end]]
+    return None
+
+
+def conversation_hash(conversation: list[Any] | None) -> int:
+    if not conversation:
+        return 0
+    try:
+        return hash(orjson.dumps(conversation, option=orjson.OPT_SORT_KEYS))
+    except TypeError:  # nested deeper than orjson writes
+        return 0
+
+
+def _role(message: Any) -> Any:
+    return message.get("role") if isinstance(message, dict) else None
+
+
+def _kind(item: Any) -> Any:
+    return item.get("type") if isinstance(item, dict) else None
+
+
+def _plain_item(item: Any) -> Any:
+    """A message item as any client writes it: `"hi"`, `{"role", "content"}` and
+    `{"type": "message", ...}` alike (the Agents SDK turns the first into the last)."""
+    if isinstance(item, dict) and item.get("type") in (None, "message") and "role" in item:
+        return {k: v for k, v in item.items() if k not in ("type", "id", "status")}
+    return item
+
+
 class AgentLinker:
     def __init__(self) -> None:
-        self._calls: _Lru = _Lru()  # (scope, call id) -> ToolCall
+        self._calls: _Lru = _Lru()  # (scope, call id) -> (ToolCall, ...), the latest last
         # (scope, call id, the calling span) -> True once its TOOL span exists: an upstream
         # that gives every run the same ids (`call_1`) still gets a TOOL span in each run
         self._answered: _Lru = _Lru()
-        self._responses: _Lru = _Lru()  # response id -> (trace id, span id)
+        self._responses: _Lru = _Lru()  # response id -> Caller
         self._roots: _Lru = _Lru()  # trace id -> the AGENT root Span
-        self._first: _Lru = _Lru()  # trace id -> (span id, start ns) of its first call
+        self._under_root: _Lru = _Lru()  # trace id -> ids of the spans placed under its root
 
     def link(self, rec: Recording, inputs: Any, explicit_trace: bool) -> Links:
         """Before the span is built: which trace this request joins, and the TOOL spans."""
+        results = tool_results(inputs)
+        if not results:
+            return Links()  # SPEC 3: only a call answering tool calls joins their trace
         scope = _scope(rec)
+        previous = inputs.get("previous_response_id")
+        via: Caller | None = self._responses.get(previous) if isinstance(previous, str) else None
+        conversation: list[int] = []  # its hash, made once and only when two runs collide
         known: list[tuple[ToolCall, str, Any]] = []
-        for cid, result in tool_results(inputs):
-            call: ToolCall | None = self._calls.get((scope, cid))
-            if call is not None:
-                known.append((call, cid, result))
-        previous = inputs.get("previous_response_id") if isinstance(inputs, dict) else None
-        via_response: tuple[str, str] | None = (
-            self._responses.get(previous) if isinstance(previous, str) else None
-        )
-        if known:
-            joined = known[-1][0].trace_id
-        elif via_response is not None:
-            joined = via_response[0]
-        else:
+        for cid, result in results:
+            candidates: tuple[ToolCall, ...] | None = self._calls.get((scope, cid))
+            if candidates:
+                known.append((_pick(candidates, via, inputs, conversation), cid, result))
+        callers = [call.caller for call, _, _ in known] or ([via] if via is not None else [])
+        if not callers:
             return Links()
-        trace_id = rec.trace_id if explicit_trace else joined
-        root, reparent = self._root(trace_id, rec)
+        if rec.context.parent_id is not None:
+            return self._beside(rec, known)  # the client's own structure (a traceparent)
+        trace_id = rec.trace_id if explicit_trace else callers[-1].trace_id
+        root, reparent = self._root(trace_id, rec, callers, inputs)
         links = Links(trace_id=trace_id, parent_id=root.span_id, reparent=reparent)
-        spans = [root]
+        links.spans = (root, *self._tool_spans(rec, scope, known, trace_id, root.span_id))
+        return links
+
+    def settle(self, root: Span, latest: Span) -> Span:
+        """The run's root as of its latest model call: that call's status (a run whose last
+        call failed failed; one that recovered by a retry did not) and outputs."""
+        settled = replace(root, status=latest.status, outputs=latest.outputs)
+        self._roots.remember(root.trace_id, settled)
+        return settled
+
+    def _beside(self, rec: Recording, known: list[tuple[ToolCall, str, Any]]) -> Links:
+        """A call with a `traceparent`: no root, nothing moved; each TOOL span beside the
+        model call that asked for it (under that call's parent), in the client's trace."""
+        spans = []
         for call, cid, result in known:
-            answered = (scope, cid, call.span_id)
+            caller = call.caller
+            if caller.trace_id != rec.trace_id:
+                continue  # asked for in another trace: not this trace's to show
+            spans += self._tool_spans(
+                rec, _scope(rec), [(call, cid, result)], rec.trace_id, caller.parent_id
+            )
+        return Links(trace_id=rec.trace_id, spans=tuple(spans))
+
+    def _tool_spans(
+        self,
+        rec: Recording,
+        scope: tuple[str, str],
+        known: list[tuple[ToolCall, str, Any]],
+        trace_id: str,
+        parent_id: str | None,
+    ) -> list[Span]:
+        spans = []
+        for call, cid, result in known:
+            answered = (scope, cid, call.caller.span_id)
             if answered in self._answered:
                 continue  # a result sent again (a retry): its TOOL span exists already
             self._answered.remember(answered, True)
@@ -156,7 +272,7 @@ class AgentLinker:
                 Span(
                     span_id=new_span_id(),
                     trace_id=trace_id,
-                    parent_id=root.span_id,
+                    parent_id=parent_id,
                     name=call.name,
                     span_type=SpanType.TOOL,
                     start_time_ns=call.called_ns,
@@ -170,58 +286,81 @@ class AgentLinker:
                         "gen_ai.tool.name": call.name,
                         "gen_ai.tool.call.id": cid,
                         "client_time_ms": round((rec.started_ns - call.called_ns) / 1e6, 3),
-                        "llm_span_id": call.span_id,
+                        "llm_span_id": call.caller.span_id,
                     },
                 )
             )
-        links.spans = tuple(spans)
-        return links
+        return spans
 
-    def _root(self, trace_id: str, rec: Recording) -> tuple[Span, tuple[tuple[str, str], ...]]:
-        """The run's AGENT root, created on the first link, stretched to this call's end."""
+    def _root(
+        self, trace_id: str, rec: Recording, callers: list[Caller], inputs: Any
+    ) -> tuple[Span, tuple[tuple[str, str], ...]]:
+        """The run's AGENT root, created on the first link, stretched to this call's end; the
+        model calls that asked for the tools answered now move under it, if not there yet."""
         root: Span | None = self._roots.get(trace_id)
-        reparent: tuple[tuple[str, str], ...] = ()
+        mine = [c for c in callers if c.trace_id == trace_id]  # (named into another trace)
         end = rec.ended_ns or rec.started_ns
         if root is None:
-            first_id, first_start, first_parent = self._first.get(
-                trace_id, (None, rec.started_ns, rec.context.parent_id)
-            )
+            first = min(mine, key=lambda c: c.start_ns) if mine else None
+            conversation = conversation_of(inputs)
+            key = "messages" if isinstance(inputs.get("messages"), list) else "input"
             root = Span(
                 span_id=new_span_id(),
                 trace_id=trace_id,
-                parent_id=first_parent,
+                parent_id=first.parent_id if first is not None else None,
                 name="agent run",
                 span_type=SpanType.AGENT,
-                start_time_ns=first_start,
+                start_time_ns=first.start_ns if first is not None else rec.started_ns,
                 end_time_ns=end,
                 status=Status(),
-                inputs=None,
+                inputs={key: conversation} if conversation else None,  # what the run began with
                 outputs=None,
                 attributes={"gen_ai.operation.name": "invoke_agent"},
             )
-            if first_id is not None:
-                reparent = ((first_id, root.span_id),)
+        under: set[str] = self._under_root.get(trace_id) or set()
+        reparent = tuple(
+            (c.span_id, root.span_id) for c in dict.fromkeys(mine) if c.span_id not in under
+        )
+        under.update(c.span_id for c in mine)
+        under.add(rec.span_id)  # built under the root
+        self._under_root.remember(trace_id, under)
         root = replace(root, end_time_ns=max(root.end_time_ns, end))
         self._roots.remember(trace_id, root)
         return root, reparent
 
     def remember(self, rec: Recording, span: Span) -> None:
         """After the span is built: its tool calls and response id, for the requests to come."""
-        scope = _scope(rec)
         calls = tool_calls(span.outputs)
         response_id = span.outputs.get("id") if isinstance(span.outputs, dict) else None
         linkable = span.name == "responses" and isinstance(response_id, str)
-        # only a trace a later request can join needs its first call kept: one whose answer
-        # calls tools or can be continued, or one the client names itself. Remembering every
-        # trace held ~18 MB of plain chat traces per 50,000 for nothing.
-        if (
-            calls or linkable or rec.context.trace_id is not None
-        ) and span.trace_id not in self._first:
-            self._first.remember(span.trace_id, (span.span_id, span.start_time_ns, span.parent_id))
-        ended = span.end_time_ns
-        for cid, name, arguments in calls:
-            self._calls.remember(
-                (scope, cid), ToolCall(span.trace_id, span.span_id, cid, name, arguments, ended)
-            )
+        if not calls and not linkable:
+            return
+        caller = Caller(span.trace_id, span.span_id, span.start_time_ns, span.parent_id)
+        if calls:
+            scope = _scope(rec)
+            conversation = conversation_hash(conversation_of(span.inputs))
+            for cid, name, arguments in calls:
+                call = ToolCall(caller, cid, name, arguments, span.end_time_ns, conversation)
+                kept = self._calls.get((scope, cid)) or ()
+                self._calls.remember((scope, cid), (*kept[-(CANDIDATES - 1) :], call))
         if linkable:
-            self._responses.remember(response_id, (span.trace_id, span.span_id))
+            self._responses.remember(response_id, caller)
+
+
+def _pick(
+    candidates: tuple[ToolCall, ...], via: Caller | None, inputs: Any, conversation: list[int]
+) -> ToolCall:
+    """Which of the calls with one id a request answers: the one the response it names made;
+    else the one whose conversation it carries; else the latest."""
+    if len(candidates) == 1:
+        return candidates[0]
+    if via is not None:
+        for call in reversed(candidates):
+            if call.caller.span_id == via.span_id:
+                return call
+    if not conversation:
+        conversation.append(conversation_hash(conversation_of(inputs)))
+    for call in reversed(candidates):
+        if call.conversation and call.conversation == conversation[0]:
+            return call
+    return candidates[-1]

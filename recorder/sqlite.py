@@ -73,7 +73,9 @@ INSERT INTO traces (trace_id, experiment, session, status, request_time, start_t
     end_time_ns, execution_time_ms, tags, span_count, input_tokens, output_tokens, total_tokens,
     total_cost)
 SELECT ?1, ?2, ?3,
-    CASE WHEN sum(status_code = 'ERROR') > 0 THEN 'ERROR' ELSE 'OK' END,
+    CASE WHEN max(span_type = 'AGENT') THEN
+            CASE WHEN sum(span_type = 'AGENT' AND status_code = 'ERROR') THEN 'ERROR' ELSE 'OK' END
+        WHEN sum(status_code = 'ERROR') > 0 THEN 'ERROR' ELSE 'OK' END,
     strftime('%Y-%m-%dT%H:%M:%fZ', min(start_time_ns) / 1e9, 'unixepoch'),
     min(start_time_ns), max(end_time_ns), (max(end_time_ns) - min(start_time_ns)) / 1e6,
     ?4, count(*), sum(input_tokens), sum(output_tokens), sum(total_tokens), sum(total_cost)
@@ -181,6 +183,15 @@ VALUES (?1, ?2, ?3, ?4, strftime('%Y-%m-%dT%H:%M:%fZ', ?5 / 1e9, 'unixepoch'), ?
 """
 
 
+def _trace_status(rows: Iterable[tuple[Any, ...]]) -> str:
+    """As `_UPSERT_TRACE` says it: an agent run's is its root's (as MLflow's trace status is
+    its root span's: a run that recovered from a failed call is OK), any other trace's ERROR
+    when one of its spans is."""
+    rows = list(rows)
+    roots = [row for row in rows if row[4] == "AGENT"]
+    return "ERROR" if any(row[8] == "ERROR" for row in roots or rows) else "OK"
+
+
 def _new_trace_row(
     head: TraceHead, tags: str, rows: dict[str, tuple[Any, ...]]
 ) -> tuple[Any, ...] | None:
@@ -194,7 +205,7 @@ def _new_trace_row(
         head.trace_id,
         head.experiment,
         head.session,
-        "ERROR" if any(row[8] == "ERROR" for row in values) else "OK",
+        _trace_status(values),
         min(row[6] for row in values),
         max(row[7] for row in values),
         tags,

@@ -20,7 +20,7 @@ from llmtap.recorder.matching import match_key
 from llmtap.recorder.models import model_record
 from llmtap.recorder.prices import PriceTable, cost_of, default_prices
 from llmtap.recorder.recording import Recording
-from llmtap.recorder.records import Batch, Exchange, Span, Status, TraceHead
+from llmtap.recorder.records import Batch, Exchange, Span, SpanType, Status, TraceHead
 from llmtap.recorder.secret_headers import redacted_query
 from llmtap.recorder.semconv import genai_attributes
 from llmtap.recorder.spool import PieceSpool
@@ -173,6 +173,8 @@ class Tracer:
             rec.context.parent_id or links.parent_id,  # a traceparent names the parent itself
         )
         self.linker.remember(rec, span)
+        if links.spans and links.spans[0].span_type is SpanType.AGENT:  # the run's root
+            links.spans = (self.linker.settle(links.spans[0], span), *links.spans[1:])
         head = TraceHead(span.trace_id, ctx.experiment, ctx.session, dict(ctx.tags))
         spans = (*links.spans, span)
         return Batch(exchange, key, is_stream, spans, head, links.reparent, model)

@@ -10,7 +10,7 @@ import pytest
 from markupsafe import escape
 
 from llmtap.proxy.ui import Message as UiMessage
-from llmtap.proxy.ui import format_cost, span_tree, split_history
+from llmtap.proxy.ui import conversation, format_cost, span_tree, split_history
 from llmtap.proxy.ui_queries import MODEL_INDEX, TraceFilter, iso_time, like_pattern
 from tests.browser.conftest import Site
 from tests.conftest import Proxy
@@ -295,3 +295,34 @@ def test_a_conversation_sent_whole_shows_every_turn(proxy: Proxy) -> None:
     assert 'class="history"' not in page
     for m in messages:
         assert escaped(m["content"]) in page
+
+
+def test_a_responses_call_folds_the_turns_it_was_sent_back() -> None:
+    """An agent's Responses calls send the whole run back as input (the Agents SDK's way): as
+    for chat, what came before the last model turn folds into "earlier messages" instead of
+    repeating in every span (before: each span showed the whole run again)."""
+    span = {
+        "span_type": "CHAT_MODEL",
+        "name": "responses",
+        "status": {"code": "OK", "message": ""},
+        "attributes": {"endpoint": "responses"},
+        "inputs": {
+            "input": [
+                {"role": "user", "content": "weather in Oslo?"},
+                {"type": "function_call", "call_id": "c1", "name": "w", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "c1", "output": "snow"},
+            ]
+        },
+        "outputs": {
+            "output": [
+                {
+                    "type": "message",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": "It snows."}],
+                }
+            ]
+        },
+    }
+    view = conversation(span)
+    assert [m.role for m in view.history] == ["user"]
+    assert view.messages[-1].role == "assistant" and view.messages[-1].text == "It snows."

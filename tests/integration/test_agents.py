@@ -6,7 +6,8 @@ import json
 from typing import Any
 
 import httpx
-from openai import OpenAI
+import pytest
+from openai import InternalServerError, OpenAI
 
 from llmtap.proxy.server import ServerThread
 from tests.conftest import TEST_KEY, Proxy
@@ -98,14 +99,17 @@ def test_session_header_groups_and_scopes(proxy: Proxy) -> None:
     assert spans[1]["attributes"]["session.id"] == "conv-7"
 
 
+RESPONSES_WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "parameters": WEATHER["function"]["parameters"],
+}
+
+
 def test_responses_api_function_calls_and_previous_response_chains(
     proxy: Proxy, client: OpenAI
 ) -> None:
-    tool = {
-        "type": "function",
-        "name": "get_weather",
-        "parameters": WEATHER["function"]["parameters"],
-    }
+    tool = RESPONSES_WEATHER
     first = client.responses.create(model="gpt-4o-mini", input="weather in Oslo", tools=[tool])
     call = next(item for item in first.output if item.type == "function_call")
     second = client.responses.create(
@@ -117,19 +121,36 @@ def test_responses_api_function_calls_and_previous_response_chains(
             {"type": "function_call_output", "call_id": call.call_id, "output": "snow"},
         ],
     )
+    # a new question continuing the conversation: a run of its own (SPEC 3: only a call that
+    # answers tool calls joins their trace), however it names the response before
     client.responses.create(
         model="gpt-4o-mini", input="and tomorrow?", previous_response_id=second.id
     )
+    run, turn = sorted(traces(proxy), key=lambda t: -t["span_count"])
+    spans = trace(proxy, run["trace_id"])["spans"]
+    assert [s["span_type"] for s in spans] == ["AGENT", "CHAT_MODEL", "TOOL", "CHAT_MODEL"]
+    assert spans[2]["name"] == "get_weather" and spans[2]["outputs"] == "snow"
+    assert turn["span_count"] == 1
+
+
+def test_results_sent_with_previous_response_id_join_the_run_that_called(
+    proxy: Proxy, client: OpenAI
+) -> None:
+    """The Responses API's other way to continue: only the results, and the response that asked
+    for them by id. That response decides, also when another run got the same call ids."""
+    tool = RESPONSES_WEATHER
+    first = client.responses.create(model="gpt-4o-mini", input="weather in Bern", tools=[tool])
+    call = next(item for item in first.output if item.type == "function_call")
+    client.responses.create(
+        model="gpt-4o-mini",
+        tools=[tool],
+        previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sun"}],
+    )
     (info,) = traces(proxy)
     spans = trace(proxy, info["trace_id"])["spans"]
-    assert [s["span_type"] for s in spans] == [
-        "AGENT",
-        "CHAT_MODEL",
-        "TOOL",
-        "CHAT_MODEL",
-        "CHAT_MODEL",
-    ]
-    assert spans[2]["name"] == "get_weather" and spans[2]["outputs"] == "snow"
+    assert [s["span_type"] for s in spans] == ["AGENT", "CHAT_MODEL", "TOOL", "CHAT_MODEL"]
+    assert spans[0]["outputs"]["output"] and spans[0]["status"]["code"] == "OK"
 
 
 def test_genai_attributes_usage_provenance_and_cost(proxy: Proxy, client: OpenAI) -> None:
@@ -293,3 +314,108 @@ def test_responses_results_interleaved_with_their_calls_each_get_a_tool_span(
     spans = trace(proxy, info["trace_id"])["spans"]
     tool_spans = sorted((s["name"], s["outputs"]) for s in spans if s["span_type"] == "TOOL")
     assert tool_spans == [("get_forecast", "get_forecast"), ("get_weather", "get_weather")]
+
+
+def test_runs_going_at_once_with_the_same_call_ids_stay_apart(start_proxy: Any) -> None:
+    """Two runs, one key, no headers, interleaved; the upstream names both calls `call_1`.
+    Each follow-up carries the conversation its calling request sent: that decides (before,
+    run A's follow-up joined run B's trace and run B's result had no TOOL span)."""
+    with ServerThread(same_ids_upstream) as upstream:
+        proxy = start_proxy(upstream=f"{upstream.url}/v1")
+        with OpenAI(base_url=proxy.base_url, api_key=TEST_KEY, max_retries=0) as c:
+            runs: dict[str, list[Any]] = {}
+            for city in ("Oslo", "Lima"):
+                messages: list[Any] = [{"role": "user", "content": f"weather in {city}"}]
+                first = c.chat.completions.create(
+                    model="gpt-4o-mini", messages=messages, tools=[WEATHER]
+                )
+                runs[city] = [*messages, first.choices[0].message.model_dump(exclude_none=True)]
+            for city, messages in runs.items():
+                messages.append({"role": "tool", "tool_call_id": "call_1", "content": city})
+                c.chat.completions.create(model="gpt-4o-mini", messages=messages, tools=[WEATHER])
+        found = traces(proxy)
+        assert len(found) == 2
+        for info in found:
+            spans = trace(proxy, info["trace_id"])["spans"]
+            assert [s["span_type"] for s in spans] == ["AGENT", "CHAT_MODEL", "TOOL", "CHAT_MODEL"]
+            models = [s for s in spans if s["span_type"] == "CHAT_MODEL"]
+            (question,) = {s["inputs"]["messages"][0]["content"] for s in models}
+            assert spans[2]["outputs"] == question.removeprefix("weather in ")
+            assert spans[0]["inputs"] == {"messages": [{"role": "user", "content": question}]}
+
+
+def test_a_traceparent_keeps_the_clients_structure(proxy: Proxy, client: OpenAI) -> None:
+    """A client that sends its own parents gets them: no AGENT root is made and no span moved;
+    the TOOL span sits beside the call that asked for it (before: the first call was moved
+    under a new root, away from the parent it had named)."""
+    trace_hex, parent = "cd" * 16, "3" * 16
+    headers = {"traceparent": f"00-{trace_hex}-{parent}-01"}
+    messages: list[Any] = [{"role": "user", "content": "weather in Nice"}]
+    first = client.chat.completions.create(
+        model="gpt-4o-mini", messages=messages, tools=[WEATHER], extra_headers=headers
+    )
+    call = first.choices[0].message.tool_calls[0]
+    messages += [
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "mild"},
+    ]
+    client.chat.completions.create(model="gpt-4o-mini", messages=messages, extra_headers=headers)
+    spans = trace(proxy, trace_hex)["spans"]
+    assert sorted(s["span_type"] for s in spans) == ["CHAT_MODEL", "CHAT_MODEL", "TOOL"]
+    assert {s["parent_id"] for s in spans} == {parent}
+
+
+def test_a_runs_root_says_how_the_run_ended(start_proxy: Any) -> None:
+    """The AGENT root has the run's input and its latest call's status and output, and the
+    trace's status is the root's (as MLflow's): a run whose last call failed is an ERROR; one
+    that recovered by the SDK's retry is OK, its failed attempt kept as an ERROR span."""
+    proxy = start_proxy()
+    with OpenAI(base_url=proxy.base_url, api_key=TEST_KEY, max_retries=0) as c:
+        for city, fault in (("Riga", "status-500"), ("Faro", None)):
+            messages: list[Any] = [{"role": "user", "content": f"weather in {city}"}]
+            first = c.chat.completions.create(
+                model="gpt-4o-mini", messages=messages, tools=[WEATHER]
+            )
+            call = first.choices[0].message.tool_calls[0]
+            messages += [
+                first.choices[0].message.model_dump(exclude_none=True),
+                {"role": "tool", "tool_call_id": call.id, "content": "windy"},
+            ]
+            failing = {"x-simulator-fault": "status-500"}
+            with pytest.raises(InternalServerError):
+                c.chat.completions.create(
+                    model="gpt-4o-mini", messages=messages, extra_headers=failing
+                )
+            if fault is None:  # the retry the SDK would make
+                c.chat.completions.create(model="gpt-4o-mini", messages=messages)
+    failed, recovered = sorted(traces(proxy), key=lambda t: t["span_count"])
+    assert failed["status"] == "ERROR" and recovered["status"] == "OK"
+    for info, code in ((failed, "ERROR"), (recovered, "OK")):
+        spans = trace(proxy, info["trace_id"])["spans"]
+        root, latest = spans[0], spans[-1]
+        assert root["span_type"] == "AGENT" and root["status"]["code"] == code
+        assert root["outputs"] == latest["outputs"]
+        assert root["inputs"]["messages"][0]["content"].startswith("weather in")
+    statuses = [s["status"]["code"] for s in trace(proxy, recovered["trace_id"])["spans"]]
+    assert statuses.count("ERROR") == 1
+
+
+def test_a_legacy_function_calling_loop_is_one_run(proxy: Proxy, client: OpenAI) -> None:
+    """The `functions` / `function_call` API, answered with a `function` message: no call ids,
+    the function's name stands for one (before: two traces and no TOOL span)."""
+    functions = [WEATHER["function"]]
+    messages: list[Any] = [{"role": "user", "content": "weather in Cork"}]
+    first = client.chat.completions.create(
+        model="gpt-4o-mini", messages=messages, functions=functions
+    )
+    asked = first.choices[0].message.function_call
+    assert asked is not None
+    messages += [
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "function", "name": asked.name, "content": "drizzle"},
+    ]
+    client.chat.completions.create(model="gpt-4o-mini", messages=messages, functions=functions)
+    (info,) = traces(proxy)
+    spans = trace(proxy, info["trace_id"])["spans"]
+    assert [s["span_type"] for s in spans] == ["AGENT", "CHAT_MODEL", "TOOL", "CHAT_MODEL"]
+    assert spans[2]["name"] == asked.name and spans[2]["outputs"] == "drizzle"

@@ -30,12 +30,18 @@ from llmtap.recorder.tracing import build_batch
 
 # -- trace rows
 
+# the status: an agent run's is its AGENT root's (MLflow: a trace's is its root span's), any
+# other trace's ERROR when a span is
 AGGREGATE = """
-SELECT CASE WHEN sum(status_code = 'ERROR') > 0 THEN 'ERROR' ELSE 'OK' END,
+SELECT CASE
+        WHEN EXISTS (SELECT 1 FROM spans WHERE trace_id = ?1 AND span_type = 'AGENT') THEN
+            coalesce((SELECT 'ERROR' FROM spans
+                WHERE trace_id = ?1 AND span_type = 'AGENT' AND status_code = 'ERROR'), 'OK')
+        WHEN sum(status_code = 'ERROR') > 0 THEN 'ERROR' ELSE 'OK' END,
     strftime('%Y-%m-%dT%H:%M:%fZ', min(start_time_ns) / 1e9, 'unixepoch'),
     min(start_time_ns), max(end_time_ns), (max(end_time_ns) - min(start_time_ns)) / 1e6,
     count(*), sum(input_tokens), sum(output_tokens), sum(total_tokens), sum(total_cost)
-FROM spans WHERE trace_id = ?
+FROM spans WHERE trace_id = ?1
 """
 ROW = (
     "SELECT status, request_time, start_time_ns, end_time_ns, execution_time_ms, span_count, "
