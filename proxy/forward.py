@@ -122,7 +122,7 @@ class Forwarder:
         ):
             return
         rec.discard = mode == Mode.OFF
-        if _DOT_SEGMENT.search(api_path):
+        if "." in api_path and _DOT_SEGMENT.search(api_path):
             # `/v1/../admin` climbs out of the base path at any server that resolves dot
             # segments (RFC 3986 5.2.4): only the configured upstream's API is reachable
             await self._answer_error(
