@@ -30,6 +30,9 @@ def _version_param(request: Request) -> str | None:
     return version if version.isdigit() or version == "latest" else None
 
 
+_SCORING_INPUTS = ("inputs", "dataframe_split", "dataframe_records", "instances")
+"""MLflow's scoring server's input fields: pandas' split and records orients, TF-serving's
+instances. `input_rows` reads each of their values as it reads `inputs`."""
 _ANY = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 """predict takes every method, to answer all but POST with a 405 itself."""
 
@@ -77,13 +80,19 @@ def model_routes(reader: ModelReader, app: ASGIApp) -> list[Route]:
             body = orjson.loads(await request.body())
         except orjson.JSONDecodeError as exc:
             return _error(400, f"the body is not JSON: {exc}")
-        if not isinstance(body, dict) or "inputs" not in body:
-            return _error(400, 'the body must be {"inputs": ..., "params": {...}}')
+        # `inputs`, or what `mlflow models serve` takes at /invocations besides it
+        given = next((k for k in _SCORING_INPUTS if isinstance(body, dict) and k in body), None)
+        if given is None:
+            return _error(
+                400,
+                'the body must be {"inputs": ..., "params": {...}} (or MLflow\'s '
+                "dataframe_split, dataframe_records or instances in place of inputs)",
+            )
         try:
             result = await run_prediction(
                 app,
                 found,
-                body["inputs"],
+                body[given],
                 passthrough_headers(request.headers.raw),
                 body.get("params"),  # MLflow's scoring server takes them beside the inputs
             )

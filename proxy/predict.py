@@ -26,7 +26,9 @@ import orjson
 
 from llmtap.recorder.assemble.embeddings import decode_embeddings
 from llmtap.recorder.endpoints import ENDPOINTS
+from llmtap.recorder.models import signature_params
 from llmtap.recorder.recording import new_trace_id
+from llmtap.recorder.tracing import PREDICTED_VERSION
 
 ASGIApp = Callable[..., Awaitable[None]]  # (scope, receive, send)
 TASK_PATHS = {e.name: e.path for e in ENDPOINTS.values()}
@@ -156,7 +158,7 @@ def _checked_params(version: Mapping[str, Any], params: Any) -> Mapping[str, Any
         return {}
     if not isinstance(params, dict):
         raise PredictError(400, f"params must be an object of parameters, not {_show(params)}")
-    signature = (version.get("signature") or {}).get("params") or []
+    signature = signature_params(version.get("signature"))
     known = set(version.get("params") or {}) | {p.get("name") for p in signature}
     unknown = sorted(set(params) - known)
     if unknown:
@@ -247,7 +249,7 @@ async def run_prediction(
                 "content-type": "application/json",
                 "llmtap-experiment": version["experiment"],
                 "llmtap-trace-id": trace_id,
-                "llmtap-tag-model_uri": version["model_uri"],
+                f"llmtap-tag-{PREDICTED_VERSION}": version["model_uri"],
             }
             async with limit:
                 try:

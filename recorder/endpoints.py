@@ -141,7 +141,9 @@ def usage_of(payload: Mapping[str, Any] | None) -> Usage | None:
     inp = _int(raw.get("input_tokens", raw.get("prompt_tokens")))
     out = _int(raw.get("output_tokens", raw.get("completion_tokens")))
     total = _int(raw.get("total_tokens")) or inp + out
-    return Usage(inp, out, total)
+    details = raw.get("prompt_tokens_details") or raw.get("input_tokens_details")
+    cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    return Usage(inp, out, total, cached)
 
 
 def _int(value: Any) -> int:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # at run time sqlite -> model_store must not pull models -> c
     from sqlite_utils import Database
 
     from llmtap.recorder.models import ModelRecord
-    from llmtap.recorder.records import Span
+    from llmtap.recorder.records import Span, VersionLink
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -130,6 +130,16 @@ def record_version(
             (span.span_id, span.trace_id, record.name, version, at),
         )
     return int(version)
+
+
+def link_version(conn: sqlite3.Connection, link: VersionLink, at: int, span: Span) -> None:
+    """A prediction's span as one of its version's traces (the version stays as it is)."""
+    conn.execute(
+        "INSERT OR REPLACE INTO model_version_spans (span_id, trace_id, name, version, "
+        "start_time_ns) SELECT ?, ?, name, version, ? FROM model_versions "
+        "WHERE name = ? AND version = ?",
+        (span.span_id, span.trace_id, at, link.name, link.version),
+    )
 
 
 # --- reading ---------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ the model. Pure functions: the writer process calls `model_record()` while it bu
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -170,18 +171,34 @@ _JSON_TYPES = {"string": "string", "integer": "long", "number": "double", "boole
 
 def infer_signature(task: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """MLflow's default (string in; string out, or a float64 vector for embeddings), with the
-    output's structure when the traffic declares a JSON schema, and the recorded parameters."""
+    output's structure when the traffic declares a JSON schema, and the recorded parameters;
+    as `ModelSignature.to_dict()` writes it (each part a JSON text, as in an MLmodel file), so
+    that `ModelSignature.from_dict` reads it as it is."""
     outputs: list[dict[str, Any]] = [dict(_VECTOR) if task == "embeddings" else dict(_STRING)]
     schema = _output_json_schema(params)
     if schema is not None:
         outputs = [{**_colspec(schema), "required": True}]
-    signature: dict[str, Any] = {"inputs": [dict(_STRING)], "outputs": outputs, "params": None}
     specs = [s for s in (_param_spec(k, v) for k, v in sorted(params.items())) if s]
-    if specs:
-        signature["params"] = specs
+    signature: dict[str, Any] = {
+        "inputs": json.dumps([dict(_STRING)]),
+        "outputs": json.dumps(outputs),
+        "params": json.dumps(specs) if specs else None,
+    }
     if schema is not None:
         signature["output_json_schema"] = schema  # the schema as sent, for non-MLflow readers
     return signature
+
+
+def signature_params(signature: Any) -> list[dict[str, Any]]:
+    """The ParamSpecs of a stored signature (a JSON text, or a list as rows written before
+    signatures were kept as MLflow writes them)."""
+    params = signature.get("params") if isinstance(signature, dict) else None
+    if isinstance(params, str):
+        try:
+            params = json.loads(params)
+        except ValueError:
+            return []
+    return [p for p in params if isinstance(p, dict)] if isinstance(params, list) else []
 
 
 def _output_json_schema(params: Mapping[str, Any]) -> dict[str, Any] | None:

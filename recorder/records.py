@@ -64,20 +64,26 @@ class Usage:
     input_tokens: int = 0
     output_tokens: int = 0
     total_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    """Of the input, how many came from the provider's prompt cache (MLflow's name)."""
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
             self.input_tokens + other.input_tokens,
             self.output_tokens + other.output_tokens,
             self.total_tokens + other.total_tokens,
+            self.cache_read_input_tokens + other.cache_read_input_tokens,
         )
 
     def as_dict(self) -> dict[str, int]:
-        return {
+        counts = {
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "total_tokens": self.total_tokens,
         }
+        if self.cache_read_input_tokens:  # as MLflow's token usage: only when there were some
+            counts["cache_read_input_tokens"] = self.cache_read_input_tokens
+        return counts
 
 
 @dataclass(slots=True)
@@ -156,3 +162,12 @@ class Batch:
     """(span_id, parent_id) of spans written earlier that now nest under an AGENT root."""
     model_version: Any = None
     """With log_models: the call's `llmtap.recorder.models.ModelRecord` (the store numbers it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class VersionLink:
+    """A call `predict` made for a version (`Batch.model_version`): one of that version's
+    traces, never a version of its own (MLflow's predict leaves the registry as it is)."""
+
+    name: str
+    version: int

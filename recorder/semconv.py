@@ -1,7 +1,9 @@
 """Span attributes under standard names, so that an OTLP or MLflow export is a mapping.
 
-OpenTelemetry GenAI semantic conventions (`gen_ai.*`, `session.id`) next to llmtap's own
-plain names (`model`, `usage`, `cost`).
+OpenTelemetry GenAI semantic conventions (`gen_ai.*`, `session.id`) and the names MLflow's
+OpenAI autolog sets (`mlflow.chat.tokenUsage`, `mlflow.message.format`, `mlflow.llm.model`:
+a query written for MLflow's traces reads these) next to llmtap's own plain names (`model`,
+`usage`, `cost`).
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ def genai_attributes(
     if usage is not None:
         attributes["gen_ai.usage.input_tokens"] = usage.input_tokens
         attributes["gen_ai.usage.output_tokens"] = usage.output_tokens
+        attributes["mlflow.chat.tokenUsage"] = usage.as_dict()
+    if operation in ("chat", "text_completion"):
+        attributes["mlflow.message.format"] = "openai"
+    if isinstance(request_model, str):
+        attributes["mlflow.llm.model"] = request_model
     if ctx.session:
         attributes["session.id"] = ctx.session
     return attributes

@@ -18,8 +18,8 @@ import orjson
 from sqlite_utils import Database
 
 from llmtap.recorder.body_codec import pack_blocks, pack_body
-from llmtap.recorder.model_store import record_version
-from llmtap.recorder.records import Batch, Exchange, Span, SpanType, TraceHead
+from llmtap.recorder.model_store import link_version, record_version
+from llmtap.recorder.records import Batch, Exchange, Span, SpanType, TraceHead, VersionLink
 from llmtap.recorder.schema import migrate
 from llmtap.recorder.spool import PieceSpool
 
@@ -467,7 +467,10 @@ class SqliteStore:
                 row = _span_row(s, x.exchange_id)
                 spans.append(row)
                 by_trace.setdefault(s.trace_id, {})[s.span_id] = row
-            if batch.model_version is not None:  # numbered in this transaction
+            if isinstance(batch.model_version, VersionLink):  # a prediction's call
+                if own is not None:
+                    link_version(conn, batch.model_version, x.started_ns, own)
+            elif batch.model_version is not None:  # numbered in this transaction
                 record_version(conn, batch.model_version, x.started_ns, own)
             if batch.reparent:  # spans written earlier: those of this write are in the table
                 conn.executemany(_INSERT_SPAN, spans)

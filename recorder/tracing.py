@@ -20,11 +20,27 @@ from llmtap.recorder.matching import match_key
 from llmtap.recorder.models import model_record
 from llmtap.recorder.prices import PriceTable, cost_of, default_prices
 from llmtap.recorder.recording import Recording
-from llmtap.recorder.records import Batch, Exchange, Span, SpanType, Status, TraceHead
+from llmtap.recorder.records import (
+    Batch,
+    Exchange,
+    Span,
+    SpanType,
+    Status,
+    TraceHead,
+    VersionLink,
+)
 from llmtap.recorder.secret_headers import redacted_query
 from llmtap.recorder.semconv import genai_attributes
 from llmtap.recorder.spool import PieceSpool
 from llmtap.recorder.stream_summary import StreamSummariser, StreamSummary
+
+PREDICTED_VERSION = "model_uri"
+"""The tag `predict` gives its calls (`llmtap-tag-model_uri: models:/NAME/VERSION`)."""
+
+
+def _version_link(uri: str) -> VersionLink | None:
+    name, _, version = uri.removeprefix("models:/").rpartition("/")
+    return VersionLink(name, int(version)) if name and version.isdigit() else None
 
 
 def header(headers: list[tuple[str, str]], name: str) -> str | None:
@@ -149,7 +165,12 @@ class Tracer:
             key = match_key(rec.method, rec.path, rec.request_body, query=rec.query)
         ctx = rec.context
         model = None
-        if self.log_models and 200 <= (exchange.status or 0) < 300:  # a configuration that works
+        # a configuration that works; a prediction's call (tagged with the version it ran) is
+        # one of that version's traces: `predict` runs a version again, as MLflow's does, and
+        # never makes one
+        if self.log_models and PREDICTED_VERSION in ctx.tags:
+            model = _version_link(ctx.tags[PREDICTED_VERSION])
+        elif self.log_models and 200 <= (exchange.status or 0) < 300:
             model = model_record(
                 endpoint.name,
                 inputs,

@@ -7,6 +7,7 @@ no server running.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -134,13 +135,17 @@ def test_signatures_mlflow_defaults_and_json_schema(start_proxy: Callable[..., P
         client.embeddings.create(model="text-embedding-3-small", input="vector me")
         client.completions.create(model="gpt-3.5-turbo-instruct", prompt="say", max_tokens=5)
     plain, structured = versions(proxy, "Default/gpt-4o-mini")
+    # as `ModelSignature.to_dict()` and an MLmodel file have it: each part a JSON text, which
+    # `ModelSignature.from_dict` reads as it is (before: lists, which it refused)
+    assert plain["signature"]["inputs"] == '[{"type": "string", "required": true}]'
+    plain_sig, structured_sig = (parts(v["signature"]) for v in (plain, structured))
     string = [{"type": "string", "required": True}]
-    assert plain["signature"]["inputs"] == string and plain["signature"]["outputs"] == string
-    assert plain["signature"]["params"] == [
+    assert plain_sig["inputs"] == string and plain_sig["outputs"] == string
+    assert plain_sig["params"] == [
         {"name": "temperature", "type": "double", "default": 0.5, "shape": None}
     ]
     assert plain["input_example"] is None  # log_input_examples is off
-    assert structured["signature"]["outputs"] == [
+    assert structured_sig["outputs"] == [
         {
             "type": "object",
             "properties": {
@@ -152,13 +157,19 @@ def test_signatures_mlflow_defaults_and_json_schema(start_proxy: Callable[..., P
     ]
     assert structured["signature"]["output_json_schema"] == ANSWER["json_schema"]["schema"]
     [embedding] = versions(proxy, "Default/text-embedding-3-small")
-    assert embedding["signature"]["inputs"] == string
-    assert embedding["signature"]["outputs"] == [
+    assert parts(embedding["signature"])["inputs"] == string
+    assert parts(embedding["signature"])["outputs"] == [
         {"type": "tensor", "tensor-spec": {"dtype": "float64", "shape": [-1]}}
     ]
     assert embedding["params"] == {}  # the SDK's own encoding_format is not the model's
+    assert embedding["signature"]["params"] is None
     [completion] = versions(proxy, "Default/gpt-3.5-turbo-instruct")
-    assert completion["signature"]["outputs"] == string
+    assert parts(completion["signature"])["outputs"] == string
+
+
+def parts(signature: dict[str, Any]) -> dict[str, Any]:
+    """A signature's JSON texts read, as MLflow's `Schema.from_json` reads them."""
+    return {k: json.loads(v) if isinstance(v, str) else v for k, v in signature.items()}
 
 
 def test_input_example_is_the_first_requests_inputs_scrubbed(
@@ -201,7 +212,7 @@ def test_the_input_example_is_a_valid_predict_input(start_proxy: Callable[..., P
         client.responses.create(model="gpt-4.1-mini", instructions="Be kind.", input="r")
     proxy.flush()
     [v] = versions(proxy, "Default/gpt-4o-mini")
-    assert v["signature"]["inputs"] == [{"type": "string", "required": True}]  # MLflow's default
+    assert parts(v["signature"])["inputs"] == [{"type": "string", "required": True}]  # MLflow's
     answer = post_predict(proxy, "Default/gpt-4o-mini", 1, v["input_example"])
     assert answer.status_code == 200, answer.text
     assert answer.json()["predictions"] == [direct]
@@ -493,6 +504,13 @@ def test_predict_params_are_laid_over_the_versions(start_proxy: Callable[..., Pr
     assert answer.status_code == 200, answer.text
     sent = api(proxy, f"/api/traces/{answer.json()['trace_ids'][0]}")["spans"][0]["inputs"]
     assert (sent["temperature"], sent["max_tokens"]) == (0.9, 40)  # the rest as recorded
+    # predict runs the version again and makes none, whatever params or conversation it is
+    # given (MLflow's predict leaves the registry as it is; before, each made a version 2, 3...)
+    with_system = {"inputs": [SYSTEM, {"role": "user", "content": "hi"}]}
+    assert httpx.post(url, json=with_system, headers=AUTH, timeout=30).status_code == 200
+    proxy.flush()
+    assert [v["version"] for v in versions(proxy, "bot")] == [1]
+    assert api(proxy, "/api/models/bot/versions/1")["trace_count"] == 3  # its own and 2 runs
     for params, said in [
         ({"temprature": 0.9}, "unknown param(s) temprature for models:/bot/1"),
         ([0.9], "params must be an object"),
@@ -520,3 +538,28 @@ def test_cli_predict_takes_params(start_proxy: Callable[..., Proxy], upstream: s
     assert unknown.exit_code == 1 and "unknown param(s) top_k" in unknown.output
     not_json = run(predict_command, *given, "--params", "{temperature: 1}")
     assert not_json.exit_code == 2 and "--params" in not_json.output
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"dataframe_split": {"columns": ["content"], "data": [["a"], ["b"]]}},
+        {"dataframe_records": [{"content": "a"}, {"content": "b"}]},
+        {"instances": ["a", "b"]},
+    ],
+    ids=["dataframe_split", "dataframe_records", "instances"],
+)
+def test_predict_takes_what_mlflows_scoring_server_takes(
+    start_proxy: Callable[..., Proxy], body: dict[str, Any]
+) -> None:
+    """`mlflow models serve` takes these besides `inputs` at /invocations: a client of it
+    works here unchanged (before: a 400 asking for `inputs`)."""
+    proxy = start_proxy(log_models=True, registered_model_name="scored")
+    with sdk(proxy) as client:
+        chat(client, "x", system=False)
+    proxy.flush()
+    url = f"{proxy.url}/api/models/scored/versions/1/predict"
+    answer = httpx.post(url, json=body, headers=AUTH, timeout=30)
+    assert answer.status_code == 200, answer.text
+    predictions = answer.json()["predictions"]
+    assert len(predictions) == 2 and "a" in predictions[0] and "b" in predictions[1]
