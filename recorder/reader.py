@@ -18,13 +18,33 @@ import orjson
 from llmtap.recorder.model_store import model_links
 from llmtap.recorder.sqlite import connect_for_reading
 
-# the first span names the trace and its model, as a list view wants them
-_TRACE_COLUMNS = (
-    "trace_id, experiment, session, status, request_time, start_time_ns, end_time_ns, "
-    "execution_time_ms, tags, span_count, input_tokens, output_tokens, total_tokens, total_cost, "
-    "(SELECT json_array(name, model) FROM spans "
-    " WHERE spans.trace_id = traces.trace_id ORDER BY start_time_ns LIMIT 1) AS first_span"
-)
+PREVIEW_CHARS = 1000
+"""How much of a trace's request and response its TraceInfo shows (MLflow 3's previews)."""
+
+# the first span names the trace and its model, as a list view wants them; the first model
+# call's last input and the last one's answer are its previews (read by SQLite's JSON
+# functions: only those values leave the database, not the whole conversation)
+_TRACE_COLUMNS = f"""
+    trace_id, experiment, session, status, request_time, start_time_ns, end_time_ns,
+    execution_time_ms, tags, span_count, input_tokens, output_tokens, total_tokens, total_cost,
+    (SELECT json_array(name, model) FROM spans
+        WHERE spans.trace_id = traces.trace_id ORDER BY start_time_ns LIMIT 1) AS first_span,
+    (SELECT substr(coalesce(
+            json_extract(inputs, '$.messages[#-1].content'),
+            CASE json_type(inputs, '$.input') WHEN 'text' THEN json_extract(inputs, '$.input')
+                ELSE json_extract(inputs, '$.input[#-1].content') END,
+            json_extract(inputs, '$.prompt')), 1, {PREVIEW_CHARS})
+        FROM spans WHERE spans.trace_id = traces.trace_id AND span_type != 'AGENT'
+            AND span_type != 'TOOL' AND json_valid(inputs)
+        ORDER BY start_time_ns LIMIT 1) AS request_preview,
+    (SELECT substr(coalesce(
+            json_extract(outputs, '$.choices[0].message.content'),
+            json_extract(outputs, '$.choices[0].text'),
+            json_extract(outputs, '$.output[#-1].content[0].text')), 1, {PREVIEW_CHARS})
+        FROM spans WHERE spans.trace_id = traces.trace_id AND span_type IN ('CHAT_MODEL', 'LLM')
+            AND json_valid(outputs)
+        ORDER BY start_time_ns DESC LIMIT 1) AS response_preview
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +78,13 @@ def trace_info(row: sqlite3.Row) -> dict[str, Any]:
             "total_tokens": row["total_tokens"],
         },
         "cost": None if row["total_cost"] is None else {"total_cost": row["total_cost"]},
+        "request_preview": _text(row["request_preview"]),
+        "response_preview": _text(row["response_preview"]),
     }
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def span_dict(row: sqlite3.Row) -> dict[str, Any]:

@@ -544,3 +544,31 @@ def test_an_azure_stream_is_traced_as_the_sdks_stream_makes_it(
     assert span["outputs"] == final
     assert final["id"] and final["model"] and "prompt_filter_results" not in final
     assert span["attributes"]["gen_ai.response.model"] == final["model"]
+
+
+def test_trace_info_previews_the_request_and_the_answer(proxy: Proxy, client: OpenAI) -> None:
+    """MLflow 3's TraceInfo has `request_preview` and `response_preview`: a list of traces
+    says what was asked and answered without opening each (the first model call's last input,
+    the last model call's answer, 1,000 characters at most)."""
+    said = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}],
+    )
+    streamed = "".join(
+        c.choices[0].delta.content or ""
+        for c in client.chat.completions.create(
+            model="gpt-4o-mini", stream=True, messages=[{"role": "user", "content": "x" * 1500}]
+        )
+        if c.choices
+    )
+    responded = client.responses.create(model="gpt-4o-mini", input="Hello Responses")
+    proxy.flush()
+    infos = httpx.get(f"{proxy.url}/api/traces").json()["traces"]
+    previews = [(t["request_preview"], t["response_preview"]) for t in reversed(infos)]
+    assert previews == [
+        ("Hi!", said.choices[0].message.content),
+        ("x" * 1000, streamed[:1000]),
+        ("Hello Responses", responded.output_text[:1000]),
+    ]
+    one = httpx.get(f"{proxy.url}/api/traces/{infos[0]['trace_id']}").json()["info"]
+    assert one["request_preview"] == "Hello Responses"
