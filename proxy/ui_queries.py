@@ -18,16 +18,10 @@ from typing import Any
 
 import orjson
 
+from llmtap.recorder.reader import TRACE_COLUMNS as _TRACE_COLUMNS  # what trace_info() reads
 from llmtap.recorder.reader import trace_info
 from llmtap.recorder.sqlite import connect_for_reading
 
-# the columns `trace_info()` reads; the first span names the trace and its model
-_TRACE_COLUMNS = (
-    "trace_id, experiment, session, status, request_time, start_time_ns, end_time_ns, "
-    "execution_time_ms, tags, span_count, input_tokens, output_tokens, total_tokens, total_cost, "
-    "(SELECT json_array(name, model) FROM spans "
-    " WHERE spans.trace_id = traces.trace_id ORDER BY start_time_ns LIMIT 1) AS first_span"
-)
 MAX_LIMIT = 500
 MODEL_INDEX = "spans_by_model"
 """`spans_by_model ON spans (model, start_time_ns, trace_id)` (schema migration 0003). Without

@@ -24,7 +24,7 @@ PREVIEW_CHARS = 1000
 # the first span names the trace and its model, as a list view wants them; the first model
 # call's last input and the last one's answer are its previews (read by SQLite's JSON
 # functions: only those values leave the database, not the whole conversation)
-_TRACE_COLUMNS = f"""
+TRACE_COLUMNS = f"""
     trace_id, experiment, session, status, request_time, start_time_ns, end_time_ns,
     execution_time_ms, tags, span_count, input_tokens, output_tokens, total_tokens, total_cost,
     (SELECT json_array(name, model) FROM spans
@@ -220,7 +220,7 @@ def _list_sql(query: TraceQuery) -> tuple[str, list[Any]]:
         if value is not None:
             where.append(f"{column} = ?")
             params.append(value)
-    sql = f"SELECT {_TRACE_COLUMNS} FROM traces"
+    sql = f"SELECT {TRACE_COLUMNS} FROM traces"
     if where:
         sql += " WHERE " + " AND ".join(where)
     return sql + " ORDER BY start_time_ns DESC", params
@@ -228,7 +228,7 @@ def _list_sql(query: TraceQuery) -> tuple[str, list[Any]]:
 
 def _full_trace(conn: sqlite3.Connection, trace_id: str) -> dict[str, Any] | None:
     row = conn.execute(
-        f"SELECT {_TRACE_COLUMNS} FROM traces WHERE trace_id = ?", [trace_id]
+        f"SELECT {TRACE_COLUMNS} FROM traces WHERE trace_id = ?", [trace_id]
     ).fetchone()
     if row is None:
         return None
