@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -18,7 +18,6 @@ from llmtap.proxy.config import Settings
 from llmtap.proxy.context import normalise_trace_id
 from llmtap.proxy.errors import openai_error
 from llmtap.proxy.upstream_client import shown_url
-from llmtap.recorder.batch_writer import WriterHealth
 from llmtap.recorder.reader import TraceQuery, TraceReader
 
 
@@ -75,7 +74,7 @@ def _int_param(request: Request, name: str, default: int, upper: int) -> int:
 
 
 def api_routes(
-    settings: Settings, reader: TraceReader, health: WriterHealth | None
+    settings: Settings, reader: TraceReader, health: Callable[[], dict[str, Any]] | None
 ) -> list[BaseRoute]:
     async def get_health(request: Request) -> JSONResponse:
         return JSONResponse(
@@ -85,7 +84,7 @@ def api_routes(
                 "mode": str(settings.mode),
                 "upstream": shown_url(settings.upstream),  # without its credentials
                 "db": settings.db,
-                "store": health.as_dict() if health is not None else None,
+                "store": health() if health is not None else None,
             }
         )
 

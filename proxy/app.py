@@ -83,7 +83,7 @@ class LlmtapApp:
             )
         self.forwarder = Forwarder(settings, self.writer, self.replayer)
         reader = TraceReader(settings.db)
-        health = self.writer.health if self.writer else None
+        health = self.writer.health_report if self.writer else None
         self.site = Starlette(
             routes=[
                 *api_routes(settings, reader, health),
@@ -187,6 +187,17 @@ def install_log_filters() -> None:
     logging.getLogger("uvicorn.error").addFilter(_QuietAborts())
 
 
+SHUTDOWN_GRACE_S = 10
+"""On SIGTERM or Ctrl-C, how long responses in flight may go on before they are cut (and
+recorded as cut): a stalled upstream must not keep a stopping llmtap up for its read timeout."""
+
+
 def uvicorn_kwargs() -> dict[str, Any]:
     """uvicorn settings llmtap relies on: the upstream's own Date and Server headers pass."""
-    return {"server_header": False, "date_header": False, "access_log": False, "lifespan": "on"}
+    return {
+        "server_header": False,
+        "date_header": False,
+        "access_log": False,
+        "lifespan": "on",
+        "timeout_graceful_shutdown": SHUTDOWN_GRACE_S,
+    }

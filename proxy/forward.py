@@ -223,6 +223,9 @@ class Forwarder:
             self._submit(rec.fail("client disconnected"))
         except asyncio.CancelledError:
             if watch is None or not watch.disconnected:
+                # llmtap stopping (its grace over, or a second Ctrl-C): what had come is kept
+                if not rec.committed:
+                    self._submit(rec.fail("llmtap stopped mid-response"))
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             if not rec.committed:  # a client leaving after [DONE] had all it wanted

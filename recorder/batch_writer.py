@@ -9,6 +9,7 @@ recording is reported as not written, the failure is counted and kept in `health
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,8 +17,19 @@ from typing import Any, Protocol
 
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.records import Batch
+from llmtap.recorder.sqlite import StoreReplaced
 
 log = logging.getLogger("llmtap.writer")
+
+LOCKED_WAITS = 12
+"""Busy timeouts (5 s each) a batch waits out while another process holds the database's write
+lock, before its records are tried one at a time (and, failing, kept as raw exchanges)."""
+
+
+def _locked(exc: sqlite3.OperationalError) -> bool:
+    return getattr(exc, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED") or (
+        "database is locked" in str(exc)
+    )
 
 
 class Sink(Protocol):
@@ -107,15 +119,31 @@ class BatchWriter:
 
     def _write(self, batches: list[Batch | None]) -> list[bool]:
         good = [b for b in batches if b is not None]
-        try:
-            if good:
-                self.sink.write(good)
-            self.health.ok = True
-            return [b is not None for b in batches]
-        except Exception as exc:
-            if len(good) == 1:
+        waits = replaced = 0
+        while True:
+            try:
+                if good:
+                    self.sink.write(good)
+                self.health.ok = True
+                return [b is not None for b in batches]
+            except StoreReplaced as exc:  # the store opened the new file: the batch goes there
                 self.health.note_failure(str(exc))
-                return [False] * len(batches)
+                replaced += 1
+                if replaced > 2:
+                    break
+            except sqlite3.OperationalError as exc:
+                # another process holds the write lock (a sqlite3 shell left in a transaction):
+                # the batch waits, whole, rather than lose its traces record by record
+                if not _locked(exc) or waits >= LOCKED_WAITS:
+                    break
+                waits += 1
+                self.health.note_failure(
+                    f"the database is locked by another process; waiting ({exc})"
+                )
+            except Exception:  # noqa: BLE001 - which record it was is found below
+                break
+        if len(good) == 1:
+            return [self._write_one(good[0]) if b is not None else False for b in batches]
         # one poison record must fail only itself: retry the batch one record at a time
         return [b is not None and self._write_one(b) for b in batches]
 

@@ -387,8 +387,8 @@ class SqliteStore:
 
     def write(self, batches: Sequence[Batch]) -> None:
         """Write all batches in one transaction: all of them land, or none."""
-        if self._since_restart % 64 == 63:  # under sustained load too, now and then
-            self.check_file()
+        # (a stat, ~1 us: a transaction into a deleted file is lost, whatever it held)
+        self.check_file()
         if self._since_restart % self.LOOK_AT_WAL_EVERY == 0 and self._wal_started_over():
             self._since_restart = 0  # the checkpointer caught up, and SQLite started it over
         held = self._checkpointer.held()

@@ -12,7 +12,8 @@ What makes it hold up:
   grows with an overload, and the overload is visible in `/api/health`.
 - A writer process that dies (killed, crashed) is started again and gets every recording it
   had not acknowledged; writes are upserts by id, so a recording written twice is one row. A
-  recording whose writer died twice under it is given up as failed (it may be what kills it).
+  recording whose writer died three times under it is given up as failed (it may be what kills
+  it); a writer killed while it starts is started again for 30 s.
 - A store that fails (locked, disk full, deleted) never fails a request: `commit()` returns
   False, and the failure is counted and kept in `health`.
 
@@ -30,8 +31,9 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from llmtap.recorder.batch_writer import WriterHealth
@@ -44,7 +46,19 @@ from llmtap.recorder.writer_process import WriterConfig, pack_recording
 log = logging.getLogger("llmtap.writer")
 
 _GIVE_UP_AFTER = 2
-"""Writer deaths a recording may see before it is reported as failed."""
+"""Refusals of the store to open before the recordings waiting are reported as failed."""
+_DEATHS = 3
+"""Writer deaths a recording may see before it is reported as failed (it may be what kills it;
+a process killed from outside now and then is no reason to lose what it held)."""
+_RESTART_FOR_S = 30.0
+"""How long a writer that dies while it starts is started again before the recordings waiting
+are reported as failed."""
+
+
+class StoreRefused(RuntimeError):
+    """The writer process started, and the store would not open (its reason)."""
+
+
 _START_TIMEOUT = 60.0
 PROGRESS_EVERY = 0.01
 """Seconds between two sends of the pieces of running streams: a few events each, at most
@@ -58,6 +72,9 @@ instead of whole, twice (the pieces, and their frames waiting for the socket).""
 PAUSE_AT_MOST = 1.0
 """Seconds a relay waits for the writer process to put pieces on file; a writer that does
 not (its disk failed) is not waited for again, and the stream is held in memory."""
+STALLED_AFTER_S = 2.0
+"""How long the oldest recording may wait for its commit before health says the writer is stuck
+(a commit takes milliseconds)."""
 FRAME_BYTES = 4 << 20
 """Bytes of a stream's pieces in one frame at most. A stream that outruns the writer process
 goes across in frames of this size, not in one frame of all of it (266 MB for a 1,000,000-
@@ -73,6 +90,7 @@ class _Pending:
     """Writer processes that died while this recording was in their hands."""
     sent: bool = False
     """In the hands of the current writer process."""
+    since: float = field(default_factory=time.monotonic)
 
 
 @dataclass(slots=True)
@@ -159,6 +177,22 @@ class Writer:
         future = self._loop.create_future()
         self._enqueue(recording, future)
         return await future
+
+    def health_report(self) -> dict[str, Any]:
+        """`health` as the API shows it, with how long the oldest recording not yet written has
+        waited: a writer that answers nothing (a database another process keeps locked, a
+        stalled disk or process) holds every request it has, and says nothing while it does."""
+        report = self.health.as_dict()
+        oldest = min((p.since for p in self._pending.values()), default=None)
+        waited = 0.0 if oldest is None else time.monotonic() - oldest
+        report["oldest_pending_s"] = round(waited, 3)
+        if waited > STALLED_AFTER_S:
+            report["ok"] = False
+            report["last_error"] = (
+                f"the writer has finished nothing for {waited:.1f} s (a database locked by "
+                "another process, a stalled disk, or a stopped writer process); requests wait"
+            )
+        return report
 
     def submit_nowait(self, recording: Recording) -> None:
         """Hand over a recording from a path that cannot wait (cancellation, disconnects); an
@@ -457,23 +491,27 @@ class Writer:
             if pending.sent:
                 pending.sent = False
                 pending.deaths += 1
-                if pending.deaths >= _GIVE_UP_AFTER:
-                    self._give_up(seq, "the writer process stopped twice while writing it")
+                if pending.deaths >= _DEATHS:
+                    self._give_up(
+                        seq, f"the writer process stopped {_DEATHS} times while writing it"
+                    )
         self._after_change()
         for stream in self._streams.values():
             # the next process has none of their pieces, but those on file it takes over
             stream.sent, stream.opened = stream.on_file, False
             _resume(stream)
-        delay, attempts = 0.05, 0
+        delay, refusals, since = 0.05, 0, time.monotonic()
         while not self._closing:
             try:
                 await self._spawn()
                 break
             except Exception as exc:  # noqa: BLE001 - the store may come back (disk, file)
-                attempts += 1
+                # a store that refuses to open (its disk, its file) is asked twice; a process
+                # that died before it was ready (killed again) is started again for a while
+                refusals += isinstance(exc, StoreRefused)
                 self.health.note_failure(f"the writer process cannot start again: {exc}")
                 self._base_failed = self.health.failed
-                if attempts >= _GIVE_UP_AFTER:
+                if refusals >= _GIVE_UP_AFTER or time.monotonic() - since > _RESTART_FOR_S:
                     # the requests waiting on it are answered (unrecorded) rather than held
                     self._fail_all(str(exc))
                 await asyncio.sleep(delay)
@@ -532,7 +570,7 @@ class _Link(asyncio.Protocol):
             if message[0] == "ready":
                 self.ready.set_result(None)
             elif message[0] == "failed":
-                self.ready.set_exception(RuntimeError(message[1]))
+                self.ready.set_exception(StoreRefused(message[1]))
             else:
                 self.writer._on_message(message)
 
