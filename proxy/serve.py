@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import click
 
 from llmtap.proxy.app import create_app, install_log_filters, uvicorn_kwargs
@@ -18,9 +20,19 @@ def run_server(settings: Settings) -> None:
             f"cannot listen on {settings.host}:{settings.port}: {exc}"
         ) from exc
     url = url_of(sock)
+    exposed = not ipaddress.ip_address(sock.getsockname()[0]).is_loopback
+    if sock.getsockname()[0] in ("0.0.0.0", "::"):  # every interface: connect on loopback here
+        url = url.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]")
     app = create_app(settings)
     install_log_filters()
     click.echo(f"llmtap listening on {url}", err=False)
+    if exposed:
+        click.echo(
+            f"  warning   listening beyond loopback ({settings.host}): whoever reaches this port "
+            "reads every recorded prompt and answer (the UI, /api) and can send requests "
+            "upstream; the default is 127.0.0.1",
+            err=True,
+        )
     click.echo(f"  OPENAI_BASE_URL={url}/v1")
     click.echo(f"  upstream  {shown_url(settings.upstream)}")
     click.echo(f"  database  {settings.db}")

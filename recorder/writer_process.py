@@ -427,9 +427,11 @@ def _write(
 
 
 def main(argv: list[str]) -> int:
-    # Ctrl-C reaches the whole process group: the proxy shuts down and sends "quit"; the
-    # writer must live until it has written what it was given
+    # Ctrl-C, and a SIGTERM to the process group (systemd, `timeout`, `kill -- -PGID`), reach
+    # the writer too: the proxy shuts down and sends "quit" (or dies, and the writer reads the
+    # end of its socket); the writer must live until it has written what it was given
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sock = socket.socket(fileno=int(argv[1]))
     try:
         return serve(sock)

@@ -253,3 +253,25 @@ def test_serve_explains_a_prices_file_it_cannot_use(
     assert run.returncode != 0
     assert f"llmtap cannot use its prices file {prices}" in out
     assert "cannot open its database" not in out
+
+
+def test_serve_beyond_loopback_warns_and_shows_a_connectable_address(
+    tmp_path: Path, upstream: str
+) -> None:
+    """`--host 0.0.0.0` (a container's setting) opens every recorded prompt to the network: the
+    banner says so, and its addresses are ones a client here can use (not 0.0.0.0)."""
+    proc, url = start_serve(tmp_path / "open.db", upstream, "--host", "0.0.0.0", "--mode", "off")
+    try:
+        assert url.startswith("http://127.0.0.1:")
+        assert httpx.get(f"{url}/api/health").json()["status"] == "ok"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    log = next(tmp_path.glob("open.*.log")).read_text()
+    assert (
+        "listening beyond loopback (0.0.0.0)" in log and "OPENAI_BASE_URL=http://127.0.0.1:" in log
+    )
+    quiet, _ = start_serve(tmp_path / "local.db", upstream, "--mode", "off")
+    quiet.terminate()
+    quiet.wait(30)
+    assert "beyond loopback" not in next(tmp_path.glob("local.*.log")).read_text()
