@@ -40,6 +40,7 @@ from llmtap.proxy.upstream_client import (
     shown_url,
 )
 from llmtap.proxy.usage_injection import UsageStripper, injected_body
+from llmtap.recorder.memory import return_freed_memory
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.records import Mode
 from llmtap.recorder.writer import TrackedStream, Writer
@@ -51,6 +52,8 @@ Receive = Any
 Send = Any
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+_TRIM_AFTER_REFUSED = 4 << 20
+"""A body refused as too large past this size leaves its bytes in the C heap: given back."""
 _DOT_SEGMENT = re.compile(r"(?:^|/)\.{1,2}(?:/|$)")
 
 
@@ -99,6 +102,8 @@ class Forwarder:
             rec.request_body = await _read_body(receive, self.settings.max_body_size)
         except RequestTooLarge as exc:
             await self._answer_error(send, rec, exc)
+            if self.settings.max_body_size > _TRIM_AFTER_REFUSED:  # the refused bytes read
+                asyncio.get_running_loop().run_in_executor(None, return_freed_memory)
             return
         except ClientGone:
             self._submit(rec.fail("client disconnected before sending its whole body"))

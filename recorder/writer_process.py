@@ -398,11 +398,13 @@ def serve(sock: socket.socket) -> int:
 
 
 _TRIM_AFTER = 64 << 20
-"""Response bytes written, after which an idle writer gives freed memory back to the system."""
+"""Bytes of recordings written, after which an idle writer gives freed memory back."""
 
 
 def _response_bytes(rec: Recording) -> int:
-    return rec.spool.size if rec.spool is not None else sum(map(len, rec.chunks))
+    """What a written recording lets go of: its response, and its request (a 31 MB upload)."""
+    held = rec.spool.size if rec.spool is not None else sum(map(len, rec.chunks))
+    return held + len(rec.request_body)
 
 
 def _items(messages: list[Any]) -> list[tuple[Any, ...]]:
