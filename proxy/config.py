@@ -123,8 +123,10 @@ def check_setting(name: str, value: Any) -> None:
     if "choices" in meta and value not in meta["choices"]:
         raise ValueError(f"{name} must be one of {', '.join(meta['choices'])}, not {value!r}")
     low, high, above = meta.get("low"), meta.get("high"), meta.get("above")
+    bounded = low is not None or high is not None or above is not None
     if (
-        (low is not None and value < low)
+        (bounded and value != value)  # NaN: no comparison says it is out of bounds
+        or (low is not None and value < low)
         or (high is not None and value > high)
         or (above is not None and value <= above)
     ):

@@ -34,7 +34,7 @@ _RESPONSE_LEAD = re.compile(rb'[\r\n](?:event: ?|data: ?\{\s*"type"\s*:\s*")\Z')
 # when the member holds nothing the SDK raises on (`"error": null`, as some gateways send)
 _ERROR_LEAD = re.compile(rb"[\r\n]data: ?\{\s*\Z")
 _ERROR_VALUE = re.compile(rb"\s*:\s*")
-_NO_ERROR = re.compile(rb'(?:null|false|""|0|\{\s*\}|\[\s*\])')
+_NO_ERROR = re.compile(rb'(?:null|false|""|0(?![.\deE])|\{\s*\}|\[\s*\])')
 _NO_ERROR_YET = re.compile(rb'(?:n(?:u(?:ll?)?)?|f(?:a(?:l(?:se?)?)?)?|"|0|\{\s*|\[\s*)?\Z')
 _REACH = 16  # bytes after an error marker that may still decide it (`  :   null`)
 _DONE = ((b"[DONE]", _DATA_LEAD), (b'"error"', _ERROR_LEAD))
@@ -69,6 +69,10 @@ class EndFinder:
         self._tail = b"\n"  # the last bytes before this piece (decoded); a line starts the stream
         self._armed = False  # a marker was seen; the blank line that ends its event was not
         self._undecided = False  # an error marker ended the last piece before its value did
+
+    def give_up(self) -> None:
+        """Look for no more ends (the end of the body commits the stream)."""
+        self._markers = ()
 
     def ends_in(self, piece: bytes) -> bool:
         if not self._markers:
@@ -134,9 +138,8 @@ def _error_is_set(window: bytes, after: int) -> bool | None:
     if not window[after:].strip():
         return None
     colon = _ERROR_VALUE.match(window, after)
-    assert colon is not None  # (it matches nothing at worst)
-    if b":" not in window[after : colon.end()]:
-        return False  # `"error"` was no member's name
+    if colon is None:
+        return False  # `"error"` was no member's name (garbage, or a value)
     value = window[colon.end() :]
     if _NO_ERROR.match(value) is not None:
         return False

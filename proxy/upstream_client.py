@@ -133,7 +133,10 @@ class Origin:
 
     @classmethod
     def parse(cls, url: str, ssl_context: ssl.SSLContext | None = None) -> Origin:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:  # an unclosed IPv6 bracket...
+            raise UpstreamError(f"invalid upstream URL {shown_url(url)!r}: {exc}") from None
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https"):
             raise UpstreamError(
@@ -181,7 +184,14 @@ class Origin:
 def shown_url(url: str) -> str:
     """A base URL as messages, logs and the API may show it: without its credentials
     (`https://user:password@host/v1` authenticates llmtap; the password is a secret)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # (an unclosed IPv6 bracket): cut what a password could be by hand
+        scheme, sep, rest = url.partition("//")
+        netloc, slash, path = rest.partition("/")
+        if "@" not in netloc:
+            return url
+        return f"{scheme}{sep}***@{netloc.rpartition('@')[2]}{slash}{path}"
     if parts.username is None and parts.password is None:
         return url
     host = parts.netloc.rpartition("@")[2]

@@ -307,3 +307,39 @@ def test_a_request_that_is_not_http_gets_an_openai_shaped_400(
     assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head
     assert json.loads(body)["error"]["type"] == "invalid_request_error"
     assert httpx.get(f"{proxy.base_url}/models").status_code == 200  # and the next is served
+
+
+def test_a_garbled_error_event_is_relayed_and_recorded(start_proxy: Callable[..., Proxy]) -> None:
+    """`data: {"error" "garbled"}` from the upstream: not JSON the SDK could read, and no error
+    member the end finder knows. It is relayed as sent, the stream ends at its `[DONE]`, and
+    the call is recorded (before: the finder raised on the event loop, the client's response
+    was cut and nothing was recorded)."""
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    body = (
+        b"data: "
+        + orjson.dumps({**chunk, "choices": [{"index": 0, "delta": {"content": "hi"}}]})
+        + b'\n\ndata: {"error" "garbled"}\n\ndata: [DONE]\n\n'
+    )
+    reply = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+        + f"content-length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    with raw_upstream(lambda request: reply) as upstream:
+        proxy = start_proxy(upstream=f"{upstream.url}/v1", stream_usage=False)
+        answer = httpx.post(f"{proxy.base_url}/chat/completions", json={**CHAT, "stream": True})
+    assert answer.status_code == 200 and answer.content == body
+    (span,) = spans(proxy)
+    assert span["status_code"] == "ERROR" and "not JSON" in span["status_message"]
+
+
+def test_an_upstream_url_that_does_not_parse_is_a_502_per_request(
+    start_proxy: Callable[..., Proxy],
+) -> None:
+    """`--upstream 'http://u:secret@[::1/v1'` (an unclosed bracket): llmtap starts, and each
+    request gets a 502 naming the upstream without its password (before this session's own
+    redaction was fixed, showing it raised at startup)."""
+    proxy = start_proxy(upstream="http://admin:secret9@[::1/v1")
+    answer = httpx.post(f"{proxy.base_url}/chat/completions", json=CHAT)
+    assert answer.status_code == 502
+    assert "secret9" not in answer.text and "***@[::1" in answer.text

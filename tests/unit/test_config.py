@@ -105,6 +105,8 @@ def test_a_switch_value_that_is_no_boolean_is_refused() -> None:
         ([], {"LLMTAP_PORT": "65536"}, None, "--port"),
         (["--max-body-size", "-1"], {}, None, "--max-body-size"),
         (["--read-timeout", "0"], {}, None, "--read-timeout"),
+        (["--read-timeout", "nan"], {}, None, "--read-timeout"),
+        ([], {"LLMTAP_CONNECT_TIMEOUT": "nan"}, None, "--connect-timeout"),
         ([], {}, "port = 70000", "--port"),
         ([], {}, "log_traces = 0", "log_traces must be true or false"),
         ([], {}, "port = 9009.5", "port must be an integer"),

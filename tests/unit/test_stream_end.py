@@ -169,7 +169,13 @@ def test_an_error_member_that_is_no_error_or_is_text_is_no_end() -> None:
     every chunk) and a text that says `data: {"error": ...` are not ends."""
     nulls = [b'data: {"error": null, "choices": [{"index": 0, "delta": {"content": "a"}}]}\n\n']
     said = [b'data: {"choices":[{"delta":{"content":"x\\ndata: {\\"error\\": 1}"}}]}\n\n']
-    for extra in (nulls, said, [b'data: {"error":{}}\n\n', b'data: {"error" : false}\n\n']):
+    garbled = [b'data: {"error" "garbled"}\n\n', b'data: {"error", "x"}\n\n']  # no member
+    for extra in (
+        nulls,
+        said,
+        garbled,
+        [b'data: {"error":{}}\n\n', b'data: {"error" : false}\n\n'],
+    ):
         wire = b"".join(extra) + b"".join(chat_events("and then the end"))
         real = completing_offset(wire, (b"data: [DONE]",))
         for size in (1, 5, 64, len(wire)):
