@@ -28,7 +28,6 @@ from llmtap.recorder.assemble.embeddings import decode_embeddings
 from llmtap.recorder.endpoints import ENDPOINTS
 from llmtap.recorder.models import signature_params
 from llmtap.recorder.recording import new_trace_id
-from llmtap.recorder.tracing import PREDICTED_VERSION
 
 ASGIApp = Callable[..., Awaitable[None]]  # (scope, receive, send)
 TASK_PATHS = {e.name: e.path for e in ENDPOINTS.values()}
@@ -249,7 +248,8 @@ async def run_prediction(
                 "content-type": "application/json",
                 "llmtap-experiment": version["experiment"],
                 "llmtap-trace-id": trace_id,
-                f"llmtap-tag-{PREDICTED_VERSION}": version["model_uri"],
+                "llmtap-tag-model_uri": version["model_uri"],  # shown with the trace
+                "llmtap-model-version": version["model_uri"],  # links the call to its version
             }
             async with limit:
                 try:

@@ -57,6 +57,8 @@ class RequestContext:
     """The span to nest under (from `traceparent`)."""
     session: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
+    predicted: tuple[str, int] | None = None
+    """(name, version) of the model version a `predict` call runs (`llmtap-model-version`)."""
 
 
 @dataclass(slots=True)

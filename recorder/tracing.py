@@ -34,14 +34,6 @@ from llmtap.recorder.semconv import genai_attributes
 from llmtap.recorder.spool import PieceSpool
 from llmtap.recorder.stream_summary import StreamSummariser, StreamSummary
 
-PREDICTED_VERSION = "model_uri"
-"""The tag `predict` gives its calls (`llmtap-tag-model_uri: models:/NAME/VERSION`)."""
-
-
-def _version_link(uri: str) -> VersionLink | None:
-    name, _, version = uri.removeprefix("models:/").rpartition("/")
-    return VersionLink(name, int(version)) if name and version.isdigit() else None
-
 
 def header(headers: list[tuple[str, str]], name: str) -> str | None:
     for key, value in headers:
@@ -165,11 +157,11 @@ class Tracer:
             key = match_key(rec.method, rec.path, rec.request_body, query=rec.query)
         ctx = rec.context
         model = None
-        # a configuration that works; a prediction's call (tagged with the version it ran) is
-        # one of that version's traces: `predict` runs a version again, as MLflow's does, and
-        # never makes one
-        if self.log_models and PREDICTED_VERSION in ctx.tags:
-            model = _version_link(ctx.tags[PREDICTED_VERSION])
+        # a configuration that works; a prediction's call (`llmtap-model-version`, the version
+        # it ran) is one of that version's traces: `predict` runs a version again, as MLflow's
+        # does, and never makes one
+        if self.log_models and ctx.predicted is not None:
+            model = VersionLink(*ctx.predicted)
         elif self.log_models and 200 <= (exchange.status or 0) < 300:
             model = model_record(
                 endpoint.name,

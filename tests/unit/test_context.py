@@ -101,3 +101,14 @@ def test_a_traceparent_of_another_trace_gives_no_parent_to_a_named_trace() -> No
     assert elsewhere.trace_id == normalise_trace_id("my-run") and elsewhere.parent_id is None
     same = build_context(None, {"traceparent": header, "trace-id": trace.upper()})
     assert same.trace_id == trace and same.parent_id == span
+
+
+def test_the_model_version_control_is_read_strictly_and_is_no_tag() -> None:
+    """`predict` marks its calls with `llmtap-model-version`; a user's own `llmtap-tag-model_uri`
+    is a tag like any other (before, that tag was the mark: a user's value switched off model
+    logging, and `models:/x/²` broke the trace's build)."""
+    ctx = build_context(None, {"model-version": "models:/team/bot/12", "tag-model_uri": "x"})
+    assert ctx.predicted == ("team/bot", 12) and ctx.tags == {"model_uri": "x"}
+    for odd in ("models:/x/²", "models:/x/latest", "x/1", "models:/x/"):
+        assert build_context(None, {"model-version": odd}).predicted is None, odd
+    assert build_context(None, {"tag-model_uri": "models:/x/1"}).predicted is None
