@@ -69,6 +69,13 @@ class WriterHealth:
         self.last_error_at = time.time()
         log.error("recording failed: %s", message)
 
+    def note_problem(self, message: str) -> None:
+        """Something is wrong, and nothing has failed yet (a lock waited for)."""
+        self.ok = False
+        self.last_error = message
+        self.last_error_at = time.time()
+        log.warning("recording delayed: %s", message)
+
 
 @dataclass
 class BatchWriter:
@@ -78,6 +85,8 @@ class BatchWriter:
     """The raw exchange alone, for a recording whose full batch cannot be built or stored:
     what the traffic meant may be lost, the exchange itself is not."""
     health: WriterHealth = field(default_factory=WriterHealth)
+    _locked_out: bool = False
+    """The last write gave up on a database another process kept locked."""
 
     def write(self, recordings: Sequence[Recording]) -> list[Batch | None]:
         """Build and store the recordings; the batch that reached the store for each one
@@ -85,9 +94,11 @@ class BatchWriter:
         if not recordings:
             return []
         batches = [self._build(r) for r in recordings]
+        self._locked_out = False
         ok = self._write(batches)
         for i, recording in enumerate(recordings):
-            if not ok[i] and self.fallback is not None:
+            # (under a lock that outlasted the waits, a raw exchange would wait for it again)
+            if not ok[i] and self.fallback is not None and not self._locked_out:
                 raw = self._build(recording, self.fallback)
                 if raw is not None and self._write_one(raw):
                     ok[i], batches[i] = True, raw
@@ -134,10 +145,14 @@ class BatchWriter:
             except sqlite3.OperationalError as exc:
                 # another process holds the write lock (a sqlite3 shell left in a transaction):
                 # the batch waits, whole, rather than lose its traces record by record
-                if not _locked(exc) or waits >= LOCKED_WAITS:
+                if not _locked(exc):
                     break
+                if waits >= LOCKED_WAITS:  # no record of it is to blame: all fail, at once
+                    self.health.note_failure(str(exc))
+                    self._locked_out = True
+                    return [False] * len(batches)
                 waits += 1
-                self.health.note_failure(
+                self.health.note_problem(
                     f"the database is locked by another process; waiting ({exc})"
                 )
             except Exception:  # noqa: BLE001 - which record it was is found below

@@ -611,3 +611,26 @@ def test_a_killed_proxys_spool_is_removed_by_the_next_one_and_its_own_at_close(
     own = with_writer(db, body)
     assert Path(own).parent == base and not Path(own).exists()
     assert living.exists() and base.exists()  # the other proxy's, and so its parent, stay
+
+
+def test_a_lock_held_by_another_process_is_waited_for_whole_and_then_failed_at_once() -> None:
+    """`database is locked` is no poison record: the batch is tried again whole (each try is a
+    busy timeout), never record by record, which under the same lock would cost 2 more timeouts
+    per record; the waits are no failures in health's count."""
+    from llmtap.recorder.batch_writer import LOCKED_WAITS
+
+    class Locked:
+        calls = 0
+
+        def write(self, batches: Sequence[Batch]) -> None:
+            Locked.calls += 1
+            raise sqlite3.OperationalError("database is locked")
+
+        def idle(self) -> None: ...
+        def close(self) -> None: ...
+
+    writer = BatchWriter(Locked(), build_batch, fallback=raw_batch)
+    written = writer.write([recording() for _ in range(10)])
+    assert written == [None] * 10
+    assert Locked.calls == LOCKED_WAITS + 1  # (before: 13 + 10 + 10)
+    assert writer.health.failed == 1 and "locked" in (writer.health.last_error or "")
