@@ -22,6 +22,7 @@ Imports are lazy: installing llmtap must cost other test suites nothing.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -106,18 +107,40 @@ def cassette_path(item: pytest.Item, folder: str | None) -> Path:
     classes = [file_stem(node.name) for node in item.listchain() if isinstance(node, pytest.Class)]
     leaf = [*classes, f"{file_stem(item.name)}.yaml"]
     if folder:  # one folder for all modules: tests/unit/test_api.py and tests/e2e/test_api.py
-        return Path(folder).joinpath(*_module_parts(item), *leaf)  # must not meet in it
+        path = Path(folder).joinpath(*_module_parts(item), *leaf)  # must not meet in it
+        earlier = Path(folder).joinpath(item.path.stem, *leaf)  # the layout before 0.1's
+        return earlier if not path.exists() and earlier.exists() else path
     return item.path.parent.joinpath("cassettes", item.path.stem, *leaf)
 
 
 def _module_parts(item: pytest.Item) -> tuple[str, ...]:
-    """The module's path below the rootdir without its suffix (`tests/unit/test_api`); just
-    its name for a module outside the rootdir."""
+    """The module's path below its project (`tests/unit/test_api`), without its suffix; just
+    its name for a module outside it. The project is the rootdir when an ini file fixes it,
+    else the nearest folder above the module with a pyproject.toml, setup.py, setup.cfg or
+    .git: pytest's rootdir without an ini file follows the folder it is run from, and a
+    cassette must not move with that."""
     try:
-        relative = item.path.relative_to(item.config.rootpath)
+        relative = item.path.relative_to(_project(item))
     except ValueError:
         return (item.path.stem,)
     return relative.with_suffix("").parts
+
+
+_PROJECT_MARKERS = ("pyproject.toml", "setup.py", "setup.cfg", ".git")
+
+
+def _project(item: pytest.Item) -> Path:
+    if item.config.inipath is not None:
+        return item.config.rootpath
+    return _marked_folder(item.path.parent) or item.config.rootpath
+
+
+@functools.lru_cache(maxsize=256)
+def _marked_folder(folder: Path) -> Path | None:
+    for candidate in (folder, *folder.parents):
+        if any((candidate / marker).exists() for marker in _PROJECT_MARKERS):
+            return candidate
+    return None
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")

@@ -277,3 +277,35 @@ def test_a_replay_miss_names_the_cassette_and_how_to_record(pytester: pytest.Pyt
             "with `pytest --llmtap-mode record`*",
         ]
     )
+
+
+def test_one_cassette_folder_is_the_same_from_any_folder_pytest_runs_in(
+    pytester: pytest.Pytester, upstream_server: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without an ini file, pytest's rootdir is the folder it runs from: a cassette under it
+    moved with that (`DIR/tests/unit/test_api/...` from the project, `DIR/test_api/...` from
+    tests/unit), and a replay from the other folder missed. The project (here the folder with
+    `.git`) anchors it; a cassette in the layout before (`DIR/<module>/`) is still read."""
+    (pytester.path / ".git").mkdir()
+    unit = pytester.path / "tests" / "unit"
+    unit.mkdir(parents=True)
+    (unit / "test_api.py").write_text(TEST_FILE.replace("PROMPT", "anchored"))
+    folder = pytester.path / "recorded"
+    args = ("-p", "no:cacheprovider", f"--llmtap-cassettes={folder}", "tests/unit/test_api.py")
+    recorded = pytester.runpytest_subprocess(
+        "--llmtap-mode=record", f"--llmtap-upstream={upstream_server.url}/v1", *args
+    )
+    recorded.assert_outcomes(passed=2)
+    assert (folder / "tests" / "unit" / "test_api" / "test_answer.yaml").exists()
+    upstream_server.stop()
+    monkeypatch.delenv("OPENAI_API_KEY")
+    monkeypatch.chdir(unit)
+    inside = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", f"--llmtap-cassettes={folder}", "test_api.py"
+    )
+    inside.assert_outcomes(passed=2)
+    # the layout before: the module's name alone under DIR
+    (folder / "tests" / "unit" / "test_api").rename(folder / "test_api")
+    monkeypatch.chdir(pytester.path)
+    earlier = pytester.runpytest_subprocess(*args)
+    earlier.assert_outcomes(passed=2)
