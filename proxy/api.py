@@ -105,8 +105,9 @@ def api_routes(
 
     async def get_trace(request: Request) -> JSONResponse:
         sent = request.path_params["trace_id"]
-        # the id as a client sent it in llmtap-trace-id finds the trace, as the stored id does
-        trace = await run_in_threadpool(reader.get_trace, normalise_trace_id(sent))
+        # the id as a client sent it in llmtap-trace-id finds the trace, as the stored id and a
+        # unique prefix of it do (as `llmtap trace` finds them)
+        trace = await run_in_threadpool(reader.find_trace, normalise_trace_id(sent), sent)
         if trace is None:
             return _error(404, f"no trace with id {sent}")
         return JSONResponse(trace)

@@ -176,11 +176,7 @@ def _find_trace(reader: TraceReader, wanted: str) -> dict[str, Any]:
     The exact id comes first, in the form the proxy stored for what a client sent (a UUID,
     upper case hex or a run name), then a unique prefix of at least 4 characters, as with git.
     """
-    found = reader.get_trace(normalise_trace_id(wanted))
-    if found is None and len(wanted) >= 4:
-        prefixed = reader.ids_starting_with(wanted.lower())
-        if len(prefixed) == 1:
-            found = reader.get_trace(prefixed[0])
+    found = reader.find_trace(normalise_trace_id(wanted), wanted)
     if found is None:
         near = reader.similar_ids(wanted.lower())
         hint = f"; did you mean {', '.join(near)}?" if near else ""

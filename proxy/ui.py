@@ -432,7 +432,9 @@ class Pages:
     async def trace_page(self, request: Request) -> HTMLResponse:
         trace_id = request.path_params["trace_id"]
         # the id a client sent in llmtap-trace-id finds its trace, as the stored id does
-        trace = await run_in_threadpool(self.reader.get_trace, normalise_trace_id(trace_id))
+        trace = await run_in_threadpool(
+            self.reader.find_trace, normalise_trace_id(trace_id), trace_id
+        )
         if trace is None:
             return self.problem(404, "No such trace", f"There is no trace with id {trace_id}.")
         info, spans = trace["info"], trace["spans"]

@@ -18,6 +18,7 @@ import orjson
 from llmtap.recorder.model_store import model_links
 from llmtap.recorder.sqlite import connect_for_reading
 
+_HEX = frozenset("0123456789abcdef")
 PREVIEW_CHARS = 1000
 """How much of a trace's request and response its TraceInfo shows (MLflow 3's previews)."""
 
@@ -207,6 +208,16 @@ class TraceReader:
                 found = _full_trace(conn, trace_id)
                 if found is not None:
                     yield found
+
+    def find_trace(self, exact: str, prefix: str) -> dict[str, Any] | None:
+        """The trace whose id is `exact` (the stored form of what was asked for), else the
+        one trace whose id starts with `prefix` (4 hex characters at least, as with git)."""
+        found = self.get_trace(exact)
+        if found is None and len(prefix) >= 4 and all(c in _HEX for c in prefix.lower()):
+            ids = self.ids_starting_with(prefix.lower())
+            if len(ids) == 1:
+                found = self.get_trace(ids[0])
+        return found
 
     def ids_starting_with(self, prefix: str, limit: int = 2) -> list[str]:
         rows = self._rows(

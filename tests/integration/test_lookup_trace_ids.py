@@ -86,6 +86,21 @@ def test_an_id_never_sent_is_still_not_found(recorded: Proxy) -> None:
     assert shown.exit_code == 1 and "no trace with id never-sent" in shown.output
 
 
+def test_a_unique_prefix_finds_a_trace_in_the_api_and_the_ui_as_in_the_cli(
+    recorded: Proxy,
+) -> None:
+    """`llmtap trace 2768` found a trace by its first characters; the API and the UI page
+    answered 404 to the same prefix."""
+    stored = httpx.get(f"{recorded.url}/api/traces").json()["traces"][0]["trace_id"]
+    others = {t["trace_id"][:6] for t in httpx.get(f"{recorded.url}/api/traces").json()["traces"]}
+    assert len(others) == len(AS_SENT)  # (six characters tell these apart)
+    found = httpx.get(f"{recorded.url}/api/traces/{stored[:6]}")
+    assert found.status_code == 200 and found.json()["info"]["trace_id"] == stored
+    page = httpx.get(f"{recorded.url}/traces/{stored[:6].upper()}")
+    assert page.status_code == 200 and stored in page.text
+    assert httpx.get(f"{recorded.url}/api/traces/{stored[:3]}").status_code == 404  # too short
+
+
 @pytest.mark.parametrize(
     ("method", "path"),
     [("GET", "/api/nope"), ("POST", "/api/traces/x/nope"), ("GET", "/api"), ("DELETE", "/api/")],
