@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import click
 import orjson
+from click.core import ParameterSource
 
 from llmtap.proxy import __version__
 from llmtap.proxy.cli_models import models, predict, require_database
@@ -122,16 +124,30 @@ def _as_flag(arg: str, switches: set[str]) -> str:
 def serve(print_config: bool, **params: Any) -> None:
     """Start the proxy."""
     from llmtap.proxy.serve import run_server
+    from llmtap.proxy.upstream_client import shown_url
 
+    _empty_from_environment(params, "replay_ignore_fields")
     try:
         settings = Settings(**params)
     except ValueError as exc:  # each option is checked already; this is the net under them
         raise click.UsageError(str(exc)) from exc
     if print_config:
-        click.echo(_dumps({f.name: getattr(settings, f.name) for f in setting_fields()}))
+        shown = {f.name: getattr(settings, f.name) for f in setting_fields()}
+        shown["upstream"] = shown_url(settings.upstream)  # its password is no setting to show
+        click.echo(_dumps(shown))
         return
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     run_server(settings)
+
+
+def _empty_from_environment(params: dict[str, Any], name: str) -> None:
+    """click reads an empty environment variable as unset; for a list whose empty value means
+    something (`LLMTAP_REPLAY_IGNORE_FIELDS=""`: ignore no field) it is the value, above the
+    file and the default as the environment always is."""
+    source = click.get_current_context().get_parameter_source(name)
+    below = (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+    if os.environ.get(f"LLMTAP_{name.upper()}") == "" and source in below:
+        params[name] = ""
 
 
 @main.command()

@@ -168,7 +168,8 @@ def predict(
     version = _find_version(reader, model_uri)
     if version is None:
         raise click.ClickException(f"no model version {model_uri} in {db} (see `llmtap models`)")
-    text = sys.stdin.read() if input_text == "-" else input_text
+    # (`echo hi | llmtap predict ... -`: the line's end is the shell's, not the input's)
+    text = _without_line_end(sys.stdin.read()) if input_text == "-" else input_text
     try:
         inputs = orjson.loads(text) if json_input else text
     except orjson.JSONDecodeError as exc:
@@ -211,3 +212,10 @@ async def _predict_in_process(
         return await run_prediction(app, version, inputs, headers, params)
     finally:
         await app.shutdown()  # drains the writer: the calls are in the database
+
+
+def _without_line_end(text: str) -> str:
+    """Text read from stdin without the one line end that closes it."""
+    if text.endswith("\r\n"):
+        return text[:-2]
+    return text[:-1] if text.endswith("\n") else text

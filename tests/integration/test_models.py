@@ -538,6 +538,13 @@ def test_cli_predict_takes_params(start_proxy: Callable[..., Proxy], upstream: s
     assert unknown.exit_code == 1 and "unknown param(s) top_k" in unknown.output
     not_json = run(predict_command, *given, "--params", "{temperature: 1}")
     assert not_json.exit_code == 2 and "--params" in not_json.output
+    # `echo hi | llmtap predict ... -`: the input is "hi", not "hi" and the shell's line end
+    piped = CliRunner().invoke(predict_command, [*given[:1], "-", *given[2:]], input="hi there\n")
+    assert piped.exit_code == 0, piped.output
+    [piped_trace] = orjson.loads(piped.output)["trace_ids"]
+    with closing(sqlite3.connect(proxy.db)) as conn:
+        sent = conn.execute("SELECT inputs FROM spans WHERE trace_id = ?", [piped_trace]).fetchone()
+    assert orjson.loads(sent[0])["messages"][-1]["content"] == "hi there"
 
 
 @pytest.mark.parametrize(

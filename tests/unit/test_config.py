@@ -133,3 +133,22 @@ def test_settings_check_their_values() -> None:
             Settings(**bad)  # type: ignore[arg-type]
     assert Settings(port=0, replay_timing="2.5", max_body_size=1).port == 0
     assert resolved(["--replay-timing", "recorded", "--read-timeout", "0.5"])["read_timeout"] == 0.5
+
+
+def test_an_empty_ignore_list_from_the_environment_is_empty(tmp_path: Path) -> None:
+    """`LLMTAP_REPLAY_IGNORE_FIELDS=""` means "ignore no field", as `--replay-ignore-fields ""`
+    and `[]` in the file do (click read it as unset, and the defaults stayed); above the file
+    and below the flag, as the environment always is."""
+    config = tmp_path / "llmtap.toml"
+    config.write_text('replay_ignore_fields = ["seed"]\n')
+    empty = {"LLMTAP_REPLAY_IGNORE_FIELDS": ""}
+    assert resolved([], empty)["replay_ignore_fields"] == ""
+    assert resolved(["--config", str(config)], empty)["replay_ignore_fields"] == ""
+    flag = ["--replay-ignore-fields", "user"]
+    assert resolved(flag, empty)["replay_ignore_fields"] == "user"
+    assert resolved(["--config", str(config)])["replay_ignore_fields"] == "seed"
+
+
+def test_print_config_shows_no_upstream_password() -> None:
+    shown = resolved(["--upstream", "https://me:s3cret@gw.example/v1"])
+    assert shown["upstream"] == "https://***@gw.example/v1"
