@@ -276,7 +276,13 @@ class Forwarder:
             rec.feed(chunk)
             # the SDK has the whole answer at the stream's last event ([DONE], or a Responses
             # stream's terminal event) and may stop reading there: commit before it can see it
-            if _ends_in(end, chunk):
+            try:  # (zero-cost unless raised: no call per piece beyond the finder's own)
+                ended = end.ends_in(chunk)
+            except Exception:  # noqa: BLE001 - bytes nobody foresaw: the body's end commits
+                log.exception("the stream-end finder failed; the body's end commits this stream")
+                end.give_up()
+                ended = False
+            if ended:
                 await self._commit(rec.finish())
                 rec.committed = True
                 committed_at = rec.piece_count
@@ -327,17 +333,6 @@ class Forwarder:
     def _submit(self, rec: Recording) -> None:
         if self.writer is not None and not rec.discard:
             self.writer.submit_nowait(rec)
-
-
-def _ends_in(end: EndFinder, chunk: bytes) -> bool:
-    """`end.ends_in(chunk)`; a finder that fails on bytes nobody foresaw finds nothing more
-    (the end of the body commits the stream then), and the relay goes on."""
-    try:
-        return end.ends_in(chunk)
-    except Exception:  # noqa: BLE001 - the response and its record matter more
-        log.exception("the stream-end finder failed; the body's end commits this stream")
-        end.give_up()
-        return False
 
 
 def _content_headers(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes]:

@@ -101,3 +101,19 @@ def decoder_for(content_encoding: str | None) -> Decoder:
     if name == "zstd":
         return Zstd()
     raise ValueError(f"unknown content encoding: {content_encoding}")
+
+
+def decode_at_most(body: bytes, content_encoding: str | None, at_most: int) -> bytes | None:
+    """`body` decoded, or None when it decodes to more than `at_most` bytes (a few KB of gzipped
+    zeros are gigabytes): fed 256 bytes at a time, so that no step outgrows the limit by more
+    than a few MB. Raises as `decoder_for` and the decoders do for what does not decode."""
+    decompressor = decoder_for(content_encoding)
+    parts, size = [], 0
+    for at in range(0, len(body), 256):
+        part = decompressor.decompress(body[at : at + 256])
+        size += len(part)
+        if size > at_most:
+            return None
+        parts.append(part)
+    parts.append(decompressor.flush())
+    return b"".join(parts)

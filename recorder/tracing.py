@@ -14,7 +14,7 @@ import orjson
 
 from llmtap.recorder.agents import AgentLinker
 from llmtap.recorder.chunk_times import chunks_json
-from llmtap.recorder.decoding import decoder_for
+from llmtap.recorder.decoding import decode_at_most, decoder_for
 from llmtap.recorder.endpoints import Endpoint, endpoint_for, invocation_params, usage_of
 from llmtap.recorder.matching import match_key
 from llmtap.recorder.models import model_record
@@ -81,25 +81,16 @@ def _decoded_body(rec: Recording, body: bytes, problems: list[str]) -> bytes:
 DECODED_REQUEST_AT_MOST = 64 << 20
 """A compressed request is shown decoded up to this size: 32 MB of gzipped zeros would be 32 GB
 (a writer process killed by the kernel, three times, before the recording is given up)."""
-_SLICE = 256  # compressed bytes decoded at a time: a slice expands to a few MB at most
 
 
 def _decoded_request(body: bytes, coding: str) -> bytes:
     """The request as the upstream reads it; as sent when it does not decode, or decodes to
     more than `DECODED_REQUEST_AT_MOST` (the span then shows the bytes, not the JSON)."""
     try:
-        decompressor = decoder_for(coding)
-        parts, size = [], 0
-        for at in range(0, len(body), _SLICE):
-            part = decompressor.decompress(body[at : at + _SLICE])
-            size += len(part)
-            if size > DECODED_REQUEST_AT_MOST:
-                return body
-            parts.append(part)
-        parts.append(decompressor.flush())
-        return b"".join(parts)
+        decoded = decode_at_most(body, coding, DECODED_REQUEST_AT_MOST)
     except Exception:  # the upstream gets it as sent and will say what is wrong with it
         return body
+    return body if decoded is None else decoded
 
 
 def _error_message(error: Any) -> str:
