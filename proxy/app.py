@@ -87,7 +87,7 @@ class LlmtapApp:
         self.site = Starlette(
             routes=[
                 *api_routes(settings, reader, health),
-                *model_routes(ModelReader(settings.db), self),
+                *model_routes(ModelReader(settings.db), reader, self),
                 *ui_routes(reader),
             ],
             exception_handlers={

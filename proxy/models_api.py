@@ -19,6 +19,7 @@ from llmtap.proxy.context import normalise_trace_id
 from llmtap.proxy.errors import openai_error
 from llmtap.proxy.predict import ASGIApp, PredictError, passthrough_headers, run_prediction
 from llmtap.recorder.model_store import ModelReader
+from llmtap.recorder.reader import TraceReader
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
@@ -27,7 +28,7 @@ def _error(status: int, message: str, kind: str = "invalid_request_error") -> JS
 
 def _version_param(request: Request) -> str | None:
     version = request.path_params["version"]
-    return version if version.isdigit() or version == "latest" else None
+    return version if (version.isascii() and version.isdigit()) or version == "latest" else None
 
 
 _SCORING_INPUTS = ("inputs", "dataframe_split", "dataframe_records", "instances")
@@ -37,8 +38,9 @@ _ANY = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 """predict takes every method, to answer all but POST with a 405 itself."""
 
 
-def model_routes(reader: ModelReader, app: ASGIApp) -> list[Route]:
-    """Routes over `reader`; predict calls `app`, the running llmtap, in process."""
+def model_routes(reader: ModelReader, traces: TraceReader, app: ASGIApp) -> list[Route]:
+    """Routes over `reader` (and `traces`, to find a trace by the id it was given); predict
+    calls `app`, the running llmtap, in process."""
 
     async def find_version(request: Request) -> dict[str, Any] | JSONResponse:
         name, version = request.path_params["name"], _version_param(request)
@@ -108,7 +110,11 @@ def model_routes(reader: ModelReader, app: ASGIApp) -> list[Route]:
         )
 
     async def trace_models(request: Request) -> JSONResponse:
-        trace_id = normalise_trace_id(request.path_params["trace_id"])  # (as sent, or stored)
+        sent = request.path_params["trace_id"]
+        # found as GET /api/traces/{id} finds it: as sent in llmtap-trace-id, stored, or a prefix
+        trace_id = await run_in_threadpool(traces.resolve_id, normalise_trace_id(sent), sent)
+        if trace_id is None:
+            return _error(404, f"no trace with id {sent}")
         versions = await run_in_threadpool(reader.versions_of_trace, trace_id)
         return JSONResponse({"trace_id": trace_id, "model_versions": versions})
 

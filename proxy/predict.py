@@ -93,6 +93,12 @@ def _dict_rows(task: str, inputs: dict[str, Any]) -> list[Any]:
     split = isinstance(data, list) and all(isinstance(row, list) for row in data)
     if split and set(inputs) <= {"columns", "data", "index"}:  # pandas' split orient
         columns = inputs.get("columns") or range(max(map(len, data), default=0))
+        if not data:
+            raise PredictError(400, "inputs has no rows: its data is empty")
+        if not isinstance(columns, list | range) or not all(
+            isinstance(c, str | int) for c in columns
+        ):
+            raise PredictError(400, f"columns must be a list of names, not {_show(columns)}")
         return [dict(zip(columns, row, strict=False)) for row in data]
     # a dict of columns: a list value is a column of rows (pandas broadcasts the others),
     # but a conversation is one cell: {"messages": [...]} is one row

@@ -159,7 +159,7 @@ class _V1:
             chunks = headers.get("x-simulator-chunks")
             forced = None
             if chunks is not None:
-                if not chunks.strip().isdigit() or int(chunks) < 1:
+                if not (chunks.strip().isascii() and chunks.strip().isdigit()) or int(chunks) < 1:
                     raise BadRequest("x-simulator-chunks must be a positive integer.")
                 forced = int(chunks)
         except BadRequest as exc:

@@ -6,7 +6,9 @@ from typing import Any
 
 import orjson
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 
 def _console() -> Console:
@@ -61,8 +63,9 @@ def print_traces(rows: list[dict[str, Any]]) -> None:
     for name in _TRACE_COLUMNS:
         table.add_column(name, no_wrap=True, justify="right" if name in _NUMERIC else "left")
     for t in rows:
-        cells = _trace_cells(t)
-        cells[4] = _status(cells[4])
+        # recorded text is never markup: a session or a model named "[/x]" prints as it is
+        cells: list[Text | str] = [Text(cell) for cell in _trace_cells(t)]
+        cells[4] = _status(t["status"])
         table.add_row(*cells)
     console.print(table)
 
@@ -75,21 +78,23 @@ def _preview(value: Any, limit: int = 400) -> str:
 def print_trace(trace: dict[str, Any]) -> None:
     console = _console()
     info = trace["info"]
+    # every recorded value escaped: it is text, not markup (an upstream's "bad value [/tools]")
     console.print(
         f"[bold]trace {info['trace_id']}[/bold]  {_status(info['status'])}  "
         f"{info['request_time']}  {info['execution_time_ms']:.1f} ms  "
-        f"experiment={info['experiment']}  session={info['session'] or '-'}  "
+        f"experiment={escape(info['experiment'])}  session={escape(info['session'] or '-')}  "
         f"tokens={info['usage']['total_tokens']}"
     )
     for span in trace["spans"]:
         attrs = span["attributes"]
         ms = (span["end_time_ns"] - span["start_time_ns"]) / 1e6
+        model, usage = escape(str(attrs.get("model"))), escape(str(attrs.get("usage")))
         console.print(
-            f"\n[bold]{span['name']}[/bold] {span['span_type']} "
-            f"{_status(span['status']['code'])} {ms:.1f} ms  model={attrs.get('model')}  "
-            f"stream={attrs.get('stream')}  usage={attrs.get('usage')}"
+            f"\n[bold]{escape(span['name'])}[/bold] {span['span_type']} "
+            f"{_status(span['status']['code'])} {ms:.1f} ms  model={model}  "
+            f"stream={attrs.get('stream')}  usage={usage}"
         )
         if span["status"]["message"]:
-            console.print(f"  [red]{span['status']['message']}[/red]")
+            console.print(f"  [red]{escape(span['status']['message'])}[/red]")
         console.print(f"  in:  {_preview(span['inputs'])}", markup=False)
         console.print(f"  out: {_preview(span['outputs'])}", markup=False)

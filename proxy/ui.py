@@ -24,7 +24,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from llmtap.proxy.context import normalise_trace_id
-from llmtap.proxy.ui_queries import TraceFilter, UiQueries
+from llmtap.proxy.ui_queries import TraceFilter, UiQueries, bounded_int
 from llmtap.recorder.reader import TraceReader
 
 _HERE = Path(__file__).parent
@@ -449,7 +449,7 @@ class Pages:
 
     async def sessions(self, request: Request) -> HTMLResponse:
         try:
-            offset = max(0, int(request.query_params.get("offset") or 0))
+            offset = bounded_int(request.query_params.get("offset"), 0, 0, 1 << 62)
         except ValueError:
             return self.problem(400, "Bad offset", "offset must be a whole number")
         rows, more = await run_in_threadpool(self.queries.sessions, SESSIONS_PAGE, offset)

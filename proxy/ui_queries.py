@@ -60,8 +60,8 @@ class TraceFilter:
                 parse_time(bound)  # reject early, before any query runs
         return cls(
             **text,
-            limit=_bounded_int(params.get("limit"), 50, 1, MAX_LIMIT),
-            offset=_bounded_int(params.get("offset"), 0, 0, 1 << 62),
+            limit=bounded_int(params.get("limit"), 50, 1, MAX_LIMIT),
+            offset=bounded_int(params.get("offset"), 0, 0, 1 << 62),
         )
 
     def active(self) -> dict[str, str]:
@@ -76,7 +76,7 @@ class TraceFilter:
         return replace(self, offset=max(0, offset))
 
 
-def _bounded_int(raw: str | None, default: int, lower: int, upper: int) -> int:
+def bounded_int(raw: str | None, default: int, lower: int, upper: int) -> int:
     if raw is None or raw.strip() == "":
         return default
     return max(lower, min(int(raw), upper))  # ValueError becomes a 400
@@ -90,7 +90,9 @@ def parse_time(text: str) -> int:
         raise ValueError(f"not a time: {text!r} (use YYYY-MM-DDTHH:MM, UTC)") from exc
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1_000_000) * 1000
+    ns = int(moment.timestamp() * 1_000_000) * 1000
+    # nanoseconds fit SQLite's integers from 1677 to 2262: a time beyond is the bound itself
+    return max(-(1 << 63), min(ns, (1 << 63) - 1))
 
 
 def iso_time(ns: int | None) -> str | None:

@@ -166,7 +166,7 @@ def parse_model_uri(uri: str) -> tuple[str, str]:
         raise ValueError(f"{uri!r} is not a model URI (models:/NAME/VERSION)")
     rest = uri[len("models:/") :].strip("/")
     name, _, version = rest.rpartition("/")
-    if name and (version.isdigit() or version == "latest"):
+    if name and (version == "latest" or version_number(version) is not None):
         return name, version
     if rest.startswith("m-") and "/" not in rest:
         return rest, ""
@@ -198,6 +198,16 @@ def version_dict(row: sqlite3.Row) -> dict[str, Any]:
         "last_seen_time": _time(row["last_seen_ns"]),
         "trace_count": row["trace_count"],
     }
+
+
+def version_number(version: int | str) -> int | None:
+    """A version as a number: ASCII digits (`"²".isdigit()` is true, `int("²")` raises) within
+    SQLite's integers; None for anything else."""
+    if isinstance(version, str):
+        if not (version.isascii() and version.isdigit()):
+            return None
+        version = int(version)
+    return version if 0 <= version < 1 << 63 else None
 
 
 class ModelReader:
@@ -251,7 +261,10 @@ class ModelReader:
         elif version == "latest":
             where = "name = ? ORDER BY version DESC LIMIT 1"
         else:
-            where, params = "name = ? AND version = ?", [name, int(version)]
+            number = version_number(version)
+            if number is None:  # "²", or past SQLite's integers: no such version
+                return None
+            where, params = "name = ? AND version = ?", [name, number]
         rows = self._query(
             f"SELECT {_VERSION_COLUMNS} FROM model_versions v WHERE {where}", *params
         )

@@ -213,11 +213,23 @@ class TraceReader:
         """The trace whose id is `exact` (the stored form of what was asked for), else the
         one trace whose id starts with `prefix` (4 hex characters at least, as with git)."""
         found = self.get_trace(exact)
-        if found is None and len(prefix) >= 4 and all(c in _HEX for c in prefix.lower()):
+        if found is None:
+            trace_id = self._only_id_starting_with(prefix)
+            found = self.get_trace(trace_id) if trace_id else None
+        return found
+
+    def resolve_id(self, exact: str, prefix: str) -> str | None:
+        """The id `find_trace` finds, without reading the trace."""
+        if self._rows("SELECT 1 FROM traces WHERE trace_id = ?", [exact]):
+            return exact
+        return self._only_id_starting_with(prefix)
+
+    def _only_id_starting_with(self, prefix: str) -> str | None:
+        if len(prefix) >= 4 and all(c in _HEX for c in prefix.lower()):
             ids = self.ids_starting_with(prefix.lower())
             if len(ids) == 1:
-                found = self.get_trace(ids[0])
-        return found
+                return ids[0]
+        return None
 
     def ids_starting_with(self, prefix: str, limit: int = 2) -> list[str]:
         rows = self._rows(

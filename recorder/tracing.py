@@ -278,8 +278,9 @@ def build_span(
             outputs = decoded
             error = {"message": "the upstream's answer is not a JSON object"}
             problems.append(error["message"])
-    if usage is not None:
-        attributes["usage"] = usage.as_dict()
+    # always there (SPEC 3 names it among the attributes a span has): null when the upstream
+    # told none, as for a failed call
+    attributes["usage"] = usage.as_dict() if usage is not None else None
     attributes["llmtap.usage_source"] = "provider" if usage is not None else "missing"
     if rec.usage_injected:
         attributes["llmtap.usage_requested_by_llmtap"] = True

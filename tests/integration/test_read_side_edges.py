@@ -1,0 +1,177 @@
+"""The reading side given odd values: recorded text holding Rich markup, malformed predict
+inputs, versions `str.isdigit` takes and `int` does not, times and offsets past SQLite's
+integers, a trace's models found by a prefix. Each answered a 500 or a traceback before
+(found by a review of the UI and read API)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import TEST_KEY, Proxy
+from tests.raw_upstream import raw_upstream
+
+LLMTAP = str(Path(sys.executable).with_name("llmtap"))
+AUTH = {"authorization": f"Bearer {TEST_KEY}"}
+BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def _llmtap(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([LLMTAP, *args], capture_output=True, text=True, timeout=60, env=env)
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [("session", "run [/x] 1"), ("model", "my[/model]"), ("session", "[bold]s-42[/bold]")],
+)
+def test_llmtap_trace_prints_recorded_text_as_it_is(
+    start_proxy: Any, where: str, value: str
+) -> None:
+    proxy = start_proxy()
+    headers = {**AUTH, "llmtap-trace-id": "markup-run"}
+    body = dict(BODY)
+    if where == "session":
+        headers["llmtap-session"] = value
+    else:
+        body["model"] = value
+    httpx.post(f"{proxy.base_url}/chat/completions", json=body, headers=headers, timeout=20)
+    proxy.flush()
+    done = _llmtap("trace", "markup-run", "--db", str(proxy.db))
+    assert "Traceback" not in done.stderr, done.stderr[-400:]
+    assert done.returncode == 0
+    assert value in done.stdout
+
+
+def test_llmtap_trace_prints_an_error_message_holding_brackets(start_proxy: Any) -> None:
+    def answer(_request: Any) -> bytes:
+        body = b'{"error": {"message": "bad value [/tools]", "type": "invalid_request_error"}}'
+        head = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+        return head + b"content-length: %d\r\n\r\n" % len(body) + body
+
+    with raw_upstream(answer) as up:
+        proxy = start_proxy(upstream=up.url + "/v1")
+        headers = {**AUTH, "llmtap-trace-id": "err-run"}
+        r = httpx.post(f"{proxy.base_url}/chat/completions", json=BODY, headers=headers)
+        assert r.status_code == 400
+        proxy.flush()
+        done = _llmtap("trace", "err-run", "--db", str(proxy.db))
+    assert "Traceback" not in done.stderr, done.stderr[-400:]
+    assert "bad value [/tools]" in done.stdout
+
+
+def test_llmtap_traces_in_a_terminal_shows_a_bracketed_session(start_proxy: Any) -> None:
+    proxy = start_proxy()
+    headers = {**AUTH, "llmtap-session": "s [/x]"}
+    httpx.post(f"{proxy.base_url}/chat/completions", json=BODY, headers=headers, timeout=20)
+    proxy.flush()
+    # FORCE_COLOR: Rich takes the pipe for a terminal and draws its table
+    env = {**os.environ, "FORCE_COLOR": "1", "COLUMNS": "250"}
+    done = _llmtap("traces", "--db", str(proxy.db), env=env)
+    assert "Traceback" not in done.stderr, done.stderr[-400:]
+    assert "s [/x]" in done.stdout
+
+
+@pytest.fixture
+def bot(start_proxy: Any) -> Proxy:
+    """bot/1 a chat version, bot/2 an embeddings version."""
+    proxy = start_proxy(log_models=True, registered_model_name="bot")
+    with httpx.Client(base_url=proxy.url, headers=AUTH, timeout=20) as c:
+        assert c.post("/v1/chat/completions", json=BODY).status_code == 200
+        emb = {"model": "text-embedding-3-small", "input": "hi"}
+        assert c.post("/v1/embeddings", json=emb).status_code == 200
+    proxy.flush()
+    return proxy
+
+
+def _json_error(response: httpx.Response, statuses: tuple[int, ...]) -> None:
+    assert response.status_code in statuses, (response.status_code, response.text[:200])
+    assert response.headers["content-type"].startswith("application/json")
+    assert "error" in response.json()
+
+
+@pytest.mark.parametrize(
+    ("version", "inputs"),
+    [
+        ("2", {"data": []}),
+        ("2", {"columns": ["input"], "data": []}),
+        ("1", {"columns": 5, "data": [["a"]]}),
+        ("1", {"columns": [["k"]], "data": [["a"]]}),
+    ],
+)
+def test_malformed_predict_inputs_are_a_json_400(bot: Proxy, version: str, inputs: Any) -> None:
+    url = f"{bot.url}/api/models/bot/versions/{version}/predict"
+    _json_error(httpx.post(url, json={"inputs": inputs}, headers=AUTH, timeout=20), (400,))
+
+
+@pytest.mark.parametrize("version", ["²", "99999999999999999999999"])
+@pytest.mark.parametrize("suffix", ["", "/predict"])
+def test_an_odd_version_is_a_json_error(bot: Proxy, version: str, suffix: str) -> None:
+    url = f"{bot.url}/api/models/bot/versions/{version}{suffix}"
+    r = httpx.post(url, json={"inputs": "x"}) if suffix else httpx.get(url)
+    _json_error(r, (400, 404))
+
+
+@pytest.mark.parametrize("ref", ["models:/bot/²", "models:/bot/99999999999999999999999"])
+def test_llmtap_models_with_an_odd_version_is_a_clean_error(bot: Proxy, ref: str) -> None:
+    done = _llmtap("models", ref, "--db", str(bot.db))
+    assert "Traceback" not in done.stderr, done.stderr[-600:]
+    assert done.returncode == 1 and "Error:" in done.stderr
+
+
+def test_the_models_of_a_trace_are_found_by_a_prefix_and_404_for_none(start_proxy: Any) -> None:
+    proxy = start_proxy(log_models=True)
+    assert httpx.post(f"{proxy.base_url}/chat/completions", json=BODY, headers=AUTH).is_success
+    proxy.flush()
+    trace_id = httpx.get(f"{proxy.url}/api/traces").json()["traces"][0]["trace_id"]
+    full = httpx.get(f"{proxy.url}/api/traces/{trace_id}/models").json()
+    assert len(full["model_versions"]) == 1
+    assert httpx.get(f"{proxy.url}/api/traces/{trace_id[:8]}/models").json() == full
+    unknown = httpx.get(f"{proxy.url}/api/traces/0123456789abcdef0123456789abcdef/models")
+    _json_error(unknown, (404,))
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/?since=2300-01-01",
+        "/?until=9999-12-31T23:59",
+        "/?since=0001-01-01",
+        "/sessions?offset=99999999999999999999999",
+    ],
+)
+def test_times_and_offsets_past_sqlite_integers_are_no_server_error(
+    proxy: Proxy, path: str
+) -> None:
+    r = httpx.get(proxy.url + path, timeout=10)
+    assert r.status_code in (200, 400), (r.status_code, r.text[:200])
+    assert r.headers["content-type"].startswith("text/html")
+
+
+@pytest.mark.parametrize(
+    ("fault", "stream"), [("status-500", False), ("status-429", True), ("reset-mid-stream", True)]
+)
+def test_a_failed_span_has_every_attribute_spec_names(
+    proxy: Proxy, fault: str, stream: bool
+) -> None:
+    headers = {**AUTH, "x-simulator-fault": fault}
+    with contextlib.suppress(httpx.HTTPError):  # the reset stream breaks the client's read
+        httpx.post(
+            f"{proxy.base_url}/chat/completions",
+            json={**BODY, "stream": stream},
+            headers=headers,
+            timeout=20,
+        ).read()
+    proxy.flush()
+    trace = httpx.get(f"{proxy.url}/api/traces").json()["traces"][0]
+    span = httpx.get(f"{proxy.url}/api/traces/{trace['trace_id']}").json()["spans"][0]
+    assert span["status"]["code"] == "ERROR"
+    for key in ("endpoint", "model", "stream", "http_status", "usage"):
+        assert key in span["attributes"], (key, sorted(span["attributes"]))
+    assert span["attributes"]["usage"] is None  # none was told
