@@ -70,7 +70,17 @@ def _response_terminal(event: str | None, data: Mapping[str, Any] | None) -> boo
 
 
 def _response_has_output(data: Mapping[str, Any]) -> bool:
-    return str(data.get("type", "")).endswith(".delta")
+    kind = data.get("type")
+    if not isinstance(kind, str):
+        return False
+    if kind.endswith((".delta", ".partial_image")):
+        return True
+    # an item that comes whole (a computer call) or opens with no delta yet (a search): the
+    # model's first output; a message or reasoning item opens before its first token
+    if kind == "response.output_item.added":
+        item = data.get("item")
+        return isinstance(item, dict) and item.get("type") not in ("message", "reasoning")
+    return False
 
 
 def _never(data: Mapping[str, Any]) -> bool:

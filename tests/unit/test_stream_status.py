@@ -130,3 +130,55 @@ def test_a_failed_response_is_an_error(streamed_call: bool) -> None:
     span = build_batch(rec.finish()).spans[-1]
     assert span.status.code == "ERROR" and "failed to answer" in span.status.message
     assert span.outputs["status"] == "failed"
+
+
+IMAGE = {"id": "ig_1", "type": "image_generation_call", "status": "completed", "result": "aGk="}
+CLICK = {
+    "id": "cu_1",
+    "type": "computer_call",
+    "call_id": "call_1",
+    "status": "completed",
+    "action": {"type": "click", "button": "left", "x": 10, "y": 20},
+    "pending_safety_checks": [],
+}
+
+
+@pytest.mark.parametrize(
+    ("item", "output"),
+    [
+        # an image's first output is a partial image, not a delta
+        (
+            IMAGE,
+            [
+                {"type": "response.output_item.added", "output_index": 0, "item": IMAGE},
+                {
+                    "type": "response.image_generation_call.partial_image",
+                    "output_index": 0,
+                    "item_id": "ig_1",
+                    "partial_image_index": 0,
+                    "partial_image_b64": "aGk=",
+                },
+            ],
+        ),
+        # a computer call comes whole: added, then done, no delta at all
+        (CLICK, [{"type": "response.output_item.added", "output_index": 0, "item": CLICK}]),
+    ],
+    ids=["image", "computer-call"],
+)
+def test_time_to_first_token_of_responses_output_without_deltas(
+    item: dict[str, Any], output: list[dict[str, Any]]
+) -> None:
+    """Before, only `.delta` events counted: these streams had no time to first token."""
+    rec = Recording(
+        "POST", "/responses", "", [], b'{"model": "m", "input": "hi"}', RequestContext()
+    )
+    rec.respond(200, [("content-type", "text/event-stream")])
+    opening = response_object("in_progress", [])
+    rec.feed(sse_bytes([{"type": "response.created", "response": opening}], done=False))
+    time.sleep(0.03)
+    done = {"type": "response.output_item.done", "output_index": 0, "item": item}
+    final = {"type": "response.completed", "response": response_object("completed", [item])}
+    rec.feed(sse_bytes([*output, done, final], done=False))
+    span = build_batch(rec.finish()).spans[-1]
+    assert span.status.code == "OK", span.status.message
+    assert span.attributes["time_to_first_token_ms"] >= 25
