@@ -208,7 +208,7 @@ async def _predict_in_process(
     await app.startup()
     try:
         key = os.environ.get("OPENAI_API_KEY")
-        headers = [("authorization", f"Bearer {key}")] if key else []
+        headers = [(b"authorization", f"Bearer {key}".encode())] if key else []
         return await run_prediction(app, version, inputs, headers, params)
     finally:
         await app.shutdown()  # drains the writer: the calls are in the database

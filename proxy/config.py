@@ -37,12 +37,21 @@ def replay_speed(timing: str) -> float | None:
     return factor
 
 
+def _check_upstream(url: str) -> None:
+    # `127.0.0.1:8000/v1` (no scheme) is the usual slip: said at start, not as a 502 per call
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("http", "https") or not rest.strip("/"):
+        raise ValueError(f"upstream must be an http:// or https:// URL, not {url!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     host: str = _option("127.0.0.1", "Address to listen on (loopback by default).")
     port: int = _option(8787, "Port to listen on (0 picks a free one).", low=0, high=65535)
     upstream: str = _option(
-        "https://api.openai.com/v1", "Base URL of the OpenAI-compatible API to forward to."
+        "https://api.openai.com/v1",
+        "Base URL of the OpenAI-compatible API to forward to.",
+        check=_check_upstream,
     )
     db: str = _option("./llmtap.db", "SQLite file that holds traces, models and exchanges.")
     mode: Mode = _option(
@@ -105,6 +114,8 @@ class Settings:
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode(self.mode))
         object.__setattr__(self, "upstream", self.upstream.rstrip("/"))
+        if self.registered_model_name == "":  # an empty name in a file or the environment
+            object.__setattr__(self, "registered_model_name", None)
         for f in fields(self):  # fail at start, not at the first request that needs it
             check_setting(f.name, getattr(self, f.name))
 

@@ -19,9 +19,10 @@ def parse_traceparent(value: str) -> tuple[str, str] | None:
     Version ff and all-zero ids are invalid by the W3C spec; such a header is ignored rather
     than trusted, so that a broken client cannot merge unrelated calls into one trace. A later
     version may carry more fields after the four of version 00: those are read, the rest
-    ignored, as the spec asks of a reader that knows version 00 only.
+    ignored, as the spec asks of a reader that knows version 00 only. Its hex is lowercase:
+    an uppercase one is invalid too, as OpenTelemetry's propagator finds it.
     """
-    match = _TRACEPARENT.match(value.strip().lower())
+    match = _TRACEPARENT.match(value.strip())
     if not match:
         return None
     version, trace_id, parent_id, _flags, more = match.groups()
@@ -38,7 +39,7 @@ def normalise_trace_id(value: str) -> str:
     Hashing keeps a free-form run name usable: the same name always lands in the same trace.
     """
     compact = value.strip().lower().replace("-", "")
-    if _HEX32.match(compact):
+    if _HEX32.match(compact) and compact != "0" * 32:  # (all zeros: W3C's invalid id)
         return compact
     return hashlib.blake2b(value.encode(), digest_size=16).hexdigest()
 

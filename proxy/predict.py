@@ -234,7 +234,7 @@ async def run_prediction(
     app: ASGIApp,
     version: Mapping[str, Any],
     inputs: Any,
-    headers: Sequence[tuple[str, str]] = (),
+    headers: Sequence[tuple[bytes, bytes]] = (),
     params: Mapping[str, Any] | None = None,
 ) -> Prediction:
     """Send the version's requests for `inputs` (with `params` over the version's) to `app`'s
@@ -251,16 +251,18 @@ async def run_prediction(
         async def call(body: dict[str, Any]) -> tuple[list[Any], str]:
             trace_id = new_trace_id()
             own = {
-                "content-type": "application/json",
-                "llmtap-experiment": version["experiment"],
-                "llmtap-trace-id": trace_id,
-                "llmtap-tag-model_uri": version["model_uri"],  # shown with the trace
-                "llmtap-model-version": version["model_uri"],  # links the call to its version
+                b"content-type": "application/json",
+                b"llmtap-experiment": version["experiment"],
+                b"llmtap-trace-id": trace_id,
+                b"llmtap-tag-model_uri": version["model_uri"],  # shown with the trace
+                b"llmtap-model-version": version["model_uri"],  # links the call to its version
             }
+            # as UTF-8 bytes: httpx encodes a str value as ASCII, and names need not be
+            own_headers = [(name, value.encode()) for name, value in own.items()]
             async with limit:
                 try:
                     response = await client.post(
-                        path, content=orjson.dumps(body), headers=[*headers, *own.items()]
+                        path, content=orjson.dumps(body), headers=[*headers, *own_headers]
                     )
                 except Exception as exc:  # the upstream broke mid-answer: a 502 like any relay
                     raise PredictError(502, f"the call failed: {exc}") from exc
@@ -284,14 +286,11 @@ def _answer(task: str, response: httpx.Response) -> list[Any]:
     return prediction(task, payload)
 
 
-def passthrough_headers(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+def passthrough_headers(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """The caller's headers that should travel with its predict calls: its key and its
-    `llmtap-*` controls, not the ones that describe the predict request's own body."""
-    return [
-        (name.decode("latin-1"), value.decode("latin-1"))
-        for name, value in raw
-        if name.lower() not in _OWN_HEADERS
-    ]
+    `llmtap-*` controls, not the ones that describe the predict request's own body. The bytes
+    as sent (a UTF-8 `llmtap-session` stays UTF-8)."""
+    return [(name, value) for name, value in raw if name.lower() not in _OWN_HEADERS]
 
 
 _OWN_HEADERS = frozenset(

@@ -19,6 +19,7 @@ import orjson
 
 from llmtap.recorder.cassettes import SECRET_PATTERNS
 from llmtap.recorder.endpoints import invocation_params
+from llmtap.recorder.matching import canonical_value
 
 TASKS = ("chat.completions", "completions", "embeddings", "responses")
 TEMPLATE_ROLES = frozenset({"system", "developer"})
@@ -88,8 +89,18 @@ def model_record(
     model = body["model"]
     params = {k: v for k, v in invocation_params(body).items() if k not in NOT_MODEL_FIELDS}
     template = prompt_template(task, body)
-    config = {"task": task, "model": model, "params": params, "prompt_template": template}
+    # one configuration however a client spells it: `temperature: 1` (Node, curl) and `1.0`
+    # (Python), `"stop": null` and no stop, `n: 1` and no n, as replay matches them (a
+    # configuration with none of these hashes as it did before)
+    config = {
+        "task": task,
+        "model": model,
+        "params": canonical_value(params),
+        "prompt_template": canonical_value(template, whole_floats=template is not None),
+    }
     config_hash = hashlib.sha256(orjson.dumps(config, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    # an empty name is no name (`registered_model_name = ""` in a file)
+    registered_model_name = registered_model_name or None
     name = registered_model_name or f"{experiment}/{model}"
     return ModelRecord(
         name=name,

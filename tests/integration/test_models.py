@@ -570,3 +570,61 @@ def test_predict_takes_what_mlflows_scoring_server_takes(
     assert answer.status_code == 200, answer.text
     predictions = answer.json()["predictions"]
     assert len(predictions) == 2 and "a" in predictions[0] and "b" in predictions[1]
+
+
+@pytest.mark.parametrize(
+    "spellings",
+    [
+        ({"temperature": 1}, {"temperature": 1.0}),  # Node and curl write 1; Python 1.0
+        ({}, {"temperature": None}),  # null is the API's default, as leaving it out
+        ({}, {"n": 1}),  # LangChain sends n: 1, the Node SDK leaves it out
+    ],
+)
+def test_one_configuration_spelt_two_ways_is_one_version(
+    start_proxy: Callable[..., Proxy], spellings: tuple[dict[str, Any], ...]
+) -> None:
+    proxy = start_proxy(log_models=True, registered_model_name="bot")
+    body = {"model": "gpt-4o-mini", "messages": [SYSTEM, {"role": "user", "content": "q"}]}
+    for extra in spellings:
+        sent = httpx.post(
+            f"{proxy.base_url}/chat/completions", json={**body, **extra}, headers=AUTH
+        )
+        assert sent.status_code == 200
+    assert len(api(proxy, "/api/models/bot")["versions"]) == 1
+
+
+def test_an_empty_registered_model_name_is_none(start_proxy: Callable[..., Proxy]) -> None:
+    proxy = start_proxy(log_models=True, registered_model_name="")
+    with sdk(proxy) as client:
+        chat(client, "x")
+    (model,) = api(proxy, "/api/models")["models"]
+    assert model["name"] == "Default/gpt-4o-mini" and model["registered"] is False
+
+
+def test_predict_for_names_and_sessions_beyond_ascii(
+    start_proxy: Callable[..., Proxy], upstream: str
+) -> None:
+    """The names go in llmtap-* headers of predict's calls: httpx encodes a str as ASCII."""
+    proxy = start_proxy(log_models=True)
+    with sdk(proxy, experiment="%C3%A9quipe") as client:
+        chat(client, "x")
+    proxy.flush()
+    answer = httpx.post(
+        f"{proxy.url}/api/models/%C3%A9quipe/gpt-4o-mini/versions/1/predict",
+        json={"inputs": "hello"},
+        headers={**AUTH, "llmtap-session": "séance".encode()},  # UTF-8, as curl sends it
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    assert "hello" in answer.json()["predictions"][0]
+    assert len(api(proxy, "/api/traces?session=s%C3%A9ance")["traces"]) == 1
+    proxy.server.stop()
+    registered = start_proxy(log_models=True, registered_model_name="assistant-é")
+    with sdk(registered) as client:
+        chat(client, "x")
+    registered.flush()
+    registered.server.stop()
+    given = ["models:/assistant-é/1", "hello", "--db", str(registered.db), "--upstream", upstream]
+    said = run(predict_command, *given, OPENAI_API_KEY=TEST_KEY)
+    assert said.exit_code == 0, said.output
+    assert "hello" in said.output

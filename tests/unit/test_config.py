@@ -112,6 +112,9 @@ def test_a_switch_value_that_is_no_boolean_is_refused() -> None:
         ([], {}, "port = 9009.5", "port must be an integer"),
         ([], {}, "port = true", "port must be an integer"),
         ([], {}, 'upstream = ["a"]', "upstream must be a string"),
+        (["--upstream", "127.0.0.1:8000/v1"], {}, None, "--upstream"),  # no scheme
+        ([], {"LLMTAP_UPSTREAM": "ftp://host/v1"}, None, "--upstream"),
+        ([], {}, 'upstream = "http://"', "upstream must be an http:// or https:// URL"),
     ],
 )
 def test_bad_values_are_usage_errors_that_name_the_option(

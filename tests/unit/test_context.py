@@ -48,7 +48,7 @@ def test_split_api_path_reads_each_part_once_from_the_path_as_sent() -> None:
 
 def test_traceparent_validation() -> None:
     assert parse_traceparent(VALID) == ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")
-    assert parse_traceparent(VALID.upper()) is not None
+    assert parse_traceparent(VALID.upper()) is None  # uppercase hex: invalid (W3C, OpenTelemetry)
     for bad in (
         "",
         "00-xyz",
@@ -65,6 +65,7 @@ def test_trace_id_normalisation() -> None:
     assert normalise_trace_id(uuid) == "4bf92f3577b34da6a3ce929d0e0e4736"
     named = normalise_trace_id("nightly run 7")
     assert len(named) == 32 and named == normalise_trace_id("nightly run 7")
+    assert normalise_trace_id("0" * 32) != "0" * 32  # W3C's invalid id: a name like any other
 
 
 def test_context_from_controls() -> None:
