@@ -5,7 +5,7 @@ stream in full at its last event, and may stop reading and close the connection 
 `data: [DONE]` for chat and legacy completions (and the Assistants streams), at an error event
 (`data: {"error": {...}}`: the SDK raises at it and closes), at the terminal event of a
 Responses stream (`response.completed`, `response.failed`, `response.incomplete`: no `[DONE]`
-follows). The relay asks `EndFinder.ends_in(piece)` of every piece and commits
+follows) or its `error` event. The relay asks `EndFinder.ends_in(piece)` of every piece and commits
 the recording before it sends a piece that completes such an event.
 
 The finder reads the bytes as the client's SDK does: a compressed stream (`Content-Encoding`)
@@ -42,6 +42,10 @@ _RESPONSES_END = (
     (b"response.completed", _RESPONSE_LEAD),
     (b"response.failed", _RESPONSE_LEAD),
     (b"response.incomplete", _RESPONSE_LEAD),
+    # the Responses error event (`event: error`, `"type": "error"`): the Node SDK throws there
+    # and aborts; the Python SDK raises at `data: {"error": {...}}`
+    (b"error", _RESPONSE_LEAD),
+    (b'"error"', _ERROR_LEAD),
     (b"[DONE]", _DATA_LEAD),
 )
 _LEAD = 48  # bytes before a marker its lead may take (`\ndata: {  "type" :  "` and the like)

@@ -233,3 +233,48 @@ def test_the_writer_process_killed_under_load_loses_nothing(
     missing = [m for m in seen if m not in inputs]
     assert not missing, f"{len(missing)} of {len(seen)} responses lost with the writer"
     assert total == distinct >= len(seen) > 20
+
+
+@pytest.mark.parametrize("path", ["/v1/responses", "/v1/chat/completions"])
+def test_a_stream_ended_by_its_error_event_survives_kill_minus_9(
+    tmp_path: Path, upstream: str, path: str
+) -> None:
+    """The Node SDK throws at a Responses stream's `event: error` and aborts: the stream is
+    whole for it there, while the upstream's body may go on a moment (here 2 s). Before, the
+    Responses error event was relayed uncommitted, and a kill then lost the stream."""
+    db = tmp_path / "error-event.db"
+    proc, url = start_serve(db, upstream)
+    marker = f"error-event-{os.urandom(4).hex()}"
+    body = (
+        {"model": "gpt-4o-mini", "input": marker, "stream": True}
+        if path == "/v1/responses"
+        else {
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": marker}],
+            "stream": True,
+        }
+    )
+    headers = {
+        "authorization": f"Bearer {TEST_KEY}",
+        "x-simulator-fault": "error-event,end-delay-ms=2000",
+    }
+    try:
+        with httpx.stream("POST", f"{url}{path}", json=body, headers=headers, timeout=10) as r:
+            data = b""
+            for piece in r.iter_raw():
+                data += piece
+                at = max(data.find(b"event: error"), data.find(b'data: {"error"'))
+                if at >= 0 and data.find(b"\n\n", at) >= 0:
+                    break  # where the SDK stops: the stream is whole for it
+            proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute(
+            "SELECT status_code FROM spans WHERE inputs LIKE ?", [f"%{marker}%"]
+        ).fetchall()
+    finally:
+        conn.close()
+    assert rows == [("ERROR",)]

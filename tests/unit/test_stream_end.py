@@ -109,11 +109,27 @@ def chat_error_events(text: str) -> list[bytes]:
     return chat_events(text)[:3] + [b"data: " + json.dumps(error).encode() + b"\n\n"]
 
 
+def responses_error_events(text: str, *, named: bool) -> list[bytes]:
+    """A Responses stream broken off by its `error` event: the Node SDK throws there and
+    aborts (the Python SDK at `data: {"error": ...}`)."""
+    error = {"type": "error", "code": "server_error", "message": "The model failed"}
+    data = b"data: " + json.dumps(error).encode() + b"\n\n"
+    return responses_sse(text, named=named)[:4] + [(b"event: error\n" if named else b"") + data]
+
+
+def responses_error_member_events(text: str) -> list[bytes]:
+    error = {"error": {"message": "The server had an error", "type": "server_error"}}
+    return responses_sse(text, named=False)[:4] + [b"data: " + json.dumps(error).encode() + b"\n\n"]
+
+
 CASES = [
     ("/chat/completions", chat_events, (b"[DONE]",)),
     ("/chat/completions", chat_error_events, (b'"error"',)),
     ("/responses", lambda t: responses_sse(t, named=True), (b"response.completed",)),
     ("/responses", lambda t: responses_sse(t, named=False), (b"response.completed",)),
+    ("/responses", lambda t: responses_error_events(t, named=True), (b"event: error",)),
+    ("/responses", lambda t: responses_error_events(t, named=False), (b'"type": "error"',)),
+    ("/responses", responses_error_member_events, (b'{"error"',)),
 ]
 
 
@@ -236,11 +252,11 @@ def piece_the_sdk_ends_at(pieces: list[bytes], encoding: bytes, path: str) -> in
             yield decoder.decode(piece)
 
     for event in SSEDecoder().iter_bytes(body()):
-        if event.data.startswith("[DONE]") or event.event == "response.completed":
-            return at
+        if event.data.startswith("[DONE]") or event.event in ("response.completed", "error"):
+            return at  # (at `event: error` the Node SDK throws: core/streaming.js)
         if event.data.startswith("{") and json.loads(event.data).get("error"):
             return at  # the SDK raises here (openai/_streaming.py)
-        if '"type": "response.completed"' in event.data[:40]:
+        if '"type": "response.completed"' in event.data[:40] or '"type": "error"' in event.data:
             return at
     raise AssertionError("the SDK never saw the end")
 
