@@ -10,6 +10,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from sqlite_utils import Database
 from llmtap.recorder.body_codec import pack_blocks, pack_body
 from llmtap.recorder.model_store import link_version, record_version
 from llmtap.recorder.records import Batch, Exchange, Span, SpanType, TraceHead, VersionLink
-from llmtap.recorder.schema import migrate
+from llmtap.recorder.schema import migrate, migrations
 from llmtap.recorder.spool import PieceSpool
 
 
@@ -31,14 +32,49 @@ def _json(value: Any) -> str:
 def connect_for_writing(path: str | Path) -> sqlite3.Connection:
     """A connection with the pragmas llmtap relies on, and the schema brought up to date."""
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
+    # first: another llmtap opening the same file at the same moment holds it for a while
+    # (its switch to WAL, its migrations), and that is waited for, not an error
     conn.execute("PRAGMA busy_timeout=5000")
+    _switch_to_wal(conn)
+    conn.execute("PRAGMA synchronous=NORMAL")
     # checkpoints run on a thread of their own (see Checkpointer), never inside a COMMIT that
     # a client is waiting for
     conn.execute("PRAGMA wal_autocheckpoint=0")
-    migrate(Database(conn))
+    _migrate_alone(conn)
     return conn
+
+
+def _switch_to_wal(conn: sqlite3.Connection, wait_s: float = 5.0) -> None:
+    """WAL mode (kept in the file). SQLite answers this pragma "database is locked" at once,
+    without its busy handler, while another connection switches a new file: tried again."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+def _migrate_alone(conn: sqlite3.Connection) -> None:
+    """The schema brought up to date by one llmtap at a time. sqlite-utils checks, then
+    creates its table and applies what is pending, each outside any lock: two servers started
+    together on one file both applied the same migration, and one exited ("table
+    _sqlite_migrations already exists", "UNIQUE constraint failed"). Under the write lock, the
+    second finds nothing pending. (Each migration's own transaction is a savepoint in this.)"""
+    db = Database(conn)
+    if migrations.applied(db) and not migrations.pending(db):
+        return  # up to date: no write lock taken
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        migrate(db)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def connect_for_reading(path: str | Path) -> sqlite3.Connection:

@@ -152,3 +152,36 @@ def test_the_writer_survives_what_it_cannot_store(proxy: Proxy) -> None:
     proxy.flush()
     assert proxy.query("SELECT count(*) FROM exchanges")[0][0] == 3
     assert os.path.getsize(proxy.db) >= 0
+
+
+def _open_at_the_barrier(path: str, barrier: Any) -> str | None:
+    from llmtap.recorder.sqlite import connect_for_writing
+
+    barrier.wait()
+    try:
+        connect_for_writing(path).close()  # what each writer process does as it starts
+        return None
+    except Exception as exc:  # noqa: BLE001 - the failure is the finding
+        return repr(exc)
+
+
+@pytest.mark.parametrize("older", [False, True], ids=["new-file", "older-schema"])
+def test_two_llmtaps_opening_one_file_at_once_both_start(tmp_path: Path, older: bool) -> None:
+    """Two servers started together on one database: one exited at start, nearly every round
+    ("database is locked" from the switch to WAL, which SQLite answers without waiting; "table
+    _sqlite_migrations already exists"; "UNIQUE constraint failed" as both migrated)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    errors: list[str] = []
+    with context.Manager() as manager, context.Pool(2) as pool:
+        for round_ in range(6):
+            db = str(tmp_path / f"shared-{round_}.db")
+            if older:  # a file an earlier llmtap made
+                conn = sqlite3.connect(db, isolation_level=None)
+                conn.execute("PRAGMA journal_mode=WAL")
+                migrations.apply(Database(conn), stop_before="0003_lighter_indexes")
+                conn.close()
+            barrier = manager.Barrier(2)
+            errors += [e for e in pool.starmap(_open_at_the_barrier, [(db, barrier)] * 2) if e]
+    assert not errors, errors
