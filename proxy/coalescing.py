@@ -81,6 +81,10 @@ class CoalescingTransport:
         return getattr(self._transport, name)
 
 
+ON_LOST = "llmtap_on_lost"
+"""The attribute of uvicorn's request cycle that names what to call when the client leaves."""
+
+
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, writing through a `CoalescingTransport`; an HTTP/1.0
     request's answer without a length goes out unframed (`llmtap.proxy.http10`), and a
@@ -94,6 +98,15 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None and cycle.scope is self.scope and self.scope["http_version"] == "1.0":
             unframed_for_http10(cycle)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        cycle = self.cycle
+        super().connection_lost(exc)
+        # a handler waiting for the upstream's head asked to hear of the client leaving (it
+        # reads `cycle.disconnected` between pieces once the answer flows)
+        on_lost = getattr(cycle, ON_LOST, None) if cycle is not None else None
+        if on_lost is not None and cycle.disconnected:  # type: ignore[union-attr]
+            on_lost()
 
     def send_400_response(self, msg: str) -> None:
         # a request that is not HTTP (bad framing, Content-Length with Transfer-Encoding...):

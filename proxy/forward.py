@@ -18,6 +18,7 @@ import logging
 import re
 from typing import Any
 
+from llmtap.proxy.coalescing import ON_LOST
 from llmtap.proxy.config import Settings
 from llmtap.proxy.context import build_context
 from llmtap.proxy.errors import (
@@ -167,15 +168,25 @@ class Forwarder:
         body: bytes,
         original_headers: list[tuple[str, str]],
     ) -> None:
+        # a client that leaves while the upstream thinks (a reasoning model, a provider's
+        # queue) ends the upstream request too, as it would have directly: uvicorn's protocol
+        # (ours, see coalescing.py) calls this task's cancel when the connection is lost
+        cycle = _server_cycle(receive)
+        if cycle is not None:
+            setattr(cycle, ON_LOST, asyncio.current_task().cancel)  # type: ignore[union-attr]
         try:
-            upstream = await self._request(rec.method, target, headers, body)
-            if rec.usage_injected and upstream.status == 400:
-                # a server that refuses stream_options gets the request exactly as sent
-                upstream.release()
-                rec.usage_injected = False
-                upstream = await self._request(
-                    rec.method, target, original_headers, rec.request_body
-                )
+            try:
+                upstream = await self._request(rec.method, target, headers, body)
+                if rec.usage_injected and upstream.status == 400:
+                    # a server that refuses stream_options gets the request exactly as sent
+                    upstream.release()
+                    rec.usage_injected = False
+                    upstream = await self._request(
+                        rec.method, target, original_headers, rec.request_body
+                    )
+            finally:  # (before the handlers below: their awaits are not to be cancelled)
+                if cycle is not None:
+                    setattr(cycle, ON_LOST, None)
         except TimeoutError as exc:
             await self._answer_error(
                 send,
@@ -199,6 +210,13 @@ class Forwarder:
                 ),
             )
             return
+        except asyncio.CancelledError:
+            if cycle is None or not cycle.disconnected:  # llmtap stopping, its grace over
+                self._submit(rec.fail("llmtap stopped before the upstream answered"))
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            self._submit(rec.fail("client disconnected"))
+            return
         relay_headers, stored = split_response_headers(upstream.raw_headers)
         rec.respond(upstream.status, stored)
         content_type, encoding = _content_headers(relay_headers)
@@ -210,7 +228,8 @@ class Forwarder:
         # a stream can run for minutes: a task waits for the client to leave and cancels the
         # relay. Any other body is relayed as it comes, and under uvicorn the connection's
         # `disconnected` flag, read between pieces, says the same without a task per request.
-        cycle = None if streamed else _server_cycle(receive)
+        if streamed:
+            cycle = None
         watch = _DisconnectWatch(receive) if cycle is None else None
         complete = False
         try:
@@ -311,6 +330,10 @@ class Forwarder:
             if cycle is not None and cycle.disconnected:
                 raise ClientGone()
         await self._commit(rec.finish())
+        if cycle is not None and cycle.disconnected:
+            # it left while the commit was waited for: it never had the last piece (its SDK
+            # timed out, and may try again), as a stream's client leaving then is recorded
+            raise ClientGone()
         await send({"type": "http.response.body", "body": pending or b"", "more_body": False})
 
     async def _answer_error(self, send: Send, rec: Recording, exc: LlmtapError) -> None:

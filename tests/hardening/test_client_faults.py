@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import socket
+import sqlite3
 import threading
 import time
 from typing import Any
 
 import httpx
 import orjson
+import pytest
 
 from tests.conftest import Proxy
 
@@ -131,3 +133,40 @@ def test_many_clients_leaving_mid_stream_leave_nothing_behind(proxy: Proxy) -> N
     for t in threads:
         t.join(10)
     wait_for(proxy, "SELECT count(*) FROM spans WHERE status_message = 'client disconnected'", 20)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_a_client_leaving_before_the_upstream_answers_ends_the_wait(
+    proxy: Proxy, stream: bool
+) -> None:
+    """Before, the upstream request of a client that had left ran on until the upstream's head
+    came (up to the read timeout: 600 s), and the call was recorded only then."""
+    body = orjson.dumps(
+        {"model": "m", "stream": stream, "messages": [{"role": "user", "content": "x"}]}
+    )
+    sock = connect(proxy)
+    sock.sendall(raw_request(proxy, body, {"x-simulator-fault": "slow-first-byte-ms=8000"}))
+    time.sleep(0.2)
+    sock.close()  # an SDK timeout, Ctrl-C, an AbortController
+    left = time.monotonic()
+    wait_for(proxy, "SELECT status_message FROM spans", "client disconnected")
+    assert time.monotonic() - left < 3  # not the upstream's 8 s
+    assert httpx.post(f"{proxy.base_url}/chat/completions", content=BODY).status_code == 200
+
+
+def test_a_client_gone_while_its_answer_waited_for_the_commit_is_no_ok_call(
+    proxy: Proxy,
+) -> None:
+    """The last piece of a plain answer goes out after the commit; a client that timed out
+    meanwhile never had it (and its SDK tries again): ERROR, as for a stream. Before: OK."""
+    lock = sqlite3.connect(proxy.db, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")  # a sqlite3 shell, a backup: the commit waits
+    try:
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(f"{proxy.base_url}/chat/completions", content=BODY, timeout=1.0)
+        time.sleep(0.3)
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    wait_for(proxy, "SELECT status_message FROM spans", "client disconnected")
+    assert proxy.query("SELECT status_code FROM spans")[0][0] == "ERROR"
