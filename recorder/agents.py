@@ -13,9 +13,8 @@ span is moved; each TOOL span goes beside the call that asked for it.
 Matching is scoped to the session when the client sends one, else to the experiment and the
 key's fingerprint, so that two clients reusing ids like `call_1` never merge. Within a scope,
 two runs going at once may still get the same ids (an upstream that numbers calls per answer):
-the response a request names (`previous_response_id`) decides, else the conversation the
-request carries before the calls it answers, which is the conversation the calling request
-sent. The memory is bounded (least recently used entries go first) and lives in the writer
+the response a request names (`previous_response_id`) decides, else the conversation it
+carries, which starts with the whole conversation the calling request sent. The memory is bounded (least recently used entries go first) and lives in the writer
 process only.
 """
 
@@ -56,7 +55,9 @@ class ToolCall:
     called_ns: int
     """When the client received the call: the end of the model call's response."""
     conversation: int
-    """A hash of the conversation the calling request sent (see `conversation_of`)."""
+    """A hash of the whole conversation the calling request sent (`conversation_items`)."""
+    conversation_length: int
+    """How many entries it has: a request answering the call carries it as its start."""
 
 
 @dataclass(slots=True)
@@ -96,14 +97,48 @@ def _legacy_id(name: Any) -> str:
     return f"function:{name}"
 
 
+_EXTRA_ROLES = frozenset({"user", "system", "developer"})
+"""Roles of what a client may send along with tool results, before any assistant answers
+them: pydantic-ai's `ToolReturn(content=...)` is a user message right after the result."""
+
+
+def _is_chat_result(message: Any) -> bool:
+    return _role(message) in ("tool", "function")
+
+
+def _is_responses_result(item: Any) -> bool:
+    return _kind(item) == "function_call_output"
+
+
+def _without_extras(entries: list[Any], is_result: Any) -> int:
+    """Where the entries end once the extras sent along with tool results are left out
+    (user, system or developer messages after a result, no assistant between); the whole list
+    when no result comes before them (a new user turn)."""
+    end = len(entries)
+    while (
+        end
+        and _role(entries[end - 1]) in _EXTRA_ROLES
+        and _kind(entries[end - 1])
+        in (
+            None,
+            "message",
+        )
+    ):
+        end -= 1
+    return end if end < len(entries) and end and is_result(entries[end - 1]) else len(entries)
+
+
 def tool_results(inputs: Any) -> list[tuple[str, Any]]:
-    """(call id, result) for the tool results a chat or Responses request ends with: those it
-    answers now. Results further back are history: a new user turn after them starts a run of
-    its own (its own trace), as SPEC section 3 has it."""
+    """(call id, result) for the tool results a chat or Responses request ends with (before
+    what it sends along with them): those it answers now. Results further back are history: a
+    new user turn after them starts a run of its own (its own trace), as SPEC section 3 has
+    it."""
     if not isinstance(inputs, dict):
         return []
     found: list[tuple[str, Any]] = []
     messages = inputs.get("messages")
+    if isinstance(messages, list):
+        messages = messages[: _without_extras(messages, _is_chat_result)]
     for message in reversed(messages) if isinstance(messages, list) else ():
         role = message.get("role") if isinstance(message, dict) else None
         if role == "tool" and isinstance(message.get("tool_call_id"), str):
@@ -113,6 +148,8 @@ def tool_results(inputs: Any) -> list[tuple[str, Any]]:
         else:
             break
     items = inputs.get("input")
+    if isinstance(items, list):
+        items = items[: _without_extras(items, _is_responses_result)]
     for item in reversed(items) if isinstance(items, list) else ():
         kind = item.get("type") if isinstance(item, dict) else None
         if kind in _SAME_TURN:  # the calls answered, as OpenAI's guide interleaves them
@@ -149,15 +186,15 @@ def tool_calls(outputs: Any) -> list[tuple[str, str, Any]]:
 
 
 def conversation_of(inputs: Any) -> list[Any] | None:
-    """What a request sent before the turn its tool results end: in chat, the messages before
-    the assistant message that made the calls; in the Responses API, the input items before
-    the calls (and reasoning) of that turn. For the calling request itself that is all it sent,
-    so the two hash alike (`conversation_hash`). None when there is nothing to compare."""
+    """What a run began with, as a request answering tool calls carries it: in chat, the
+    messages before the assistant message that made the calls; in the Responses API, the input
+    items before the calls (and reasoning) of the turns its results end. The AGENT root's
+    inputs. None when there is nothing to show."""
     if not isinstance(inputs, dict):
         return None
     messages = inputs.get("messages")
     if isinstance(messages, list):
-        end = len(messages)
+        end = _without_extras(messages, _is_chat_result)
         while end and _role(messages[end - 1]) in ("tool", "function"):
             end -= 1
         if end and _role(messages[end - 1]) == "assistant":
@@ -167,10 +204,29 @@ def conversation_of(inputs: Any) -> list[Any] | None:
     if isinstance(items, str):
         return [{"role": "user", "content": items}]
     if isinstance(items, list):
-        end = len(items)
+        end = _without_extras(items, _is_responses_result)
         while end and _kind(items[end - 1]) in (*_SAME_TURN, "function_call_output"):
             end -= 1
         return [_plain_item(item) for item in items[:end]]
+    return None
+
+
+def conversation_items(inputs: Any) -> list[Any] | None:
+    """The whole conversation a request sent, in one form for chat and Responses (a string
+    input as the message it stands for, message items as plain messages). A request answering
+    a call's results carries the calling request's as its start, whatever came between (the
+    call's own turn, reasoning, an assistant's words, results, extras): how runs going at once
+    that got the same call ids are told apart."""
+    if not isinstance(inputs, dict):
+        return None
+    messages = inputs.get("messages")
+    if isinstance(messages, list):
+        return messages
+    items = inputs.get("input")
+    if isinstance(items, str):
+        return [{"role": "user", "content": items}]
+    if isinstance(items, list):
+        return [_plain_item(item) for item in items]
     return None
 
 
@@ -217,7 +273,10 @@ class AgentLinker:
         scope = _scope(rec)
         previous = inputs.get("previous_response_id")
         via: Caller | None = self._responses.get(previous) if isinstance(previous, str) else None
-        conversation: list[int] = []  # its hash, made once and only when two runs collide
+        # an id answered twice in one request is the latest turn's (an upstream numbering every
+        # answer's call `call_0`, and a Responses input holding each turn's pairs)
+        results = list(dict(results).items())
+        conversation: dict[int, int] = {}  # prefix length -> hash, made only when runs collide
         known: list[tuple[ToolCall, str, Any]] = []
         for cid, result in results:
             candidates: tuple[ToolCall, ...] | None = self._calls.get((scope, cid))
@@ -338,9 +397,12 @@ class AgentLinker:
         caller = Caller(span.trace_id, span.span_id, span.start_time_ns, span.parent_id)
         if calls:
             scope = _scope(rec)
-            conversation = conversation_hash(conversation_of(span.inputs))
+            items = conversation_items(span.inputs) or []
+            conversation, length = conversation_hash(items), len(items)
             for cid, name, arguments in calls:
-                call = ToolCall(caller, cid, name, arguments, span.end_time_ns, conversation)
+                call = ToolCall(
+                    caller, cid, name, arguments, span.end_time_ns, conversation, length
+                )
                 kept = self._calls.get((scope, cid)) or ()
                 self._calls.remember((scope, cid), (*kept[-(CANDIDATES - 1) :], call))
         if linkable:
@@ -348,19 +410,31 @@ class AgentLinker:
 
 
 def _pick(
-    candidates: tuple[ToolCall, ...], via: Caller | None, inputs: Any, conversation: list[int]
+    candidates: tuple[ToolCall, ...],
+    via: Caller | None,
+    inputs: Any,
+    prefixes: dict[int, int],
 ) -> ToolCall:
     """Which of the calls with one id a request answers: the one the response it names made;
-    else the one whose conversation it carries; else the latest."""
+    else the one whose calling conversation this request starts with (the longest such: a
+    run's earlier turns start it too, and so may another run's first turn, same prompt);
+    else the latest. `prefixes` keeps the hashes of this request's starts across its ids."""
     if len(candidates) == 1:
         return candidates[0]
     if via is not None:
         for call in reversed(candidates):
             if call.caller.span_id == via.span_id:
                 return call
-    if not conversation:
-        conversation.append(conversation_hash(conversation_of(inputs)))
-    for call in reversed(candidates):
-        if call.conversation and call.conversation == conversation[0]:
-            return call
-    return candidates[-1]
+    items = conversation_items(inputs) or []
+    best: ToolCall | None = None
+    for call in reversed(candidates):  # the latest first: it wins a tie
+        length = call.conversation_length
+        if not call.conversation or length > len(items):
+            continue
+        if best is not None and length <= best.conversation_length:
+            continue
+        if length not in prefixes:
+            prefixes[length] = conversation_hash(items[:length])
+        if prefixes[length] == call.conversation:
+            best = call
+    return best if best is not None else candidates[-1]

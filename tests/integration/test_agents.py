@@ -198,9 +198,11 @@ async def same_ids_upstream(scope: dict[str, Any], receive: Any, send: Any) -> N
         body += message.get("body", b"")
         if not message.get("more_body"):
             break
-    last = json.loads(body)["messages"][-1]
-    if last["role"] == "tool":
-        message = {"role": "assistant", "content": f"It is {last['content']}."}
+    messages = json.loads(body)["messages"]
+    results = [m for m in messages if m["role"] == "tool"]
+    rounds = int(dict(scope["headers"]).get(b"x-test-rounds", b"1"))  # of tool calls per run
+    if len(results) >= rounds:
+        message = {"role": "assistant", "content": f"It is {results[-1]['content']}."}
         finish = "stop"
     else:
         call = {"name": "get_weather", "arguments": '{"city": "Oslo"}'}
@@ -419,3 +421,89 @@ def test_a_legacy_function_calling_loop_is_one_run(proxy: Proxy, client: OpenAI)
     spans = trace(proxy, info["trace_id"])["spans"]
     assert [s["span_type"] for s in spans] == ["AGENT", "CHAT_MODEL", "TOOL", "CHAT_MODEL"]
     assert spans[2]["name"] == asked.name and spans[2]["outputs"] == "drizzle"
+
+
+def test_runs_going_at_once_stay_apart_over_several_rounds_of_the_same_call_ids(
+    start_proxy: Any,
+) -> None:
+    """Two rounds of tool calls per run, every call named `call_1`. From the second round on,
+    the calling request itself ended with results, and its conversation was hashed without
+    them: the runs merged and a TOOL span was lost (a review with pydantic-ai, every attempt)."""
+    with ServerThread(same_ids_upstream) as upstream:
+        proxy = start_proxy(upstream=f"{upstream.url}/v1")
+        headers = {"x-test-rounds": "2"}
+        with OpenAI(
+            base_url=proxy.base_url, api_key=TEST_KEY, max_retries=0, default_headers=headers
+        ) as c:
+            runs = {
+                city: [{"role": "user", "content": f"weather in {city}"}]
+                for city in ("Oslo", "Lima")
+            }
+            for round_ in range(3):  # interleaved: Oslo, Lima, Oslo, Lima...
+                for city, messages in runs.items():
+                    answer = c.chat.completions.create(
+                        model="gpt-4o-mini", messages=messages, tools=[WEATHER]
+                    )
+                    message = answer.choices[0].message
+                    if message.tool_calls:
+                        messages.append(message.model_dump(exclude_none=True))
+                        result = f"{city} {round_}"
+                        messages.append(
+                            {"role": "tool", "tool_call_id": "call_1", "content": result}
+                        )
+        found = traces(proxy)
+        assert len(found) == 2
+        for info in found:
+            spans = trace(proxy, info["trace_id"])["spans"]
+            kinds = sorted(s["span_type"] for s in spans)
+            assert kinds == ["AGENT", "CHAT_MODEL", "CHAT_MODEL", "CHAT_MODEL", "TOOL", "TOOL"]
+            models = [s for s in spans if s["span_type"] == "CHAT_MODEL"]
+            (question,) = {s["inputs"]["messages"][0]["content"] for s in models}
+            city = question.removeprefix("weather in ")
+            tools = sorted(s["outputs"] for s in spans if s["span_type"] == "TOOL")
+            assert tools == [f"{city} 0", f"{city} 1"]
+
+
+def test_results_sent_with_content_of_their_own_still_answer_the_calls(
+    start_proxy: Any,
+) -> None:
+    """pydantic-ai's `ToolReturn(content=...)` sends a user message right after the result, in
+    the same request: no assistant has answered the results, so it is the run going on, not
+    a new user turn (before: a trace of its own, and no TOOL span)."""
+    with ServerThread(same_ids_upstream) as upstream:
+        proxy = start_proxy(upstream=f"{upstream.url}/v1")
+        with OpenAI(base_url=proxy.base_url, api_key=TEST_KEY, max_retries=0) as c:
+            messages: list[Any] = [{"role": "user", "content": "weather in Oslo"}]
+            first = c.chat.completions.create(
+                model="gpt-4o-mini", messages=messages, tools=[WEATHER]
+            )
+            messages += [
+                first.choices[0].message.model_dump(exclude_none=True),
+                {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+                {"role": "user", "content": "Here is the map of it, too."},
+            ]
+            c.chat.completions.create(model="gpt-4o-mini", messages=messages, tools=[WEATHER])
+        (info,) = traces(proxy)
+        spans = trace(proxy, info["trace_id"])["spans"]
+        assert [s["span_type"] for s in spans] == ["AGENT", "CHAT_MODEL", "TOOL", "CHAT_MODEL"]
+        assert spans[2]["outputs"] == "sunny"
+        assert spans[0]["inputs"] == {"messages": [{"role": "user", "content": "weather in Oslo"}]}
+
+
+def test_the_extras_rule_for_responses_items_and_new_turns() -> None:
+    """The same rule for Responses input, and where it stops: a user turn after an assistant's
+    answer is a new turn (SPEC 3), and so is a request holding no result at all."""
+    from llmtap.recorder.agents import conversation_of, tool_results
+
+    call = {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}
+    output = {"type": "function_call_output", "call_id": "c1", "output": "42"}
+    extra = {"role": "user", "content": "and this image"}
+    assert tool_results({"input": ["hi", call, output, extra]}) == [("c1", "42")]
+    assert conversation_of({"input": [{"role": "user", "content": "hi"}, call, output, extra]}) == [
+        {"role": "user", "content": "hi"}
+    ]
+    answered = {"role": "assistant", "content": "It is 42."}
+    assert (
+        tool_results({"messages": [{"role": "tool", "tool_call_id": "c1"}, answered, extra]}) == []
+    )
+    assert tool_results({"messages": [extra]}) == []
