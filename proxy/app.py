@@ -64,11 +64,11 @@ async def not_an_experiment_path(send: Send) -> None:
 
 
 class LlmtapApp:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, recording: bool = True) -> None:
         self.settings = settings
         self.writer: Writer | None = None
         self.replayer = Replayer(settings)
-        if settings.mode != Mode.OFF:
+        if settings.mode != Mode.OFF and recording:
             self.writer = Writer(
                 WriterConfig(
                     db=settings.db,
@@ -168,8 +168,10 @@ class LlmtapApp:
                 return
 
 
-def create_app(settings: Settings) -> LlmtapApp:
-    return LlmtapApp(settings)
+def create_app(settings: Settings, recording: bool = True) -> LlmtapApp:
+    """The app; `recording` False: no writer process, whatever the mode (the pytest plugin's
+    replay, whose database is thrown away: the process costs each test ~0.3 s to start)."""
+    return LlmtapApp(settings, recording)
 
 
 class _QuietAborts(logging.Filter):

@@ -14,8 +14,11 @@ a folder per class (`<module>/TestChat/test_x.yaml`), as its node id has a `::` 
 `<test>` is the test's name with a parametrize id joined by `_` (`test_x[gpt-4o]` becomes
 `test_x_gpt-4o`); a name that loses anything to that (spaces, `/`, non-ASCII...) also gets
 `-` and 8 hex of a hash of the name as written, so that `[a b]` and `[a_b]` stay apart.
-Two tests that would still share a file stop the run at collection. After the run, the
-terminal summary lists recordings that no test used.
+A name longer than `MAX_STEM` is cut and given its hash too. Two tests that would still share
+a file stop the run at collection. A replay miss fails its test, also when the code under test
+caught the 404. Recording a test that made no request removes its cassette; an upstream's 401
+to the dummy key (auto with no key) is not kept. After the run (pytest-xdist's workers
+included), the terminal summary lists recordings that no test used.
 
 Imports are lazy: installing llmtap must cost other test suites nothing.
 """
@@ -34,7 +37,14 @@ from typing import Any
 import pytest
 
 DUMMY_KEY = "sk-llmtap-replay-no-key-needed"
-_UNUSED = pytest.StashKey[dict[str, int]]()
+_UNUSED_PROPERTY = "llmtap_unused_recordings"
+"""A test's unused recordings travel in its report's user properties: from a pytest-xdist
+worker to the controller, which prints the summary."""
+_CALL_FAILED = pytest.StashKey[bool]()
+_FOLDER = pytest.StashKey["Path | None"]()
+MAX_STEM = 200
+"""Characters of a cassette's file name before `.yaml` (a file system allows 255 bytes): a
+longer test name is cut and told apart by its hash."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -58,6 +68,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini("llmtap_mode", "default --llmtap-mode", default="replay")
     parser.addini(
+        "llmtap_cassettes",
+        "default --llmtap-cassettes (a relative folder is below the rootdir)",
+        default="",
+    )
+    parser.addini(
         "llmtap_upstream", "default --llmtap-upstream", default="https://api.openai.com/v1"
     )
 
@@ -66,7 +81,33 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "llmtap: run this test against its own llmtap (record or replay)"
     )
-    config.stash[_UNUSED] = {}
+    config.stash[_FOLDER] = _cassette_folder(config)
+
+
+def _cassette_folder(config: pytest.Config) -> Path | None:
+    """`--llmtap-cassettes` (or the ini's `llmtap_cassettes`) as an absolute folder. A
+    relative one is below the rootdir when an ini file fixes it (`addopts` in pytest.ini), so
+    that `cd tests && pytest` finds the same cassettes; else below where pytest runs."""
+    folder = config.getoption("--llmtap-cassettes") or config.getini("llmtap_cassettes")
+    if not folder:
+        return None
+    path = Path(folder).expanduser()
+    if path.is_absolute():
+        return path
+    base = config.rootpath if config.inipath is not None else config.invocation_params.dir
+    return base / path
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Unused recordings from each test's teardown report, here or from an xdist worker."""
+    if report.when == "teardown":
+        for name, value in report.user_properties:
+            if name == _UNUSED_PROPERTY:
+                _unused_counts[report.nodeid] = int(value)
+
+
+_unused_counts: dict[str, int] = {}
+"""(The logreport hook is given no config: the counts of this pytest process.)"""
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -77,7 +118,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             and "llmtap" not in item.fixturenames
         ):
             _request_first(item, "llmtap")
-    _refuse_shared_cassettes(items, config.getoption("--llmtap-cassettes"))
+    _refuse_shared_cassettes(items, config.stash[_FOLDER])
 
 
 def _request_first(item: pytest.Function, name: str) -> None:
@@ -102,7 +143,7 @@ class LlmtapSession:
     recorded: list[str] = field(default_factory=list)
 
 
-def cassette_path(item: pytest.Item, folder: str | None) -> Path:
+def cassette_path(item: pytest.Item, folder: str | Path | None) -> Path:
     """The test's own cassette: one file per test, stable across runs and selections."""
     classes = [file_stem(node.name) for node in item.listchain() if isinstance(node, pytest.Class)]
     leaf = [*classes, f"{file_stem(item.name)}.yaml"]
@@ -154,10 +195,14 @@ def file_stem(name: str) -> str:
     `test_x_gpt-4o`); any other name gets a hash of itself, since cleaning maps many to one.
     """
     cleaned = _UNSAFE.sub("_", name).strip("_")
-    if cleaned == _expected_when_lossless(name):
-        return cleaned
     digest = hashlib.blake2b(name.encode(), digest_size=4).hexdigest()
-    return f"{cleaned}-{digest}" if cleaned else digest
+    if cleaned == _expected_when_lossless(name):
+        stem = cleaned
+    else:
+        stem = f"{cleaned}-{digest}" if cleaned else digest
+    if len(stem) > MAX_STEM:  # a long parametrize id: "File name too long", the recording lost
+        stem = f"{cleaned[: MAX_STEM - 9]}-{digest}"
+    return stem
 
 
 def _expected_when_lossless(name: str) -> str | None:
@@ -169,7 +214,7 @@ def _expected_when_lossless(name: str) -> str | None:
     return function if id_ is None else f"{function}_{id_}"
 
 
-def _refuse_shared_cassettes(items: list[pytest.Item], folder: str | None) -> None:
+def _refuse_shared_cassettes(items: list[pytest.Item], folder: Path | None) -> None:
     """Stop before running when two tests would write one file: the second would erase the
     first's recordings. `test_x[a]` and a `test_x_a` are the one such pair names allow."""
     owners: dict[Path, str] = {}
@@ -191,17 +236,21 @@ def llmtap(
 ) -> Iterator[LlmtapSession]:
     from llmtap.proxy.app import create_app, uvicorn_kwargs
     from llmtap.proxy.config import Settings
+    from llmtap.proxy.headers import fingerprint
     from llmtap.proxy.server import ServerThread
     from llmtap.recorder.cassettes import export_cassette, import_cassette
 
     config = request.config
     mode = config.getoption("--llmtap-mode") or config.getini("llmtap_mode")
     upstream = config.getoption("--llmtap-upstream") or config.getini("llmtap_upstream")
-    cassette = cassette_path(request.node, config.getoption("--llmtap-cassettes"))
+    cassette = cassette_path(request.node, config.stash[_FOLDER])
     db = tmp_path / "llmtap-plugin.db"
     if mode != "record" and cassette.exists():
         import_cassette(cassette, db)
-    app = create_app(Settings(mode=mode, upstream=upstream, db=str(db), port=0))
+    # replay keeps nothing: no writer process (it cost each test ~0.3 s to start)
+    app = create_app(
+        Settings(mode=mode, upstream=upstream, db=str(db), port=0), recording=mode != "replay"
+    )
     server = ServerThread(app, **uvicorn_kwargs()).start()
     session = LlmtapSession(f"{server.url}/v1", server.url, mode, cassette, db)
     monkeypatch.setenv("OPENAI_BASE_URL", session.base_url)
@@ -212,7 +261,8 @@ def llmtap(
         monkeypatch.setenv(name, f"{current},127.0.0.1" if current else "127.0.0.1")
     # replay needs no key (SPEC 5), nor does auto for what it replays; a real key is kept,
     # since auto forwards what is not recorded yet
-    if mode == "replay" or (mode == "auto" and not os.environ.get("OPENAI_API_KEY")):
+    stand_in = mode == "replay" or (mode == "auto" and not os.environ.get("OPENAI_API_KEY"))
+    if stand_in:
         monkeypatch.setenv("OPENAI_API_KEY", DUMMY_KEY)
     try:
         yield session
@@ -221,9 +271,31 @@ def llmtap(
         if mode == "replay":
             unused = app.replayer.index.unused()
             if unused:
-                config.stash[_UNUSED][request.node.nodeid] = len(unused)
+                request.node.user_properties.append((_UNUSED_PROPERTY, len(unused)))
+            misses = app.replayer.misses
+            if misses and not request.node.stash.get(_CALL_FAILED, False):
+                # the code under test swallowed the 404 (a fallback, a retry loop): the
+                # cassette is stale all the same
+                state = "" if cassette.exists() else " (no such file yet)"
+                pytest.fail(
+                    f"{len(misses)} request(s) were not in the cassette {cassette}{state}: "
+                    f"{misses[0]}; record with `pytest --llmtap-mode record` (or auto)",
+                    pytrace=False,
+                )
         elif db.exists():
-            export_cassette(db, cassette, skip_empty=True)
+            # an answer refusing the stand-in key is no recording (auto without a key)
+            refused = fingerprint(DUMMY_KEY) if stand_in else None
+            written = export_cassette(db, cassette, skip_empty=True, refused_key=refused)
+            if not written and mode == "record" and not _requests_made(db):
+                cassette.unlink(missing_ok=True)  # the test calls the API no more
+
+
+def _requests_made(db: Path) -> bool:
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(db)) as conn:
+        return conn.execute("SELECT 1 FROM exchanges LIMIT 1").fetchone() is not None
 
 
 @pytest.hookimpl(wrapper=True)
@@ -231,6 +303,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     """A test that failed on a replay miss is told which cassette lacked the request and how
     to record it: the miss itself (a 404 from llmtap) knows neither."""
     report = yield
+    if report.when == "call":
+        item.stash[_CALL_FAILED] = report.failed
     session = getattr(item, "funcargs", {}).get("llmtap")
     if (
         report.failed
@@ -251,7 +325,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    unused = config.stash.get(_UNUSED, {})
+    unused = _unused_counts
     if not unused:
         return
     terminalreporter.section("llmtap: recordings no test used")

@@ -30,6 +30,9 @@ class Replayer:
         )
         self.speed = replay_speed(settings.replay_timing)
         self._loaded: asyncio.Future[int] | None = None
+        self.misses: list[str] = []
+        """What each request answered with a replay miss lacked (the pytest plugin fails a
+        test whose code swallowed the 404)."""
 
     async def ready(self) -> ReplayIndex:
         """The index, built on first use (in a thread: it reads the whole store)."""
@@ -66,6 +69,7 @@ class Replayer:
         if not must_answer:
             return False
         miss = await asyncio.to_thread(index.miss, method, path, body, key, found or 0)
+        self.misses.append(miss.message())
         error = openai_error(404, "llmtap_replay_miss", miss.message(), "replay_miss")
         await send(
             {

@@ -14,8 +14,8 @@ Matching is scoped to the session when the client sends one, else to the experim
 key's fingerprint, so that two clients reusing ids like `call_1` never merge. Within a scope,
 two runs going at once may still get the same ids (an upstream that numbers calls per answer):
 the response a request names (`previous_response_id`) decides, else the conversation it
-carries, which starts with the whole conversation the calling request sent. The memory is bounded (least recently used entries go first) and lives in the writer
-process only.
+carries, which starts with the whole conversation the calling request sent. The memory is
+bounded (least recently used entries go first) and lives in the writer process only.
 """
 
 from __future__ import annotations

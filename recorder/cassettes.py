@@ -193,13 +193,18 @@ def exchange_rows(
     ids: Iterable[str] | None = None,
     trace_ids: Iterable[str] | None = None,
     session: str | None = None,
+    refused_key: str | None = None,
 ) -> Iterator[sqlite3.Row]:
     """Replayable exchanges (not llmtap's own failures), oldest first: all, or those of an
     experiment, of some traces, or of the traces of a session (a test fixture made from a
-    run that was seen go right or wrong)."""
+    run that was seen go right or wrong). `refused_key`: the fingerprint of a key whose 401
+    answers are left out (the pytest plugin's stand-in key, which the upstream refuses)."""
     columns = _COLUMNS.format(body=f"{RESPONSE_BODY} AS response_body")
     sql = f"SELECT {columns} FROM exchanges WHERE error IS NULL AND status IS NOT NULL"
     params: list[Any] = []
+    if refused_key is not None:
+        sql += " AND NOT (status = 401 AND key_fingerprint IS ?)"
+        params.append(refused_key)
     if experiment is not None:
         sql += " AND experiment = ?"
         params.append(experiment)
@@ -228,10 +233,15 @@ def export_cassette(
     skip_empty: bool = False,
     trace_ids: Iterable[str] | None = None,
     session: str | None = None,
+    refused_key: str | None = None,
 ) -> int:
     """Write the database's exchanges (see `exchange_rows`) to a cassette file; returns how
     many."""
-    rows = list(exchange_rows(db, experiment, trace_ids=trace_ids, session=session))
+    rows = list(
+        exchange_rows(
+            db, experiment, trace_ids=trace_ids, session=session, refused_key=refused_key
+        )
+    )
     if skip_empty and not rows:
         return 0
     Path(path).parent.mkdir(parents=True, exist_ok=True)

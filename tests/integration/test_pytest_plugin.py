@@ -309,3 +309,114 @@ def test_one_cassette_folder_is_the_same_from_any_folder_pytest_runs_in(
     monkeypatch.chdir(pytester.path)
     earlier = pytester.runpytest_subprocess(*args)
     earlier.assert_outcomes(passed=2)
+
+
+def test_a_long_parametrize_id_gets_a_cassette_a_file_system_takes(
+    pytester: pytest.Pytester, upstream_server: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 300-character id (a prompt as its own id): "File name too long" lost the recording."""
+    prompt = "Summarise " + "the quarterly report " * 15
+    pytester.makepyfile(
+        test_llm=TEST_FILE.split("def test_answer")[0]
+        + f"""
+@pytest.mark.parametrize("text", [{prompt!r}], ids=lambda text: text)
+def test_long(llmtap, text):
+    assert ask(text)
+"""
+    )
+    (written,) = record_then_replay(pytester, upstream_server, monkeypatch, 1)
+    assert len(written.rsplit("/", 1)[-1]) <= 205
+
+
+def test_a_swallowed_replay_miss_fails_the_test(pytester: pytest.Pytester) -> None:
+    """Code that catches the miss's 404 (a fallback) passed, with a stale cassette."""
+    pytester.makepyfile(
+        test_llm=TEST_FILE.split("def test_answer")[0]
+        + """
+import openai
+
+def test_falls_back(llmtap):
+    try:
+        ask("not recorded")
+    except openai.NotFoundError:
+        pass  # the code under test has a fallback
+"""
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*1 request(s) were not in the cassette*no recording matches*"])
+
+
+def test_the_unused_summary_and_stale_cassettes_under_xdist(
+    pytester: pytest.Pytester, upstream_server: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The summary of unused recordings came from each worker's memory: under pytest-xdist it
+    was never printed. A test that no longer calls the API has its cassette removed when
+    recorded again (it stayed, unused, in git)."""
+    pytester.makepyfile(test_llm=TEST_FILE.replace("PROMPT", "hello"))
+    record = ("--llmtap-mode=record", f"--llmtap-upstream={upstream_server.url}/v1")
+    pytester.runpytest_subprocess(*record, "-p", "no:cacheprovider").assert_outcomes(passed=2)
+    fewer = TEST_FILE.replace("PROMPT", "hello").replace(
+        '        client.embeddings.create(model="text-embedding-3-small", input="EXTRA")\n', ""
+    )
+    pytester.makepyfile(test_llm=fewer)
+    parallel = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2")
+    parallel.assert_outcomes(passed=2)
+    parallel.stdout.fnmatch_lines(["*recordings no test used*", "*test_marked: 1 unused*"])
+    pytester.makepyfile(test_llm=fewer.replace('    assert "hello" in ask("hello")', "    pass"))
+    answer = pytester.path / "cassettes" / "test_llm" / "test_answer.yaml"
+    assert answer.exists()
+    pytester.runpytest_subprocess(*record, "-p", "no:cacheprovider").assert_outcomes(passed=2)
+    assert not answer.exists()
+
+
+def test_auto_without_a_key_keeps_no_refusal_of_the_dummy_key(
+    pytester: pytest.Pytester, upstream_server: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Auto with no key forwards with the dummy key; the upstream's 401 to it went into the
+    cassette and was replayed from then on, a real key or not."""
+    monkeypatch.delenv("OPENAI_API_KEY")
+    pytester.makepyfile(
+        test_llm="""
+import openai
+from openai import OpenAI
+
+def test_refused(llmtap):
+    # the simulator takes any key: it says 401 here as OpenAI does to the dummy one
+    with OpenAI(max_retries=0, default_headers={"x-simulator-fault": "status-401"}) as client:
+        try:
+            client.models.list()
+        except openai.AuthenticationError:
+            pass
+"""
+    )
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        "--llmtap-mode=auto",
+        f"--llmtap-upstream={upstream_server.url}/v1",
+    )
+    result.assert_outcomes(passed=1)
+    assert not (pytester.path / "cassettes" / "test_llm" / "test_refused.yaml").exists()
+
+
+def test_a_relative_cassettes_folder_in_the_ini_file_is_below_the_rootdir(
+    pytester: pytest.Pytester, upstream_server: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`llmtap_cassettes = recorded` (or `--llmtap-cassettes recorded` in addopts) followed the
+    folder pytest ran from: `cd tests && pytest` missed every recording."""
+    pytester.makeini("[pytest]\nllmtap_cassettes = recorded\n")
+    tests = pytester.path / "tests"
+    tests.mkdir()
+    (tests / "test_api.py").write_text(TEST_FILE.replace("PROMPT", "anchored"))
+    pytester.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        "--llmtap-mode=record",
+        f"--llmtap-upstream={upstream_server.url}/v1",
+    ).assert_outcomes(passed=2)
+    assert (pytester.path / "recorded" / "tests" / "test_api" / "test_answer.yaml").exists()
+    upstream_server.stop()
+    monkeypatch.delenv("OPENAI_API_KEY")
+    monkeypatch.chdir(tests)
+    pytester.runpytest_subprocess("-p", "no:cacheprovider", "test_api.py").assert_outcomes(passed=2)
