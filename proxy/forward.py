@@ -177,8 +177,9 @@ class Forwarder:
         try:
             try:
                 upstream = await self._request(rec.method, target, headers, body)
-                if rec.usage_injected and upstream.status == 400:
-                    # a server that refuses stream_options gets the request exactly as sent
+                if rec.usage_injected and upstream.status in (400, 422):
+                    # a server that refuses stream_options (a 422 from a pydantic server that
+                    # forbids extra fields) gets the request exactly as sent
                     upstream.release()
                     rec.usage_injected = False
                     upstream = await self._request(

@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from llmtap.recorder.endpoints import operation_path
+
 # the paths whose streams carry usage only on request
 USAGE_PATHS = frozenset({"/chat/completions", "/completions"})
 
@@ -25,7 +27,9 @@ _USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null|"usage"\s*:\s*null\s*,?')
 
 def injected_body(path: str, body: bytes) -> bytes | None:
     """The body with usage requested, when the client streams without it; else None."""
-    if path not in USAGE_PATHS or b'"stream"' not in body:
+    if b'"stream"' not in body or (
+        path not in USAGE_PATHS and operation_path(path) not in USAGE_PATHS
+    ):
         return None
     try:
         request: Any = orjson.loads(body)
@@ -38,7 +42,11 @@ def injected_body(path: str, body: bytes) -> bytes | None:
         return None
     if options is not None and not isinstance(options, dict):
         return None  # malformed: forward as sent and let the upstream say so
-    request["stream_options"] = {**(options or {}), "include_usage": True}
+    options = dict(options or {})
+    # vLLM's `continuous_usage_stats` puts usage on every chunk once usage is on: without
+    # include_usage the client gets none, so the option goes only when llmtap adds usage
+    options.pop("continuous_usage_stats", None)
+    request["stream_options"] = {**options, "include_usage": True}
     return orjson.dumps(request)
 
 

@@ -238,9 +238,7 @@ def export_cassette(
     """Write the database's exchanges (see `exchange_rows`) to a cassette file; returns how
     many."""
     rows = list(
-        exchange_rows(
-            db, experiment, trace_ids=trace_ids, session=session, refused_key=refused_key
-        )
+        exchange_rows(db, experiment, trace_ids=trace_ids, session=session, refused_key=refused_key)
     )
     if skip_empty and not rows:
         return 0

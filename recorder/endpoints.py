@@ -130,7 +130,18 @@ ENDPOINTS: dict[str, Endpoint] = {e.path: e for e in (CHAT, COMPLETIONS, EMBEDDI
 
 def endpoint_for(path: str) -> Endpoint | None:
     """The traced endpoint for an API path (below the base URL), or None."""
-    return ENDPOINTS.get(path.rstrip("/"))
+    return ENDPOINTS.get(operation_path(path).rstrip("/"))
+
+
+def operation_path(path: str) -> str:
+    """The API path an Azure OpenAI deployment path stands for (`AzureOpenAI` sends
+    `/deployments/NAME/chat/completions?api-version=...` below its base URL); any other path
+    as it is."""
+    if path.startswith("/deployments/"):
+        _, sep, rest = path[len("/deployments/") :].partition("/")
+        if sep:
+            return "/" + rest
+    return path
 
 
 def usage_of(payload: Mapping[str, Any] | None) -> Usage | None:

@@ -427,10 +427,15 @@ class ChatAssembler:
     def _final_choice(self, snapshot: dict[str, Any]) -> dict[str, Any]:
         choice = dict(snapshot)
         message = snapshot["message"]
-        role = {"role": message["role"]} if "role" in message else {}  # first, for readers
-        choice["message"] = final = {**role, **_MESSAGE_FIELDS, **message}
-        if final["tool_calls"] == []:  # Groq sends `"tool_calls": []` in every delta
+        # role first, for readers; null when no delta said it, as in the SDK's completion
+        choice["message"] = final = {"role": message.get("role"), **_MESSAGE_FIELDS, **message}
+        calls = final["tool_calls"]
+        if calls == []:  # Groq sends `"tool_calls": []` in every delta
             final["tool_calls"] = None  # and the SDK's final completion says None
+        elif isinstance(calls, list):
+            for call in calls:  # a server that never says `type` (the SDK: null)
+                if isinstance(call, dict) and "type" not in call:
+                    call["type"] = None
         return choice
 
 

@@ -361,3 +361,63 @@ def test_a_compressed_request_that_expands_past_the_cap_is_shown_as_sent() -> No
     grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     assert grown_kb < DECODED_REQUEST_AT_MOST * 1.5 / 1024
     assert _decoded_request(gzip.compress(b'{"a": 1}'), "gzip") == b'{"a": 1}'
+
+
+def test_a_server_refusing_stream_options_with_422_gets_the_request_as_sent(
+    start_proxy: Callable[..., Proxy],
+) -> None:
+    """A pydantic server that forbids extra fields answers llmtap's added stream_options with a
+    422 (Mistral's API is reported to): the client got that 422, where directly it streams."""
+
+    def strict(request: Received) -> bytes:
+        if b"stream_options" in request.body:
+            error = b'{"detail": [{"type": "extra_forbidden", "loc": ["body", "stream_options"]}]}'
+            return json_reply(error, "422 Unprocessable Entity")
+        return sse_with_length(request)
+
+    with raw_upstream(strict) as upstream:
+        proxy = start_proxy(upstream=f"{upstream.url}/v1")
+        body = orjson.dumps({**CHAT, "stream": True})
+        answer = httpx.post(f"{proxy.base_url}/chat/completions", content=body)
+        direct = httpx.post(f"{upstream.url}/v1/chat/completions", content=body)
+    assert answer.status_code == 200 and answer.content == direct.content
+    assert [s["status_code"] for s in spans(proxy)] == ["OK"]
+
+
+def test_an_azure_deployment_path_is_traced_and_gets_its_usage(
+    start_proxy: Callable[..., Proxy],
+) -> None:
+    """`AzureOpenAI` sends `/deployments/NAME/chat/completions?api-version=...`: forwarded and
+    replayable, but no span and no usage asked for (a chat call like any other)."""
+    from openai import AzureOpenAI
+
+    with raw_upstream(sse_with_length) as upstream:
+        proxy = start_proxy(upstream=f"{upstream.url}/openai")
+        client = AzureOpenAI(
+            base_url=proxy.base_url, api_key="azure-key-000", api_version="2024-10-21"
+        )
+        stream = client.chat.completions.create(
+            model="my-deployment", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "hi"
+        (sent,) = upstream.received
+    assert sent.target.startswith("/openai/deployments/my-deployment/chat/completions?")
+    assert json.loads(sent.body)["stream_options"] == {"include_usage": True}
+    (span,) = proxy.query("SELECT status_code, outputs, attributes FROM spans")
+    assert span["status_code"] == "OK"
+    assert json.loads(span["outputs"])["choices"][0]["message"]["content"] == "hi"
+    assert json.loads(span["attributes"])["usage"]["total_tokens"] == 2
+
+
+def test_vllms_continuous_usage_stats_go_only_with_the_usage_the_client_asked_for(
+    start_proxy: Callable[..., Proxy],
+) -> None:
+    """With `continuous_usage_stats` and no `include_usage`, vLLM streams no usage; once llmtap
+    added include_usage it put usage on every chunk, and the client got it."""
+    with raw_upstream(sse_with_length) as upstream:
+        proxy = start_proxy(upstream=f"{upstream.url}/v1")
+        options = {"continuous_usage_stats": True}
+        body = orjson.dumps({**CHAT, "stream": True, "stream_options": options})
+        httpx.post(f"{proxy.base_url}/chat/completions", content=body)
+        (sent,) = upstream.received
+    assert json.loads(sent.body)["stream_options"] == {"include_usage": True}

@@ -440,3 +440,22 @@ def test_junk_never_raises(chunks: list[Any]) -> None:
     result = assembler.result()
     assert result is None or result["object"] == "chat.completion"
     json.dumps(result)  # still plain JSON
+
+
+def test_a_role_or_tool_call_type_never_sent_is_null_as_in_the_sdk() -> None:
+    """Servers whose deltas never say `role` (llama.cpp-style) or a call's `type` (some
+    gateways): the SDK's completion has them null; the span left the keys out."""
+    envelope = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    call = {"index": 0, "id": "call_1", "function": {"name": "f", "arguments": ""}}
+    rest = {"index": 0, "function": {"arguments": '{"a": 1}'}}
+    chunks = [
+        {**envelope, "choices": [{"index": 0, "delta": {"content": "Hi"}}]},
+        {**envelope, "choices": [{"index": 0, "delta": {"tool_calls": [call]}}]},
+        {**envelope, "choices": [{"index": 0, "delta": {"tool_calls": [rest]}}]},
+        {**envelope, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+    ]
+    final = assemble(chunks)
+    assert final == sdk_final_completion(chunks)
+    assert final is not None
+    message = final["choices"][0]["message"]
+    assert message["role"] is None and message["tool_calls"][0]["type"] is None
