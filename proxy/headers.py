@@ -10,7 +10,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from llmtap.recorder.secret_headers import VALUE_STARTS, is_secret_name, is_secret_value
+from llmtap.recorder.secret_headers import (
+    SECRET_VALUE,
+    VALUE_STARTS,
+    is_secret_name,
+    is_secret_value,
+)
 
 RawHeaders = list[tuple[bytes, bytes]]
 
@@ -62,6 +67,18 @@ def fingerprint(secret: str) -> str:
     """A short non-reversible tag that tells keys apart without revealing them."""
     token = secret.split(" ", 1)[-1].strip()
     return "fp-" + hashlib.blake2b(token.encode(), digest_size=6).hexdigest()
+
+
+_VALUE_START_BYTES = frozenset(start[0] for start in VALUE_STARTS)
+_response_secret_names: dict[bytes, bool] = {}
+"""Whether a response header's name says account id, cookie or credential, by name seen."""
+
+
+def _learn_response_name(name: bytes) -> bool:
+    if len(_response_secret_names) >= 4096:
+        _response_secret_names.clear()
+    secret = _response_secret_names[name] = name in SECRET_RESPONSE or is_secret_name(name)
+    return secret
 
 
 _secret_names: dict[bytes, bool] = {}
@@ -129,6 +146,8 @@ def split_response_headers(
     relay: list[tuple[bytes, bytes]] = []
     stored: list[tuple[str, str]] = []
     listed: set[bytes] = set()
+    known, credential = _response_secret_names, SECRET_VALUE.match  # (every response: locals)
+    starts = _VALUE_START_BYTES
     for name, value in raw:
         lname = name.lower()
         if lname in RESPONSE_DROP:
@@ -136,7 +155,14 @@ def split_response_headers(
                 listed |= connection_options(value)
             continue
         relay.append((lname, value))
-        if lname not in SECRET_RESPONSE:
+        # by name (a list, then the request side's rule: an account id like
+        # anthropic-organization-id) or by value (an upstream echoing the client's key)
+        secret = known.get(lname)
+        if secret is None:
+            secret = _learn_response_name(lname)
+        # (a credential is longer than 10 bytes and starts with one of a few: most values are
+        # not or do not, and skip the regex)
+        if not secret and (len(value) <= 10 or value[0] not in starts or credential(value) is None):
             stored.append((lname.decode("latin-1"), value.decode("latin-1")))
     if listed:  # the upstream's hop-by-hop headers end at llmtap, as the RFC wants
         relay = [h for h in relay if h[0] not in listed]

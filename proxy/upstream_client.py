@@ -67,6 +67,8 @@ from urllib.parse import quote, unquote, urlsplit
 
 import httptools
 
+from llmtap.recorder.secret_headers import redacted_query
+
 HIGH_WATER = 128 * 1024
 """Unread body bytes past which the upstream socket is no longer read."""
 IDLE_TIMEOUT = 15.0
@@ -183,19 +185,22 @@ class Origin:
 
 def shown_url(url: str) -> str:
     """A base URL as messages, logs and the API may show it: without its credentials
-    (`https://user:password@host/v1` authenticates llmtap; the password is a secret)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # (an unclosed IPv6 bracket): cut what a password could be by hand
-        scheme, sep, rest = url.partition("//")
-        netloc, slash, path = rest.partition("/")
-        if "@" not in netloc:
-            return url
-        return f"{scheme}{sep}***@{netloc.rpartition('@')[2]}{slash}{path}"
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"***@{host}").geturl()
+    (`https://user:password@host/v1` authenticates llmtap; the password is a secret) and with
+    a key in its query as `***` (`?api-key=...`, Azure's `?sig=...`).
+
+    Cut by hand, not by `urlsplit`: a password with an unencoded `/`, `?` or `#` ends the
+    authority early for a parser, which then sees no credentials at all. Everything before the
+    last `@` goes, which at worst hides more than the credentials."""
+    scheme, sep, rest = url.partition("//")
+    if not sep:
+        scheme, rest = "", url
+    if "@" in rest:
+        rest = "***@" + rest.rpartition("@")[2]
+    base, question, query = rest.partition("?")
+    if question:
+        query, hash_, fragment = query.partition("#")
+        rest = f"{base}?{redacted_query(query)}{hash_}{fragment}"
+    return f"{scheme}{sep}{rest}"
 
 
 class UpstreamClient:

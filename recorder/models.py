@@ -20,6 +20,7 @@ import orjson
 from llmtap.recorder.cassettes import SECRET_PATTERNS
 from llmtap.recorder.endpoints import invocation_params
 from llmtap.recorder.matching import canonical_value
+from llmtap.recorder.secret_headers import is_secret_name
 
 TASKS = ("chat.completions", "completions", "embeddings", "responses")
 TEMPLATE_ROLES = frozenset({"system", "developer"})
@@ -87,7 +88,12 @@ def model_record(
     if task not in TASKS or not isinstance(body, dict) or not isinstance(body.get("model"), str):
         return None
     model = body["model"]
-    params = {k: v for k, v in invocation_params(body).items() if k not in NOT_MODEL_FIELDS}
+    params = {
+        k: v
+        for k, v in invocation_params(body).items()
+        # a credential in the body (a gateway's `"api_key"`) is no setting, and never stored
+        if k not in NOT_MODEL_FIELDS and not is_secret_name(k.lower().encode())
+    }
     template = prompt_template(task, body)
     # one configuration however a client spells it: `temperature: 1` (Node, curl) and `1.0`
     # (Python), `"stop": null` and no stop, `n: 1` and no n, as replay matches them (a

@@ -22,14 +22,24 @@ from urllib.parse import unquote_plus
 SECRET_NAME = re.compile(
     rb"auth|secret|passw|passphrase|credential|cookie|session|signature|jwt|bearer"
     rb"|(?:keys?|token)(?:$|[-_.])"
+    # account ids: openai-organization, anthropic-organization-id, chatgpt-account-id
+    rb"|organi[sz]ation|account[-_.]?id"
 )
 SECRET_REQUEST = frozenset({b"openai-organization", b"openai-project"})
-"""Account ids: secret by name, though the rule above does not see them."""
+"""Account ids: secret by name (openai-project: the rule above does not see it)."""
+SECRET_QUERY = frozenset({"sig", "code", "key", "token", "signature"})
+"""Query parameters that are credentials by their name alone: Azure's SAS signature
+(`sig`) and Functions key (`code`), beside what the rule above finds."""
 NOT_SECRET = frozenset({b"idempotency-key"})
 """Names the rule would catch that are no credential (a retry id the SDKs send)."""
-# a value that is a credential whatever the header is called: an HTTP auth scheme, an OpenAI key
-SECRET_VALUE = re.compile(rb"\s*(?:bearer|basic|digest)\s|\s*sk-[A-Za-z0-9_-]{16}", re.IGNORECASE)
-VALUE_STARTS = frozenset(b"bBdDsS \t"[i : i + 1] for i in range(8))
+# a value that is a credential whatever the header is called: an HTTP auth scheme, an OpenAI
+# key, a JSON Web Token (its header and payload are base64 of JSON objects: `eyJ`)
+SECRET_VALUE = re.compile(
+    rb"\s*(?:bearer|basic|digest|token)\s|\s*sk-[A-Za-z0-9_-]{16}"
+    rb"|\s*eyJ[A-Za-z0-9_-]{8,}\.eyJ",
+    re.IGNORECASE,
+)
+VALUE_STARTS = frozenset(b"bBdDsStTeE \t"[i : i + 1] for i in range(12))
 """The first bytes a SECRET_VALUE can have."""
 
 
@@ -63,11 +73,13 @@ def redacted_query(query: str) -> str:
     pairs = query.split("&")
     for i, pair in enumerate(pairs):
         name, eq, value = pair.partition("=")
+        lower = unquote_plus(name).lower()
         if (
             eq
             and value
             and (
-                is_secret_name(unquote_plus(name).lower().encode("utf-8", "replace"))
+                lower in SECRET_QUERY
+                or is_secret_name(lower.encode("utf-8", "replace"))
                 or is_secret_value(unquote_plus(value).encode("utf-8", "replace"))
             )
         ):

@@ -4,8 +4,10 @@ SPEC section 2: hop-by-hop headers end at llmtap."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 from click.testing import CliRunner
 from openai import OpenAI
 
@@ -108,3 +110,77 @@ def test_headers_named_in_connection_are_not_forwarded_nor_stored(
     assert forwarded["x-kept"] == "1" and "x-drop-me" not in forwarded
     (row,) = proxy.query("SELECT request_headers FROM exchanges")
     assert "x-kept" in row[0] and "HOPVALUE3" not in row[0]
+
+
+JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzZWNyZXQtand0In0.c2VjcmV0LWp3dC1zaWduYXR1cmU"
+
+
+def test_account_ids_tokens_and_query_signatures_are_kept_by_no_name(proxy: Proxy) -> None:
+    """Codex's `chatgpt-account-id`, a JWT under a name that says nothing (a load balancer's
+    `x-amzn-oidc-data`), Azure's `?sig=` and `?code=`: stored before (a review of secrets)."""
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    with httpx.Client(base_url=proxy.base_url, timeout=20) as client:
+        client.post("/chat/completions", json=body, headers={"chatgpt-account-id": "acct-0028"})
+        client.post("/chat/completions", json=body, headers={"x-amzn-oidc-data": JWT})
+        client.post("/chat/completions?sv=2024&sig=sig-0027&code=code-0026", json=body)
+    proxy.flush()
+    blob = database_bytes(proxy.db)
+    assert b"2024" in blob  # the query is kept, but for the signatures
+    for secret in ("acct-0028", JWT[-20:], "sig-0027", "code-0026"):
+        assert secret.encode() not in blob, secret
+
+
+def test_credentials_and_account_ids_in_response_headers_are_relayed_not_stored(
+    start_proxy: Any,
+) -> None:
+    """Only four response header names were dropped: an upstream echoing the key, or an
+    account id named otherwise (`anthropic-organization-id`), reached the database."""
+    from tests.raw_upstream import json_reply, raw_upstream
+
+    answer = b'{"id": "c", "object": "chat.completion", "choices": []}'
+    extra = (
+        b"x-api-key: sk-echoed-secret-0123456789\r\n"
+        b"anthropic-organization-id: org-anthropic-secret-0042\r\n"
+        b"x-request-id: req_kept_0042\r\n"
+    )
+    with raw_upstream(lambda _request: json_reply(answer, extra=extra)) as upstream:
+        proxy = start_proxy(upstream=f"{upstream.url}/v1")
+        relayed = httpx.post(f"{proxy.base_url}/chat/completions", json={"model": "m"})
+    assert relayed.headers["anthropic-organization-id"] == "org-anthropic-secret-0042"
+    proxy.flush()
+    blob = database_bytes(proxy.db)
+    assert b"req_kept_0042" in blob
+    assert b"sk-echoed-secret" not in blob and b"org-anthropic-secret" not in blob
+
+
+def test_a_credential_in_a_request_body_makes_no_model_setting(start_proxy: Any) -> None:
+    """A gateway's `"api_key"` in the body went into the version's params (and made a version
+    per key); the input example already hid it."""
+    proxy = start_proxy(log_models=True)
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 0.5}
+    for key in ("sk-body-key-one-000000000000", "sk-body-key-two-000000000000"):
+        httpx.post(f"{proxy.base_url}/chat/completions", json={**body, "api_key": key})
+    proxy.flush()
+    (version,) = httpx.get(f"{proxy.url}/api/models/Default/m").json()["versions"]
+    assert version["params"] == {"temperature": 0.5}
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://me:pa#ss@host:8000/v1", "http://***@host:8000/v1"),  # unencoded: no parser
+        ("http://me:pa/ss@host/v1", "http://***@host/v1"),  # sees credentials in these
+        ("http://me:pa?ss@host/v1", "http://***@host/v1"),
+        ("https://me:secret@host/v1", "https://***@host/v1"),
+        (
+            "https://gw/v1?api-key=k-secret&api-version=2024",
+            "https://gw/v1?api-key=***&api-version=2024",
+        ),
+        ("https://gw/v1?sig=s-secret", "https://gw/v1?sig=***"),
+        ("https://api.openai.com/v1", "https://api.openai.com/v1"),
+    ],
+)
+def test_an_upstream_url_is_shown_without_its_credentials(url: str, shown: str) -> None:
+    from llmtap.proxy.upstream_client import shown_url
+
+    assert shown_url(url) == shown
