@@ -39,10 +39,6 @@ HOP_BY_HOP = frozenset(
 
 KEY_HEADERS = (b"authorization", b"api-key", b"x-api-key", b"x-goog-api-key")
 
-# response headers that identify the account or set cookies: relayed, never stored
-SECRET_RESPONSE = frozenset(
-    {b"set-cookie", b"set-cookie2", b"openai-organization", b"openai-project"}
-)
 # response headers the ASGI server must not see twice or that no longer hold after relaying
 RESPONSE_DROP = frozenset(
     {b"connection", b"keep-alive", b"transfer-encoding", b"proxy-connection", b"upgrade"}
@@ -70,17 +66,6 @@ def fingerprint(secret: str) -> str:
 
 
 _VALUE_START_BYTES = frozenset(start[0] for start in VALUE_STARTS)
-_response_secret_names: dict[bytes, bool] = {}
-"""Whether a response header's name says account id, cookie or credential, by name seen."""
-
-
-def _learn_response_name(name: bytes) -> bool:
-    if len(_response_secret_names) >= 4096:
-        _response_secret_names.clear()
-    secret = _response_secret_names[name] = name in SECRET_RESPONSE or is_secret_name(name)
-    return secret
-
-
 _secret_names: dict[bytes, bool] = {}
 """`is_secret_name` of the names seen: a client sends the same dozen on every request."""
 
@@ -146,8 +131,10 @@ def split_response_headers(
     relay: list[tuple[bytes, bytes]] = []
     stored: list[tuple[str, str]] = []
     listed: set[bytes] = set()
-    known, credential = _response_secret_names, SECRET_VALUE.match  # (every response: locals)
-    starts = _VALUE_START_BYTES
+    # relayed, never stored: what identifies the account or sets cookies (set-cookie,
+    # openai-organization, openai-project, anthropic-organization-id...) or is a credential, by
+    # the request side's rules and cache; locals, as every response runs this
+    known, credential, starts = _secret_names, SECRET_VALUE.match, _VALUE_START_BYTES
     for name, value in raw:
         lname = name.lower()
         if lname in RESPONSE_DROP:
@@ -159,9 +146,9 @@ def split_response_headers(
         # anthropic-organization-id) or by value (an upstream echoing the client's key)
         secret = known.get(lname)
         if secret is None:
-            secret = _learn_response_name(lname)
-        # (a credential is longer than 10 bytes and starts with one of a few: most values are
-        # not or do not, and skip the regex)
+            secret = _learn_name(lname)
+        # is_secret_value, inlined: a credential is longer than 10 bytes and starts with one of
+        # a few bytes; most values are not or do not, and skip the regex
         if not secret and (len(value) <= 10 or value[0] not in starts or credential(value) is None):
             stored.append((lname.decode("latin-1"), value.decode("latin-1")))
     if listed:  # the upstream's hop-by-hop headers end at llmtap, as the RFC wants

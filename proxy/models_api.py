@@ -18,7 +18,7 @@ from llmtap.proxy.api import JSONResponse
 from llmtap.proxy.context import normalise_trace_id
 from llmtap.proxy.errors import openai_error
 from llmtap.proxy.predict import ASGIApp, PredictError, passthrough_headers, run_prediction
-from llmtap.recorder.model_store import ModelReader
+from llmtap.recorder.model_store import ModelReader, version_number
 from llmtap.recorder.reader import TraceReader
 
 
@@ -28,7 +28,7 @@ def _error(status: int, message: str, kind: str = "invalid_request_error") -> JS
 
 def _version_param(request: Request) -> str | None:
     version = request.path_params["version"]
-    return version if (version.isascii() and version.isdigit()) or version == "latest" else None
+    return version if version == "latest" or version_number(version) is not None else None
 
 
 _SCORING_INPUTS = ("inputs", "dataframe_split", "dataframe_records", "instances")

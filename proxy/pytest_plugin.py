@@ -40,11 +40,11 @@ DUMMY_KEY = "sk-llmtap-replay-no-key-needed"
 _UNUSED_PROPERTY = "llmtap_unused_recordings"
 """A test's unused recordings travel in its report's user properties: from a pytest-xdist
 worker to the controller, which prints the summary."""
-_CALL_FAILED = pytest.StashKey[bool]()
+_CALL_PASSED = pytest.StashKey[bool]()
 _FOLDER = pytest.StashKey["Path | None"]()
-MAX_STEM = 200
+MAX_STEM = 250
 """Characters of a cassette's file name before `.yaml` (a file system allows 255 bytes): a
-longer test name is cut and told apart by its hash."""
+longer test name is cut and told apart by its hash (every name that fitted keeps its file)."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -82,20 +82,22 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "llmtap: run this test against its own llmtap (record or replay)"
     )
     config.stash[_FOLDER] = _cassette_folder(config)
+    _unused_counts.clear()  # (a second session in one process: pytester's inline runs)
 
 
 def _cassette_folder(config: pytest.Config) -> Path | None:
     """`--llmtap-cassettes` (or the ini's `llmtap_cassettes`) as an absolute folder. A
-    relative one is below the rootdir when an ini file fixes it (`addopts` in pytest.ini), so
-    that `cd tests && pytest` finds the same cassettes; else below where pytest runs."""
+    relative one typed on the command line is below where pytest runs, as pytest reads paths
+    there; one from the ini file (its key, or `addopts`) is below the rootdir, so that
+    `cd tests && pytest` finds the same cassettes."""
     folder = config.getoption("--llmtap-cassettes") or config.getini("llmtap_cassettes")
     if not folder:
         return None
     path = Path(folder).expanduser()
     if path.is_absolute():
         return path
-    base = config.rootpath if config.inipath is not None else config.invocation_params.dir
-    return base / path
+    typed = any(str(a).startswith("--llmtap-cassettes") for a in config.invocation_params.args)
+    return (config.invocation_params.dir if typed else config.rootpath) / path
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -272,22 +274,26 @@ def llmtap(
             unused = app.replayer.index.unused()
             if unused:
                 request.node.user_properties.append((_UNUSED_PROPERTY, len(unused)))
-            misses = app.replayer.misses
-            if misses and not request.node.stash.get(_CALL_FAILED, False):
+            replayer = app.replayer
+            if replayer.miss_count and request.node.stash.get(_CALL_PASSED, False):
                 # the code under test swallowed the 404 (a fallback, a retry loop): the
                 # cassette is stale all the same
                 state = "" if cassette.exists() else " (no such file yet)"
                 pytest.fail(
-                    f"{len(misses)} request(s) were not in the cassette {cassette}{state}: "
-                    f"{misses[0]}; record with `pytest --llmtap-mode record` (or auto)",
+                    f"{replayer.miss_count} request(s) were not in the cassette "
+                    f"{cassette}{state}: {replayer.first_miss}; record with "
+                    "`pytest --llmtap-mode record` (or auto)",
                     pytrace=False,
                 )
         elif db.exists():
             # an answer refusing the stand-in key is no recording (auto without a key)
             refused = fingerprint(DUMMY_KEY) if stand_in else None
             written = export_cassette(db, cassette, skip_empty=True, refused_key=refused)
-            if not written and mode == "record" and not _requests_made(db):
-                cassette.unlink(missing_ok=True)  # the test calls the API no more
+            passed = request.node.stash.get(_CALL_PASSED, False)
+            if not written and mode == "record" and passed and not _requests_made(db):
+                # the test passed without calling the API: it calls it no more (one that
+                # failed or skipped before its call keeps its recordings)
+                cassette.unlink(missing_ok=True)
 
 
 def _requests_made(db: Path) -> bool:
@@ -304,7 +310,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     to record it: the miss itself (a 404 from llmtap) knows neither."""
     report = yield
     if report.when == "call":
-        item.stash[_CALL_FAILED] = report.failed
+        item.stash[_CALL_PASSED] = report.passed and not hasattr(report, "wasxfail")
     session = getattr(item, "funcargs", {}).get("llmtap")
     if (
         report.failed

@@ -30,9 +30,10 @@ class Replayer:
         )
         self.speed = replay_speed(settings.replay_timing)
         self._loaded: asyncio.Future[int] | None = None
-        self.misses: list[str] = []
-        """What each request answered with a replay miss lacked (the pytest plugin fails a
-        test whose code swallowed the 404)."""
+        self.miss_count = 0
+        self.first_miss: str | None = None
+        """How many requests were answered with a replay miss, and what the first lacked (the
+        pytest plugin fails a test whose code swallowed the 404)."""
 
     async def ready(self) -> ReplayIndex:
         """The index, built on first use (in a thread: it reads the whole store)."""
@@ -69,8 +70,11 @@ class Replayer:
         if not must_answer:
             return False
         miss = await asyncio.to_thread(index.miss, method, path, body, key, found or 0)
-        self.misses.append(miss.message())
-        error = openai_error(404, "llmtap_replay_miss", miss.message(), "replay_miss")
+        message = miss.message()
+        self.miss_count += 1
+        if self.first_miss is None:
+            self.first_miss = message
+        error = openai_error(404, "llmtap_replay_miss", message, "replay_miss")
         await send(
             {
                 "type": "http.response.start",

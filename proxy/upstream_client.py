@@ -189,18 +189,26 @@ def shown_url(url: str) -> str:
     a key in its query as `***` (`?api-key=...`, Azure's `?sig=...`).
 
     Cut by hand, not by `urlsplit`: a password with an unencoded `/`, `?` or `#` ends the
-    authority early for a parser, which then sees no credentials at all. Everything before the
-    last `@` goes, which at worst hides more than the credentials."""
+    authority early for a parser, which then sees no credentials at all. What comes before the
+    last `@` is credentials when it has no `/`, `?` or `#` before its first `:` (`user:pa/ss`,
+    `token`); an `@` in a path or a query (`/team@acme`, `?user=me@example.com`) is not."""
     scheme, sep, rest = url.partition("//")
     if not sep:
         scheme, rest = "", url
-    if "@" in rest:
-        rest = "***@" + rest.rpartition("@")[2]
+    userinfo, at, host = rest.rpartition("@")
+    if at and _is_userinfo(userinfo):
+        rest = "***@" + host
     base, question, query = rest.partition("?")
     if question:
         query, hash_, fragment = query.partition("#")
         rest = f"{base}?{redacted_query(query)}{hash_}{fragment}"
     return f"{scheme}{sep}{rest}"
+
+
+def _is_userinfo(text: str) -> bool:
+    colon = text.find(":")
+    head = text if colon < 0 else text[:colon]
+    return not any(c in head for c in "/?#")
 
 
 class UpstreamClient:

@@ -27,9 +27,7 @@ _USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null|"usage"\s*:\s*null\s*,?')
 
 def injected_body(path: str, body: bytes) -> bytes | None:
     """The body with usage requested, when the client streams without it; else None."""
-    if b'"stream"' not in body or (
-        path not in USAGE_PATHS and operation_path(path) not in USAGE_PATHS
-    ):
+    if b'"stream"' not in body or operation_path(path) not in USAGE_PATHS:
         return None
     try:
         request: Any = orjson.loads(body)

@@ -99,7 +99,11 @@ def _legacy_id(name: Any) -> str:
 
 _EXTRA_ROLES = frozenset({"user", "system", "developer"})
 """Roles of what a client may send along with tool results, before any assistant answers
-them: pydantic-ai's `ToolReturn(content=...)` is a user message right after the result."""
+them: pydantic-ai's `ToolReturn(content=...)` is a user message right after the result. The
+wire cannot tell that from a new question after a tool whose result went to the user directly
+(LangChain's `return_direct`, the Agents SDK's `stop_on_first_tool`): that question carries
+the results to the model for the first time, so it answers the calls too (SPEC 3's rule), and
+joins the run."""
 
 
 def _is_chat_result(message: Any) -> bool:
@@ -137,9 +141,9 @@ def tool_results(inputs: Any) -> list[tuple[str, Any]]:
         return []
     found: list[tuple[str, Any]] = []
     messages = inputs.get("messages")
-    if isinstance(messages, list):
-        messages = messages[: _without_extras(messages, _is_chat_result)]
-    for message in reversed(messages) if isinstance(messages, list) else ():
+    end = _without_extras(messages, _is_chat_result) if isinstance(messages, list) else 0
+    for i in range(end - 1, -1, -1):
+        message = messages[i]  # type: ignore[index]
         role = message.get("role") if isinstance(message, dict) else None
         if role == "tool" and isinstance(message.get("tool_call_id"), str):
             found.append((message["tool_call_id"], message.get("content")))
@@ -148,9 +152,9 @@ def tool_results(inputs: Any) -> list[tuple[str, Any]]:
         else:
             break
     items = inputs.get("input")
-    if isinstance(items, list):
-        items = items[: _without_extras(items, _is_responses_result)]
-    for item in reversed(items) if isinstance(items, list) else ():
+    end = _without_extras(items, _is_responses_result) if isinstance(items, list) else 0
+    for i in range(end - 1, -1, -1):
+        item = items[i]  # type: ignore[index]
         kind = item.get("type") if isinstance(item, dict) else None
         if kind in _SAME_TURN:  # the calls answered, as OpenAI's guide interleaves them
             continue
@@ -276,12 +280,12 @@ class AgentLinker:
         # an id answered twice in one request is the latest turn's (an upstream numbering every
         # answer's call `call_0`, and a Responses input holding each turn's pairs)
         results = list(dict(results).items())
-        conversation: dict[int, int] = {}  # prefix length -> hash, made only when runs collide
+        starts = _Starts(inputs)  # its conversation's starts, hashed only when runs collide
         known: list[tuple[ToolCall, str, Any]] = []
         for cid, result in results:
             candidates: tuple[ToolCall, ...] | None = self._calls.get((scope, cid))
             if candidates:
-                known.append((_pick(candidates, via, inputs, conversation), cid, result))
+                known.append((_pick(candidates, via, starts), cid, result))
         callers = [call.caller for call, _, _ in known] or ([via] if via is not None else [])
         if not callers:
             return Links()
@@ -409,32 +413,44 @@ class AgentLinker:
             self._responses.remember(response_id, caller)
 
 
-def _pick(
-    candidates: tuple[ToolCall, ...],
-    via: Caller | None,
-    inputs: Any,
-    prefixes: dict[int, int],
-) -> ToolCall:
+class _Starts:
+    """A request's conversation and the hashes of its starts, made once per request (for all
+    its call ids) and only when asked."""
+
+    __slots__ = ("_inputs", "_items", "_hashes")
+
+    def __init__(self, inputs: Any) -> None:
+        self._inputs = inputs
+        self._items: list[Any] | None = None
+        self._hashes: dict[int, int] = {}
+
+    def hash_of(self, length: int) -> int | None:
+        """The hash of its first `length` entries; None when it has fewer."""
+        if self._items is None:
+            self._items = conversation_items(self._inputs) or []
+        if length > len(self._items):
+            return None
+        if length not in self._hashes:
+            self._hashes[length] = conversation_hash(self._items[:length])
+        return self._hashes[length]
+
+
+def _pick(candidates: tuple[ToolCall, ...], via: Caller | None, starts: _Starts) -> ToolCall:
     """Which of the calls with one id a request answers: the one the response it names made;
     else the one whose calling conversation this request starts with (the longest such: a
     run's earlier turns start it too, and so may another run's first turn, same prompt);
-    else the latest. `prefixes` keeps the hashes of this request's starts across its ids."""
+    else the latest."""
     if len(candidates) == 1:
         return candidates[0]
     if via is not None:
         for call in reversed(candidates):
             if call.caller.span_id == via.span_id:
                 return call
-    items = conversation_items(inputs) or []
     best: ToolCall | None = None
     for call in reversed(candidates):  # the latest first: it wins a tie
         length = call.conversation_length
-        if not call.conversation or length > len(items):
+        if not call.conversation or (best is not None and length <= best.conversation_length):
             continue
-        if best is not None and length <= best.conversation_length:
-            continue
-        if length not in prefixes:
-            prefixes[length] = conversation_hash(items[:length])
-        if prefixes[length] == call.conversation:
+        if starts.hash_of(length) == call.conversation:
             best = call
     return best if best is not None else candidates[-1]

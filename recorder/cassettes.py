@@ -24,7 +24,7 @@ import yaml
 from llmtap.recorder.body_codec import pack_body, unpack_body
 from llmtap.recorder.decoding import decoder_for, is_identity
 from llmtap.recorder.schema import RESPONSE_BODY
-from llmtap.recorder.secret_headers import is_secret_header, is_secret_value
+from llmtap.recorder.secret_headers import is_secret_header
 from llmtap.recorder.sqlite import connect_for_reading, connect_for_writing
 
 VERSION = 1
@@ -113,22 +113,16 @@ def _raw(side: dict[str, Any]) -> bytes:
     return value.encode("utf-8") if isinstance(value, str) else value or b""
 
 
-def _clean(
-    headers: Iterable[list[str] | tuple[str, str]], response: bool = False
-) -> list[list[str]]:
-    return [[k, v] for k, v in headers if not _secret(k, v, response)]
+def _clean(headers: Iterable[list[str] | tuple[str, str]]) -> list[list[str]]:
+    return [[k, v] for k, v in headers if not _secret(k, v)]
 
 
-def _secret(name: Any, value: Any, response: bool = False) -> bool:
-    """A header that must not be in a cassette: a known name, a credential for a value, and
-    on the request side any name the proxy's rule keeps out of the database (`secret_headers`;
-    a response's names are the upstream's own, kept as the database keeps them)."""
+def _secret(name: Any, value: Any) -> bool:
+    """A header that must not be in a cassette: a known name, or one the proxy's rules keep
+    out of the database, on either side (`secret_headers`: a database written before a rule
+    was added, or a cassette from elsewhere, may still hold it)."""
     name, value = str(name), str(value)
-    if name.lower() in SECRET_HEADERS:
-        return True
-    if response:
-        return is_secret_value(value.encode("latin-1", "replace"))
-    return is_secret_header(name, value)
+    return name.lower() in SECRET_HEADERS or is_secret_header(name, value)
 
 
 def _decoded(
@@ -156,7 +150,7 @@ def _decoded(
 
 
 def _entry(row: sqlite3.Row) -> dict[str, Any]:
-    response_headers = _clean(orjson.loads(row["response_headers"]), response=True)
+    response_headers = _clean(orjson.loads(row["response_headers"]))
     chunks = orjson.loads(row["chunks"])
     # replay takes out the usage llmtap asked for only where the client's stream had it taken
     # out: a stream the upstream compressed anyway reached its client whole (and leaves
@@ -277,7 +271,7 @@ def import_cassette(path: str | Path, db: str | Path) -> int:
                 orjson.dumps(_clean(req.get("headers") or [])).decode(),
                 pack_body(body),
                 resp["status"],
-                orjson.dumps(_clean(resp.get("headers") or [], response=True)).decode(),
+                orjson.dumps(_clean(resp.get("headers") or [])).decode(),
                 pack_body(_raw(resp)),
                 orjson.dumps(resp.get("chunks") or []).decode(),
                 int(bool(e.get("stream"))),
@@ -324,6 +318,6 @@ def find_secrets(path: str | Path) -> list[str]:
     for i, entry in enumerate(load_cassette(path)):
         for side in ("request", "response"):
             for name, value in (entry.get(side) or {}).get("headers") or []:
-                if _secret(name, value, response=side == "response"):
+                if _secret(name, value):
                     found.append(f"exchange {i}: {side} header {name}")
     return found

@@ -20,7 +20,7 @@ import orjson
 from llmtap.recorder.cassettes import SECRET_PATTERNS
 from llmtap.recorder.endpoints import invocation_params
 from llmtap.recorder.matching import canonical_value
-from llmtap.recorder.secret_headers import is_secret_name
+from llmtap.recorder.secret_headers import is_secret_value
 
 TASKS = ("chat.completions", "completions", "embeddings", "responses")
 TEMPLATE_ROLES = frozenset({"system", "developer"})
@@ -92,7 +92,7 @@ def model_record(
         k: v
         for k, v in invocation_params(body).items()
         # a credential in the body (a gateway's `"api_key"`) is no setting, and never stored
-        if k not in NOT_MODEL_FIELDS and not is_secret_name(k.lower().encode())
+        if k not in NOT_MODEL_FIELDS and not _credential(k, v)
     }
     template = prompt_template(task, body)
     # one configuration however a client spells it: `temperature: 1` (Node, curl) and `1.0`
@@ -121,6 +121,20 @@ def model_record(
         signature=infer_signature(task, params) if signatures else None,
         input_example=input_example(task, body) if input_examples else None,
     )
+
+
+CREDENTIAL_FIELDS = frozenset(
+    {"api_key", "api-key", "apikey", "key", "token", "access_token", "secret", "password"}
+)
+"""Request body fields that hold a credential (LiteLLM and other gateways take `api_key` in
+the body). Named, not found by the header rule: that one takes `stop_token_ids` (vLLM) for a
+credential too."""
+
+
+def _credential(name: str, value: Any) -> bool:
+    if name.lower() in CREDENTIAL_FIELDS:
+        return True
+    return isinstance(value, str) and is_secret_value(value.encode("utf-8", "replace"))
 
 
 def model_id(name: str, config_hash: str) -> str:

@@ -27,9 +27,9 @@ SECRET_NAME = re.compile(
 )
 SECRET_REQUEST = frozenset({b"openai-organization", b"openai-project"})
 """Account ids: secret by name (openai-project: the rule above does not see it)."""
-SECRET_QUERY = frozenset({"sig", "code", "key", "token", "signature"})
-"""Query parameters that are credentials by their name alone: Azure's SAS signature
-(`sig`) and Functions key (`code`), beside what the rule above finds."""
+SECRET_QUERY = frozenset({"sig", "code"})
+"""Query parameters that are credentials by a name the rule above does not take: Azure's SAS
+signature (`sig`) and Functions key (`code`)."""
 NOT_SECRET = frozenset({b"idempotency-key"})
 """Names the rule would catch that are no credential (a retry id the SDKs send)."""
 # a value that is a credential whatever the header is called: an HTTP auth scheme, an OpenAI

@@ -354,7 +354,7 @@ class SqliteStore:
         self._since_restart = 0  # batches since the writer's own last checkpoint
         self._wal_header = b""
         self._checkpointer = Checkpointer(self.path)
-        self._bound_bytes = 0  # bytes of bodies bound to statements since the connection opened
+        self._holds_big = False  # a large body was bound to a statement since it opened
 
     LOOK_AT_WAL_EVERY = 16
     """Batches between two looks at the WAL's header, to know whether it started over."""
@@ -379,19 +379,21 @@ class SqliteStore:
             self._checkpointer.request()
             self._since_checkpoint = 0
         self.check_file()
-        if self._bound_bytes > self.REOPEN_AFTER_BOUND:
+        if self._holds_big:
             self._reopen()
 
-    REOPEN_AFTER_BOUND = 16 << 20
-    """Bytes of bodies written after which an idle writer opens its connection again. Each
-    cached INSERT keeps the values it last bound (SQLite's copies: Python's sqlite3 never
-    clears them), so one 31 MB upload held ~33 MB of the writer's memory until the next
-    insert of that kind; a new connection lets go of them."""
+    BIG_BODY = 4 << 20
+    """A body this large makes an idle writer open its connection again. Each cached INSERT
+    keeps the values it last bound (SQLite's copies: Python's sqlite3 never clears them), so
+    one 31 MB upload held ~33 MB of the writer's memory until the next insert of that kind; a
+    new connection lets go of them."""
 
     def _reopen(self) -> None:
-        self.conn.close()
-        self.conn = connect_for_writing(self.path)
-        self._bound_bytes = 0
+        # the new one first: closing the last connection would checkpoint the whole WAL and
+        # delete it, here (67 ms for 20 MB), in front of the next commit
+        old, self.conn = self.conn, connect_for_writing(self.path)
+        old.close()
+        self._holds_big = False
 
     def _restart_wal(self) -> bool:
         """A checkpoint in front of one of the writer's transactions: it catches up with every
@@ -491,7 +493,10 @@ class SqliteStore:
         for batch in batches:
             x = batch.exchange
             experiments.add(x.experiment)
-            self._bound_bytes += len(x.request_body)
+            if len(x.request_body) > self.BIG_BODY or (
+                isinstance(x.response_body, bytes) and len(x.response_body) > self.BIG_BODY
+            ):
+                self._holds_big = True
             if isinstance(x.response_body, bytes):
                 body: bytes | None = pack_body(x.response_body)
             else:  # a long stream, on file

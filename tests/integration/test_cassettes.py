@@ -169,3 +169,29 @@ def test_a_cassette_of_one_trace_or_one_session(proxy: Proxy, tmp_path: Path) ->
     assert "second" in text and "third" in text and "first" not in text and "fourth" not in text
     missing = cli("cassette", "export", "--db", str(proxy.db), "--trace", "nope", "-o", str(one))
     assert missing.exit_code != 0 and "no trace with id nope" in missing.output
+
+
+def test_an_account_id_among_response_headers_is_found_and_scrubbed(
+    proxy: Proxy, tmp_path: Path
+) -> None:
+    """Response headers are kept by the request side's rules now (anthropic-organization-id):
+    a cassette from before, or from elsewhere, that holds one fails the check and loses it on
+    import, as a request's credential does."""
+    record_some(proxy)
+    cassette = tmp_path / "c.yaml"
+    cli("cassette", "export", "--db", str(proxy.db), "-o", str(cassette))
+    text = cassette.read_text()
+    assert "  response:" in text
+    head, response = text.split("  response:", 1)
+    odd = tmp_path / "odd.yaml"
+    odd.write_text(
+        head
+        + "  response:"
+        + response.replace("headers:\n", "headers:\n    - [anthropic-organization-id, org-9]\n", 1)
+    )
+    assert "org-9" in odd.read_text()
+    result = cli("cassette", "check", str(odd))
+    assert result.exit_code == 1 and "response header anthropic-organization-id" in result.output
+    imported = tmp_path / "imported.db"
+    assert cli("cassette", "import", str(odd), "--db", str(imported)).exit_code == 0
+    assert b"org-9" not in b"".join(p.read_bytes() for p in tmp_path.glob("imported.db*"))

@@ -178,6 +178,10 @@ def test_a_credential_in_a_request_body_makes_no_model_setting(start_proxy: Any)
         ),
         ("https://gw/v1?sig=s-secret", "https://gw/v1?sig=***"),
         ("https://api.openai.com/v1", "https://api.openai.com/v1"),
+        ("http://token@host/v1", "http://***@host/v1"),
+        # an `@` in a path or a query is no credentials
+        ("https://gw.example.com/team@acme/v1", "https://gw.example.com/team@acme/v1"),
+        ("https://gw/v1?user=me@example.com", "https://gw/v1?user=me@example.com"),
     ],
 )
 def test_an_upstream_url_is_shown_without_its_credentials(url: str, shown: str) -> None:
