@@ -44,6 +44,7 @@ from llmtap.proxy.usage_injection import UsageStripper, injected_body
 from llmtap.recorder.memory import return_freed_memory
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.records import Mode
+from llmtap.recorder.sqlite import key_salt_of
 from llmtap.recorder.writer import TrackedStream, Writer
 
 log = logging.getLogger("llmtap.proxy")
@@ -69,9 +70,12 @@ class Forwarder:
         self.client: UpstreamClient | None = None
         self.origin: Origin | None = None
         self.origin_error: UpstreamError | None = None
+        self.key_salt = b""  # the database's, for the keys' fingerprints (read at start)
 
     async def start(self) -> None:
         s = self.settings
+        if self.writer is not None:  # (it has made and migrated the database by now)
+            self.key_salt = await asyncio.to_thread(key_salt_of, s.db)
         try:
             self.origin = Origin.parse(s.upstream)
         except UpstreamError as exc:  # said on each request, as a 502 naming the upstream
@@ -93,7 +97,7 @@ class Forwarder:
     ) -> None:
         """Serve one request; `api_path` is below `/v1`, decoded, and `raw_api_path` the same
         as the client encoded it (forwarded as it is: re-encoding would change it)."""
-        split = split_request_headers(scope["headers"])
+        split = split_request_headers(scope["headers"], self.key_salt)
         ctx = build_context(experiment, split.controls)
         query = scope.get("query_string", b"").decode("latin-1")
         rec = Recording(

@@ -241,6 +241,7 @@ def llmtap(
     from llmtap.proxy.headers import fingerprint
     from llmtap.proxy.server import ServerThread
     from llmtap.recorder.cassettes import export_cassette, import_cassette
+    from llmtap.recorder.sqlite import key_salt_of
 
     config = request.config
     mode = config.getoption("--llmtap-mode") or config.getini("llmtap_mode")
@@ -287,7 +288,7 @@ def llmtap(
                 )
         elif db.exists():
             # an answer refusing the stand-in key is no recording (auto without a key)
-            refused = fingerprint(DUMMY_KEY) if stand_in else None
+            refused = fingerprint(DUMMY_KEY, key_salt_of(db)) if stand_in else None
             written = export_cassette(db, cassette, skip_empty=True, refused_key=refused)
             passed = request.node.stash.get(_CALL_PASSED, False)
             if not written and mode == "record" and passed and not _requests_made(db):

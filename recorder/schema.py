@@ -6,6 +6,9 @@ a database written by an older llmtap moves forward when it is opened for writin
 
 from __future__ import annotations
 
+import os
+import sqlite3
+
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
@@ -134,6 +137,27 @@ def long_response_body(db: Database) -> None:
     it last: add no column after it), and `response_body` is empty; readers take
     `coalesce(long_response_body, response_body)`."""
     db.execute("ALTER TABLE exchanges ADD COLUMN long_response_body BLOB")
+
+
+@migrations(name="0005_key_salt")
+def key_salt(db: Database) -> None:
+    """A random salt of this database's own, for the keys' fingerprints (`exchanges.
+    key_fingerprint`): a keyed hash, so that nobody holding the file can match a fingerprint
+    against a list of known keys, nor link two databases by a key they share."""
+    db.execute("CREATE TABLE IF NOT EXISTS llmtap_settings (name TEXT PRIMARY KEY, value BLOB)")
+    db.execute(
+        "INSERT OR IGNORE INTO llmtap_settings (name, value) VALUES ('key_salt', ?)",
+        [os.urandom(16)],
+    )
+
+
+def read_key_salt(conn: sqlite3.Connection) -> bytes:
+    """The database's salt for key fingerprints; empty before its migration 0005."""
+    try:
+        row = conn.execute("SELECT value FROM llmtap_settings WHERE name = 'key_salt'").fetchone()
+    except sqlite3.OperationalError:  # no such table: a file an older llmtap wrote, read only
+        return b""
+    return bytes(row[0]) if row else b""
 
 
 def migrate(db: Database) -> None:

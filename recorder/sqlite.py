@@ -21,7 +21,7 @@ from sqlite_utils import Database
 from llmtap.recorder.body_codec import pack_blocks, pack_body
 from llmtap.recorder.model_store import link_version, record_version
 from llmtap.recorder.records import Batch, Exchange, Span, SpanType, TraceHead, VersionLink
-from llmtap.recorder.schema import migrate, migrations
+from llmtap.recorder.schema import migrate, migrations, read_key_salt
 from llmtap.recorder.spool import PieceSpool
 
 
@@ -42,6 +42,16 @@ def connect_for_writing(path: str | Path) -> sqlite3.Connection:
     conn.execute("PRAGMA wal_autocheckpoint=0")
     _migrate_alone(conn)
     return conn
+
+
+def key_salt_of(path: str | Path) -> bytes:
+    """The database's salt for key fingerprints (`schema.key_salt`); empty when there is no
+    database, or it is not readable."""
+    try:
+        with contextlib.closing(connect_for_reading(path)) as conn:
+            return read_key_salt(conn)
+    except (OSError, sqlite3.Error):
+        return b""
 
 
 def _switch_to_wal(conn: sqlite3.Connection, wait_s: float = 5.0) -> None:

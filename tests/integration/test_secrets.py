@@ -188,3 +188,21 @@ def test_an_upstream_url_is_shown_without_its_credentials(url: str, shown: str) 
     from llmtap.proxy.upstream_client import shown_url
 
     assert shown_url(url) == shown
+
+
+def test_the_key_fingerprint_is_keyed_by_the_databases_own_salt(start_proxy: Any) -> None:
+    """An unkeyed hash of the key could be matched against a list of known keys by anyone
+    holding the file, and linked two databases that saw one key."""
+    import hashlib
+
+    fingerprints = []
+    for _ in range(2):
+        proxy = start_proxy()
+        with OpenAI(base_url=proxy.base_url, api_key=TEST_KEY, max_retries=0) as client:
+            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "y"}])
+        (row,) = proxy.query("SELECT DISTINCT key_fingerprint FROM exchanges")
+        fingerprints.append(row[0])
+    unkeyed = "fp-" + hashlib.blake2b(TEST_KEY.encode(), digest_size=6).hexdigest()
+    assert unkeyed not in fingerprints
+    assert fingerprints[0] != fingerprints[1]  # two databases, one key: nothing links them

@@ -102,6 +102,7 @@ def test_reopening_applies_no_migration_twice(tmp_path: Path) -> None:
         "0002_models",
         "0003_lighter_indexes",
         "0004_long_response_body",
+        "0005_key_salt",
     ]
 
 
