@@ -110,14 +110,20 @@ def test_import_refuses_what_is_not_a_cassette(tmp_path: Path) -> None:
 
 
 def test_a_cassette_keeps_the_response_headers_the_database_keeps() -> None:
-    """The name rule is the request side's (what a client sends); a response's headers are the
-    upstream's own, and a cassette keeps what the database keeps of them."""
+    """One rule for both: the database keeps a response's headers by the request side's rules
+    on names and values, and a cassette keeps what the database keeps of them."""
+    from llmtap.proxy.headers import split_response_headers
     from llmtap.recorder.cassettes import _clean
 
-    upstream_own = [["x-session-id", "s-1"], ["x-ratelimit-remaining-tokens", "99"]]
-    assert _clean(upstream_own, response=True) == upstream_own
-    assert _clean([["set-cookie", "a=b"], ["x-key", "sk-" + "a1B2" * 6]], response=True) == []
-    assert _clean([["x-session-id", "s-1"]]) == []  # sent by a client: never stored
+    upstream = [
+        ["x-ratelimit-remaining-tokens", "99"],  # a count, not a token
+        ["x-session-id", "s-1"],
+        ["set-cookie", "a=b"],
+        ["anthropic-organization-id", "org-1"],
+        ["x-key", "sk-" + "a1B2" * 6],
+    ]
+    _, stored = split_response_headers(tuple((k.encode(), v.encode()) for k, v in upstream))
+    assert _clean(upstream) == [list(h) for h in stored] == [["x-ratelimit-remaining-tokens", "99"]]
 
 
 def test_a_stream_compressed_against_llmtaps_wish_replays_from_a_cassette_as_it_was_received(
