@@ -75,7 +75,7 @@ def _migrate_alone(conn: sqlite3.Connection) -> None:
     _sqlite_migrations already exists", "UNIQUE constraint failed"). Under the write lock, the
     second finds nothing pending. (Each migration's own transaction is a savepoint in this.)"""
     db = Database(conn)
-    if migrations.applied(db) and not migrations.pending(db):
+    if not migrations.pending(db):  # (a new file has them all pending)
         return  # up to date: no write lock taken
     conn.execute("BEGIN IMMEDIATE")
     try:
