@@ -1,7 +1,8 @@
 """Agent runs from the wire alone: tool calls, their results, and one trace per run.
 
 A model call that answers with tool calls leaves them here. When a later request answers them
-(ends with `tool` messages in chat, `function_call_output` items in the Responses API, or a
+(ends with `tool` messages in chat, `function_call_output` items (or the outputs of custom
+tools, computer use, shell and patch calls, and MCP approvals) in the Responses API, or a
 legacy `function` message), it joins that call's trace (SPEC section 3: only a call answering
 tool calls joins; a new user turn, `previous_response_id` or not, is a trace of its own). The
 trace gets one AGENT root span over the run's model calls, whose status and outputs are those
@@ -87,7 +88,31 @@ def _scope(rec: Recording) -> tuple[str, str]:
     )
 
 
-_SAME_TURN = frozenset({"function_call", "reasoning"})
+_RESPONSES_CALLS: dict[str, tuple[str, str | None, str]] = {
+    "function_call": ("call_id", None, "arguments"),
+    "custom_tool_call": ("call_id", None, "input"),
+    "computer_call": ("call_id", "computer", "action"),
+    "local_shell_call": ("call_id", "local_shell", "action"),
+    "shell_call": ("call_id", "shell", "action"),
+    "apply_patch_call": ("call_id", "apply_patch", "operation"),
+    "mcp_approval_request": ("id", None, "arguments"),
+}
+"""Responses output items the client answers, by type: the field holding the id its answer
+names, the tool's name when the item has none of its own, and the field of its arguments.
+(Hosted tools, such as web search or an `mcp_call`, run at OpenAI: nothing comes back.)"""
+
+_RESPONSES_RESULTS: dict[str, tuple[str, str]] = {
+    "function_call_output": ("call_id", "output"),
+    "custom_tool_call_output": ("call_id", "output"),
+    "computer_call_output": ("call_id", "output"),
+    "local_shell_call_output": ("id", "output"),  # its `id` is the call's `call_id`
+    "shell_call_output": ("call_id", "output"),
+    "apply_patch_call_output": ("call_id", "output"),
+    "mcp_approval_response": ("approval_request_id", "approve"),
+}
+"""The client's answers to those items, by type: the field naming the call, and its result."""
+
+_SAME_TURN = frozenset({*_RESPONSES_CALLS, "reasoning"})
 """Responses input items of the turn whose results a request sends: a call, then its result
 (OpenAI's function-calling guide appends them in pairs), reasoning before the calls."""
 
@@ -111,7 +136,7 @@ def _is_chat_result(message: Any) -> bool:
 
 
 def _is_responses_result(item: Any) -> bool:
-    return _kind(item) == "function_call_output"
+    return _kind(item) in _RESPONSES_RESULTS
 
 
 def _without_extras(entries: list[Any], is_result: Any) -> int:
@@ -155,12 +180,13 @@ def tool_results(inputs: Any) -> list[tuple[str, Any]]:
     end = _without_extras(items, _is_responses_result) if isinstance(items, list) else 0
     for i in range(end - 1, -1, -1):
         item = items[i]  # type: ignore[index]
-        kind = item.get("type") if isinstance(item, dict) else None
+        kind = _kind(item)
         if kind in _SAME_TURN:  # the calls answered, as OpenAI's guide interleaves them
             continue
-        if kind != "function_call_output" or not isinstance(item.get("call_id"), str):
+        fields = _RESPONSES_RESULTS.get(kind or "")
+        if fields is None or not isinstance(item.get(fields[0]), str):
             break
-        found.append((item["call_id"], item.get("output")))
+        found.append((item[fields[0]], item.get(fields[1])))
     found.reverse()
     return found
 
@@ -173,19 +199,24 @@ def tool_calls(outputs: Any) -> list[tuple[str, str, Any]]:
     for choice in outputs.get("choices") or ():
         message = choice.get("message") if isinstance(choice, dict) else None
         for call in (message or {}).get("tool_calls") or () if isinstance(message, dict) else ():
-            function = call.get("function") if isinstance(call, dict) else None
-            if isinstance(function, dict) and isinstance(call.get("id"), str):
+            if not isinstance(call, dict) or not isinstance(call.get("id"), str):
+                continue
+            function, custom = call.get("function"), call.get("custom")
+            if isinstance(function, dict):
                 found.append((call["id"], str(function.get("name")), function.get("arguments")))
+            elif isinstance(custom, dict):  # a custom (freeform) tool: its input is text
+                found.append((call["id"], str(custom.get("name")), custom.get("input")))
         legacy = message.get("function_call") if isinstance(message, dict) else None
         if isinstance(legacy, dict) and isinstance(legacy.get("name"), str):
             found.append((_legacy_id(legacy["name"]), legacy["name"], legacy.get("arguments")))
     for item in outputs.get("output") or () if isinstance(outputs.get("output"), list) else ():
-        if (
-            isinstance(item, dict)
-            and item.get("type") == "function_call"
-            and isinstance(item.get("call_id"), str)
-        ):
-            found.append((item["call_id"], str(item.get("name")), item.get("arguments")))
+        fields = _RESPONSES_CALLS.get(_kind(item) or "")
+        if fields is None:
+            continue
+        id_field, fixed_name, arguments = fields
+        call_id = item.get(id_field)
+        if isinstance(call_id, str):
+            found.append((call_id, fixed_name or str(item.get("name")), item.get(arguments)))
     return found
 
 
@@ -209,7 +240,7 @@ def conversation_of(inputs: Any) -> list[Any] | None:
         return [{"role": "user", "content": items}]
     if isinstance(items, list):
         end = _without_extras(items, _is_responses_result)
-        while end and _kind(items[end - 1]) in (*_SAME_TURN, "function_call_output"):
+        while end and (_kind(items[end - 1]) in _SAME_TURN or _is_responses_result(items[end - 1])):
             end -= 1
         return [_plain_item(item) for item in items[:end]]
     return None
@@ -243,12 +274,14 @@ def conversation_hash(conversation: list[Any] | None) -> int:
         return 0
 
 
-def _role(message: Any) -> Any:
-    return message.get("role") if isinstance(message, dict) else None
+def _role(message: Any) -> str | None:
+    role = message.get("role") if isinstance(message, dict) else None
+    return role if isinstance(role, str) else None  # (never a list a set could not hash)
 
 
-def _kind(item: Any) -> Any:
-    return item.get("type") if isinstance(item, dict) else None
+def _kind(item: Any) -> str | None:
+    kind = item.get("type") if isinstance(item, dict) else None
+    return kind if isinstance(kind, str) else None
 
 
 def _plain_item(item: Any) -> Any:

@@ -507,3 +507,144 @@ def test_the_extras_rule_for_responses_items_and_new_turns() -> None:
         tool_results({"messages": [{"role": "tool", "tool_call_id": "c1"}, answered, extra]}) == []
     )
     assert tool_results({"messages": [extra]}) == []
+
+
+RESPONSES_CALLS = {
+    "function_call": {"type": "function_call", "call_id": "call_f", "name": "get_weather",
+                      "arguments": '{"city": "Paris"}'},
+    "custom_tool_call": {"type": "custom_tool_call", "call_id": "call_c", "name": "apply_patch",
+                         "input": "*** Begin Patch"},
+    "computer_call": {"type": "computer_call", "call_id": "call_u", "status": "completed",
+                      "action": {"type": "screenshot"}, "pending_safety_checks": []},
+    "local_shell_call": {"type": "local_shell_call", "id": "ls_1", "call_id": "call_l",
+                         "status": "completed", "action": {"type": "exec", "command": ["ls"]}},
+    "mcp_approval_request": {"type": "mcp_approval_request", "id": "mcpr_1", "name": "deploy",
+                             "server_label": "ops", "arguments": '{"env": "prod"}'},
+}  # fmt: skip
+RESPONSES_RESULTS = {
+    "function_call": {"type": "function_call_output", "call_id": "call_f", "output": "sunny"},
+    "custom_tool_call": {"type": "custom_tool_call_output", "call_id": "call_c", "output": "ok"},
+    "computer_call": {"type": "computer_call_output", "call_id": "call_u",
+                      "output": {"type": "computer_screenshot", "image_url": "data:,"}},
+    "local_shell_call": {"type": "local_shell_call_output", "id": "call_l", "output": "a b"},
+    "mcp_approval_request": {"type": "mcp_approval_response", "approval_request_id": "mcpr_1",
+                             "approve": True},
+}  # fmt: skip
+TOOL_NAMES = {
+    "function_call": "get_weather",
+    "custom_tool_call": "apply_patch",
+    "computer_call": "computer",
+    "local_shell_call": "local_shell",
+    "mcp_approval_request": "deploy",
+}
+
+
+async def tool_kinds_upstream(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """A Responses server whose first answer holds the calls that `metadata.kinds` names (each a
+    kind the client answers), and whose answer to their results is a message."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    request = json.loads(body)
+    items = request.get("input")
+    if isinstance(items, list) and any(isinstance(i, dict) and "type" in i for i in items):
+        output: list[Any] = [
+            {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+             "content": [{"type": "output_text", "text": "done", "annotations": []}]}
+        ]  # fmt: skip
+        response_id = "resp_second"
+    else:
+        output = [RESPONSES_CALLS[k] for k in request["metadata"]["kinds"].split(",")]
+        response_id = "resp_first"
+    answer = {
+        "id": response_id, "object": "response", "created_at": 1_700_000_000,
+        "status": "completed", "model": "gpt-5", "output": output,
+        "usage": {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2},
+    }  # fmt: skip
+    data = json.dumps(answer).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": data})
+
+
+@pytest.mark.parametrize(
+    "kinds", [*RESPONSES_CALLS, "function_call,custom_tool_call", "custom_tool_call,function_call"]
+)
+def test_every_kind_of_call_a_client_answers_joins_its_run(start_proxy: Any, kinds: str) -> None:
+    """SPEC 3: a Responses request answering custom tool, computer use, shell or MCP approval
+    items joins the run that asked, with a TOOL span each, as function results do; mixed with
+    function results, in any order (a custom result first hid the function's)."""
+    with ServerThread(tool_kinds_upstream) as upstream:
+        proxy = start_proxy(upstream=f"{upstream.url}/v1")
+        with OpenAI(base_url=proxy.base_url, api_key=TEST_KEY, max_retries=0) as c:
+            first = c.responses.create(model="gpt-5", input="go", metadata={"kinds": kinds})
+            results = [RESPONSES_RESULTS[k] for k in kinds.split(",")]
+            c.responses.create(model="gpt-5", previous_response_id=first.id, input=results)
+        (run,) = traces(proxy)
+        spans = trace(proxy, run["trace_id"])["spans"]
+    tools = sorted((s["name"], json.dumps(s["outputs"])) for s in spans if s["span_type"] == "TOOL")
+    expected = sorted(
+        (TOOL_NAMES[k], json.dumps(next(iter(v for f, v in RESPONSES_RESULTS[k].items()
+                                              if f in ("output", "approve")))))
+        for k in kinds.split(",")
+    )  # fmt: skip
+    assert tools == expected
+
+
+async def custom_tool_chat_upstream(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Chat with a GPT-5 custom (freeform) tool: a `type: "custom"` call, then an answer."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    if json.loads(body)["messages"][-1]["role"] == "tool":
+        message = {"role": "assistant", "content": "done"}
+        finish = "stop"
+    else:
+        call = {"id": "call_c", "type": "custom",
+                "custom": {"name": "apply_patch", "input": "*** Begin Patch"}}  # fmt: skip
+        message = {"role": "assistant", "content": None, "tool_calls": [call]}
+        finish = "tool_calls"
+    answer = {
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1_700_000_000,
+        "model": "gpt-5", "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }  # fmt: skip
+    data = json.dumps(answer).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": data})
+
+
+def test_a_chat_custom_tool_call_answered_joins_its_run(start_proxy: Any) -> None:
+    with ServerThread(custom_tool_chat_upstream) as upstream:
+        proxy = start_proxy(upstream=f"{upstream.url}/v1")
+        with OpenAI(base_url=proxy.base_url, api_key=TEST_KEY, max_retries=0) as c:
+            messages: list[Any] = [{"role": "user", "content": "patch it"}]
+            first = c.chat.completions.create(model="gpt-5", messages=messages)
+            messages += [
+                first.choices[0].message.model_dump(exclude_none=True),
+                {"role": "tool", "tool_call_id": "call_c", "content": "applied"},
+            ]
+            c.chat.completions.create(model="gpt-5", messages=messages)
+        (run,) = traces(proxy)
+        spans = trace(proxy, run["trace_id"])["spans"]
+    (tool,) = [s for s in spans if s["span_type"] == "TOOL"]
+    assert (tool["name"], tool["inputs"]["arguments"], tool["outputs"]) == (
+        "apply_patch",
+        "*** Begin Patch",
+        "applied",
+    )
+
+
+def test_odd_types_in_input_never_break_linking() -> None:
+    from llmtap.recorder.agents import conversation_of, tool_results
+
+    odd = {"input": [{"type": ["function_call_output"]}, {"role": ["user"], "content": "x"}]}
+    assert tool_results(odd) == []
+    assert conversation_of(odd) is not None
