@@ -103,14 +103,16 @@ def api_routes(
         traces = await run_in_threadpool(reader.list_traces, query)
         return JSONResponse({"traces": traces})
 
-    async def get_trace(request: Request) -> JSONResponse:
+    async def get_trace(request: Request) -> Response:
         sent = request.path_params["trace_id"]
         # the id as a client sent it in llmtap-trace-id finds the trace, as the stored id and a
         # unique prefix of it do (as `llmtap trace` finds them)
         trace = await run_in_threadpool(reader.find_trace, normalise_trace_id(sent), sent)
         if trace is None:
             return _error(404, f"no trace with id {sent}")
-        return JSONResponse(trace)
+        # a long agent run is tens of MB of JSON: made in the thread pool, not on the event loop
+        body = await run_in_threadpool(orjson.dumps, trace, None, orjson.OPT_NON_STR_KEYS)
+        return Response(body, media_type="application/json")
 
     return [
         ApiNotFound(),  # first, so that its partial match is the one the router falls back on

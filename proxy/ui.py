@@ -47,6 +47,57 @@ def pretty_json(value: Any) -> str:
     ).decode()
 
 
+RAW_SHOWN = 64_000
+"""Characters of one span's JSON block the trace page holds, while the page is within
+`RAW_PAGE`; past it, `RAW_SHOWN_PAST_PAGE`. An agent sends its whole conversation with every
+call, so a page holding each call's whole JSON grows as the square of the run (164 MB of HTML
+for 1,000 calls, seconds to build); the whole of every span is in `/api/traces/{id}`."""
+
+RAW_PAGE = 4_000_000
+RAW_SHOWN_PAST_PAGE = 2_000
+
+HISTORY_SHOWN = 10
+"""Earlier messages a later call of a trace shows (the latest of them): the calls above on the
+page showed the others as they happened."""
+
+
+@dataclass(frozen=True, slots=True)
+class RawJson:
+    """One of a span's JSON blocks on the trace page: its first characters, and how many more."""
+
+    label: str
+    text: str
+    more: int
+
+
+def raw_blocks(spans: list[dict[str, Any]]) -> dict[str, list[RawJson]]:
+    """Each span's request, response and attributes as indented JSON, cut to `RAW_SHOWN`
+    characters a block, and to `RAW_SHOWN_PAST_PAGE` once the page holds `RAW_PAGE`."""
+    blocks: dict[str, list[RawJson]] = {}
+    held = 0
+    for span in spans:
+        limit = RAW_SHOWN if held < RAW_PAGE else RAW_SHOWN_PAST_PAGE
+        found = [
+            _cut(label, span.get(key), limit)
+            for label, key in (
+                ("Request JSON", "inputs"),
+                ("Response JSON", "outputs"),
+                ("Attributes", "attributes"),
+            )
+            if key == "attributes" or span.get(key) is not None
+        ]
+        blocks[span["span_id"]] = found
+        held += sum(len(b.text) for b in found)
+    return blocks
+
+
+def _cut(label: str, value: Any, limit: int) -> RawJson:
+    text = pretty_json(value)
+    if len(text) <= limit:
+        return RawJson(label, text, 0)
+    return RawJson(label, text[:limit], len(text) - limit)
+
+
 def format_ms(ms: float | None) -> str:
     if ms is None:
         return ""
@@ -79,6 +130,7 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters.update(json=pretty_json, ms=format_ms, cost=format_cost, short_time=short_time)
+    env.globals["history_shown"] = HISTORY_SHOWN
     return env
 
 
@@ -173,6 +225,8 @@ class SpanView:
     tool_result: str | None = None
     embedding: str = ""
     error: str = ""
+    raws: list[RawJson] = field(default_factory=list)
+    """The span's JSON blocks (`raw_blocks`)."""
 
 
 def pretty_arguments(arguments: Any) -> str:
@@ -412,8 +466,11 @@ class Pages:
             flt = TraceFilter.from_params(request.query_params)
         except ValueError as exc:
             return self.problem(400, "Bad filter", str(exc))
-        traces, more = await run_in_threadpool(self.queries.traces, flt)
-        names = await run_in_threadpool(self.queries.experiment_names)
+        return await run_in_threadpool(self._trace_list, flt)
+
+    def _trace_list(self, flt: TraceFilter) -> HTMLResponse:
+        traces, more = self.queries.traces(flt)
+        names = self.queries.experiment_names()
         return self.render(
             "traces.html",
             traces=traces,
@@ -430,17 +487,21 @@ class Pages:
         )
 
     async def trace_page(self, request: Request) -> HTMLResponse:
-        trace_id = request.path_params["trace_id"]
+        # built whole in the thread pool: a long agent run's page is seconds of work, which on
+        # the event loop held up every request the proxy was forwarding
+        return await run_in_threadpool(self._trace_page, request.path_params["trace_id"])
+
+    def _trace_page(self, trace_id: str) -> HTMLResponse:
         # the id a client sent in llmtap-trace-id finds its trace, as the stored id does
-        trace = await run_in_threadpool(
-            self.reader.find_trace, normalise_trace_id(trace_id), trace_id
-        )
+        trace = self.reader.find_trace(normalise_trace_id(trace_id), trace_id)
         if trace is None:
             return self.problem(404, "No such trace", f"There is no trace with id {trace_id}.")
         info, spans = trace["info"], trace["spans"]
         rows = span_tree(spans, info["start_time_ns"], info["end_time_ns"])
         views = {s["span_id"]: _readable(s) for s in spans}
         _show_first_history(spans, views)
+        for span_id, blocks in raw_blocks([row.span for row in rows]).items():
+            views[span_id].raws = blocks
         return self.render("trace.html", info=info, rows=rows, views=views)
 
     async def experiments(self, request: Request) -> HTMLResponse:

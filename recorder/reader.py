@@ -202,7 +202,13 @@ class TraceReader:
             return
         with closing(conn):
             conn.execute("BEGIN")  # the snapshot of the first read holds until the end
-            sql, params = _list_sql(TraceQuery(experiment=experiment))
+            # the ids alone: the listing's columns (two previews parsed out of each trace's
+            # spans) took 550 MB and 8 s for 300,000 traces before the first line was written
+            sql = "SELECT trace_id FROM traces"
+            params = [experiment] if experiment is not None else []
+            if experiment is not None:
+                sql += " WHERE experiment = ?"
+            sql += " ORDER BY start_time_ns DESC"
             ids = [r["trace_id"] for r in conn.execute(sql, params).fetchall()]
             for trace_id in ids:
                 found = _full_trace(conn, trace_id)
