@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import re
 
-from llmtap.recorder.decoding import Decoder, decoder_for
+from llmtap.recorder.decoding import PIECE_AT_MOST, Decoder, decoder_for
 
 log = logging.getLogger("llmtap.proxy")
 
@@ -83,8 +83,8 @@ class EndFinder:
             return False
         if self._decoder is not None:
             try:
-                piece = self._decoder.decompress(piece)
-            except Exception as exc:  # the client cannot read it either: the body's end commits
+                piece = self._decoder.decompress(piece, PIECE_AT_MOST)
+            except Exception as exc:  # unreadable, or a bomb: the body's end commits
                 log.warning("a compressed stream could not be decoded: %s", exc)
                 self._markers = ()
                 return False

@@ -22,7 +22,13 @@ import orjson
 import yaml
 
 from llmtap.recorder.body_codec import pack_body, unpack_body
-from llmtap.recorder.decoding import decoder_for, is_identity
+from llmtap.recorder.decoding import (
+    DECODED_AT_MOST,
+    DecodedTooLarge,
+    decode_at_most,
+    decoder_for,
+    is_identity,
+)
 from llmtap.recorder.schema import RESPONSE_BODY
 from llmtap.recorder.secret_headers import is_secret_header
 from llmtap.recorder.sqlite import connect_for_reading, connect_for_writing
@@ -128,17 +134,24 @@ def _secret(name: Any, value: Any) -> bool:
 def _decoded(
     headers: list[list[str]], body: bytes, chunks: list[list[float]]
 ) -> tuple[list[list[str]], bytes, list[list[float]]]:
-    """The body without its content-encoding, and each piece's decoded size."""
+    """The body without its content-encoding, and each piece's decoded size; as it is when it
+    decodes to more than `DECODED_AT_MOST` (a compression bomb stays compressed)."""
     encoding = next((v for k, v in headers if k == "content-encoding"), None)
     if is_identity(encoding):
         return headers, body, chunks
-    decoder = decoder_for(encoding)
     if not chunks:
-        plain = decoder.decompress(body) + decoder.flush()
+        plain = decode_at_most(body, encoding, DECODED_AT_MOST)
+        if plain is None:
+            return headers, body, chunks
         return [h for h in headers if h[0] not in ("content-encoding", "content-length")], plain, []
-    out, sizes, offset = [], [], 0
+    decoder = decoder_for(encoding)
+    out, sizes, offset, room = [], [], 0, DECODED_AT_MOST
     for size, at_ms in chunks:
-        piece = decoder.decompress(body[offset : offset + int(size)])
+        try:
+            piece = decoder.decompress(body[offset : offset + int(size)], max(room, 1))
+        except DecodedTooLarge:
+            return headers, body, chunks
+        room -= len(piece)
         offset += int(size)
         out.append(piece)
         sizes.append([len(piece), at_ms])

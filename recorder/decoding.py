@@ -3,7 +3,9 @@
 The client always gets the upstream's bytes as sent; llmtap decodes a copy to record it (and the
 proxy, to see where a compressed stream ends: `proxy/stream_end.py`).
 Each decoder is incremental (`decompress(chunk)` then `flush()`), so a compressed stream is
-still decoded chunk by chunk and each SSE event keeps its arrival time.
+still decoded chunk by chunk and each SSE event keeps its arrival time. Every reader bounds what
+it decodes (`at_most`, `PIECE_AT_MOST`): what an upstream sends is not to be trusted to inflate
+to a sane size.
 """
 
 from __future__ import annotations
@@ -15,14 +17,39 @@ import brotli
 import zstandard
 
 
+class DecodedTooLarge(ValueError):
+    """A body or a piece decodes to more than its reader allows: a few KB of brotli can be
+    gigabytes (a compression bomb, from a hostile or broken upstream)."""
+
+
 class Decoder(Protocol):
-    def decompress(self, data: bytes) -> bytes: ...
+    def decompress(self, data: bytes, at_most: int = 0) -> bytes:
+        """`data` decoded; with `at_most`, DecodedTooLarge rather than more than that many
+        bytes (never produced in full first)."""
+        ...
+
     def flush(self) -> bytes: ...
 
 
+DECODED_AT_MOST = 64 << 20
+"""A compressed body is read decoded up to this size: 32 MB of gzipped zeros would be 32 GB, and
+a 1.6 KB brotli answer 1 GB (a writer process killed by the kernel, three times, before the
+recording is given up). The exchange keeps the bytes as sent either way."""
+
+PIECE_AT_MOST = 16 << 20
+"""What one piece of a stream may decode to: a read of a compressed SSE stream is a few KB to a
+few hundred KB, ~5-20x that decoded; a brotli bomb of 1.6 KB is 1 GB."""
+
+
+def _check(out: bytes, at_most: int) -> bytes:
+    if at_most and len(out) > at_most:
+        raise DecodedTooLarge(f"decodes to more than {at_most:,} bytes")
+    return out
+
+
 class Identity:
-    def decompress(self, data: bytes) -> bytes:
-        return data
+    def decompress(self, data: bytes, at_most: int = 0) -> bytes:
+        return data  # (no bigger than what came: nothing to bound)
 
     def flush(self) -> bytes:
         return b""
@@ -32,8 +59,9 @@ class Zlib:
     def __init__(self, wbits: int) -> None:
         self._d = zlib.decompressobj(wbits)
 
-    def decompress(self, data: bytes) -> bytes:
-        return self._d.decompress(data)
+    def decompress(self, data: bytes, at_most: int = 0) -> bytes:
+        # max_length stops zlib at the bound; what is left waits in unconsumed_tail, unread
+        return _check(self._d.decompress(data, at_most + 1 if at_most else 0), at_most)
 
     def flush(self) -> bytes:
         return self._d.flush()
@@ -46,34 +74,52 @@ class Deflate(Zlib):
         super().__init__(zlib.MAX_WBITS)
         self._raw_tried = False
 
-    def decompress(self, data: bytes) -> bytes:
+    def decompress(self, data: bytes, at_most: int = 0) -> bytes:
         try:
-            return super().decompress(data)
+            return super().decompress(data, at_most)
         except zlib.error:
             if self._raw_tried:
                 raise
             self._raw_tried = True
             self._d = zlib.decompressobj(-zlib.MAX_WBITS)
-            return self._d.decompress(data)
+            return super().decompress(data, at_most)
 
 
 class Brotli:
     def __init__(self) -> None:
         self._d = brotli.Decompressor()
 
-    def decompress(self, data: bytes) -> bytes:
-        return bytes(self._d.process(data))
+    def decompress(self, data: bytes, at_most: int = 0) -> bytes:
+        if not at_most:
+            return bytes(self._d.process(data))
+        out = bytes(self._d.process(data, output_buffer_limit=at_most + 1))
+        if not self._d.can_accept_more_data():  # stopped at the bound, more to come
+            raise DecodedTooLarge(f"decodes to more than {at_most:,} bytes")
+        return _check(out, at_most)
 
     def flush(self) -> bytes:
         return b""
 
 
 class Zstd:
+    STEP = 256
+    """Bytes fed at a time under a bound: zstd's decompressor has none of its own, and a block
+    (at least 4 bytes) may stand for 128 KB, so a step makes at most 8 MB."""
+
     def __init__(self) -> None:
         self._d = zstandard.ZstdDecompressor().decompressobj()
 
-    def decompress(self, data: bytes) -> bytes:
-        return self._d.decompress(data)
+    def decompress(self, data: bytes, at_most: int = 0) -> bytes:
+        if not at_most or len(data) <= self.STEP:
+            return _check(self._d.decompress(data), at_most)
+        parts, size = [], 0
+        for at in range(0, len(data), self.STEP):
+            part = self._d.decompress(data[at : at + self.STEP])
+            size += len(part)
+            if size > at_most:
+                raise DecodedTooLarge(f"decodes to more than {at_most:,} bytes")
+            parts.append(part)
+        return b"".join(parts)
 
     def flush(self) -> bytes:
         return b""
@@ -105,15 +151,14 @@ def decoder_for(content_encoding: str | None) -> Decoder:
 
 def decode_at_most(body: bytes, content_encoding: str | None, at_most: int) -> bytes | None:
     """`body` decoded, or None when it decodes to more than `at_most` bytes (a few KB of gzipped
-    zeros are gigabytes): fed 256 bytes at a time, so that no step outgrows the limit by more
-    than a few MB. Raises as `decoder_for` and the decoders do for what does not decode."""
+    zeros are gigabytes), found without making more than that. Raises as `decoder_for` and
+    the decoders do for what does not decode."""
     decompressor = decoder_for(content_encoding)
-    parts, size = [], 0
-    for at in range(0, len(body), 256):
-        part = decompressor.decompress(body[at : at + 256])
-        size += len(part)
-        if size > at_most:
-            return None
-        parts.append(part)
-    parts.append(decompressor.flush())
-    return b"".join(parts)
+    try:
+        decoded = decompressor.decompress(body, at_most)
+        tail = decompressor.flush()
+    except DecodedTooLarge:
+        return None
+    if len(decoded) + len(tail) > at_most:
+        return None
+    return decoded + tail if tail else decoded

@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from llmtap.recorder.assemble import Assembler
-from llmtap.recorder.decoding import Decoder, decoder_for, is_identity
+from llmtap.recorder.decoding import PIECE_AT_MOST, Decoder, decoder_for, is_identity
 from llmtap.recorder.endpoints import Endpoint, usage_of
 from llmtap.recorder.sse import SplitStream, SseDecoder, split_simple
 
@@ -163,8 +163,8 @@ class StreamSummariser:
             self._last_at = at
             if decompressor is not None:
                 try:
-                    piece = decompressor.decompress(piece)
-                except Exception as exc:  # corrupt compressed data: keep what decoded so far
+                    piece = decompressor.decompress(piece, PIECE_AT_MOST)
+                except Exception as exc:  # corrupt or a bomb: keep what decoded so far
                     self.summary.problems.append(f"could not decode the response: {exc}")
                     self._broken = True
                     return

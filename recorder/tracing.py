@@ -14,7 +14,7 @@ import orjson
 
 from llmtap.recorder.agents import AgentLinker
 from llmtap.recorder.chunk_times import chunks_json
-from llmtap.recorder.decoding import decode_at_most, decoder_for
+from llmtap.recorder.decoding import DECODED_AT_MOST, decode_at_most
 from llmtap.recorder.endpoints import Endpoint, endpoint_for, invocation_params, usage_of
 from llmtap.recorder.matching import match_key
 from llmtap.recorder.models import model_record
@@ -71,23 +71,23 @@ def _parse_json(body: bytes) -> Any:
 
 def _decoded_body(rec: Recording, body: bytes, problems: list[str]) -> bytes:
     try:
-        decompressor = decoder_for(header(rec.response_headers, "content-encoding"))
-        return decompressor.decompress(body) + decompressor.flush()
+        decoded = decode_at_most(
+            body, header(rec.response_headers, "content-encoding"), DECODED_AT_MOST
+        )
     except Exception as exc:
         problems.append(f"could not decode the response: {exc}")
         return b""
-
-
-DECODED_REQUEST_AT_MOST = 64 << 20
-"""A compressed request is shown decoded up to this size: 32 MB of gzipped zeros would be 32 GB
-(a writer process killed by the kernel, three times, before the recording is given up)."""
+    if decoded is None:  # the exchange keeps the bytes as sent; they are not read
+        problems.append(f"the response decodes to more than {DECODED_AT_MOST >> 20} MB: not read")
+        return b""
+    return decoded
 
 
 def _decoded_request(body: bytes, coding: str) -> bytes:
     """The request as the upstream reads it; as sent when it does not decode, or decodes to
-    more than `DECODED_REQUEST_AT_MOST` (the span then shows the bytes, not the JSON)."""
+    more than `DECODED_AT_MOST` (the span then shows the bytes, not the JSON)."""
     try:
-        decoded = decode_at_most(body, coding, DECODED_REQUEST_AT_MOST)
+        decoded = decode_at_most(body, coding, DECODED_AT_MOST)
     except Exception:  # the upstream gets it as sent and will say what is wrong with it
         return body
     return body if decoded is None else decoded
