@@ -327,14 +327,29 @@ class Forwarder:
     ) -> None:
         # hold back one chunk: the last one goes out only after the commit
         pending: bytes | None = None
-        while chunk := await upstream.read():
-            rec.feed(chunk)
-            if pending is not None:
-                await send({"type": "http.response.body", "body": pending, "more_body": True})
-            pending = chunk
-            if cycle is not None and cycle.disconnected:
-                raise ClientGone()
-        await self._commit(rec.finish())
+        received = 0
+        tracked: TrackedStream | None = None
+        try:
+            while chunk := await upstream.read():
+                rec.feed(chunk)
+                if pending is not None:
+                    await send({"type": "http.response.body", "body": pending, "more_body": True})
+                pending = chunk
+                if cycle is not None and cycle.disconnected:
+                    raise ClientGone()
+                received += len(chunk)
+                if tracked is not None:
+                    if tracked.paused is not None:  # it outruns the writer
+                        await self.writer.catch_up(tracked)  # type: ignore[union-attr]
+                elif received > TRACK_BODIES_PAST and self.writer is not None and not rec.discard:
+                    # a long body (a batch's output file: hundreds of MB) goes along to the
+                    # writer process as a stream's pieces do, which puts it on file: held here
+                    # whole, it was in memory three times over (the pieces, the frame, a copy)
+                    tracked = self.writer.track(rec)
+            await self._commit(rec.finish())
+        finally:
+            if tracked is not None:
+                self.writer.untrack(rec)  # type: ignore[union-attr]
         if cycle is not None and cycle.disconnected:
             # it left while the commit was waited for: it never had the last piece (its SDK
             # timed out, and may try again), as a stream's client leaving then is recorded
@@ -361,6 +376,11 @@ class Forwarder:
     def _submit(self, rec: Recording) -> None:
         if self.writer is not None and not rec.discard:
             self.writer.submit_nowait(rec)
+
+
+TRACK_BODIES_PAST = 4 << 20
+"""Bytes of a body that is not a stream after which its pieces go to the writer process as they
+come (a chat or embeddings answer is far below: no work is added to them)."""
 
 
 def _content_headers(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes]:

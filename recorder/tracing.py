@@ -69,7 +69,12 @@ def _parse_json(body: bytes) -> Any:
         return body.decode("utf-8", "replace")
 
 
-def _decoded_body(rec: Recording, body: bytes, problems: list[str]) -> bytes:
+def _decoded_body(rec: Recording, body: bytes | PieceSpool, problems: list[str]) -> bytes:
+    if isinstance(body, PieceSpool):  # a long answer, on file
+        if body.size > DECODED_AT_MOST:
+            problems.append(f"the response is over {DECODED_AT_MOST >> 20} MB: not read")
+            return b""
+        body = b"".join(body.blocks())
     try:
         decoded = decode_at_most(
             body, header(rec.response_headers, "content-encoding"), DECODED_AT_MOST
