@@ -85,6 +85,9 @@ class BatchWriter:
     """The raw exchange alone, for a recording whose full batch cannot be built or stored:
     what the traffic meant may be lost, the exchange itself is not."""
     health: WriterHealth = field(default_factory=WriterHealth)
+    on_locked: Callable[[], None] | None = None
+    """Told when a write first finds the database locked by another process (the proxy then
+    stops holding responses for their commit: see `Writer.commit`)."""
     _locked_out: bool = False
     """The last write gave up on a database another process kept locked."""
 
@@ -155,6 +158,8 @@ class BatchWriter:
                 self.health.note_problem(
                     f"the database is locked by another process; waiting ({exc})"
                 )
+                if waits == 1 and self.on_locked is not None:
+                    self.on_locked()
             except Exception:  # noqa: BLE001 - which record it was is found below
                 break
         if len(good) == 1:

@@ -159,6 +159,8 @@ class Writer:
         self._base_failed = 0
         # flush() runs in other threads: it waits for the lowest unacknowledged sequence number
         self._low_water = 0
+        self._locked = False
+        """Another process holds the database locked: commits are not waited for (`_on_locked`)."""
         self._acked = threading.Condition()
 
     # --- the event loop's side ----------------------------------------------------------------
@@ -174,11 +176,16 @@ class Writer:
         await self._spawn()
 
     async def commit(self, recording: Recording) -> bool:
-        """Write the recording; returns once it is durable (True) or could not be (False)."""
+        """Write the recording; returns once it is durable (True) or could not be (False).
+        While another process keeps the database locked it returns False at once, the
+        recording handed over: it lands when the lock is let go (or fails with the batch)."""
         assert self._loop is not None and self._room is not None, "Writer.start() first"
         while not self._has_room():
             self._room.clear()
             await self._room.wait()
+        if self._locked:
+            self._enqueue(recording, None)
+            return False
         future = self._loop.create_future()
         self._enqueue(recording, future)
         return await future
@@ -416,6 +423,9 @@ class Writer:
             self._apply_health(message[2])
         elif kind == "health":
             self._apply_health(message[1])
+        elif kind == "locked":
+            self._on_locked()
+            self._apply_health(message[1])
         elif kind == "on file":
             self._on_file(message[1], message[2])
 
@@ -434,7 +444,26 @@ class Writer:
         if stream.paused is not None and stream.held_bytes <= HOLD_AT_MOST // 2:
             _resume(stream)
 
+    def _on_locked(self) -> None:
+        """Another process holds the database's write lock (a sqlite3 shell or a browser left in
+        a transaction). The writer waits for it up to `LOCKED_WAITS` busy timeouts (a minute);
+        responses held for their commit meanwhile would hang their clients as long. They go
+        out now, and later ones do not wait, until the writer has written again: SPEC 6's
+        "already recorded" cannot be had while the file refuses every write, and forwarding
+        goes on."""
+        if not self._locked:
+            log.warning(
+                "the database is locked by another process: responses no longer wait for "
+                "their recording until it is let go"
+            )
+        self._locked = True
+        for pending in self._pending.values():
+            if pending.future is not None and not pending.future.done():
+                pending.future.set_result(False)
+
     def _on_done(self, acks: list[tuple[int, bool, str]]) -> None:
+        if any(ok for _, ok, _ in acks):
+            self._locked = False  # written again: commits are waited for again
         self._unacked = max(0, self._unacked - len(acks))
         self._send_outbox()
         written: list[Recording] = []

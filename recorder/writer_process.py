@@ -343,6 +343,7 @@ def serve(sock: socket.socket) -> int:
         channel.send(("failed", f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)))
         return 1
     channel.send(("ready", None))
+    writer.on_locked = lambda: channel.send(("locked", writer.health.as_dict()))
     lines = request_log.isEnabledFor(logging.INFO)
     streams = _Streams(
         config.log_traces,
