@@ -231,7 +231,11 @@ def export(db: str, fmt: str, experiment: str | None, output: str) -> None:
     reader = _reader(db)
     # opened once the database is known good, and always: an export with no traces leaves an
     # empty FILE, not the previous export's lines (click.File opens lazily, at the first write)
-    with click.open_file(output, "w") as out:
+    try:
+        out = click.open_file(output, "w")
+    except OSError as exc:  # a folder that is not there, no permission
+        raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from exc
+    with out:
         for full in reader.each_trace(experiment):  # one snapshot, however long it takes
             out.write(orjson.dumps(full, option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
 
@@ -271,8 +275,11 @@ def cassette_export(
 
     reader = _reader(db)
     trace_ids = [_find_trace(reader, t)["info"]["trace_id"] for t in traces] if traces else None
-    count = export_cassette(db, output, experiment, trace_ids=trace_ids, session=session)
-    click.echo(f"{count} exchanges written to {output}")
+    try:
+        count = export_cassette(db, output, experiment, trace_ids=trace_ids, session=session)
+    except OSError as exc:  # a folder that cannot be made, no permission
+        raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from exc
+    click.echo(f"{_exchanges(count)} written to {output}")
 
 
 @cassette.command("import")
@@ -286,7 +293,11 @@ def cassette_import(db: str, path: str) -> None:
         count = import_cassette(path, db)
     except (ValueError, KeyError) as exc:
         raise click.ClickException(f"{path}: not a valid llmtap cassette ({exc})") from exc
-    click.echo(f"{count} exchanges imported into {db}")
+    click.echo(f"{_exchanges(count)} imported into {db}")
+
+
+def _exchanges(count: int) -> str:
+    return f"{count} exchange{'' if count == 1 else 's'}"
 
 
 @cassette.command("check")

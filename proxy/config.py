@@ -44,6 +44,15 @@ def _check_upstream(url: str) -> None:
         raise ValueError(f"upstream must be an http:// or https:// URL, not {url!r}")
 
 
+def _check_db(path: str) -> None:
+    # `--db "$DB"` with DB unset, or `:memory:`: SQLite then records into a private database
+    # that is gone at exit, and nothing said so
+    if not path.strip() or path.strip() == ":memory:":
+        raise ValueError(f"db must name a file, not {path!r}")
+    if Path(path).is_dir():
+        raise ValueError(f"db must name a file, not the folder {path!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     host: str = _option("127.0.0.1", "Address to listen on (loopback by default).")
@@ -53,7 +62,9 @@ class Settings:
         "Base URL of the OpenAI-compatible API to forward to.",
         check=_check_upstream,
     )
-    db: str = _option("./llmtap.db", "SQLite file that holds traces, models and exchanges.")
+    db: str = _option(
+        "./llmtap.db", "SQLite file that holds traces, models and exchanges.", check=_check_db
+    )
     mode: Mode = _option(
         Mode.RECORD, "record | replay | auto | off", choices=[m.value for m in Mode]
     )

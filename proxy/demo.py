@@ -82,7 +82,10 @@ def run_demo(db: str, keep_serving: bool = False) -> None:
     install_log_filters()
     with ServerThread(create_simulator()) as simulator:
         settings = Settings(upstream=f"{simulator.url}/v1", db=db, port=0)
-        proxy = ServerThread(create_app(settings), **uvicorn_kwargs()).start()
+        try:
+            proxy = ServerThread(create_app(settings), **uvicorn_kwargs()).start()
+        except RuntimeError as exc:  # its database would not open: the writer said why
+            raise click.ClickException(f"the demo's proxy did not start on {db}") from exc
         try:
             click.echo(f"simulator (offline OpenAI) at {simulator.url}/v1")
             click.echo(f"llmtap proxy at {proxy.url}/v1, recording into {db}\n")

@@ -151,16 +151,24 @@ def open_for_reading(path: str | Path) -> sqlite3.Connection | None:
     """A read-only connection to the llmtap database at `path`; None when there is no file
     yet (nothing recorded: `--mode off`, or deleted); NotAnLlmtapDatabase for another file
     (a zero-byte `touch`ed file opens as an empty SQLite database, so look for the table)."""
+    if Path(path).is_dir():  # (SQLite opens it, then says "disk I/O error")
+        raise NotAnLlmtapDatabase(f"{path} is a folder, not an llmtap database")
+    conn: sqlite3.Connection | None = None
     try:
         conn = connect_for_reading(path)
-    except FileNotFoundError:
-        return None
-    try:
         found = conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'traces'"
         ).fetchone()
+    except FileNotFoundError:
+        return None
     except sqlite3.DatabaseError as exc:  # "file is not a database"
-        conn.close()
+        if conn is not None:
+            conn.close()
+        if getattr(exc, "sqlite_errorname", "").startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN")):
+            # a WAL database is read through its -shm file, which SQLite makes beside it
+            raise NotAnLlmtapDatabase(
+                f"cannot read {path}: SQLite needs to write beside it, in its folder ({exc})"
+            ) from exc
         raise NotAnLlmtapDatabase(f"{path} is not an llmtap database ({exc})") from exc
     if found is None:
         conn.close()

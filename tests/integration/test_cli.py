@@ -64,6 +64,47 @@ def test_reading_commands_explain_a_missing_database(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "no llmtap database" in result.output
 
 
+def _one_line_error(result: Any) -> None:
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("Error:"), result.output
+
+
+def test_common_slips_are_one_line_errors(tmp_path: Path) -> None:
+    """Each gave a traceback (found by a docs review): an export to a folder that is not there
+    or to a path that takes no file, and a folder given as the database."""
+    db = tmp_path / "rec.db"
+    from llmtap.recorder.sqlite import connect_for_writing
+
+    connect_for_writing(db).close()  # an llmtap database with nothing in it
+    for args in (
+        ["export", "-o", str(tmp_path / "no-such-dir" / "x.jsonl")],
+        ["export", "-o", "/proc/llmtap-export.jsonl"],
+        ["cassette", "export", "-o", "/proc/nope/x.yaml"],
+    ):
+        result = cli(*args, "--db", str(db))
+        _one_line_error(result)
+        assert "cannot write" in result.output
+    for args in (["traces"], ["trace", "abcd"], ["export"], ["models"]):
+        result = cli(*args, "--db", str(tmp_path))
+        _one_line_error(result)
+        assert "is a folder" in result.output
+
+
+def test_the_demo_on_a_file_that_is_no_database_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "notes.db"
+    bad.write_text("not a database\n")
+    run = subprocess.run(
+        [str(Path(sys.executable).with_name("llmtap")), "demo", "--db", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-1500:]
+    assert "cannot open its database" in run.stderr and "Error: " in run.stderr
+
+
 def test_serve_says_where_it_listens_and_logs_each_request(tmp_path: Path, upstream: str) -> None:
     import httpx
 

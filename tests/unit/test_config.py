@@ -115,6 +115,12 @@ def test_a_switch_value_that_is_no_boolean_is_refused() -> None:
         (["--upstream", "127.0.0.1:8000/v1"], {}, None, "--upstream"),  # no scheme
         ([], {"LLMTAP_UPSTREAM": "ftp://host/v1"}, None, "--upstream"),
         ([], {}, 'upstream = "http://"', "upstream must be an http:// or https:// URL"),
+        # `--db "$DB"` with DB unset, or :memory:: every recording went into a private
+        # database gone at exit, and the banner printed an empty path
+        (["--db", ""], {}, None, "--db"),
+        (["--db", ":memory:"], {}, None, "--db"),
+        ([], {"LLMTAP_DB": "/"}, None, "--db"),
+        ([], {}, 'db = ""', "db must name a file"),
     ],
 )
 def test_bad_values_are_usage_errors_that_name_the_option(
