@@ -11,8 +11,8 @@ from rich.table import Table
 from rich.text import Text
 
 
-def _console() -> Console:
-    return Console(soft_wrap=False, highlight=False)
+def _console(soft_wrap: bool = False) -> Console:
+    return Console(soft_wrap=soft_wrap, highlight=False)
 
 
 def _status(code: str) -> str:
@@ -76,7 +76,8 @@ def _preview(value: Any, limit: int = 400) -> str:
 
 
 def print_trace(trace: dict[str, Any]) -> None:
-    console = _console()
+    # long lines as they are: piped to grep or a file, rich cut recorded JSON at 80 columns
+    console = _console(soft_wrap=True)
     info = trace["info"]
     # every recorded value escaped: it is text, not markup (an upstream's "bad value [/tools]")
     console.print(

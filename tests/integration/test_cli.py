@@ -92,6 +92,19 @@ def test_common_slips_are_one_line_errors(tmp_path: Path) -> None:
         assert "is a folder" in result.output
 
 
+def test_a_piped_trace_keeps_each_value_on_its_line(proxy: Proxy, client: OpenAI) -> None:
+    """Piped to grep or a file, `llmtap trace` cut recorded JSON at 80 columns, mid-word."""
+    question = "What is the weather in Paris today, and in Lyon, and in Nice, please? " * 3
+    client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": question}]
+    )
+    proxy.flush()
+    (info,) = httpx.get(f"{proxy.url}/api/traces").json()["traces"]
+    result = cli("trace", info["trace_id"], "--db", str(proxy.db))
+    assert result.exit_code == 0, result.output
+    assert orjson.dumps(question).decode()[:80] in result.output
+
+
 def test_the_demo_on_a_file_that_is_no_database_is_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "notes.db"
     bad.write_text("not a database\n")
