@@ -7,6 +7,7 @@ The lifespan owns the upstream session and the writer process.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 from typing import Any
@@ -175,12 +176,17 @@ def create_app(settings: Settings, recording: bool = True) -> LlmtapApp:
 
 
 class _QuietAborts(logging.Filter):
-    """An upstream that broke mid-stream is recorded, not a server error worth a traceback."""
+    """An upstream that broke mid-stream is recorded, not a server error worth a traceback; so
+    is a response cut by a stop (its grace over, or a second Ctrl-C): uvicorn cancels what is
+    still running, and the cut is recorded as "llmtap stopped mid-response"."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, UpstreamAborted):
             log.warning("upstream broke mid-response (%s); client connection aborted", exc)
+            return False
+        if isinstance(exc, asyncio.CancelledError):
+            log.warning("stopping: a response still running was cut (recorded as cut)")
             return False
         return True
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 
 import click
@@ -25,18 +26,24 @@ def run_server(settings: Settings) -> None:
         url = url.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]")
     app = create_app(settings)
     install_log_filters()
-    click.echo(f"llmtap listening on {url}", err=False)
-    if exposed:
-        click.echo(
-            f"  warning   listening beyond loopback ({settings.host}): whoever reaches this port "
-            "reads every recorded prompt and answer (the UI, /api) and can send requests "
-            "upstream; the default is 127.0.0.1",
-            err=True,
-        )
-    click.echo(f"  OPENAI_BASE_URL={url}/v1")
-    click.echo(f"  upstream  {shown_url(settings.upstream)}")
-    click.echo(f"  database  {settings.db}")
-    click.echo(f"  mode      {settings.mode}")
-    click.echo(f"  UI        {url}/")
-    server = make_server(app, log_level=settings.log_level, **uvicorn_kwargs())
-    server.run(sockets=[sock])
+
+    def announce() -> None:  # once the app has started: its database is open
+        click.echo(f"llmtap listening on {url}", err=False)
+        if exposed:
+            click.echo(
+                f"  warning   listening beyond loopback ({settings.host}): whoever reaches this "
+                "port reads every recorded prompt and answer (the UI, /api) and can send "
+                "requests upstream; the default is 127.0.0.1",
+                err=True,
+            )
+        click.echo(f"  OPENAI_BASE_URL={url}/v1")
+        click.echo(f"  upstream  {shown_url(settings.upstream)}")
+        click.echo(f"  database  {settings.db}")
+        click.echo(f"  mode      {settings.mode}")
+        click.echo(f"  UI        {url}/")
+
+    server = make_server(app, log_level=settings.log_level, announce=announce, **uvicorn_kwargs())
+    # uvicorn stops cleanly on Ctrl-C, then raises it again: a clean stop, not click's
+    # "Aborted!" and exit code 1
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run(sockets=[sock])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -32,11 +33,32 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def make_server(app: Any, log_level: str = "warning", **config: Any) -> uvicorn.Server:
-    return uvicorn.Server(
+class _Server(uvicorn.Server):
+    """uvicorn's server, which says it is up (`announce`) once its app has started: the writer
+    process running, the database open. (A banner printed before said "listening" for a
+    server that then failed to open its database.)"""
+
+    def __init__(self, config: uvicorn.Config, announce: Callable[[], None] | None) -> None:
+        super().__init__(config)
+        self.announce = announce
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)  # (exits the process if the app failed to start)
+        if self.announce is not None:
+            self.announce()
+
+
+def make_server(
+    app: Any,
+    log_level: str = "warning",
+    announce: Callable[[], None] | None = None,
+    **config: Any,
+) -> uvicorn.Server:
+    return _Server(
         uvicorn.Config(
             app, loop="uvloop", http=CoalescingHttpToolsProtocol, log_level=log_level, **config
-        )
+        ),
+        announce,
     )
 
 
