@@ -17,8 +17,11 @@ USER llmtap
 WORKDIR /data
 # inside a container loopback is unreachable from outside: listen on all interfaces here only,
 # in the environment, so that `docker run llmtap serve --upstream ...` keeps it
+# the port too, so that the health check reads the one llmtap listens on: change it with
+# `-e LLMTAP_PORT=9000` (a `serve --port` is not seen by the check)
 ENV LLMTAP_DB=/data/llmtap.db \
     LLMTAP_HOST=0.0.0.0 \
+    LLMTAP_PORT=8787 \
     PYTHONUNBUFFERED=1
 VOLUME /data
 EXPOSE 8787

@@ -25,7 +25,7 @@ WEATHER_TOOL: Any = {
         "description": "Current weather in a city",
         "parameters": {
             "type": "object",
-            "properties": {"city": {"type": "string"}},
+            "properties": {"city": {"type": "string", "examples": ["Paris"]}},
             "required": ["city"],
         },
     },

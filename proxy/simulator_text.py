@@ -362,6 +362,8 @@ class ArgFiller:
             return schema["const"]
         if schema.get("enum"):
             return schema["enum"][0]
+        if isinstance(schema.get("examples"), list) and schema["examples"]:
+            return schema["examples"][0]  # what a schema's author expects a value to look like
         for key in ("anyOf", "oneOf"):
             options = schema.get(key)
             if isinstance(options, list) and options:

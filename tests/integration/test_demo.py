@@ -16,7 +16,8 @@ def test_demo_records_every_kind_of_call_and_says_where_to_look(tmp_path: Path) 
     result = CliRunner().invoke(main, ["demo", "--db", str(db)])
     assert result.exit_code == 0, result.output
     assert "4 traces recorded" in result.output and "UI: http://127.0.0.1:" in result.output
-    assert "get_weather(" in result.output  # the streamed tool call, reassembled
+    # the streamed tool call, reassembled; its argument the schema's example, as a model would
+    assert 'get_weather({"city":"Paris"})' in result.output
     names = sorted(t["name"] for t in TraceReader(db).list_traces(TraceQuery()))
     assert names == ["chat.completions", "chat.completions", "completions", "embeddings"]
     assert all(t["usage"]["total_tokens"] > 0 for t in TraceReader(db).list_traces(TraceQuery()))
