@@ -169,7 +169,13 @@ def _reader(db: str) -> TraceReader:
 @_db_option
 @click.option("--experiment", help="Only traces of this experiment.")
 @click.option("--session", help="Only traces of this session.")
-@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 100_000))
+@click.option(
+    "--limit",
+    default=20,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="How many traces, newest first.",
+)
 @click.option("--json", "as_json", is_flag=True, help="JSON for scripts.")
 def traces(db: str, experiment: str | None, session: str | None, limit: int, as_json: bool) -> None:
     """List recorded traces, newest first."""
