@@ -8,12 +8,14 @@ which llmtap had asked the upstream for usage replays without it, as the client 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from llmtap.proxy.config import Settings, replay_speed
 from llmtap.proxy.errors import openai_error
 from llmtap.proxy.usage_injection import UsageStripper
 from llmtap.recorder.decoding import is_identity
+from llmtap.recorder.matching import content_encoding, decoded_request
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.replay import Recorded, ReplayIndex
 
@@ -48,14 +50,31 @@ class Replayer:
             return  # the first use will read it from the store
         for r in recordings:
             if r.error is None and r.status is not None:
-                self.index.add(r.exchange_id, r.method, r.path, r.query, r.request_body)
+                self.index.add(
+                    r.exchange_id,
+                    r.method,
+                    r.path,
+                    r.query,
+                    r.request_body,
+                    content_encoding(r.request_headers),
+                )
 
     async def answer(
-        self, send: Send, method: str, path: str, query: str, body: bytes, must_answer: bool
+        self,
+        send: Send,
+        method: str,
+        path: str,
+        query: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+        must_answer: bool,
     ) -> bool:
         """Replay the next recording for this request; False when there is none and the
         request may go upstream instead (auto); with `must_answer` a miss is answered 404."""
         index = await self.ready()
+        coding = content_encoding(headers)
+        if not is_identity(coding):  # in a thread: a few KB of gzip may be 64 MB of JSON
+            body = await asyncio.to_thread(decoded_request, body, coding)
         key = index.key_for(method, path, query, body)
         found = index.next(key)
         if found is None and must_answer and await asyncio.to_thread(index.load):

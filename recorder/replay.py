@@ -19,7 +19,14 @@ from dataclasses import dataclass
 import orjson
 
 from llmtap.recorder.body_codec import unpack_body
-from llmtap.recorder.matching import canonical_value, json_diff, match_key, parse_body
+from llmtap.recorder.matching import (
+    canonical_value,
+    content_encoding,
+    decoded_request,
+    json_diff,
+    match_key,
+    parse_body,
+)
 from llmtap.recorder.schema import RESPONSE_BODY
 from llmtap.recorder.sqlite import connect_for_reading
 
@@ -63,10 +70,21 @@ class Miss:
         return text + "; the nearest recording differs in: " + "; ".join(self.nearest_diff)
 
 
-_SELECT = (
-    "SELECT rowid, exchange_id, method, path, query, request_body FROM exchanges "
-    "WHERE error IS NULL AND status IS NOT NULL AND rowid > ? ORDER BY started_ns, rowid"
+_CODED_HEADERS = (
+    # a compressed request's headers, to decode it by; NULL for the others (nearly all), which
+    # are then not parsed (LIKE: a header name in any case, from a cassette made elsewhere)
+    "CASE WHEN request_headers LIKE '%\"content-encoding\"%' THEN request_headers END "
+    "AS coded_headers"
 )
+_SELECT = (
+    f"SELECT rowid, exchange_id, method, path, query, {_CODED_HEADERS}, request_body "
+    "FROM exchanges WHERE error IS NULL AND status IS NOT NULL AND rowid > ? "
+    "ORDER BY started_ns, rowid"
+)
+
+
+def _request_coding(coded_headers: str | None) -> str | None:
+    return None if coded_headers is None else content_encoding(orjson.loads(coded_headers))
 
 
 class ReplayIndex:
@@ -85,6 +103,7 @@ class ReplayIndex:
         self._reading = threading.Lock()
 
     def key_for(self, method: str, path: str, query: str, body: bytes) -> str:
+        """The key of a request whose body is decoded (`decoded_request`)."""
         return match_key(method, path, body, self.ignore, query)
 
     def load(self) -> int:
@@ -106,11 +125,21 @@ class ReplayIndex:
                 row["path"],
                 row["query"],
                 unpack_body(bytes(row["request_body"])),
+                _request_coding(row["coded_headers"]),
             )
         return len(rows)
 
-    def add(self, exchange_id: str, method: str, path: str, query: str, body: bytes) -> None:
-        key = self.key_for(method, path, query, body)
+    def add(
+        self,
+        exchange_id: str,
+        method: str,
+        path: str,
+        query: str,
+        body: bytes,
+        coding: str | None = None,
+    ) -> None:
+        """Index a recorded request; `coding`: its Content-Encoding, if any."""
+        key = self.key_for(method, path, query, decoded_request(body, coding))
         with self._lock:
             if exchange_id in self._known:  # loaded and reported by the writer both
                 return
@@ -165,7 +194,7 @@ class ReplayIndex:
         return recorded
 
     def miss(self, method: str, path: str, body: bytes, key: str, exhausted: int = 0) -> Miss:
-        """Explain a miss (blocking: reads the candidates' bodies)."""
+        """Explain a miss (blocking: reads the candidates' bodies); `body` decoded."""
         if exhausted:
             return Miss(method, path, key, None, exhausted)
         with self._lock:
@@ -177,9 +206,13 @@ class ReplayIndex:
         with closing(connect_for_reading(self.db)) as conn:
             for exchange_id in candidates[-200:]:  # the most recent ones are the likely match
                 row = conn.execute(
-                    "SELECT request_body FROM exchanges WHERE exchange_id = ?", [exchange_id]
+                    f"SELECT {_CODED_HEADERS}, request_body FROM exchanges WHERE exchange_id = ?",
+                    [exchange_id],
                 ).fetchone()
-                recorded = canonical_value(parse_body(unpack_body(bytes(row[0]))), self.ignore)
+                request = decoded_request(
+                    unpack_body(bytes(row["request_body"])), _request_coding(row["coded_headers"])
+                )
+                recorded = canonical_value(parse_body(request), self.ignore)
                 diff = json_diff(recorded, sent)
                 if best is None or len(diff) < len(best):
                     best = diff

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,29 @@ def test_a_stream_compressed_against_llmtaps_wish_replays_from_a_cassette_as_it_
         replay = start_proxy(mode="replay", db=str(db))
         again = httpx.post(f"{replay.base_url}/chat/completions", json=body, headers=headers)
         assert again.content == received, db
+
+
+def test_a_compressed_request_is_kept_decoded_and_replays_from_the_cassette(
+    proxy: Proxy, start_proxy: Any, tmp_path: Path
+) -> None:
+    """A request sent gzipped reads in the cassette as its JSON, as a compressed answer does,
+    and the same JSON gzipped again (at another time: another gzip header) replays from it.
+    Before, the cassette held the compressed bytes as !!binary."""
+    body = b'{"model": "m", "messages": [{"role": "user", "content": "packed prompt"}]}'
+    headers = {"content-type": "application/json", "content-encoding": "gzip"}
+    url = "/chat/completions"
+    recorded = httpx.post(
+        proxy.base_url + url, content=gzip.compress(body, mtime=1), headers=headers
+    )
+    proxy.flush()
+    cassette, imported = tmp_path / "req.yaml", tmp_path / "req.db"
+    assert cli("cassette", "export", "--db", str(proxy.db), "-o", str(cassette)).exit_code == 0
+    text = cassette.read_text()
+    assert "packed prompt" in text and "content-encoding" not in text and "!!binary" not in text
+    assert cli("cassette", "import", "--db", str(imported), str(cassette)).exit_code == 0
+    replay = start_proxy(mode="replay", db=str(imported))
+    again = httpx.post(replay.base_url + url, content=gzip.compress(body, mtime=2), headers=headers)
+    assert (again.status_code, again.content) == (recorded.status_code, recorded.content)
 
 
 def test_a_cassette_of_one_trace_or_one_session(proxy: Proxy, tmp_path: Path) -> None:

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import itertools
 import time
+import zlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import brotli
 import httpx
 import pytest
+import zstandard
 from openai import APIStatusError, AsyncOpenAI, NotFoundError, OpenAI
 
 from llmtap.proxy.app import create_app, uvicorn_kwargs
@@ -18,6 +24,7 @@ from llmtap.proxy.server import ServerThread
 from llmtap.proxy.simulator import create_simulator
 from tests.conftest import TEST_KEY
 from tests.integration.test_proxy_sdk import TIME, WEATHER
+from tests.raw_upstream import json_reply, raw_upstream
 
 Start = Callable[..., ServerThread]
 
@@ -329,3 +336,63 @@ def test_a_replay_server_answers_what_another_llmtap_recorded_after_it_started(
     assert again.status_code == 200 and again.json() == first
     error = httpx.post(f"{replay.url}/v1/chat/completions", json={"model": "m"})
     assert error.status_code == 400 and error.json() == refused.json()
+
+
+def compressed(body: bytes, encoding: str, mtime: int = 0) -> bytes:
+    """`body` in a content coding; gzip's header holds `mtime` (a client writes its clock)."""
+    if encoding == "gzip":
+        return gzip.compress(body, mtime=mtime)
+    if encoding == "deflate":
+        return zlib.compress(body)
+    if encoding == "br":
+        return brotli.compress(body)
+    return zstandard.ZstdCompressor().compress(body)
+
+
+@contextmanager
+def counting_upstream() -> Iterator[str]:
+    """An upstream whose every answer is a new one (`{"answer": N}`); its base URL."""
+    answered = itertools.count(1)
+    with raw_upstream(lambda _: json_reply(b'{"answer": %d}' % next(answered))) as up:
+        yield f"{up.url}/v1"
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "zstd"])
+def test_a_compressed_request_matches_on_its_json(start: Start, encoding: str) -> None:
+    """SPEC 5: a request matches on its canonical JSON, compressed or not. Before, a request
+    sent with Content-Encoding matched on its compressed bytes: the same JSON gzipped a second
+    later, or with its keys in another order, was a 404 that showed the compressed bytes."""
+    url = "/v1/chat/completions"
+    headers = {"content-type": "application/json", "content-encoding": encoding}
+    sent = b'{"model": "m", "messages": [{"role": "user", "content": "squeeze"}]}'
+    with counting_upstream() as upstream:
+        server = start(upstream=upstream)
+        first = httpx.post(server.url + url, content=compressed(sent, encoding, 1), headers=headers)
+        server.stop()
+    assert first.json() == {"answer": 1}
+    replay = start(mode="replay")
+    reordered = b'{"messages":[{"content":"squeeze","role":"user"}],"model":"m"}'
+    again = httpx.post(
+        replay.url + url, content=compressed(reordered, encoding, 2), headers=headers
+    )
+    assert again.status_code == 200 and again.json() == {"answer": 1}, again.text
+    plain = httpx.post(replay.url + url, content=reordered)
+    assert plain.status_code == 200 and plain.json() == {"answer": 1}
+    other = compressed(reordered.replace(b"squeeze", b"press"), encoding, 3)
+    missed = httpx.post(replay.url + url, content=other, headers=headers)
+    assert missed.status_code == 404
+    assert missed.json()["error"]["message"].endswith(
+        "differs in: messages[0].content: 'squeeze' -> 'press'"
+    )
+
+
+def test_auto_mode_replays_a_compressed_request_it_recorded(start: Start) -> None:
+    body = b'{"model": "m", "messages": [{"role": "user", "content": "auto gz"}]}'
+    headers = {"content-type": "application/json", "content-encoding": "gzip"}
+    with counting_upstream() as upstream:
+        server = start(mode="auto", upstream=upstream)
+        url = f"{server.url}/v1/chat/completions"
+        first = httpx.post(url, content=compressed(body, "gzip", 1), headers=headers)
+        second = httpx.post(url, content=compressed(body, "gzip", 2), headers=headers)
+    assert first.json() == second.json() == {"answer": 1}
+    assert "llmtap-replayed" in second.headers
