@@ -248,9 +248,11 @@ def build_span(
             rec_error = "the stream ended before its final event"
             problems.append(rec_error)
             error = error or rec_error
+    elif exchange.status is None:
+        pass  # no answer came (the client left first): nothing to read; the status says why
     else:
         decoded = _parse_json(_decoded_body(rec, exchange.response_body, problems))
-        if (exchange.status or 0) >= 400:
+        if exchange.status >= 400:
             error = decoded
         elif isinstance(decoded, dict):
             outputs = endpoint.response_output(decoded)
