@@ -56,6 +56,9 @@ class Miss:
     nearest_diff: tuple[str, ...] | None
     exhausted: int = 0
     """How many recordings of this exact request were all used up (with `miss` past the end)."""
+    incomplete: str | None = None
+    """Why this exact request's recording cannot be replayed (it was cut, or llmtap answered
+    it with an error of its own), when it has one and no complete one."""
 
     def message(self) -> str:
         what = f"{self.method} /v1{self.path}"
@@ -63,6 +66,11 @@ class Miss:
             return (
                 f"llmtap replay: all {self.exhausted} recording(s) of this {what} request were "
                 'already used (replay_exhausted = "miss")'
+            )
+        if self.incomplete is not None:
+            return (
+                f"llmtap replay: this {what} request was recorded (key {self.key[:12]}), but its "
+                f"recording is incomplete ({self.incomplete}); record it again"
             )
         text = f"llmtap replay: no recording matches {what} (key {self.key[:12]})"
         if self.nearest_diff is None:
@@ -77,9 +85,9 @@ _CODED_HEADERS = (
     "AS coded_headers"
 )
 _SELECT = (
-    f"SELECT rowid, exchange_id, method, path, query, {_CODED_HEADERS}, request_body "
-    "FROM exchanges WHERE error IS NULL AND status IS NOT NULL AND rowid > ? "
-    "ORDER BY started_ns, rowid"
+    # the incomplete ones too (an error, or no status), to say so when they are asked for
+    f"SELECT rowid, exchange_id, method, path, query, error, status, {_CODED_HEADERS}, "
+    "request_body FROM exchanges WHERE rowid > ? ORDER BY started_ns, rowid"
 )
 
 
@@ -97,6 +105,8 @@ class ReplayIndex:
         self._cursors: dict[str, int] = {}
         self._used: set[str] = set()
         self._known: set[str] = set()
+        self._incomplete: dict[str, str] = {}
+        """Key -> error of the latest recording that cannot be replayed (for `miss`)."""
         self._cache: OrderedDict[str, Recorded] = OrderedDict()
         self._lock = threading.Lock()
         self._last_rowid = 0  # the last row `load` read (a rewritten row gets a new one)
@@ -107,8 +117,8 @@ class ReplayIndex:
         return match_key(method, path, body, self.ignore, query)
 
     def load(self) -> int:
-        """Index every replayable exchange in the store not indexed yet (all of them the first
-        time; then those another llmtap recorded into the same file since); how many."""
+        """Index every exchange in the store not indexed yet (all of them the first time; then
+        those another llmtap recorded into the same file since); how many were replayable."""
         with self._reading:  # misses at once: one reads, the others then find nothing new
             try:
                 conn = connect_for_reading(self.db)
@@ -118,16 +128,20 @@ class ReplayIndex:
                 rows = conn.execute(_SELECT, [self._last_rowid]).fetchall()
             if rows:
                 self._last_rowid = max(self._last_rowid, max(row["rowid"] for row in rows))
+        replayable = 0
         for row in rows:
-            self.add(
-                row["exchange_id"],
-                row["method"],
-                row["path"],
-                row["query"],
-                unpack_body(bytes(row["request_body"])),
-                _request_coding(row["coded_headers"]),
+            body = unpack_body(bytes(row["request_body"]))
+            coding = _request_coding(row["coded_headers"])
+            if row["error"] is None and row["status"] is not None:
+                replayable += 1
+                self.add(row["exchange_id"], row["method"], row["path"], row["query"], body, coding)
+                continue
+            key = self.key_for(
+                row["method"], row["path"], row["query"], decoded_request(body, coding)
             )
-        return len(rows)
+            with self._lock:
+                self._incomplete[key] = row["error"] or "no answer"
+        return replayable
 
     def add(
         self,
@@ -198,7 +212,10 @@ class ReplayIndex:
         if exhausted:
             return Miss(method, path, key, None, exhausted)
         with self._lock:
+            incomplete = self._incomplete.get(key)
             candidates = list(self._by_route.get((method, path), ()))
+        if incomplete is not None:
+            return Miss(method, path, key, None, incomplete=incomplete)
         if not candidates:
             return Miss(method, path, key, None)
         sent = canonical_value(parse_body(body), self.ignore)

@@ -16,7 +16,7 @@ import brotli
 import httpx
 import pytest
 import zstandard
-from openai import APIStatusError, AsyncOpenAI, NotFoundError, OpenAI
+from openai import APIStatusError, APITimeoutError, AsyncOpenAI, NotFoundError, OpenAI
 
 from llmtap.proxy.app import create_app, uvicorn_kwargs
 from llmtap.proxy.config import Settings
@@ -396,3 +396,32 @@ def test_auto_mode_replays_a_compressed_request_it_recorded(start: Start) -> Non
         second = httpx.post(url, content=compressed(body, "gzip", 2), headers=headers)
     assert first.json() == second.json() == {"answer": 1}
     assert "llmtap-replayed" in second.headers
+
+
+def test_a_miss_of_a_request_recorded_incomplete_says_so(start: Start, upstream: str) -> None:
+    """The only recordings of a request were cut (the SDK's timeout fired mid-stream) or are
+    llmtap's own 502 (the upstream reset): the 404 says this request was recorded but its
+    recording is incomplete, and why. Before, it named "the nearest recording" and diffed
+    this request against another one."""
+    stalled = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "stall"}]}
+    reset = {"model": "m", "messages": [{"role": "user", "content": "reset"}]}
+    server = start(upstream=upstream)
+    url = f"{server.url}/v1/chat/completions"
+    with OpenAI(base_url=f"{server.url}/v1", api_key=TEST_KEY, max_retries=0, timeout=1.0) as c:
+        c.chat.completions.create(model="m", messages=[{"role": "user", "content": "hello"}])
+        with pytest.raises(APITimeoutError):
+            for _ in c.chat.completions.create(
+                **stalled, extra_headers={"x-simulator-fault": "stall-mid-stream-ms=3000"}
+            ):
+                pass
+    fault = {"x-simulator-fault": "reset-before-headers"}
+    assert httpx.post(url, json=reset, headers=fault).status_code == 502
+    time.sleep(0.3)  # (the proxy sees the client leave, and records it)
+    server.stop()
+    replay = start(mode="replay")
+    for body, why in ((stalled, "client disconnected"), (reset, "llmtap: ")):
+        miss = httpx.post(f"{replay.url}/v1/chat/completions", json=body)
+        message = miss.json()["error"]["message"]
+        assert miss.status_code == 404 and "nearest" not in message, message
+        assert "this POST /v1/chat/completions request was recorded" in message, message
+        assert f"its recording is incomplete ({why}" in message and "record it again" in message
