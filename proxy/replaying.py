@@ -23,6 +23,8 @@ Send = Any
 
 # the relay sets its own framing; the rest of the recorded headers go back as recorded
 _FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
+_NO_BODY = frozenset({204, 304})
+"""Statuses whose answer has no body, so its Content-Length is not the body's (RFC 9110 8.6)."""
 
 
 class Replayer:
@@ -84,7 +86,7 @@ class Replayer:
             recorded = index.cached(found)
             if recorded is None:
                 recorded = await asyncio.to_thread(index.fetch, found)
-            await self._send(send, recorded)
+            await self._send(send, recorded, method)
             return True
         if not must_answer:
             return False
@@ -107,7 +109,7 @@ class Replayer:
         await send({"type": "http.response.body", "body": error, "more_body": False})
         return True
 
-    async def _send(self, send: Send, recorded: Recorded) -> None:
+    async def _send(self, send: Send, recorded: Recorded, method: str) -> None:
         headers = [
             (k.encode("latin-1"), v.encode("latin-1"))
             for k, v in recorded.headers
@@ -115,7 +117,16 @@ class Replayer:
         ]
         headers.append((b"llmtap-replayed", recorded.exchange_id.encode()))
         if not recorded.stream:
-            headers.append((b"content-length", str(len(recorded.body)).encode()))
+            if method == "HEAD" or recorded.status in _NO_BODY:
+                # no body: the length the upstream said stands (a HEAD answer's is GET's body's,
+                # RFC 9110 9.3.2; a 204 has none)
+                headers += [
+                    (b"content-length", v.encode("latin-1"))
+                    for k, v in recorded.headers
+                    if k == "content-length"
+                ]
+            else:
+                headers.append((b"content-length", str(len(recorded.body)).encode()))
             await send(
                 {"type": "http.response.start", "status": recorded.status, "headers": headers}
             )

@@ -425,3 +425,34 @@ def test_a_miss_of_a_request_recorded_incomplete_says_so(start: Start, upstream:
         assert miss.status_code == 404 and "nearest" not in message, message
         assert "this POST /v1/chat/completions request was recorded" in message, message
         assert f"its recording is incomplete ({why}" in message and "record it again" in message
+
+
+def test_a_replayed_head_or_204_carries_the_recorded_content_length(start: Start) -> None:
+    """RFC 9110: a HEAD answer carries the headers GET's would, its Content-Length among them
+    (9.3.2), and a 204 carries none (8.6). Before, replay computed the length from the empty
+    recorded body: `content-length: 0` for both."""
+    body = b'{"object": "list", "data": []}'
+
+    def answer(request: Any) -> bytes:
+        if request.target.endswith("/empty"):
+            return b"HTTP/1.1 204 No Content\r\n\r\n"
+        head = json_reply(body).removesuffix(body)
+        return head if request.method == "HEAD" else head + body
+
+    with raw_upstream(answer) as up:
+        server = start(upstream=f"{up.url}/v1")
+        recorded = httpx.head(f"{server.url}/v1/models")
+        assert httpx.delete(f"{server.url}/v1/empty").status_code == 204
+        server.stop()
+    assert recorded.headers["content-length"] == str(len(body))
+    replay = start(mode="replay")
+    again = httpx.head(f"{replay.url}/v1/models")
+    assert again.status_code == 200 and "llmtap-replayed" in again.headers
+    assert again.headers["content-length"] == str(len(body)) and again.content == b""
+    empty = httpx.delete(f"{replay.url}/v1/empty")
+    assert empty.status_code == 204 and "llmtap-replayed" in empty.headers
+    assert "content-length" not in empty.headers
+    with httpx.Client() as client:  # and the connection is still good for the next request
+        for _ in range(2):
+            assert client.head(f"{replay.url}/v1/models").status_code == 200
+            assert client.delete(f"{replay.url}/v1/empty").status_code == 204
