@@ -128,7 +128,13 @@ class Forwarder:
                 )
                 return
         if mode in (Mode.REPLAY, Mode.AUTO) and await self.replayer.answer(
-            send, rec.method, api_path, query, rec.request_body, must_answer=mode == Mode.REPLAY
+            send,
+            rec.method,
+            api_path,
+            query,
+            rec.request_headers,
+            rec.request_body,
+            must_answer=mode == Mode.REPLAY,
         ):
             return
         rec.discard = mode == Mode.OFF

@@ -8,12 +8,14 @@ which llmtap had asked the upstream for usage replays without it, as the client 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from llmtap.proxy.config import Settings, replay_speed
 from llmtap.proxy.errors import openai_error
 from llmtap.proxy.usage_injection import UsageStripper
 from llmtap.recorder.decoding import is_identity
+from llmtap.recorder.matching import content_encoding, decoded_request
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.replay import Recorded, ReplayIndex
 
@@ -21,6 +23,8 @@ Send = Any
 
 # the relay sets its own framing; the rest of the recorded headers go back as recorded
 _FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
+_NO_BODY = frozenset({204, 304})
+"""Statuses whose answer has no body, so its Content-Length is not the body's (RFC 9110 8.6)."""
 
 
 class Replayer:
@@ -48,14 +52,31 @@ class Replayer:
             return  # the first use will read it from the store
         for r in recordings:
             if r.error is None and r.status is not None:
-                self.index.add(r.exchange_id, r.method, r.path, r.query, r.request_body)
+                self.index.add(
+                    r.exchange_id,
+                    r.method,
+                    r.path,
+                    r.query,
+                    r.request_body,
+                    content_encoding(r.request_headers),
+                )
 
     async def answer(
-        self, send: Send, method: str, path: str, query: str, body: bytes, must_answer: bool
+        self,
+        send: Send,
+        method: str,
+        path: str,
+        query: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+        must_answer: bool,
     ) -> bool:
         """Replay the next recording for this request; False when there is none and the
         request may go upstream instead (auto); with `must_answer` a miss is answered 404."""
         index = await self.ready()
+        coding = content_encoding(headers)
+        if not is_identity(coding):  # in a thread: a few KB of gzip may be 64 MB of JSON
+            body = await asyncio.to_thread(decoded_request, body, coding)
         key = index.key_for(method, path, query, body)
         found = index.next(key)
         if found is None and must_answer and await asyncio.to_thread(index.load):
@@ -65,7 +86,7 @@ class Replayer:
             recorded = index.cached(found)
             if recorded is None:
                 recorded = await asyncio.to_thread(index.fetch, found)
-            await self._send(send, recorded)
+            await self._send(send, recorded, method)
             return True
         if not must_answer:
             return False
@@ -88,7 +109,7 @@ class Replayer:
         await send({"type": "http.response.body", "body": error, "more_body": False})
         return True
 
-    async def _send(self, send: Send, recorded: Recorded) -> None:
+    async def _send(self, send: Send, recorded: Recorded, method: str) -> None:
         headers = [
             (k.encode("latin-1"), v.encode("latin-1"))
             for k, v in recorded.headers
@@ -96,7 +117,16 @@ class Replayer:
         ]
         headers.append((b"llmtap-replayed", recorded.exchange_id.encode()))
         if not recorded.stream:
-            headers.append((b"content-length", str(len(recorded.body)).encode()))
+            if method == "HEAD" or recorded.status in _NO_BODY:
+                # no body: the length the upstream said stands (a HEAD answer's is GET's body's,
+                # RFC 9110 9.3.2; a 204 has none)
+                headers += [
+                    (b"content-length", v.encode("latin-1"))
+                    for k, v in recorded.headers
+                    if k == "content-length"
+                ]
+            else:
+                headers.append((b"content-length", str(len(recorded.body)).encode()))
             await send(
                 {"type": "http.response.start", "status": recorded.status, "headers": headers}
             )

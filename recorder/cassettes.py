@@ -3,7 +3,8 @@
 One exchange per list item, bodies as literal text blocks (a stream reads as its `data:`
 lines), keys in a fixed order, so that a changed prompt is a readable diff. A body is kept
 exactly, so a replay from a cassette sends the same bytes; a compressed body is decoded first
-(the `content-encoding` header goes with it) and its pieces' sizes are recomputed.
+(the `content-encoding` header goes with it) and its pieces' sizes are recomputed; so is a
+compressed request (replay matches it decoded).
 
 Secrets are scrubbed in both directions at export and again at import, whatever the database
 held; `find_secrets()` is the check that fails a CI run when a cassette looks like it holds a key.
@@ -29,6 +30,7 @@ from llmtap.recorder.decoding import (
     decoder_for,
     is_identity,
 )
+from llmtap.recorder.matching import content_encoding, decoded_request, match_key
 from llmtap.recorder.schema import RESPONSE_BODY
 from llmtap.recorder.secret_headers import is_secret_header
 from llmtap.recorder.sqlite import connect_for_reading, connect_for_writing
@@ -162,6 +164,15 @@ def _decoded(
     return [h for h in headers if h[0] != "content-encoding"], b"".join(out), sizes
 
 
+def _decoded_request(headers: list[list[str]], body: bytes) -> tuple[list[list[str]], bytes]:
+    """A compressed request decoded, without its content-encoding; as recorded when it does not
+    decode (or is too large decoded: `decoded_request`)."""
+    decoded = decoded_request(body, content_encoding(headers))
+    if decoded is body:  # (`decoded_request` gives the very bytes it was given back)
+        return headers, body
+    return [h for h in headers if h[0].lower() != "content-encoding"], decoded
+
+
 def _entry(row: sqlite3.Row) -> dict[str, Any]:
     response_headers = _clean(orjson.loads(row["response_headers"]))
     chunks = orjson.loads(row["chunks"])
@@ -174,6 +185,9 @@ def _entry(row: sqlite3.Row) -> dict[str, Any]:
         response_headers, unpack_body(bytes(row["response_body"])), chunks
     )
     response: dict[str, Any] = {"status": row["status"], "headers": response_headers, **_body(body)}
+    request_headers, request_body = _decoded_request(
+        _clean(orjson.loads(row["request_headers"])), unpack_body(bytes(row["request_body"]))
+    )
     if row["stream"]:
         response["chunks"] = chunks
     return {
@@ -187,8 +201,8 @@ def _entry(row: sqlite3.Row) -> dict[str, Any]:
             "method": row["method"],
             "path": row["path"],
             "query": row["query"],
-            "headers": _clean(orjson.loads(row["request_headers"])),
-            **_body(unpack_body(bytes(row["request_body"]))),
+            "headers": request_headers,
+            **_body(request_body),
         },
         "response": response,
     }
@@ -266,13 +280,12 @@ def load_cassette(path: str | Path) -> list[dict[str, Any]]:
 
 def import_cassette(path: str | Path, db: str | Path) -> int:
     """Add a cassette's exchanges to the database (again: replaced, not duplicated)."""
-    from llmtap.recorder.matching import match_key
-
     entries = load_cassette(path)
     rows = []
     for e in entries:
         req, resp = e["request"], e["response"]
         body = _raw(req)
+        matched = decoded_request(body, content_encoding(req.get("headers") or []))
         rows.append(
             (
                 e["id"],
@@ -280,7 +293,7 @@ def import_cassette(path: str | Path, db: str | Path) -> int:
                 req["method"],
                 req["path"],
                 req.get("query") or "",
-                match_key(req["method"], req["path"], body, query=req.get("query") or ""),
+                match_key(req["method"], req["path"], matched, query=req.get("query") or ""),
                 orjson.dumps(_clean(req.get("headers") or [])).decode(),
                 pack_body(body),
                 resp["status"],

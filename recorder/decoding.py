@@ -151,14 +151,21 @@ def decoder_for(content_encoding: str | None) -> Decoder:
 
 def decode_at_most(body: bytes, content_encoding: str | None, at_most: int) -> bytes | None:
     """`body` decoded, or None when it decodes to more than `at_most` bytes (a few KB of gzipped
-    zeros are gigabytes), found without making more than that. Raises as `decoder_for` and
-    the decoders do for what does not decode."""
+    zeros are gigabytes), found without making more than that: fed 256 bytes at a time, so
+    that no step makes more than a few MB (one call for all of it held its output twice at the
+    end). Raises as `decoder_for` and the decoders do for what does not decode."""
     decompressor = decoder_for(content_encoding)
+    parts, size = [], 0
     try:
-        decoded = decompressor.decompress(body, at_most)
-        tail = decompressor.flush()
+        for at in range(0, len(body), 256):
+            part = decompressor.decompress(body[at : at + 256], at_most - size + 1)
+            size += len(part)
+            if size > at_most:
+                return None
+            parts.append(part)
+        parts.append(decompressor.flush())
     except DecodedTooLarge:
         return None
-    if len(decoded) + len(tail) > at_most:
+    if size + len(parts[-1]) > at_most:
         return None
-    return decoded + tail if tail else decoded
+    return b"".join(parts)

@@ -5,18 +5,20 @@ matter: a JSON body is re-serialised with sorted keys, whole floats as integers,
 fields the user chose to ignore (`user`, `metadata`, `seed`...) and without the fields that are
 null or hold their default; a multipart/form-data body (file uploads, audio) is its parts by
 name without the random boundary the client drew for it or their content types; any other body
-is compared as it came.
+is compared as it came. A compressed request (Content-Encoding) is compared decoded: gzip's
+header holds the time it was made, so the same JSON never compresses to the same bytes twice.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
 
+from llmtap.recorder.decoding import DECODED_AT_MOST, decode_at_most, is_identity
 from llmtap.recorder.secret_headers import redacted_query
 
 # RFC 2046 section 5.1.1: 1-70 of these characters, the last one not a space
@@ -24,6 +26,27 @@ _BOUNDARY = re.compile(rb"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?
 _MAX_BOUNDARY = 70
 MULTIPART_TAG = b"llmtap-multipart/1\n"
 """Opens the canonical form of a multipart body; no JSON text starts like this."""
+
+
+def content_encoding(headers: Iterable[Sequence[str]]) -> str | None:
+    """The Content-Encoding of a request's headers (as stored: name-value pairs), or None."""
+    for name, value in headers:
+        if name.lower() == "content-encoding":
+            return value
+    return None
+
+
+def decoded_request(body: bytes, coding: str | None) -> bytes:
+    """The request as the upstream reads it, what replay matches and a span shows: `body`
+    itself when it is not compressed, does not decode, or decodes to more than
+    `DECODED_AT_MOST` (then the bytes as sent stand for themselves)."""
+    if is_identity(coding):
+        return body
+    try:
+        decoded = decode_at_most(body, coding, DECODED_AT_MOST)
+    except Exception:  # the upstream gets it as sent and will say what is wrong with it
+        return body
+    return body if decoded is None else decoded
 
 
 def parse_body(body: bytes) -> Any:
@@ -167,6 +190,7 @@ def match_key(
     query: str = "",
     parsed: Any = None,
 ) -> str:
+    """The key replay finds a recording by; `body` as `decoded_request` gives it."""
     digest = hashlib.sha256()
     # (the query as it is kept: a key in it is not, and a recording must still match)
     digest.update(f"{method.upper()} {path}?{redacted_query(query)}\n".encode())

@@ -19,7 +19,14 @@ from dataclasses import dataclass
 import orjson
 
 from llmtap.recorder.body_codec import unpack_body
-from llmtap.recorder.matching import canonical_value, json_diff, match_key, parse_body
+from llmtap.recorder.matching import (
+    canonical_value,
+    content_encoding,
+    decoded_request,
+    json_diff,
+    match_key,
+    parse_body,
+)
 from llmtap.recorder.schema import RESPONSE_BODY
 from llmtap.recorder.sqlite import connect_for_reading
 
@@ -49,6 +56,9 @@ class Miss:
     nearest_diff: tuple[str, ...] | None
     exhausted: int = 0
     """How many recordings of this exact request were all used up (with `miss` past the end)."""
+    incomplete: str | None = None
+    """Why this exact request's recording cannot be replayed (it was cut, or llmtap answered
+    it with an error of its own), when it has one and no complete one."""
 
     def message(self) -> str:
         what = f"{self.method} /v1{self.path}"
@@ -57,16 +67,32 @@ class Miss:
                 f"llmtap replay: all {self.exhausted} recording(s) of this {what} request were "
                 'already used (replay_exhausted = "miss")'
             )
+        if self.incomplete is not None:
+            return (
+                f"llmtap replay: this {what} request was recorded (key {self.key[:12]}), but its "
+                f"recording is incomplete ({self.incomplete}); record it again"
+            )
         text = f"llmtap replay: no recording matches {what} (key {self.key[:12]})"
         if self.nearest_diff is None:
             return text + f"; nothing was recorded for {what} at all"
         return text + "; the nearest recording differs in: " + "; ".join(self.nearest_diff)
 
 
-_SELECT = (
-    "SELECT rowid, exchange_id, method, path, query, request_body FROM exchanges "
-    "WHERE error IS NULL AND status IS NOT NULL AND rowid > ? ORDER BY started_ns, rowid"
+_CODED_HEADERS = (
+    # a compressed request's headers, to decode it by; NULL for the others (nearly all), which
+    # are then not parsed (LIKE: a header name in any case, from a cassette made elsewhere)
+    "CASE WHEN request_headers LIKE '%\"content-encoding\"%' THEN request_headers END "
+    "AS coded_headers"
 )
+_SELECT = (
+    # the incomplete ones too (an error, or no status), to say so when they are asked for
+    f"SELECT rowid, exchange_id, method, path, query, error, status, {_CODED_HEADERS}, "
+    "request_body FROM exchanges WHERE rowid > ? ORDER BY started_ns, rowid"
+)
+
+
+def _request_coding(coded_headers: str | None) -> str | None:
+    return None if coded_headers is None else content_encoding(orjson.loads(coded_headers))
 
 
 class ReplayIndex:
@@ -79,17 +105,20 @@ class ReplayIndex:
         self._cursors: dict[str, int] = {}
         self._used: set[str] = set()
         self._known: set[str] = set()
+        self._incomplete: dict[str, str] = {}
+        """Key -> error of the latest recording that cannot be replayed (for `miss`)."""
         self._cache: OrderedDict[str, Recorded] = OrderedDict()
         self._lock = threading.Lock()
         self._last_rowid = 0  # the last row `load` read (a rewritten row gets a new one)
         self._reading = threading.Lock()
 
     def key_for(self, method: str, path: str, query: str, body: bytes) -> str:
+        """The key of a request whose body is decoded (`decoded_request`)."""
         return match_key(method, path, body, self.ignore, query)
 
     def load(self) -> int:
-        """Index every replayable exchange in the store not indexed yet (all of them the first
-        time; then those another llmtap recorded into the same file since); how many."""
+        """Index every exchange in the store not indexed yet (all of them the first time; then
+        those another llmtap recorded into the same file since); how many were replayable."""
         with self._reading:  # misses at once: one reads, the others then find nothing new
             try:
                 conn = connect_for_reading(self.db)
@@ -99,18 +128,32 @@ class ReplayIndex:
                 rows = conn.execute(_SELECT, [self._last_rowid]).fetchall()
             if rows:
                 self._last_rowid = max(self._last_rowid, max(row["rowid"] for row in rows))
+        replayable = 0
         for row in rows:
-            self.add(
-                row["exchange_id"],
-                row["method"],
-                row["path"],
-                row["query"],
-                unpack_body(bytes(row["request_body"])),
+            body = unpack_body(bytes(row["request_body"]))
+            coding = _request_coding(row["coded_headers"])
+            if row["error"] is None and row["status"] is not None:
+                replayable += 1
+                self.add(row["exchange_id"], row["method"], row["path"], row["query"], body, coding)
+                continue
+            key = self.key_for(
+                row["method"], row["path"], row["query"], decoded_request(body, coding)
             )
-        return len(rows)
+            with self._lock:
+                self._incomplete[key] = row["error"] or "no answer"
+        return replayable
 
-    def add(self, exchange_id: str, method: str, path: str, query: str, body: bytes) -> None:
-        key = self.key_for(method, path, query, body)
+    def add(
+        self,
+        exchange_id: str,
+        method: str,
+        path: str,
+        query: str,
+        body: bytes,
+        coding: str | None = None,
+    ) -> None:
+        """Index a recorded request; `coding`: its Content-Encoding, if any."""
+        key = self.key_for(method, path, query, decoded_request(body, coding))
         with self._lock:
             if exchange_id in self._known:  # loaded and reported by the writer both
                 return
@@ -165,11 +208,14 @@ class ReplayIndex:
         return recorded
 
     def miss(self, method: str, path: str, body: bytes, key: str, exhausted: int = 0) -> Miss:
-        """Explain a miss (blocking: reads the candidates' bodies)."""
+        """Explain a miss (blocking: reads the candidates' bodies); `body` decoded."""
         if exhausted:
             return Miss(method, path, key, None, exhausted)
         with self._lock:
+            incomplete = self._incomplete.get(key)
             candidates = list(self._by_route.get((method, path), ()))
+        if incomplete is not None:
+            return Miss(method, path, key, None, incomplete=incomplete)
         if not candidates:
             return Miss(method, path, key, None)
         sent = canonical_value(parse_body(body), self.ignore)
@@ -177,9 +223,13 @@ class ReplayIndex:
         with closing(connect_for_reading(self.db)) as conn:
             for exchange_id in candidates[-200:]:  # the most recent ones are the likely match
                 row = conn.execute(
-                    "SELECT request_body FROM exchanges WHERE exchange_id = ?", [exchange_id]
+                    f"SELECT {_CODED_HEADERS}, request_body FROM exchanges WHERE exchange_id = ?",
+                    [exchange_id],
                 ).fetchone()
-                recorded = canonical_value(parse_body(unpack_body(bytes(row[0]))), self.ignore)
+                request = decoded_request(
+                    unpack_body(bytes(row["request_body"])), _request_coding(row["coded_headers"])
+                )
+                recorded = canonical_value(parse_body(request), self.ignore)
                 diff = json_diff(recorded, sent)
                 if best is None or len(diff) < len(best):
                     best = diff

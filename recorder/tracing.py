@@ -16,7 +16,7 @@ from llmtap.recorder.agents import AgentLinker
 from llmtap.recorder.chunk_times import chunks_json
 from llmtap.recorder.decoding import DECODED_AT_MOST, decode_at_most
 from llmtap.recorder.endpoints import Endpoint, endpoint_for, invocation_params, usage_of
-from llmtap.recorder.matching import match_key
+from llmtap.recorder.matching import decoded_request, match_key
 from llmtap.recorder.models import model_record
 from llmtap.recorder.prices import PriceTable, cost_of, default_prices
 from llmtap.recorder.recording import Recording
@@ -88,16 +88,6 @@ def _decoded_body(rec: Recording, body: bytes | PieceSpool, problems: list[str])
     return decoded
 
 
-def _decoded_request(body: bytes, coding: str) -> bytes:
-    """The request as the upstream reads it; as sent when it does not decode, or decodes to
-    more than `DECODED_AT_MOST` (the span then shows the bytes, not the JSON)."""
-    try:
-        decoded = decode_at_most(body, coding, DECODED_AT_MOST)
-    except Exception:  # the upstream gets it as sent and will say what is wrong with it
-        return body
-    return body if decoded is None else decoded
-
-
 def _error_message(error: Any) -> str:
     if isinstance(error, dict):
         inner = error.get("error", error)
@@ -157,16 +147,13 @@ class Tracer:
         """The exchange, and for a traced endpoint its spans and trace head."""
         exchange, is_stream = exchange_of(rec)
         endpoint = endpoint_for(rec.path)
+        # a compressed request: replay matches it, and the span shows it, decoded
+        body = decoded_request(rec.request_body, header(rec.request_headers, "content-encoding"))
         if endpoint is None or rec.method != "POST" or not (self.log_traces or self.log_models):
-            key = match_key(rec.method, rec.path, rec.request_body, query=rec.query)
+            key = match_key(rec.method, rec.path, body, query=rec.query)
             return Batch(exchange, key, is_stream)
-        coding = header(rec.request_headers, "content-encoding")
-        if coding is None or coding.strip().lower() == "identity":
-            inputs = _parse_json(rec.request_body)  # once: for the key, the span and the links
-            key = match_key(rec.method, rec.path, rec.request_body, query=rec.query, parsed=inputs)
-        else:  # a compressed request: the span shows it decoded; replay matches its bytes
-            inputs = _parse_json(_decoded_request(rec.request_body, coding))
-            key = match_key(rec.method, rec.path, rec.request_body, query=rec.query)
+        inputs = _parse_json(body)  # once: for the key, the span and the links
+        key = match_key(rec.method, rec.path, body, query=rec.query, parsed=inputs)
         ctx = rec.context
         model = None
         # a configuration that works; a prediction's call (`llmtap-model-version`, the version
@@ -271,9 +258,11 @@ def build_span(
             rec_error = "the stream ended before its final event"
             problems.append(rec_error)
             error = error or rec_error
+    elif exchange.status is None:
+        pass  # no answer came (the client left first): nothing to read; the status says why
     else:
         decoded = _parse_json(_decoded_body(rec, exchange.response_body, problems))
-        if (exchange.status or 0) >= 400:
+        if exchange.status >= 400:
             error = decoded
         elif isinstance(decoded, dict):
             outputs = endpoint.response_output(decoded)

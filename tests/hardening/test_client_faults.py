@@ -170,3 +170,28 @@ def test_a_client_gone_while_its_answer_waited_for_the_commit_is_no_ok_call(
         lock.close()
     wait_for(proxy, "SELECT status_message FROM spans", "client disconnected")
     assert proxy.query("SELECT status_code FROM spans")[0][0] == "ERROR"
+
+
+def test_a_call_that_got_no_answer_is_not_called_a_bad_answer(proxy: Proxy) -> None:
+    """The SDK gave up before the upstream's head came: the span says the client left, and
+    names no output. Before, it read as a 200 with garbage: outputs `the upstream's answer is
+    not a JSON object`, and a reassembly problem saying so."""
+    from openai import APITimeoutError, OpenAI
+
+    from tests.conftest import TEST_KEY
+
+    with (
+        OpenAI(base_url=proxy.base_url, api_key=TEST_KEY, max_retries=0, timeout=0.5) as c,
+        pytest.raises(APITimeoutError),
+    ):
+        c.chat.completions.create(
+            model="m",
+            messages=[{"role": "user", "content": "slow head"}],
+            extra_headers={"x-simulator-fault": "slow-first-byte-ms=3000"},
+        )
+    wait_for(proxy, "SELECT status_message FROM spans", "client disconnected")
+    (span,) = proxy.query("SELECT status_code, outputs, attributes FROM spans")
+    attributes = orjson.loads(span["attributes"])
+    assert span["status_code"] == "ERROR" and attributes["http_status"] is None
+    assert span["outputs"] in (None, "null")  # (the store writes None as JSON null)
+    assert "llmtap.reassembly_problems" not in attributes

@@ -351,17 +351,17 @@ def test_a_compressed_request_that_expands_past_the_cap_is_shown_as_sent() -> No
     import resource
 
     from llmtap.recorder.decoding import DECODED_AT_MOST
-    from llmtap.recorder.tracing import _decoded_request
+    from llmtap.recorder.matching import decoded_request
 
     packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip, made a MB at a time: the zeros
     zeros = b"\0" * (1 << 20)  # are never held whole here, so the peak below is the decoder's
     bomb = b"".join(packer.compress(zeros) for _ in range(2 * DECODED_AT_MOST >> 20))
     bomb += packer.flush()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    assert _decoded_request(bomb, "gzip") == bomb
+    assert decoded_request(bomb, "gzip") == bomb
     grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     assert grown_kb < DECODED_AT_MOST * 1.5 / 1024
-    assert _decoded_request(gzip.compress(b'{"a": 1}'), "gzip") == b'{"a": 1}'
+    assert decoded_request(gzip.compress(b'{"a": 1}'), "gzip") == b'{"a": 1}'
 
 
 def test_a_server_refusing_stream_options_with_422_gets_the_request_as_sent(

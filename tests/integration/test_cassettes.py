@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,29 @@ def test_a_stream_compressed_against_llmtaps_wish_replays_from_a_cassette_as_it_
         assert again.content == received, db
 
 
+def test_a_compressed_request_is_kept_decoded_and_replays_from_the_cassette(
+    proxy: Proxy, start_proxy: Any, tmp_path: Path
+) -> None:
+    """A request sent gzipped reads in the cassette as its JSON, as a compressed answer does,
+    and the same JSON gzipped again (at another time: another gzip header) replays from it.
+    Before, the cassette held the compressed bytes as !!binary."""
+    body = b'{"model": "m", "messages": [{"role": "user", "content": "packed prompt"}]}'
+    headers = {"content-type": "application/json", "content-encoding": "gzip"}
+    url = "/chat/completions"
+    recorded = httpx.post(
+        proxy.base_url + url, content=gzip.compress(body, mtime=1), headers=headers
+    )
+    proxy.flush()
+    cassette, imported = tmp_path / "req.yaml", tmp_path / "req.db"
+    assert cli("cassette", "export", "--db", str(proxy.db), "-o", str(cassette)).exit_code == 0
+    text = cassette.read_text()
+    assert "packed prompt" in text and "content-encoding" not in text and "!!binary" not in text
+    assert cli("cassette", "import", "--db", str(imported), str(cassette)).exit_code == 0
+    replay = start_proxy(mode="replay", db=str(imported))
+    again = httpx.post(replay.base_url + url, content=gzip.compress(body, mtime=2), headers=headers)
+    assert (again.status_code, again.content) == (recorded.status_code, recorded.content)
+
+
 def test_a_cassette_of_one_trace_or_one_session(proxy: Proxy, tmp_path: Path) -> None:
     """`--trace` (as `llmtap trace` takes it) and `--session` make a test fixture of one run."""
     with OpenAI(base_url=proxy.base_url, api_key=TEST_KEY, max_retries=0) as c:
@@ -165,7 +189,7 @@ def test_a_cassette_of_one_trace_or_one_session(proxy: Proxy, tmp_path: Path) ->
     proxy.flush()
     one, session = tmp_path / "one.yaml", tmp_path / "session.yaml"
     result = cli("cassette", "export", "--db", str(proxy.db), "--trace", "run-one", "-o", str(one))
-    assert result.exit_code == 0 and "1 exchanges" in result.output, result.output
+    assert result.exit_code == 0 and "1 exchange written" in result.output, result.output
     assert "first" in one.read_text() and "second" not in one.read_text()
     result = cli(
         "cassette", "export", "--db", str(proxy.db), "--session", "s-7", "-o", str(session)

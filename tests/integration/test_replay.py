@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import itertools
 import time
+import zlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import brotli
 import httpx
 import pytest
-from openai import APIStatusError, AsyncOpenAI, NotFoundError, OpenAI
+import zstandard
+from openai import APIStatusError, APITimeoutError, AsyncOpenAI, NotFoundError, OpenAI
 
 from llmtap.proxy.app import create_app, uvicorn_kwargs
 from llmtap.proxy.config import Settings
@@ -18,6 +24,7 @@ from llmtap.proxy.server import ServerThread
 from llmtap.proxy.simulator import create_simulator
 from tests.conftest import TEST_KEY
 from tests.integration.test_proxy_sdk import TIME, WEATHER
+from tests.raw_upstream import json_reply, raw_upstream
 
 Start = Callable[..., ServerThread]
 
@@ -329,3 +336,123 @@ def test_a_replay_server_answers_what_another_llmtap_recorded_after_it_started(
     assert again.status_code == 200 and again.json() == first
     error = httpx.post(f"{replay.url}/v1/chat/completions", json={"model": "m"})
     assert error.status_code == 400 and error.json() == refused.json()
+
+
+def compressed(body: bytes, encoding: str, mtime: int = 0) -> bytes:
+    """`body` in a content coding; gzip's header holds `mtime` (a client writes its clock)."""
+    if encoding == "gzip":
+        return gzip.compress(body, mtime=mtime)
+    if encoding == "deflate":
+        return zlib.compress(body)
+    if encoding == "br":
+        return brotli.compress(body)
+    return zstandard.ZstdCompressor().compress(body)
+
+
+@contextmanager
+def counting_upstream() -> Iterator[str]:
+    """An upstream whose every answer is a new one (`{"answer": N}`); its base URL."""
+    answered = itertools.count(1)
+    with raw_upstream(lambda _: json_reply(b'{"answer": %d}' % next(answered))) as up:
+        yield f"{up.url}/v1"
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "zstd"])
+def test_a_compressed_request_matches_on_its_json(start: Start, encoding: str) -> None:
+    """SPEC 5: a request matches on its canonical JSON, compressed or not. Before, a request
+    sent with Content-Encoding matched on its compressed bytes: the same JSON gzipped a second
+    later, or with its keys in another order, was a 404 that showed the compressed bytes."""
+    url = "/v1/chat/completions"
+    headers = {"content-type": "application/json", "content-encoding": encoding}
+    sent = b'{"model": "m", "messages": [{"role": "user", "content": "squeeze"}]}'
+    with counting_upstream() as upstream:
+        server = start(upstream=upstream)
+        first = httpx.post(server.url + url, content=compressed(sent, encoding, 1), headers=headers)
+        server.stop()
+    assert first.json() == {"answer": 1}
+    replay = start(mode="replay")
+    reordered = b'{"messages":[{"content":"squeeze","role":"user"}],"model":"m"}'
+    again = httpx.post(
+        replay.url + url, content=compressed(reordered, encoding, 2), headers=headers
+    )
+    assert again.status_code == 200 and again.json() == {"answer": 1}, again.text
+    plain = httpx.post(replay.url + url, content=reordered)
+    assert plain.status_code == 200 and plain.json() == {"answer": 1}
+    other = compressed(reordered.replace(b"squeeze", b"press"), encoding, 3)
+    missed = httpx.post(replay.url + url, content=other, headers=headers)
+    assert missed.status_code == 404
+    assert missed.json()["error"]["message"].endswith(
+        "differs in: messages[0].content: 'squeeze' -> 'press'"
+    )
+
+
+def test_auto_mode_replays_a_compressed_request_it_recorded(start: Start) -> None:
+    body = b'{"model": "m", "messages": [{"role": "user", "content": "auto gz"}]}'
+    headers = {"content-type": "application/json", "content-encoding": "gzip"}
+    with counting_upstream() as upstream:
+        server = start(mode="auto", upstream=upstream)
+        url = f"{server.url}/v1/chat/completions"
+        first = httpx.post(url, content=compressed(body, "gzip", 1), headers=headers)
+        second = httpx.post(url, content=compressed(body, "gzip", 2), headers=headers)
+    assert first.json() == second.json() == {"answer": 1}
+    assert "llmtap-replayed" in second.headers
+
+
+def test_a_miss_of_a_request_recorded_incomplete_says_so(start: Start, upstream: str) -> None:
+    """The only recordings of a request were cut (the SDK's timeout fired mid-stream) or are
+    llmtap's own 502 (the upstream reset): the 404 says this request was recorded but its
+    recording is incomplete, and why. Before, it named "the nearest recording" and diffed
+    this request against another one."""
+    stalled = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "stall"}]}
+    reset = {"model": "m", "messages": [{"role": "user", "content": "reset"}]}
+    server = start(upstream=upstream)
+    url = f"{server.url}/v1/chat/completions"
+    with OpenAI(base_url=f"{server.url}/v1", api_key=TEST_KEY, max_retries=0, timeout=1.0) as c:
+        c.chat.completions.create(model="m", messages=[{"role": "user", "content": "hello"}])
+        with pytest.raises(APITimeoutError):
+            for _ in c.chat.completions.create(
+                **stalled, extra_headers={"x-simulator-fault": "stall-mid-stream-ms=3000"}
+            ):
+                pass
+    fault = {"x-simulator-fault": "reset-before-headers"}
+    assert httpx.post(url, json=reset, headers=fault).status_code == 502
+    time.sleep(0.3)  # (the proxy sees the client leave, and records it)
+    server.stop()
+    replay = start(mode="replay")
+    for body, why in ((stalled, "client disconnected"), (reset, "llmtap: ")):
+        miss = httpx.post(f"{replay.url}/v1/chat/completions", json=body)
+        message = miss.json()["error"]["message"]
+        assert miss.status_code == 404 and "nearest" not in message, message
+        assert "this POST /v1/chat/completions request was recorded" in message, message
+        assert f"its recording is incomplete ({why}" in message and "record it again" in message
+
+
+def test_a_replayed_head_or_204_carries_the_recorded_content_length(start: Start) -> None:
+    """RFC 9110: a HEAD answer carries the headers GET's would, its Content-Length among them
+    (9.3.2), and a 204 carries none (8.6). Before, replay computed the length from the empty
+    recorded body: `content-length: 0` for both."""
+    body = b'{"object": "list", "data": []}'
+
+    def answer(request: Any) -> bytes:
+        if request.target.endswith("/empty"):
+            return b"HTTP/1.1 204 No Content\r\n\r\n"
+        head = json_reply(body).removesuffix(body)
+        return head if request.method == "HEAD" else head + body
+
+    with raw_upstream(answer) as up:
+        server = start(upstream=f"{up.url}/v1")
+        recorded = httpx.head(f"{server.url}/v1/models")
+        assert httpx.delete(f"{server.url}/v1/empty").status_code == 204
+        server.stop()
+    assert recorded.headers["content-length"] == str(len(body))
+    replay = start(mode="replay")
+    again = httpx.head(f"{replay.url}/v1/models")
+    assert again.status_code == 200 and "llmtap-replayed" in again.headers
+    assert again.headers["content-length"] == str(len(body)) and again.content == b""
+    empty = httpx.delete(f"{replay.url}/v1/empty")
+    assert empty.status_code == 204 and "llmtap-replayed" in empty.headers
+    assert "content-length" not in empty.headers
+    with httpx.Client() as client:  # and the connection is still good for the next request
+        for _ in range(2):
+            assert client.head(f"{replay.url}/v1/models").status_code == 200
+            assert client.delete(f"{replay.url}/v1/empty").status_code == 204
