@@ -11,7 +11,9 @@ one row per element, `{"columns", "data"}` split-oriented rows), and the answer 
 with one prediction per row: the assistant's text for chat and responses, the text for
 completions, the vector for embeddings. A row's input is its string, or the column named
 after the task's prompt variable (`content`, `prompt`, `input`) or `messages`, else its
-first string column. Unlike MLflow, a list of chat messages is one row (one conversation).
+first string column; for a Responses version with a stored prompt (`prompt: {id, version}` in
+its params), a record's `input` column is its input and its other columns are the prompt's
+variables. Unlike MLflow, a list of chat messages is one row (one conversation).
 """
 
 from __future__ import annotations
@@ -150,7 +152,12 @@ def request_bodies(
     (`{**model_params, **params}`)."""
     task = version["task"]
     own = {**(version.get("params") or {}), **_checked_params(version, params)}
-    values = [row_input(task, row) for row in input_rows(task, inputs)]
+    # a Responses stored prompt takes its variables from a record's columns (see `_body`)
+    stored_prompt = task == "responses" and isinstance(own.get("prompt"), dict)
+    values = [
+        row if stored_prompt and isinstance(row, dict) else row_input(task, row)
+        for row in input_rows(task, inputs)
+    ]
     if task == "embeddings":
         return [_body(version, own, values if len(values) > 1 else values[0])]
     return [_body(version, own, value) for value in values]
@@ -192,10 +199,18 @@ def _body(version: Mapping[str, Any], params: Mapping[str, Any], value: Any) -> 
     if task == "chat.completions":
         body["messages"] = _framed(list(template.get("messages", ())), _messages(value))
     elif task == "responses":
+        if isinstance(value, dict):  # a record for a stored prompt: `input` and its variables
+            variables = {k: v for k, v in value.items() if k != "input"}
+            if variables:
+                body["prompt"] = {**body["prompt"], "variables": variables}
+            value = row_input(task, value["input"]) if "input" in value else None
         if "instructions" in template:
             body["instructions"] = template["instructions"]
-        lead = template.get("input")
-        body["input"] = _framed(list(lead), _messages(value)) if lead else value
+        lead = list(template.get("input") or ())
+        if value is not None:
+            body["input"] = _framed(lead, _messages(value)) if lead else value
+        elif lead:
+            body["input"] = lead
     elif task == "completions":
         body["prompt"] = value
     else:

@@ -5,8 +5,10 @@ A model call that answers with tool calls leaves them here. When a later request
 tools, computer use, shell and patch calls, and MCP approvals) in the Responses API, or a
 legacy `function` message), it joins that call's trace (SPEC section 3: only a call answering
 tool calls joins; a new user turn, `previous_response_id` or not, is a trace of its own). The
-trace gets one AGENT root span over the run's model calls, whose status and outputs are those
-of the run's latest call (as MLflow's root span), and a TOOL span per call: its name,
+trace gets one AGENT root span over the run's model calls, whose inputs are what the run began
+with (the conversation the answering request carries, or, when it carries none, a Responses run
+chained by `previous_response_id`, the one the calling request sent), whose status and outputs
+are those of the run's latest call (as MLflow's root span), and a TOOL span per call: its name,
 arguments, result, and the time the client spent between receiving the call and sending the
 result. A client that sends a `traceparent` keeps its own structure: no root is made and no
 span is moved; each TOOL span goes beside the call that asked for it.
@@ -31,7 +33,12 @@ from llmtap.recorder.recording import Recording, new_span_id
 from llmtap.recorder.records import Span, SpanType, Status
 
 MEMORY = 50_000
-
+CALLING_CONVERSATIONS = 2_000
+"""Conversations of Responses calls that asked for tools, kept for their run's AGENT root
+(`AgentLinker._asked`): a run's results follow its call within the client's tool time."""
+CALLING_CONVERSATION_BYTES = 16_384
+"""The longest kept (as JSON): at most 2,000 x 16 KB = 32 MB; a question is some 100 bytes.
+A longer one is left out, and a chained run's root then shows no inputs, as before."""
 
 CANDIDATES = 8
 """Calls kept per (scope, call id): runs going at once that got the same ids."""
@@ -73,10 +80,14 @@ class Links:
 
 
 class _Lru(OrderedDict[Any, Any]):
+    def __init__(self, limit: int = MEMORY) -> None:
+        super().__init__()
+        self.limit = limit
+
     def remember(self, key: Any, value: Any) -> None:
         self[key] = value
         self.move_to_end(key)
-        while len(self) > MEMORY:
+        while len(self) > self.limit:
             self.popitem(last=False)
 
 
@@ -265,13 +276,19 @@ def conversation_items(inputs: Any) -> list[Any] | None:
     return None
 
 
-def conversation_hash(conversation: list[Any] | None) -> int:
+def conversation_json(conversation: list[Any] | None) -> bytes:
+    """The conversation as canonical JSON (sorted keys), b"" when empty or unwritable."""
     if not conversation:
-        return 0
+        return b""
     try:
-        return hash(orjson.dumps(conversation, option=orjson.OPT_SORT_KEYS))
+        return orjson.dumps(conversation, option=orjson.OPT_SORT_KEYS)
     except TypeError:  # nested deeper than orjson writes
-        return 0
+        return b""
+
+
+def conversation_hash(conversation: list[Any] | None) -> int:
+    text = conversation_json(conversation)
+    return hash(text) if text else 0
 
 
 def _role(message: Any) -> str | None:
@@ -301,6 +318,9 @@ class AgentLinker:
         self._responses: _Lru = _Lru()  # response id -> Caller
         self._roots: _Lru = _Lru()  # trace id -> the AGENT root Span
         self._under_root: _Lru = _Lru()  # trace id -> ids of the spans placed under its root
+        # a Responses call's span id -> the JSON of the conversation it sent, when it asked for
+        # tools: a run chained by `previous_response_id` sends its results without it
+        self._asked: _Lru = _Lru(CALLING_CONVERSATIONS)
 
     def link(self, rec: Recording, inputs: Any, explicit_trace: bool) -> Links:
         """Before the span is built: which trace this request joins, and the TOOL spans."""
@@ -398,7 +418,7 @@ class AgentLinker:
         end = rec.ended_ns or rec.started_ns
         if root is None:
             first = min(mine, key=lambda c: c.start_ns) if mine else None
-            conversation = conversation_of(inputs)
+            conversation = conversation_of(inputs) or self._calling_conversation(first)
             key = "messages" if isinstance(inputs.get("messages"), list) else "input"
             root = Span(
                 span_id=new_span_id(),
@@ -424,6 +444,11 @@ class AgentLinker:
         self._roots.remember(trace_id, root)
         return root, reparent
 
+    def _calling_conversation(self, caller: Caller | None) -> list[Any] | None:
+        """What the request that asked for the tools sent, when it is kept."""
+        text = self._asked.get(caller.span_id) if caller is not None else None
+        return orjson.loads(text) if text else None
+
     def remember(self, rec: Recording, span: Span) -> None:
         """After the span is built: its tool calls and response id, for the requests to come."""
         calls = tool_calls(span.outputs)
@@ -435,7 +460,11 @@ class AgentLinker:
         if calls:
             scope = _scope(rec)
             items = conversation_items(span.inputs) or []
-            conversation, length = conversation_hash(items), len(items)
+            text = conversation_json(items)
+            conversation, length = (hash(text) if text else 0), len(items)
+            # chat sends the whole conversation with its results; the Responses API may not
+            if linkable and text and len(text) <= CALLING_CONVERSATION_BYTES:
+                self._asked.remember(span.span_id, text)
             for cid, name, arguments in calls:
                 call = ToolCall(
                     caller, cid, name, arguments, span.end_time_ns, conversation, length

@@ -14,8 +14,8 @@ from llmtap.recorder.assemble import ASSEMBLERS, Assembler
 from llmtap.recorder.assemble.embeddings import decode_embeddings
 from llmtap.recorder.records import SpanType, Usage
 
-# request fields that are the input itself, not a setting of the model
-INPUT_FIELDS = frozenset({"messages", "prompt", "input", "stream", "stream_options"})
+# request fields that say how the answer travels, not how the model behaves
+TRANSPORT_FIELDS = frozenset({"stream", "stream_options"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +25,10 @@ class Endpoint:
     span_type: SpanType
     operation: str
     """The OpenTelemetry GenAI operation name (`gen_ai.operation.name`)."""
+    input_field: str
+    """The request field that holds the input itself, not a setting of the model (MLflow's
+    autolog `_get_input_from_model`): `prompt` is the input of a legacy completion only; a
+    Responses call's `prompt` is a stored prompt, a setting (see `invocation_params`)."""
     new_assembler: Callable[[], Assembler]
     is_terminal: Callable[[str | None, Mapping[str, Any] | None], bool]
     """True for the event that ends a stream (the SSE `event:` name and its parsed data)."""
@@ -92,6 +96,7 @@ CHAT = Endpoint(
     "chat.completions",
     SpanType.CHAT_MODEL,
     "chat",
+    "messages",  # input_field
     ASSEMBLERS["chat.completions"],
     _done_only,
     _choice_has_output,
@@ -101,6 +106,7 @@ COMPLETIONS = Endpoint(
     "completions",
     SpanType.LLM,
     "text_completion",
+    "prompt",  # input_field
     ASSEMBLERS["completions"],
     _done_only,
     _choice_has_output,
@@ -110,6 +116,7 @@ EMBEDDINGS = Endpoint(
     "embeddings",
     SpanType.EMBEDDING,
     "embeddings",
+    "input",  # input_field
     ASSEMBLERS["embeddings"],
     _done_only,
     _never,
@@ -120,6 +127,7 @@ RESPONSES = Endpoint(
     "responses",
     SpanType.CHAT_MODEL,
     "chat",
+    "input",  # input_field
     ASSEMBLERS["responses"],
     _response_terminal,
     _response_has_output,
@@ -171,6 +179,25 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def invocation_params(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings of a request: every field but the input itself."""
-    return {k: v for k, v in body.items() if k not in INPUT_FIELDS}
+def invocation_params(endpoint: Endpoint, body: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of a request: every field but its input and how the answer travels.
+
+    A Responses stored prompt (`prompt: {id, version, variables}`) is a setting: its id and
+    version stand for the instructions and messages kept at OpenAI, so two prompts are two
+    configurations. Its `variables` are not: they are what each call fills in (a customer's
+    name, the question), as MLflow fills a prompt template's variables from each input row;
+    kept as settings, every call would be a model version of its own."""
+    params = {
+        k: v for k, v in body.items() if k != endpoint.input_field and k not in TRANSPORT_FIELDS
+    }
+    prompt = params.get("prompt")
+    if isinstance(prompt, dict) and "variables" in prompt:
+        params["prompt"] = {k: v for k, v in prompt.items() if k != "variables"}
+    return params
+
+
+def prompt_variables(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The variables of a request's stored prompt, the part of it that is input; {} if none."""
+    prompt = body.get("prompt")
+    variables = prompt.get("variables") if isinstance(prompt, dict) else None
+    return variables if isinstance(variables, dict) else {}

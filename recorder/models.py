@@ -1,9 +1,10 @@
 """The model identity of a traced call, for `log_models` (MLflow's autolog option, from the wire).
 
 A model version is one distinct configuration: task, model, invocation parameters and prompt
-template (the leading system/developer messages of a chat, a Responses call's `instructions`).
-What the caller asks each time (the messages, the prompt, the text to embed) is the input, not
-the model. Pure functions: the writer process calls `model_record()` while it builds a batch,
+template (the leading system/developer messages of a chat, a Responses call's `instructions`;
+a Responses stored prompt's id and version are among the parameters). What the caller asks each
+time (the messages, the prompt, the text to embed, a stored prompt's variables) is the input,
+not the model. Pure functions: the writer process calls `model_record()` while it builds a batch,
 `recorder.model_store` writes the result, `proxy.predict` runs a version again.
 """
 
@@ -18,11 +19,11 @@ from typing import Any
 import orjson
 
 from llmtap.recorder.cassettes import SECRET_PATTERNS
-from llmtap.recorder.endpoints import invocation_params
+from llmtap.recorder.endpoints import ENDPOINTS, invocation_params, prompt_variables
 from llmtap.recorder.matching import canonical_value
 from llmtap.recorder.secret_headers import is_secret_value
 
-TASKS = ("chat.completions", "completions", "embeddings", "responses")
+TASK_ENDPOINTS = {e.name: e for e in ENDPOINTS.values()}
 TEMPLATE_ROLES = frozenset({"system", "developer"})
 # request fields that say who asks or how the answer travels, not how the model behaves:
 # two calls that differ only in these are the same model
@@ -44,13 +45,6 @@ NOT_MODEL_FIELDS = frozenset(
     }
 )
 REDACTED = "[REDACTED]"
-INPUT_FIELDS = {
-    "chat.completions": "messages",
-    "completions": "prompt",
-    "embeddings": "input",
-    "responses": "input",
-}
-"""The request field that holds a task's input (MLflow's autolog `_get_input_from_model`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,12 +79,16 @@ def model_record(
     registered_model_name: str | None = None,
 ) -> ModelRecord | None:
     """The model version a request body belongs to; None when it names no model."""
-    if task not in TASKS or not isinstance(body, dict) or not isinstance(body.get("model"), str):
+    if (
+        task not in TASK_ENDPOINTS
+        or not isinstance(body, dict)
+        or not isinstance(body.get("model"), str)
+    ):
         return None
     model = body["model"]
     params = {
         k: v
-        for k, v in invocation_params(body).items()
+        for k, v in invocation_params(TASK_ENDPOINTS[task], body).items()
         # a credential in the body (a gateway's `"api_key"`) is no setting, and never stored
         if k not in NOT_MODEL_FIELDS and not _credential(k, v)
     }
@@ -172,12 +170,15 @@ def _leading_template(items: list[Any]) -> list[Any]:
 def input_example(task: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
     """The request's input as the client sent it, under its field's name, secrets scrubbed:
     `{"messages": [...]}` for chat (the whole list, template included, as MLflow's autolog
-    keeps it), `{"prompt": ...}`, `{"input": ...}`. It is a valid predict input, read from that
-    column: one row, or a row per item when it is a list of texts. None when it is empty
-    (MLflow then logs no example either)."""
-    field = INPUT_FIELDS[task]
-    value = body.get(field)
-    return {field: scrub(value)} if value else None
+    keeps it), `{"prompt": ...}`, `{"input": ...}`; a stored prompt's variables beside it,
+    each a column (as MLflow's rows hold a template's variables). It is a valid predict input,
+    read from that column: one row, or a row per item when it is a list of texts. None when it
+    is empty (MLflow then logs no example either)."""
+    field = TASK_ENDPOINTS[task].input_field
+    example = dict(prompt_variables(body))
+    if body.get(field):
+        example[field] = body[field]
+    return scrub(example) if example else None
 
 
 def scrub(value: Any) -> Any:

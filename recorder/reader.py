@@ -32,11 +32,28 @@ TRACE_COLUMNS = """
         WHERE spans.trace_id = traces.trace_id ORDER BY start_time_ns LIMIT 1) AS first_span
 """
 """What `trace_info()` reads; the UI's list (up to 500 rows, no previews shown) reads these."""
+
+
+def _content_text(path: str) -> str:
+    """SQL for the text of the message content at `path` in a span's inputs: a string as it
+    is; a list of parts (`[{"type": "input_text", "text": ...}]`, what the Vercel AI SDK always
+    sends, and chat's text and image parts) as their texts, a blank line between them, as the
+    UI shows them (`proxy/ui.py`), not the list's JSON; parts without text leave nothing."""
+    # json_type and json_extract reuse the parse of json_valid (SQLite caches the last few
+    # parsed texts); json_each parses only the parts' JSON, not the whole inputs again
+    return f"""CASE json_type(inputs, '{path}')
+                WHEN 'array' THEN (SELECT group_concat(CASE part.type
+                        WHEN 'text' THEN part.value
+                        WHEN 'object' THEN json_extract(part.value, '$.text') END, char(10, 10))
+                    FROM json_each(json_extract(inputs, '{path}')) AS part)
+                ELSE json_extract(inputs, '{path}') END"""
+
+
 PREVIEW_COLUMNS = f"""
     (SELECT substr(coalesce(
-            json_extract(inputs, '$.messages[#-1].content'),
+            {_content_text("$.messages[#-1].content")},
             CASE json_type(inputs, '$.input') WHEN 'text' THEN json_extract(inputs, '$.input')
-                ELSE json_extract(inputs, '$.input[#-1].content') END,
+                ELSE {_content_text("$.input[#-1].content")} END,
             json_extract(inputs, '$.prompt')), 1, {PREVIEW_CHARS})
         FROM spans WHERE spans.trace_id = traces.trace_id AND span_type != 'AGENT'
             AND span_type != 'TOOL' AND json_valid(inputs)

@@ -230,7 +230,7 @@ def build_span(
     problems: list[str] = []
     attributes: dict[str, Any] = {"endpoint": endpoint.name}
     if isinstance(inputs, dict):
-        attributes.update(invocation_params(inputs))
+        attributes.update(invocation_params(endpoint, inputs))
     else:
         problems.append("request body is not a JSON object")
     attributes["model"] = inputs.get("model") if isinstance(inputs, dict) else None

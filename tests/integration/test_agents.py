@@ -10,6 +10,7 @@ import pytest
 from openai import InternalServerError, OpenAI
 
 from llmtap.proxy.server import ServerThread
+from llmtap.recorder.agents import CALLING_CONVERSATION_BYTES
 from tests.conftest import TEST_KEY, Proxy
 from tests.integration.test_proxy_sdk import WEATHER
 
@@ -151,6 +152,37 @@ def test_results_sent_with_previous_response_id_join_the_run_that_called(
     spans = trace(proxy, info["trace_id"])["spans"]
     assert [s["span_type"] for s in spans] == ["AGENT", "CHAT_MODEL", "TOOL", "CHAT_MODEL"]
     assert spans[0]["outputs"]["output"] and spans[0]["status"]["code"] == "OK"
+
+
+@pytest.mark.parametrize("question", ["and in Rome?", "and in Rome? " + "x" * 20_000])
+def test_a_run_chained_by_previous_response_id_shows_the_question_it_began_with(
+    proxy: Proxy, client: OpenAI, question: str
+) -> None:
+    """@openai/agents' `run(agent, q, {previousResponseId})`, and any app chaining responses:
+    the results go out with only `previous_response_id` and the outputs, no question. The
+    AGENT root's inputs are the calling request's conversation (they were null), kept for a
+    conversation of up to 16 KB (the memory is bounded: a longer one is not kept)."""
+    tool = RESPONSES_WEATHER
+    before = client.responses.create(model="gpt-4o-mini", input="weather in Paris?")
+    asked = client.responses.create(
+        model="gpt-4o-mini",
+        tools=[tool],
+        previous_response_id=before.id,
+        input=[{"role": "user", "content": question}],
+    )
+    call = next(item for item in asked.output if item.type == "function_call")
+    client.responses.create(
+        model="gpt-4o-mini",
+        tools=[tool],
+        previous_response_id=asked.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "rain"}],
+    )
+    run = next(t for t in traces(proxy) if t["span_count"] > 1)
+    spans = trace(proxy, run["trace_id"])["spans"]
+    assert [s["span_type"] for s in spans] == ["AGENT", "CHAT_MODEL", "TOOL", "CHAT_MODEL"]
+    kept = len(question) < CALLING_CONVERSATION_BYTES
+    expected = {"input": [{"role": "user", "content": question}]} if kept else None
+    assert spans[0]["inputs"] == expected
 
 
 def test_genai_attributes_usage_provenance_and_cost(proxy: Proxy, client: OpenAI) -> None:

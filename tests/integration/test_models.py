@@ -628,3 +628,38 @@ def test_predict_for_names_and_sessions_beyond_ascii(
     said = run(predict_command, *given, OPENAI_API_KEY=TEST_KEY)
     assert said.exit_code == 0, said.output
     assert "hello" in said.output
+
+
+def test_a_stored_prompt_makes_versions_and_predict_sends_it_back(
+    start_proxy: Callable[..., Proxy],
+) -> None:
+    """`prompt: {id, version, variables}` on /v1/responses: the id and version are the
+    configuration (two prompts were one version with `params: {}`), the variables its input."""
+    proxy = start_proxy(log_models=True, log_input_examples=True)
+    with sdk(proxy) as client:
+        for prompt_id in ("pmpt_support_agent", "pmpt_sales_agent"):
+            for city in ("Paris", "Rome"):
+                client.responses.create(
+                    model="gpt-4.1",
+                    input="hello",
+                    prompt={"id": prompt_id, "version": "2", "variables": {"city": city}},
+                )
+    found = versions(proxy, "Default/gpt-4.1")
+    assert sorted(v["params"]["prompt"]["id"] for v in found) == [
+        "pmpt_sales_agent",
+        "pmpt_support_agent",
+    ]
+    span = api(proxy, f"/api/traces/{api(proxy, '/api/traces')['traces'][-1]['trace_id']}")
+    attributes = span["spans"][0]["attributes"]
+    assert attributes["prompt"] == {"id": "pmpt_support_agent", "version": "2"}
+    support = next(v for v in found if v["params"]["prompt"]["id"] == "pmpt_support_agent")
+    answer = post_predict(proxy, "Default/gpt-4.1", support["version"], {"city": "Oslo"})
+    assert answer.status_code == 200, answer.text
+    sent = api(proxy, f"/api/traces/{answer.json()['trace_ids'][0]}")["spans"][0]["inputs"]
+    assert sent["prompt"] == {
+        "id": "pmpt_support_agent",
+        "version": "2",
+        "variables": {"city": "Oslo"},
+    }
+    again = post_predict(proxy, "Default/gpt-4.1", support["version"], support["input_example"])
+    assert again.status_code == 200, again.text

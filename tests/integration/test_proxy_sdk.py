@@ -572,3 +572,37 @@ def test_trace_info_previews_the_request_and_the_answer(proxy: Proxy, client: Op
     ]
     one = httpx.get(f"{proxy.url}/api/traces/{infos[0]['trace_id']}").json()["info"]
     assert one["request_preview"] == "Hello Responses"
+
+
+def test_the_request_preview_of_content_parts_is_their_text(proxy: Proxy, client: OpenAI) -> None:
+    """A message's content may be a list of parts (the Vercel AI SDK always sends Responses
+    input so, and chat takes text and image parts): the preview is their text, as the UI shows
+    it, not the list's JSON. A string that looks like JSON stays as it is."""
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is"},
+                    image,
+                    {"type": "text", "text": "this?"},
+                ],
+            }
+        ],
+    )
+    client.responses.create(
+        model="gpt-4o-mini",
+        input=[{"role": "user", "content": [{"type": "input_text", "text": "Weather in Paris?"}]}],
+    )
+    client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": '[{"text": "as typed"}]'}]
+    )
+    proxy.flush()
+    infos = httpx.get(f"{proxy.url}/api/traces").json()["traces"]
+    assert [t["request_preview"] for t in reversed(infos)] == [
+        "What is\n\nthis?",
+        "Weather in Paris?",
+        '[{"text": "as typed"}]',
+    ]

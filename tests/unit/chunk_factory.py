@@ -417,6 +417,112 @@ def response_events(
     return events, final
 
 
+_LOGPROB = {"token": "See", "logprob": -0.1, "bytes": [83, 101, 101], "top_logprobs": []}
+_CITATION = {
+    "type": "url_citation",
+    "start_index": 4,
+    "end_index": 15,
+    "url": "https://example.com",
+    "title": "Example",
+}
+
+
+def _event(kind: str, where: dict[str, Any], **fields: Any) -> Chunk:
+    return {"type": f"response.{kind}", **where, **fields}
+
+
+def _item_events(kind: str) -> tuple[dict[str, Any], dict[str, Any], list[Chunk]]:
+    """One output item of `kind` as a stream sends it: (added, done, the events between)."""
+    if kind == "message":
+        part = {"type": "output_text", "text": "See example.com", "annotations": [_CITATION]}
+        done = {"id": "msg_1", "type": "message", "role": "assistant", "status": "completed"}
+        done["content"] = [{**part, "logprobs": [_LOGPROB]}]
+        empty = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        at = {"item_id": "msg_1", "content_index": 0}
+        return (
+            {**done, "status": "in_progress", "content": []},
+            done,
+            [
+                _event("content_part.added", at, part=empty),
+                _event("output_text.delta", at, delta="See", logprobs=[_LOGPROB]),
+                _event("output_text.delta", at, delta=" example.com", logprobs=[]),
+                _event(
+                    "output_text.annotation.added", at, annotation_index=0, annotation=_CITATION
+                ),
+                _event("output_text.done", at, text=part["text"], logprobs=[_LOGPROB]),
+                _event("content_part.done", at, part=done["content"][0]),
+            ],
+        )
+    if kind == "reasoning":
+        summary = {"type": "summary_text", "text": "Think hard."}
+        thought = {"type": "reasoning_text", "text": "Two and two."}
+        done = {"id": "rs_1", "type": "reasoning", "summary": [summary], "content": [thought]}
+        at = {"item_id": "rs_1", "summary_index": 0}
+        inside = {"item_id": "rs_1", "content_index": 0}
+        return (
+            {**done, "summary": [], "content": []},
+            done,
+            [
+                _event("reasoning_summary_part.added", at, part={**summary, "text": ""}),
+                _event("reasoning_summary_text.delta", at, delta="Think "),
+                _event("reasoning_summary_text.delta", at, delta="hard."),
+                _event("reasoning_summary_text.done", at, text="Think hard."),
+                _event("reasoning_summary_part.done", at, part=summary),
+                _event("content_part.added", inside, part={**thought, "text": ""}),
+                _event("reasoning_text.delta", inside, delta="Two and "),
+                _event("reasoning_text.delta", inside, delta="two."),
+                _event("reasoning_text.done", inside, text="Two and two."),
+                _event("content_part.done", inside, part=thought),
+            ],
+        )
+    # a tool call whose one text field grows by deltas: (type, event prefix, field, its text)
+    item_type, prefix, field, text = {
+        "custom_tool_call": ("custom_tool_call", "custom_tool_call_input", "input", "SELECT 1"),
+        "code_interpreter_call": (
+            "code_interpreter_call", "code_interpreter_call_code", "code", "print(1+1)"
+        ),
+        "mcp_call": ("mcp_call", "mcp_call_arguments", "arguments", '{"q":"x"}'),
+    }[kind]  # fmt: skip
+    done = {"id": f"{kind}_1", "type": item_type, "status": "completed", field: text}
+    at = {"item_id": done["id"]}
+    return (
+        {**done, "status": "in_progress", field: ""},
+        done,
+        [
+            _event(f"{prefix}.delta", at, delta=text[:3]),
+            _event(f"{prefix}.delta", at, delta=text[3:]),
+            _event(f"{prefix}.done", at, **{field: text}),
+        ],
+    )
+
+
+RESPONSE_ITEM_KINDS = (
+    "message",
+    "reasoning",
+    "custom_tool_call",
+    "code_interpreter_call",
+    "mcp_call",
+)
+
+
+def response_item_stream(kind: str) -> tuple[list[Chunk], dict[str, Any]]:
+    """A Responses stream of one output item of `kind` whose deltas build it (text with
+    annotations and logprobs, reasoning with its summary, a custom tool call's input...), and
+    its final response."""
+    added, done, between = _item_events(kind)
+    final = response_object("completed", [done])
+    events: list[Chunk] = [
+        {"type": "response.created", "response": response_object("in_progress", [])},
+        {"type": "response.output_item.added", "output_index": 0, "item": added},
+        *({**event, "output_index": 0} for event in between),
+        {"type": "response.output_item.done", "output_index": 0, "item": done},
+        {"type": "response.completed", "response": final},
+    ]
+    for number, event in enumerate(events):
+        event["sequence_number"] = number
+    return events, final
+
+
 def chat_stream_recording() -> Recording:
     """A streamed chat call's recording that has only responded yet: feed it the wire."""
     rec = Recording(

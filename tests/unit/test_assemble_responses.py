@@ -7,7 +7,8 @@ import json
 import warnings
 from typing import Any
 
-from chunk_factory import response_events
+import pytest
+from chunk_factory import RESPONSE_ITEM_KINDS, response_events, response_item_stream
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai._models import construct_type
@@ -144,6 +145,11 @@ event_like = st.fixed_dictionaries(
                 "response.content_part.added",
                 "response.output_text.delta",
                 "response.function_call_arguments.delta",
+                "response.custom_tool_call_input.delta",
+                "response.reasoning_summary_part.added",
+                "response.reasoning_summary_text.delta",
+                "response.reasoning_summary_part.done",
+                "response.output_text.annotation.added",
                 "response.output_text.done",
                 "response.content_part.done",
                 "response.output_item.done",
@@ -157,6 +163,10 @@ event_like = st.fixed_dictionaries(
     optional={
         "output_index": json_values,
         "content_index": json_values,
+        "summary_index": json_values,
+        "annotation_index": json_values,
+        "annotation": json_values,
+        "logprobs": json_values,
         "delta": json_values,
         "item": json_values,
         "part": json_values,
@@ -171,3 +181,24 @@ event_like = st.fixed_dictionaries(
 def test_junk_never_raises(events: list[Any]) -> None:
     result = assemble(events).result()
     json.dumps(result)
+
+
+@pytest.mark.parametrize("kind", RESPONSE_ITEM_KINDS)
+def test_a_cut_stream_keeps_what_every_kind_of_delta_said(kind: str) -> None:
+    """Cut before any `.done`: the item is what its deltas built, whatever their kind (custom
+    tool input, code interpreter code, MCP arguments, reasoning summary and text, a text's
+    annotations and logprobs); the `.done` events alone build it the same way."""
+    events, final = response_item_stream(kind)
+    expected = {**final["output"][0], "status": "in_progress"}
+    if kind == "reasoning":
+        del expected["status"]  # a reasoning item has no status
+    deltas_only = [e for e in events if not e["type"].endswith((".done", ".completed"))]
+    assert assemble(deltas_only).result()["output"] == [expected]  # type: ignore[index]
+    before_item_done = events[:-2]
+    assert assemble(before_item_done).result()["output"] == [expected]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("kind", RESPONSE_ITEM_KINDS)
+def test_a_complete_stream_of_every_kind_is_its_final_response(kind: str) -> None:
+    events, final = response_item_stream(kind)
+    assert assemble(events).result() == final == sdk_final_response(events)

@@ -155,3 +155,61 @@ def test_bad_inputs_say_what_is_wanted(task: str, inputs: Any, says: str) -> Non
     with pytest.raises(PredictError, match=says) as raised:
         request_bodies(found, inputs)
     assert raised.value.status == 400
+
+
+def test_a_stored_prompt_is_configuration_and_its_variables_are_input() -> None:
+    """A Responses `prompt` is the reusable prompt at OpenAI: its id and version name the
+    configuration, its variables are what each call fills in (as a completion's `prompt` is
+    its input). The example holds the variables as columns, and predicts that request."""
+    prompt = {"id": "pmpt_support", "version": "2"}
+    body = {"model": "r", "prompt": {**prompt, "variables": {"city": "Paris"}}, "input": "hi"}
+    found = version("responses", body)
+    assert found["params"] == {"prompt": prompt}
+    assert found["input_example"] == {"city": "Paris", "input": "hi"}
+    assert request_bodies(found, found["input_example"]) == [body]
+    assert request_bodies(found, "hello") == [{"model": "r", "prompt": prompt, "input": "hello"}]
+    assert request_bodies(found, {"city": "Rome"}) == [
+        {"model": "r", "prompt": {**prompt, "variables": {"city": "Rome"}}}
+    ]
+    other_city = model_record("responses", {**body, "prompt": {**prompt, "variables": {}}}, "E")
+    other_prompt = model_record("responses", {**body, "prompt": {"id": "pmpt_sales"}}, "E")
+    first = model_record("responses", body, "E")
+    assert first is not None and other_city is not None and other_prompt is not None
+    assert first.config_hash == other_city.config_hash != other_prompt.config_hash
+    # a completion's `prompt` stays its input
+    completion = model_record("completions", {"model": "c", "prompt": "say"}, "E")
+    assert completion is not None and completion.params == {}
+
+
+@pytest.mark.parametrize(
+    ("task", "body", "config_hash"),
+    [
+        (
+            "chat.completions",
+            {"model": "m", "temperature": 0.2, "messages": [SYSTEM, user("q")], "stream": True},
+            "d2be472c020d2c2d9c6edcca54dca5c32283a13fb2fcf6d0a86211d73e101eaa",
+        ),
+        (
+            "completions",
+            {"model": "c", "prompt": "say", "max_tokens": 5},
+            "53208f202ca1c2e401ae8dbd92aaf0be3ac6f6923a0f2d309a9f436d9f5eb997",
+        ),
+        (
+            "embeddings",
+            {"model": "e", "input": "x", "dimensions": 8},
+            "ccd807bf727d982d3bbf0f0599b8791199d6b1263fbc163ccc2e60325d3bf1e1",
+        ),
+        (
+            "responses",
+            {"model": "r", "instructions": "Be kind.", "input": "hi", "tools": [{"type": "x"}]},
+            "be87f2edd7165e90d814b2d201f715c0c25909f5f0af5f23de3ad914b31877f2",
+        ),
+    ],
+)
+def test_a_configuration_without_a_stored_prompt_hashes_as_before(
+    task: str, body: dict[str, Any], config_hash: str
+) -> None:
+    """Existing databases keep their versions: these hashes were computed before input fields
+    became per endpoint."""
+    record = model_record(task, body, "E")
+    assert record is not None and record.config_hash == config_hash
