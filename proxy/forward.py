@@ -246,12 +246,18 @@ class Forwarder:
         try:
             if cycle is not None and cycle.disconnected:
                 raise ClientGone()
-            await send(
-                {"type": "http.response.start", "status": upstream.status, "headers": relay_headers}
-            )
+            start = {
+                "type": "http.response.start",
+                "status": upstream.status,
+                "headers": relay_headers,
+            }
             if streamed:
+                await send(start)
                 await self._relay_stream(send, rec, upstream, encoding)
+            elif rec.method == "HEAD" or upstream.status in _NO_BODY:
+                await self._relay_head_alone(send, rec, upstream, start, cycle)
             else:
+                await send(start)
                 await self._relay_body(send, rec, upstream, cycle)
             complete = True
         except ClientGone:
@@ -362,6 +368,20 @@ class Forwarder:
             raise ClientGone()
         await send({"type": "http.response.body", "body": pending or b"", "more_body": False})
 
+    async def _relay_head_alone(
+        self, send: Send, rec: Recording, upstream: Response, start: Any, cycle: Any | None
+    ) -> None:
+        """An answer that is its head alone (HEAD, 204, 304): its client has all of it once
+        the head is out, so the head goes after the commit (SPEC 6), as a body's last piece
+        does. (Sent first, the client closed before the commit: "client disconnected".)"""
+        while chunk := await upstream.read():  # (none comes; what does is kept)
+            rec.feed(chunk)
+        await self._commit(rec.finish())
+        if cycle is not None and cycle.disconnected:
+            raise ClientGone()
+        await send(start)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
     async def _answer_error(self, send: Send, rec: Recording, exc: LlmtapError) -> None:
         body = exc.body()
         rec.respond(exc.status, [("content-type", "application/json")])
@@ -383,6 +403,9 @@ class Forwarder:
         if self.writer is not None and not rec.discard:
             self.writer.submit_nowait(rec)
 
+
+_NO_BODY = frozenset({204, 304})
+"""Statuses whose answer never has a body (RFC 9110 6.4.1)."""
 
 TRACK_BODIES_PAST = 4 << 20
 """Bytes of a body that is not a stream after which its pieces go to the writer process as they
