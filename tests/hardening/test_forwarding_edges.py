@@ -45,7 +45,7 @@ def raw_exchange(proxy: Proxy, request: bytes) -> tuple[bytes, bytes]:
 
 def post(path: str, body: bytes, *extra: bytes) -> bytes:
     return (
-        f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n".encode()
+        f"POST {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n".encode()
         + b"".join(h + b"\r\n" for h in extra)
         + f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
         + body
@@ -244,7 +244,7 @@ def test_dot_segments_never_leave_the_base_path(
     with raw_upstream(lambda request: json_reply(orjson.dumps(COMPLETION))) as upstream:
         proxy = start_proxy(upstream=f"{upstream.url}/openai/v1")
         head, body = raw_exchange(
-            proxy, f"GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".encode()
+            proxy, f"GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n".encode()
         )
         fine = httpx.get(f"{proxy.base_url}/models")
     assert head.startswith(b"HTTP/1.1 400")

@@ -1,0 +1,93 @@
+"""Which requests a web page in the user's browser may not make: the Host rule.
+
+llmtap on loopback trusts whoever reaches its port, and a browser reaches it for any web page:
+a page on `evil.example` whose name the attacker's DNS then points at 127.0.0.1 (DNS
+rebinding) is same-origin with llmtap in the browser's eyes, and could read `/api/traces` and
+drive `/v1`. Its requests carry `Host: evil.example`, so llmtap on loopback answers only the
+names that mean this machine (127.0.0.1, localhost, [::1], any port), the `--host` it was
+given and the names in `allowed_hosts` (`*`: any).
+
+Listening beyond loopback (`--host 0.0.0.0` in a container), the machine is reached by
+addresses and names llmtap cannot know (a LAN address, a compose service's name): Host is
+checked only when `allowed_hosts` is set.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+
+from llmtap.proxy.config import Settings
+from llmtap.proxy.errors import HostNotAllowed, LlmtapError
+
+log = logging.getLogger("llmtap")
+
+RawHeaders = list[tuple[bytes, bytes]]
+
+LOOPBACK_NAMES = (b"127.0.0.1", b"localhost", b"[::1]")
+_VERDICTS_KEPT = 1024
+"""Host values whose verdict is remembered; a client inventing more costs no memory."""
+
+
+def listens_on_loopback(host: str) -> bool:
+    """Whether `--host` is a loopback address (or a name for one, resolved as bind() does)."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except OSError:
+        return False
+
+
+def host_name(authority: bytes) -> bytes:
+    """`localhost` of `localhost:8787`, `[::1]` of `[::1]:8787`: the name without its port."""
+    if authority.startswith(b"["):
+        return authority.partition(b"]")[0] + b"]"
+    return authority.partition(b":")[0]
+
+
+class HostGuard:
+    """`refusal(headers)`: the error to answer a request with, or None to serve it."""
+
+    def __init__(self, settings: Settings) -> None:
+        listed = settings.allowed_host_names
+        own = settings.host.lower()
+        own = f"[{own.strip('[]')}]" if ":" in own else own  # an IPv6 address, as a Host has it
+        self.names = frozenset({*LOOPBACK_NAMES, own.encode(), *(name.encode() for name in listed)})
+        self.checks_host = "*" not in listed and (
+            bool(listed) or listens_on_loopback(settings.host)
+        )
+        self._verdicts: dict[bytes, bool] = {}
+
+    def refusal(self, headers: RawHeaders) -> LlmtapError | None:
+        if not self.checks_host:
+            return None
+        host = None
+        for name, value in headers:  # (lower-cased by the server, as ASGI wants)
+            if name == b"host":
+                host = value
+                break
+        if host is None:  # HTTP/1.0: no browser's request
+            return None
+        allowed = self._verdicts.get(host)  # one lookup per request: a client's Host repeats
+        if allowed is None:
+            allowed = self._learn(host)
+        if not allowed:
+            return HostNotAllowed(
+                f"llmtap does not answer to the host name {host.decode('latin-1')[:100]!r}: "
+                "a web page whose name was pointed at this machine sends it. If you reach "
+                "llmtap by that name, add it to allowed_hosts (--allowed-hosts, "
+                "LLMTAP_ALLOWED_HOSTS)"
+            )
+        return None
+
+    def _learn(self, host: bytes) -> bool:
+        if len(self._verdicts) >= _VERDICTS_KEPT:
+            self._verdicts.clear()
+        allowed = self._verdicts[host] = host_name(host.lower()) in self.names
+        if not allowed:
+            log.warning("refused a request for host %r (not in allowed_hosts)", host)
+        return allowed
