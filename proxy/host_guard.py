@@ -1,4 +1,4 @@
-"""Which requests a web page in the user's browser may not make: the Host rule.
+"""Which requests a web page in the user's browser may not make: the Host and Origin rules.
 
 llmtap on loopback trusts whoever reaches its port, and a browser reaches it for any web page:
 a page on `evil.example` whose name the attacker's DNS then points at 127.0.0.1 (DNS
@@ -10,6 +10,12 @@ given and the names in `allowed_hosts` (`*`: any).
 Listening beyond loopback (`--host 0.0.0.0` in a container), the machine is reached by
 addresses and names llmtap cannot know (a LAN address, a compose service's name): Host is
 checked only when `allowed_hosts` is set.
+
+A page on another origin can send a POST that needs no preflight (`fetch(url, {mode:
+"no-cors", method: "POST"})` with a text/plain body, a form): llmtap would forward it, with
+the credentials of its upstream URL, and record it. The browser names the page's origin in
+`Origin`, which SDKs never send: a request whose Origin is not llmtap's own (the UI's: the
+authority the request was sent to, or a name listed in `allowed_hosts`) gets a 403 too.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import logging
 import socket
 
 from llmtap.proxy.config import Settings
-from llmtap.proxy.errors import HostNotAllowed, LlmtapError
+from llmtap.proxy.errors import CrossOriginRequest, HostNotAllowed, LlmtapError
 
 log = logging.getLogger("llmtap")
 
@@ -56,33 +62,51 @@ class HostGuard:
         listed = settings.allowed_host_names
         own = settings.host.lower()
         own = f"[{own.strip('[]')}]" if ":" in own else own  # an IPv6 address, as a Host has it
-        self.names = frozenset({*LOOPBACK_NAMES, own.encode(), *(name.encode() for name in listed)})
+        self.listed = frozenset(name.encode() for name in listed)
+        self.names = self.listed | {*LOOPBACK_NAMES, own.encode()}
         self.checks_host = "*" not in listed and (
             bool(listed) or listens_on_loopback(settings.host)
         )
         self._verdicts: dict[bytes, bool] = {}
 
     def refusal(self, headers: RawHeaders) -> LlmtapError | None:
-        if not self.checks_host:
-            return None
-        host = None
+        host = origin = None
         for name, value in headers:  # (lower-cased by the server, as ASGI wants)
             if name == b"host":
                 host = value
-                break
-        if host is None:  # HTTP/1.0: no browser's request
-            return None
-        allowed = self._verdicts.get(host)  # one lookup per request: a client's Host repeats
-        if allowed is None:
-            allowed = self._learn(host)
-        if not allowed:
-            return HostNotAllowed(
-                f"llmtap does not answer to the host name {host.decode('latin-1')[:100]!r}: "
-                "a web page whose name was pointed at this machine sends it. If you reach "
-                "llmtap by that name, add it to allowed_hosts (--allowed-hosts, "
-                "LLMTAP_ALLOWED_HOSTS)"
+            elif name == b"origin":
+                origin = value
+        # no Host (HTTP/1.0) is no browser's request
+        if host is not None and self.checks_host:
+            allowed = self._verdicts.get(host)  # one lookup per request: a client's Host repeats
+            if allowed is None:
+                allowed = self._learn(host)
+            if not allowed:
+                return HostNotAllowed(
+                    f"llmtap does not answer to the host name {host.decode('latin-1')[:100]!r}: "
+                    "a web page whose name was pointed at this machine sends it. If you reach "
+                    "llmtap by that name, add it to allowed_hosts (--allowed-hosts, "
+                    "LLMTAP_ALLOWED_HOSTS)"
+                )
+        if origin is not None and not self._is_own(origin, host):
+            return CrossOriginRequest(
+                f"llmtap refuses requests from web pages on other origins "
+                f"({origin.decode('latin-1')[:100]}): such a page could spend the upstream's "
+                "credentials or read the recordings. SDKs send no Origin header; a name in "
+                "front of llmtap goes in allowed_hosts"
             )
         return None
+
+    def _is_own(self, origin: bytes, host: bytes | None) -> bool:
+        """Whether a page on `origin` is llmtap's own UI: it was served from the authority this
+        request was sent to, or from a name the user listed (behind a proxy that rewrites Host).
+        A loopback name on another port is another site."""
+        _, sep, authority = origin.lower().partition(b"://")
+        if not sep:  # `null`: a sandboxed frame, a file, a redirect across origins
+            return False
+        return (host is not None and authority == host.lower()) or host_name(
+            authority
+        ) in self.listed
 
     def _learn(self, host: bytes) -> bool:
         if len(self._verdicts) >= _VERDICTS_KEPT:

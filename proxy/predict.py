@@ -305,5 +305,6 @@ _OWN_HEADERS = frozenset(
         b"llmtap-experiment",
         b"llmtap-trace-id",
         b"traceparent",
+        b"origin",  # checked at the predict request's door; the calls are llmtap's own
     }
 )

@@ -114,3 +114,78 @@ def test_predict_calls_its_own_llmtap_by_a_name_it_answers_to(
         headers={"content-type": "application/json"},
     )
     assert response.status_code == 200, response.text[:300]
+
+
+def no_cors_post(url: str, origin: str, body: dict[str, Any], **headers: str) -> httpx.Response:
+    """What `fetch(url, {method: "POST", mode: "no-cors", body})` sends from a page on
+    `origin`: text/plain needs no preflight, so the browser sends it as it is."""
+    return httpx.post(
+        url,
+        content=orjson.dumps(body),
+        headers={"origin": origin, "content-type": "text/plain", **headers},
+    )
+
+
+@pytest.mark.parametrize("origin", ["https://evil.example", "http://localhost:1", "null"])
+def test_a_page_on_another_origin_cannot_spend_the_configured_credential(
+    start_proxy: Callable[..., Proxy], simulator: Any, origin: str
+) -> None:
+    """The upstream URL's credentials (`http://user:key@host/v1`) go with every forwarded
+    request; a page on any site (another port of localhost too) must not have them spent."""
+    proxy = start_proxy(upstream=simulator.url.replace("://", "://user:sk-configured@") + "/v1")
+    httpx.delete(f"{simulator.url}/_simulator/requests")
+    response = no_cors_post(f"{proxy.base_url}/chat/completions", origin, CHAT)
+    assert refused(response, "cross_origin_request"), response.text[:300]
+    assert not upstream_saw(simulator)
+    assert proxy.query("SELECT count(*) FROM exchanges")[0][0] == 0
+
+
+def test_the_ui_s_own_origin_is_served(proxy: Proxy) -> None:
+    for name in ("127.0.0.1", "localhost"):
+        own = f"{name}:{port_of(proxy)}"
+        response = no_cors_post(
+            f"{proxy.base_url}/chat/completions", f"http://{own}", CHAT, host=own
+        )
+        assert response.status_code == 200, response.text[:300]
+
+
+def test_an_origin_in_allowed_hosts_is_served_behind_a_proxy_that_rewrites_host(
+    start_proxy: Callable[..., Proxy],
+) -> None:
+    proxy = start_proxy(allowed_hosts="llm.example.com")
+    url = f"{proxy.base_url}/chat/completions"
+    assert no_cors_post(url, "https://llm.example.com", CHAT).status_code == 200
+    assert refused(no_cors_post(url, "https://evil.example", CHAT), "cross_origin_request")
+
+
+def test_beyond_loopback_another_origin_is_still_refused(
+    start_proxy: Callable[..., Proxy],
+) -> None:
+    proxy = start_proxy(host="0.0.0.0")
+    url, host = f"{proxy.base_url}/chat/completions", "192.168.1.20:8787"
+    assert no_cors_post(url, f"http://{host}", CHAT, host=host).status_code == 200
+    assert refused(
+        no_cors_post(url, "https://evil.example", CHAT, host=host), "cross_origin_request"
+    )
+
+
+def test_predict_takes_json_only(start_proxy: Callable[..., Proxy], simulator: Any) -> None:
+    """predict runs upstream calls: a body a page may send without a preflight (text/plain, a
+    form) is refused before any, with or without an Origin."""
+    proxy = start_proxy(log_models=True)
+    httpx.post(f"{proxy.base_url}/chat/completions", json=CHAT).raise_for_status()
+    proxy.flush()
+    httpx.delete(f"{simulator.url}/_simulator/requests")
+    url = f"{proxy.url}/api/models/Default%2Fgpt-4o-mini/versions/1/predict"
+    body = orjson.dumps({"inputs": ["a", "b", "c"]})
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+        headers = {"content-type": content_type} if content_type else {}
+        response = httpx.post(url, content=body, headers=headers)
+        assert response.status_code == 415, response.text[:300]
+        assert "application/json" in response.json()["error"]["message"]
+    assert refused(
+        no_cors_post(url, "https://evil.example", {"inputs": ["a"]}), "cross_origin_request"
+    )
+    assert not upstream_saw(simulator)
+    charset = {"content-type": "application/json; charset=utf-8"}
+    assert httpx.post(url, content=body, headers=charset).status_code == 200
