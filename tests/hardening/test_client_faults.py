@@ -6,6 +6,7 @@ import socket
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -170,3 +171,33 @@ def test_a_client_gone_while_its_answer_waited_for_the_commit_is_no_ok_call(
         lock.close()
     wait_for(proxy, "SELECT status_message FROM spans", "client disconnected")
     assert proxy.query("SELECT status_code FROM spans")[0][0] == "ERROR"
+
+
+def test_an_oversized_body_announced_with_expect_continue_is_refused_before_its_upload(
+    start_proxy: Callable[..., Proxy],
+) -> None:
+    """curl sends `Expect: 100-continue` with every body over 1 MiB and waits for the 100
+    before uploading: a length over max_body_size gets its 413 at once instead (RFC 9110
+    10.1.1), and the connection closes, its body never read."""
+    proxy = start_proxy(max_body_size=100_000)
+    host, port = proxy.url.removeprefix("http://").split(":")
+    with connect(proxy) as sock:
+        sock.sendall(
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 3000000\r\n"
+            "Expect: 100-continue\r\n\r\n".encode()
+        )
+        answer = b""
+        while chunk := sock.recv(65536):  # to the close
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"connection: close" in head.lower()
+    assert orjson.loads(body)["error"]["code"] == "request_too_large"
+    # within the limit, the 100 comes and the request is served
+    request = raw_request(proxy, BODY, {"Expect": "100-continue"})
+    with connect(proxy) as sock:
+        sock.sendall(request[: -len(BODY)])
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(BODY)
+        assert sock.recv(100).startswith(b"HTTP/1.1 200")
