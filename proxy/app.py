@@ -19,8 +19,9 @@ from starlette.responses import Response
 
 from llmtap.proxy.api import api_routes
 from llmtap.proxy.config import Settings
-from llmtap.proxy.errors import UpstreamAborted, openai_error
+from llmtap.proxy.errors import LlmtapError, UpstreamAborted, openai_error
 from llmtap.proxy.forward import Forwarder, Receive, Scope, Send
+from llmtap.proxy.host_guard import HostGuard
 from llmtap.proxy.models_api import model_routes
 from llmtap.proxy.replaying import Replayer
 from llmtap.proxy.ui import ui_routes
@@ -59,9 +60,18 @@ async def not_an_experiment_path(send: Send) -> None:
         "llmtap: an experiment's base URL is /experiments/NAME/v1 (NAME percent-encoded)",
         "not_found",
     )
+    await send_json(send, 404, body)
+
+
+async def send_json(send: Send, status: int, body: bytes) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    await send({"type": "http.response.start", "status": 404, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def refuse(send: Send, error: LlmtapError) -> None:
+    """Answer with `error` before reading the request: it is neither forwarded nor recorded."""
+    await send_json(send, error.status, error.body())
 
 
 class LlmtapApp:
@@ -83,6 +93,7 @@ class LlmtapApp:
                 on_written=self.replayer.on_written,
             )
         self.forwarder = Forwarder(settings, self.writer, self.replayer)
+        self.guard = HostGuard(settings)
         reader = TraceReader(settings.db)
         health = self.writer.health_report if self.writer else None
         self.site = Starlette(
@@ -106,6 +117,10 @@ class LlmtapApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            refusal = self.guard.refusal(scope["headers"])  # /v1, /api and the UI alike
+            if refusal is not None:
+                await refuse(send, refusal)
+                return
             raw = scope.get("raw_path")
             target = split_api_path(raw.decode("latin-1") if raw else quote(scope["path"]))
             if target is not None:

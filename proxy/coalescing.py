@@ -81,6 +81,16 @@ class CoalescingTransport:
         return getattr(self._transport, name)
 
 
+MAX_REQUEST_HEAD = 64 * 1024
+"""Bytes of a request head past which it is answered with 431 (httptools has no limit, and
+grows a header's value with `bytes +=`: 48 MB of one header held the event loop for seconds)."""
+REQUEST_HEAD_TIMEOUT = 30.0
+"""Seconds a connection may take to send a request head (counted from its first byte, or
+from the connection's start for its first request): slowloris holds file descriptors."""
+LINGER_AFTER_REFUSAL = 5.0
+"""Seconds a refused head's connection is read and dropped before it closes: closed with
+unread bytes, the kernel would reset it, and the client would never read the answer."""
+
 ON_LOST = "llmtap_on_lost"
 """The attribute of uvicorn's request cycle that names what to call when the client leaves."""
 
@@ -92,14 +102,48 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+        self.head_size = 0
+        self.head_open = False  # a request head has begun and not ended
+        self.refused = False  # its answer went out: what comes is dropped until the close
+        # (a connection that never sends a byte holds a descriptor as well as a slow one)
+        self.head_timer: asyncio.TimerHandle | None = self.loop.call_later(
+            REQUEST_HEAD_TIMEOUT, self._head_too_slow
+        )
+
+    def data_received(self, data: bytes) -> None:
+        if self.refused:
+            return
+        super().data_received(data)
+        if self.head_open and not self.transport.is_closing():  # a head spanning reads
+            self.head_size += len(data)
+            if self.head_size > MAX_REQUEST_HEAD:
+                self._refuse_head(
+                    431,
+                    "request_head_too_large",
+                    f"the request head is over {MAX_REQUEST_HEAD} bytes",
+                )
+            elif self.head_timer is None:
+                self.head_timer = self.loop.call_later(REQUEST_HEAD_TIMEOUT, self._head_too_slow)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.head_open = True
+        self.head_size = 0
 
     def on_headers_complete(self) -> None:
+        self.head_open = False
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is not None and cycle.scope is self.scope and self.scope["http_version"] == "1.0":
             unframed_for_http10(cycle)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
         cycle = self.cycle
         super().connection_lost(exc)
         # a handler waiting for the upstream's head asked to hear of the client leaving (it
@@ -117,3 +161,31 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             head + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body
         )
         self.transport.close()
+
+    def _head_too_slow(self) -> None:
+        self.head_timer = None
+        if not self.head_open:  # it never began a request: nothing to answer
+            self.transport.close()
+            return
+        seconds = f"{REQUEST_HEAD_TIMEOUT:g}"
+        self._refuse_head(408, "request_timeout", f"the request head took over {seconds} s")
+
+    def _refuse_head(self, status: int, code: str, message: str) -> None:
+        """Answer a head that is not served, in OpenAI's shape, then read and drop what the
+        client still sends for a while (or until it closes) before closing: a client that
+        is still sending would otherwise get a reset instead of the answer."""
+        self.head_open = False
+        self.refused = True
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+        body = openai_error(status, "invalid_request_error", f"llmtap: {message}", code)
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n" % (status, _REASONS[status], len(body)) + body
+        )
+        self.transport.write_eof()
+        self.loop.call_later(LINGER_AFTER_REFUSAL, self.transport.close)
+
+
+_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}

@@ -57,6 +57,12 @@ def _check_db(path: str) -> None:
 class Settings:
     host: str = _option("127.0.0.1", "Address to listen on (loopback by default).")
     port: int = _option(8787, "Port to listen on (0 picks a free one).", low=0, high=65535)
+    allowed_hosts: str = _option(
+        "",
+        "Comma-separated host names llmtap answers to besides 127.0.0.1, localhost, [::1] and "
+        "--host (a name you put in front of it), * for any. A request with another Host gets "
+        "403 (DNS rebinding). Listening beyond loopback, Host is checked only when this is set.",
+    )
     upstream: str = _option(
         "https://api.openai.com/v1",
         "Base URL of the OpenAI-compatible API to forward to.",
@@ -134,6 +140,10 @@ class Settings:
     def ignored_fields(self) -> tuple[str, ...]:
         return tuple(f.strip() for f in self.replay_ignore_fields.split(",") if f.strip())
 
+    @property
+    def allowed_host_names(self) -> tuple[str, ...]:
+        return tuple(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())
+
 
 def check_setting(name: str, value: Any) -> None:
     """ValueError when `value` is not one the field `name` takes: its choices, its bounds
@@ -171,8 +181,9 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a config file; unknown keys are an error so that typos do not pass silently."""
     with open(path, "rb") as f:
         data = tomllib.load(f)
-    if isinstance(data.get("replay_ignore_fields"), list):  # a TOML list reads naturally too
-        data["replay_ignore_fields"] = ",".join(map(str, data["replay_ignore_fields"]))
+    for name in ("replay_ignore_fields", "allowed_hosts"):  # a TOML list reads naturally too
+        if isinstance(data.get(name), list):
+            data[name] = ",".join(map(str, data[name]))
     unknown = sorted(set(data) - set(_FIELDS))
     if unknown:
         raise ValueError(

@@ -3,6 +3,8 @@
     LlmtapError                      an answer llmtap gives instead of the upstream's
     ├── RequestTooLarge    413       the body is over `max_body_size`
     ├── BadControl         400       an `llmtap-*` header or a request llmtap cannot follow
+    ├── HostNotAllowed     403       a Host header llmtap does not answer to (DNS rebinding)
+    ├── CrossOriginRequest 403       a request from a web page on another origin
     ├── UpstreamUnreachable 502      refused, reset, DNS, TLS: no response came
     ├── UpstreamTimeout     504      no byte within `read_timeout` (or no connection in time)
     └── ReplayMiss          404      replay mode and no recording matches (see replay)
@@ -37,6 +39,22 @@ class BadControl(LlmtapError):
     status = 400
     type = "invalid_request_error"
     code = "bad_request_for_llmtap"
+
+
+class HostNotAllowed(LlmtapError):
+    """A Host that names no address of this machine: a web page whose name was pointed at it."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "host_not_allowed"
+
+
+class CrossOriginRequest(LlmtapError):
+    """A request a web page on another site made the browser send (its `Origin` says so)."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "cross_origin_request"
 
 
 class UpstreamUnreachable(LlmtapError):

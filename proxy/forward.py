@@ -103,6 +103,16 @@ class Forwarder:
         rec = Recording(
             scope["method"], api_path, query, split.stored, b"", ctx, split.key_fingerprint
         )
+        declared = split.content_length
+        if (
+            declared is not None
+            and declared.isdigit()
+            and int(declared) > self.settings.max_body_size
+        ):
+            # refused before the first receive(), which would answer `Expect: 100-continue`
+            # with a 100 and have the client upload it all; its body unread, the connection ends
+            await self._answer_error(send, rec, _too_large(self.settings.max_body_size), close=True)
+            return
         try:
             rec.request_body = await _read_body(receive, self.settings.max_body_size)
         except RequestTooLarge as exc:
@@ -382,17 +392,16 @@ class Forwarder:
         await send(start)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _answer_error(self, send: Send, rec: Recording, exc: LlmtapError) -> None:
+    async def _answer_error(
+        self, send: Send, rec: Recording, exc: LlmtapError, close: bool = False
+    ) -> None:
         body = exc.body()
         rec.respond(exc.status, [("content-type", "application/json")])
         await self._commit(rec.fail(str(exc), exc.status, body))
-        await send(
-            {
-                "type": "http.response.start",
-                "status": exc.status,
-                "headers": [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())],
-            }
-        )
+        headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+        if close:
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": exc.status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _commit(self, rec: Recording) -> None:
@@ -462,6 +471,13 @@ class _DisconnectWatch:
         self._waiter.cancel()
 
 
+def _too_large(limit: int) -> RequestTooLarge:
+    return RequestTooLarge(
+        f"llmtap: request body is larger than max_body_size ({limit} bytes); "
+        "raise it with --max-body-size or LLMTAP_MAX_BODY_SIZE"
+    )
+
+
 async def _read_body(receive: Receive, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
@@ -472,10 +488,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise RequestTooLarge(
-                f"llmtap: request body is larger than max_body_size ({limit} bytes); "
-                "raise it with --max-body-size or LLMTAP_MAX_BODY_SIZE"
-            )
+            raise _too_large(limit)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)

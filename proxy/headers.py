@@ -57,6 +57,8 @@ class SplitHeaders:
     controls: dict[str, str]
     """`llmtap-*` headers without the prefix, plus `traceparent`; lower-cased names."""
     key_fingerprint: str | None
+    content_length: bytes | None = None
+    """As sent: the body's length the client declared (None: chunked, or no body)."""
 
 
 def fingerprint(secret: str, salt: bytes = b"") -> str:
@@ -99,6 +101,7 @@ def split_request_headers(raw: RawHeaders, salt: bytes = b"") -> SplitHeaders:
     controls: dict[str, str] = {}
     key_fp: str | None = None
     listed: set[bytes] = set()
+    content_length = None
     known = _secret_names  # (the hot path of every request: the checks inlined)
     for name, value in raw:
         lname = name.lower()
@@ -108,6 +111,8 @@ def split_request_headers(raw: RawHeaders, salt: bytes = b"") -> SplitHeaders:
         if lname in HOP_BY_HOP:
             if lname == b"connection" and value.lower() not in CONNECTION_TOKENS:
                 listed |= connection_options(value)
+            elif lname == b"content-length":
+                content_length = value
             continue
         header = (lname.decode("latin-1"), value.decode("latin-1"))
         forward.append(header)
@@ -124,7 +129,7 @@ def split_request_headers(raw: RawHeaders, salt: bytes = b"") -> SplitHeaders:
         stored.append(header)
     if listed:  # rare: almost every client sends no more than `Connection: keep-alive`
         forward, stored = without(forward, listed), without(stored, listed)
-    return SplitHeaders(forward, stored, controls, key_fp)
+    return SplitHeaders(forward, stored, controls, key_fp, content_length)
 
 
 def split_response_headers(

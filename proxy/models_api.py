@@ -75,6 +75,9 @@ def model_routes(reader: ModelReader, traces: TraceReader, app: ASGIApp) -> list
             response = _error(405, 'predict takes POST with {"inputs": ...}')
             response.headers["allow"] = "POST"
             return response
+        media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if media_type != "application/json":  # a page can send others without a preflight
+            return _error(415, "predict takes a JSON body sent as Content-Type: application/json")
         found = await find_version(request)
         if isinstance(found, JSONResponse):
             return found

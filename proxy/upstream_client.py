@@ -77,6 +77,9 @@ DNS_TTL = 300.0
 """Seconds a host's addresses are reused before it is resolved again (aiohttp's default)."""
 HAPPY_EYEBALLS = 0.25
 """Seconds before the next address is tried while one is still connecting (RFC 8305)."""
+MAX_RESPONSE_HEAD = 1024 * 1024
+"""Bytes of a response head (interim answers included) past which the exchange fails: httptools
+grows a header's value with `bytes +=`, and a head that never ends would keep the loop copying."""
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # methods that get `Content-Length: 0` without a body (aiohttp's rule, kept)
@@ -429,6 +432,7 @@ class _Connection(asyncio.Protocol):
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_done = False
+        self.head_size = 0
         self.complete = False
         self.message_done = False
         self.error: BaseException | None = None
@@ -467,6 +471,16 @@ class _Connection(asyncio.Protocol):
             if not self.complete:  # else: bytes after a HEAD answer's head, not its body
                 self._fail(UpstreamProtocolError(f"invalid HTTP response: {exc}"))
             self._abort()
+        else:
+            if not self.head_done:  # a head spanning reads
+                self.head_size += len(data)
+                if self.head_size > MAX_RESPONSE_HEAD:
+                    self._fail(
+                        UpstreamProtocolError(
+                            f"the response head is over {MAX_RESPONSE_HEAD} bytes and not ended"
+                        )
+                    )
+                    self._abort()
 
     def eof_received(self) -> bool:
         return False  # close the transport; connection_lost does the rest
@@ -570,6 +584,7 @@ class _Connection(asyncio.Protocol):
         self.status = 0
         self.headers = []
         self.head_done = False
+        self.head_size = 0
         self.complete = False
         self.message_done = False
         self.error = None

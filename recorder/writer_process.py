@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import operator
 import os
+import re
 import select
 import signal
 import socket
@@ -122,7 +123,16 @@ def request_line(batch: Batch) -> str:
         parts.append(f"{usage.get('total_tokens', '-')} tokens")
     if x.error:
         parts.append(f"({x.error})")
-    return " ".join(parts)
+    # the path and the model are the client's: a line break in them would start a line that
+    # reads as llmtap's own, an escape sequence would move a terminal's cursor
+    return _CONTROL.sub(_escaped, " ".join(parts))
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")  # `\n`, `\x1b`, `\u2028`
 
 
 def open_batch_writer(config: WriterConfig) -> BatchWriter:

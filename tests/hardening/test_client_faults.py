@@ -6,6 +6,7 @@ import socket
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -195,3 +196,94 @@ def test_a_call_that_got_no_answer_is_not_called_a_bad_answer(proxy: Proxy) -> N
     assert span["status_code"] == "ERROR" and attributes["http_status"] is None
     assert span["outputs"] in (None, "null")  # (the store writes None as JSON null)
     assert "llmtap.reassembly_problems" not in attributes
+
+
+def test_an_oversized_body_announced_with_expect_continue_is_refused_before_its_upload(
+    start_proxy: Callable[..., Proxy],
+) -> None:
+    """curl sends `Expect: 100-continue` with every body over 1 MiB and waits for the 100
+    before uploading: a length over max_body_size gets its 413 at once instead (RFC 9110
+    10.1.1), and the connection closes, its body never read."""
+    proxy = start_proxy(max_body_size=100_000)
+    host, port = proxy.url.removeprefix("http://").split(":")
+    with connect(proxy) as sock:
+        sock.sendall(
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 3000000\r\n"
+            "Expect: 100-continue\r\n\r\n".encode()
+        )
+        answer = b""
+        while chunk := sock.recv(65536):  # to the close
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"connection: close" in head.lower()
+    assert orjson.loads(body)["error"]["code"] == "request_too_large"
+    # within the limit, the 100 comes and the request is served
+    request = raw_request(proxy, BODY, {"Expect": "100-continue"})
+    with connect(proxy) as sock:
+        sock.sendall(request[: -len(BODY)])
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(BODY)
+        assert sock.recv(100).startswith(b"HTTP/1.1 200")
+
+
+def test_a_request_head_past_the_limit_gets_431_and_holds_no_one_up(proxy: Proxy) -> None:
+    """httptools grows a header's value with `bytes +=`: 48 MB of one header took the event
+    loop for seconds while nobody else was served; past 64 KB of head the answer is a 431."""
+    answer: dict[str, bytes] = {}
+
+    def send_huge_header() -> None:
+        with connect(proxy) as sock:
+            sock.settimeout(30)
+            sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\nX-Big: ")
+            try:
+                sock.sendall(b"a" * (48 << 20) + b"\r\n\r\n")  # read and dropped after the 431
+                answer["head"] = sock.recv(65536)
+            except OSError as exc:
+                answer["head"] = repr(exc).encode()
+
+    sender = threading.Thread(target=send_huge_header)
+    sender.start()
+    time.sleep(0.2)
+    began = time.perf_counter()
+    assert httpx.get(f"{proxy.url}/api/health", timeout=10).status_code == 200
+    others_waited = time.perf_counter() - began
+    sender.join(30)
+    head, _, body = answer["head"].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431"), answer["head"][:200]
+    assert orjson.loads(body)["error"]["code"] == "request_head_too_large"
+    assert others_waited < 1.0
+
+
+def test_a_request_head_that_never_ends_is_closed_after_a_while(
+    proxy: Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slowloris: connections that each send part of a head and never the rest would hold
+    their file descriptors forever, until llmtap could accept no one."""
+    from llmtap.proxy import coalescing
+
+    monkeypatch.setattr(coalescing, "REQUEST_HEAD_TIMEOUT", 0.5)
+    started, silent = connect(proxy), connect(proxy)
+    started.sendall(b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+    time.sleep(0.3)
+    started.sendall(b"a")  # a byte now and then resets nothing
+    began = time.perf_counter()
+    for sock in (started, silent):
+        sock.settimeout(5)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        sock.close()
+        if sock is started:
+            assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        else:
+            assert answer == b""  # it never began a request: nothing to answer
+    assert time.perf_counter() - began < 2
+    # a request whose head comes in pieces within the time is served as always
+    with connect(proxy) as sock:
+        request = b"GET /api/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        for piece in (request[:10], request[10:30], request[30:]):
+            sock.sendall(piece)
+            time.sleep(0.1)
+        assert sock.recv(100).startswith(b"HTTP/1.1 200")

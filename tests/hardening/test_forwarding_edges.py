@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import socket
+import time
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -45,7 +46,7 @@ def raw_exchange(proxy: Proxy, request: bytes) -> tuple[bytes, bytes]:
 
 def post(path: str, body: bytes, *extra: bytes) -> bytes:
     return (
-        f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n".encode()
+        f"POST {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n".encode()
         + b"".join(h + b"\r\n" for h in extra)
         + f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
         + body
@@ -244,7 +245,7 @@ def test_dot_segments_never_leave_the_base_path(
     with raw_upstream(lambda request: json_reply(orjson.dumps(COMPLETION))) as upstream:
         proxy = start_proxy(upstream=f"{upstream.url}/openai/v1")
         head, body = raw_exchange(
-            proxy, f"GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".encode()
+            proxy, f"GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n".encode()
         )
         fine = httpx.get(f"{proxy.base_url}/models")
     assert head.startswith(b"HTTP/1.1 400")
@@ -422,3 +423,19 @@ def test_vllms_continuous_usage_stats_go_only_with_the_usage_the_client_asked_fo
         httpx.post(f"{proxy.base_url}/chat/completions", content=body)
         (sent,) = upstream.received
     assert json.loads(sent.body)["stream_options"] == {"include_usage": True}
+
+
+def test_an_upstream_head_that_never_ends_is_a_502_at_once(
+    start_proxy: Callable[..., Proxy],
+) -> None:
+    """httptools grows a header's value with `bytes +=`: an upstream whose head never ended
+    kept the event loop copying; past 1 MB of head the exchange fails as a protocol error."""
+    endless = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-endless: " + b"a" * (4 << 20)
+    with raw_upstream(lambda request: endless) as upstream:
+        proxy = start_proxy(upstream=f"{upstream.url}/v1")
+        began = time.perf_counter()
+        response = httpx.post(f"{proxy.base_url}/chat/completions", json=CHAT, timeout=10)
+        took = time.perf_counter() - began
+    assert response.status_code == 502, response.text[:300]
+    assert "head" in response.json()["error"]["message"]
+    assert took < 3

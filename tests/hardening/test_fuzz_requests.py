@@ -99,7 +99,7 @@ def test_nothing_in_a_request_reaches_another_host(
     body = b'{"model": "m"}'
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(
-            f"POST {target} HTTP/1.1\r\nHost: evil.example\r\n"
+            f"POST {target} HTTP/1.1\r\nHost: {host}:{port}\r\n"
             f"X-Forwarded-Host: evil.example\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
             + body

@@ -149,6 +149,31 @@ def test_serve_says_where_it_listens_and_logs_each_request(tmp_path: Path, upstr
     assert " ms gpt-4o-mini " in line and "tokens" in line
 
 
+def test_the_request_log_cannot_be_given_forged_lines(tmp_path: Path, upstream: str) -> None:
+    """`%0a` in a path or `\\n` in `model` started a new line in the request log, one that
+    read as llmtap's own; control characters are shown escaped."""
+    db = tmp_path / "forged.db"
+    forged = "2026-01-01 00:00:00,000 llmtap.requests FORGED POST /v1/chat/completions 200"
+    proc, url = start_serve(db, upstream, "--log-level", "info")
+    try:
+        httpx.get(f"{url}/v1/models%0a" + forged.replace(" ", "%20"))
+        chat = {"model": "gpt-4o-mini\r\n" + forged, "messages": [{"role": "user", "content": "x"}]}
+        httpx.post(f"{url}/v1/chat/completions", json=chat)
+        log = next(db.parent.glob("forged.*.log"))
+        for _ in range(100):
+            if log.read_text().count("FORGED") == 2:
+                break
+            time.sleep(0.05)
+        lines = log.read_text().splitlines()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert not [line for line in lines if line.startswith("2026-01-01")]
+    shown = [line for line in lines if "FORGED" in line]
+    assert len(shown) == 2 and "/v1/models\\n2026" in shown[0], shown
+    assert "gpt-4o-mini\\r\\n2026" in shown[1], shown
+
+
 def test_serve_explains_a_database_it_cannot_open(tmp_path: Path) -> None:
     import subprocess
 

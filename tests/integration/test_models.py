@@ -412,8 +412,15 @@ def test_predict_errors(start_proxy: Callable[..., Proxy]) -> None:
     assert post_predict(proxy, "Default/gpt-4o-mini", "v1", "x").status_code == 400
     bad = post_predict(proxy, "Default/text-embedding-3-small", 1, [{"role": "user"}])
     assert bad.status_code == 400 and "must be a string" in bad.json()["error"]["message"]
-    no_inputs = httpx.post(f"{proxy.url}/api/models/Default/gpt-4o-mini/versions/1/predict")
-    assert no_inputs.status_code == 400
+    predict_url = f"{proxy.url}/api/models/Default/gpt-4o-mini/versions/1/predict"
+    json_type = {"content-type": "application/json"}
+    assert httpx.post(predict_url, headers=json_type).status_code == 400  # no inputs
+    assert (
+        httpx.post(
+            predict_url, json={"inputs": "x"}, headers={"content-type": "text/plain"}
+        ).status_code
+        == 415
+    )
     assert httpx.get(f"{proxy.url}/api/models/nothing").status_code == 404
     # the predict path with another method: a 405 (it was get_model's "no model named ...")
     got = httpx.get(f"{proxy.url}/api/models/Default/gpt-4o-mini/versions/1/predict")

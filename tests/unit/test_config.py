@@ -161,3 +161,13 @@ def test_an_empty_ignore_list_from_the_environment_is_empty(tmp_path: Path) -> N
 def test_print_config_shows_no_upstream_password() -> None:
     shown = resolved(["--upstream", "https://me:s3cret@gw.example/v1"])
     assert shown["upstream"] == "https://***@gw.example/v1"
+
+
+def test_allowed_hosts_from_flag_environment_and_a_toml_list(tmp_path: Path) -> None:
+    assert resolved([])["allowed_hosts"] == ""
+    assert resolved(["--allowed-hosts", "a.example,b"])["allowed_hosts"] == "a.example,b"
+    assert resolved([], {"LLMTAP_ALLOWED_HOSTS": "*"})["allowed_hosts"] == "*"
+    config = tmp_path / "c.toml"
+    config.write_text('allowed_hosts = ["llm.example.com", "Box"]\n')
+    from_file = resolved(["--config", str(config)])["allowed_hosts"]
+    assert Settings(allowed_hosts=from_file).allowed_host_names == ("llm.example.com", "box")
