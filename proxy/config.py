@@ -59,9 +59,10 @@ class Settings:
     port: int = _option(8787, "Port to listen on (0 picks a free one).", low=0, high=65535)
     allowed_hosts: str = _option(
         "",
-        "Comma-separated host names llmtap answers to besides 127.0.0.1, localhost, [::1] and "
-        "--host (a name you put in front of it), * for any. A request with another Host gets "
-        "403 (DNS rebinding). Listening beyond loopback, Host is checked only when this is set.",
+        "Comma-separated host names llmtap answers to besides 127.0.0.1, localhost, [::1], "
+        "0.0.0.0 and --host (a name you put in front of it), * for any. A request with another "
+        "Host gets 403 (DNS rebinding). Listening beyond loopback, Host is checked only when "
+        "this is set.",
     )
     upstream: str = _option(
         "https://api.openai.com/v1",

@@ -33,7 +33,9 @@ log = logging.getLogger("llmtap")
 
 RawHeaders = list[tuple[bytes, bytes]]
 
-LOOPBACK_NAMES = (b"127.0.0.1", b"localhost", b"[::1]")
+LOOPBACK_NAMES = (b"127.0.0.1", b"localhost", b"[::1]", b"0.0.0.0")
+"""Names that mean this machine; 0.0.0.0 too, which reaches loopback here (uvicorn prints it,
+so people use it): a page on another site sending to it is caught by its Origin."""
 _VERDICTS_KEPT = 1024
 """Host values whose verdict is remembered; a client inventing more costs no memory."""
 
