@@ -145,6 +145,9 @@ class Tracer:
 
     def build(self, rec: Recording) -> Batch:
         """The exchange, and for a traced endpoint its spans and trace head."""
+        left_background = _left_in_background(rec)
+        if left_background:  # the client chose to stop reading: no failure, a replayable prefix
+            rec.error = None
         exchange, is_stream = exchange_of(rec)
         endpoint = endpoint_for(rec.path)
         # a compressed request: replay matches it, and the span shows it, decoded
@@ -183,6 +186,7 @@ class Tracer:
             inputs,
             self.prices,
             rec.context.parent_id or links.parent_id,  # a traceparent names the parent itself
+            left_background,
         )
         self.linker.remember(rec, span)
         if links.spans and links.spans[0].span_type is SpanType.AGENT:  # the run's root
@@ -190,6 +194,22 @@ class Tracer:
         head = TraceHead(span.trace_id, ctx.experiment, ctx.session, dict(ctx.tags))
         spans = (*links.spans, span)
         return Batch(exchange, key, is_stream, spans, head, links.reparent, model)
+
+
+CLIENT_LEFT = "client disconnected"
+"""What the proxy records when the client went away before its answer's end."""
+
+
+def _left_in_background(rec: Recording) -> bool:
+    """A client that stopped reading a Responses stream it started with `background: true`:
+    OpenAI's documented pattern (read, drop the connection, resume with `GET /v1/responses/
+    {id}?stream=true&starting_after=N`), not a failure. What it read replays as it was."""
+    if rec.error != CLIENT_LEFT or rec.method != "POST" or not rec.path.startswith("/responses"):
+        return False
+    if b'"background"' not in rec.request_body:  # (parsed only when it may say so)
+        return False
+    body = _parse_json(rec.request_body)
+    return isinstance(body, dict) and body.get("background") is True and body.get("stream") is True
 
 
 def exchange_of(rec: Recording) -> tuple[Exchange, bool]:
@@ -226,6 +246,7 @@ def build_span(
     inputs: Any,
     prices: PriceTable,
     parent_id: str | None,
+    left_background: bool = False,
 ) -> Span:
     problems: list[str] = []
     attributes: dict[str, Any] = {"endpoint": endpoint.name}
@@ -254,7 +275,12 @@ def build_span(
             )
         error = error or _failed_response_error(outputs)
         ended = summary.terminal_seen or _every_choice_finished(outputs)
-        if not ended and rec.error is None and error is None:
+        if left_background:
+            attributes["llmtap.note"] = (
+                "the client stopped reading a background response, which goes on at the "
+                "upstream (GET /v1/responses/{id} has it, stream=true&starting_after=N resumes it)"
+            )
+        elif not ended and rec.error is None and error is None:
             rec_error = "the stream ended before its final event"
             problems.append(rec_error)
             error = error or rec_error
