@@ -290,6 +290,11 @@ class Forwarder:
                 watch.stop()
             # a connection whose response was not read to the end cannot be reused
             upstream.release() if complete else upstream.close()
+            if self.writer is not None:
+                # after the record of how it ended (a client gone, a stop) was handed over: a
+                # long answer's first pieces, on file in the writer process, stay there for it
+                # (untracked before, they were deleted, and the record kept only the rest)
+                self.writer.untrack(rec)
 
     async def _relay_stream(
         self, send: Send, rec: Recording, upstream: Response, encoding: bytes
@@ -298,15 +303,12 @@ class Forwarder:
         # usage it did not ask for, which SDKs accept, rather than a stream we cannot edit
         stripper = UsageStripper() if rec.usage_injected and encoding == b"identity" else None
         writer = self.writer if not rec.discard else None
-        # its pieces go to the writer process as they come
+        # its pieces go to the writer process as they come (untracked in `_forward`, once what
+        # ended it is recorded)
         tracked = writer.track(rec) if writer is not None else None
-        try:
-            await self._relay_events(
-                send, rec, upstream, stripper, tracked, EndFinder(rec.path, encoding)
-            )
-        finally:
-            if writer is not None:
-                writer.untrack(rec)
+        await self._relay_events(
+            send, rec, upstream, stripper, tracked, EndFinder(rec.path, encoding)
+        )
 
     async def _relay_events(
         self,
@@ -351,27 +353,24 @@ class Forwarder:
         pending: bytes | None = None
         received = 0
         tracked: TrackedStream | None = None
-        try:
-            while chunk := await upstream.read():
-                rec.feed(chunk)
-                if pending is not None:
-                    await send({"type": "http.response.body", "body": pending, "more_body": True})
-                pending = chunk
-                if cycle is not None and cycle.disconnected:
-                    raise ClientGone()
-                received += len(chunk)
-                if tracked is not None:
-                    if tracked.paused is not None:  # it outruns the writer
-                        await self.writer.catch_up(tracked)  # type: ignore[union-attr]
-                elif received > TRACK_BODIES_PAST and self.writer is not None and not rec.discard:
-                    # a long body (a batch's output file: hundreds of MB) goes along to the
-                    # writer process as a stream's pieces do, which puts it on file: held here
-                    # whole, it was in memory three times over (the pieces, the frame, a copy)
-                    tracked = self.writer.track(rec)
-            await self._commit(rec.finish())
-        finally:
+        while chunk := await upstream.read():
+            rec.feed(chunk)
+            if pending is not None:
+                await send({"type": "http.response.body", "body": pending, "more_body": True})
+            pending = chunk
+            if cycle is not None and cycle.disconnected:
+                raise ClientGone()
+            received += len(chunk)
             if tracked is not None:
-                self.writer.untrack(rec)  # type: ignore[union-attr]
+                if tracked.paused is not None:  # it outruns the writer
+                    await self.writer.catch_up(tracked)  # type: ignore[union-attr]
+            elif received > TRACK_BODIES_PAST and self.writer is not None and not rec.discard:
+                # a long body (a batch's output file: hundreds of MB) goes along to the writer
+                # process as a stream's pieces do, which puts it on file: held here whole, it
+                # was in memory three times over (the pieces, the frame, a copy). Untracked in
+                # `_forward`, once what ended it is recorded.
+                tracked = self.writer.track(rec)
+        await self._commit(rec.finish())
         if cycle is not None and cycle.disconnected:
             # it left while the commit was waited for: it never had the last piece (its SDK
             # timed out, and may try again), as a stream's client leaving then is recorded

@@ -85,6 +85,7 @@ class BatchWriter:
     """The raw exchange alone, for a recording whose full batch cannot be built or stored:
     what the traffic meant may be lost, the exchange itself is not."""
     health: WriterHealth = field(default_factory=WriterHealth)
+    locked_waits: int = LOCKED_WAITS
     on_locked: Callable[[], None] | None = None
     """Told when a write first finds the database locked by another process (the proxy then
     stops holding responses for their commit: see `Writer.commit`)."""
@@ -150,7 +151,7 @@ class BatchWriter:
                 # the batch waits, whole, rather than lose its traces record by record
                 if not _locked(exc):
                     break
-                if waits >= LOCKED_WAITS:  # no record of it is to blame: all fail, at once
+                if waits >= self.locked_waits:  # no record is to blame: all fail, at once
                     self.health.note_failure(str(exc))
                     self._locked_out = True
                     return [False] * len(batches)

@@ -312,6 +312,11 @@ class Writer:
         self.health.pending = len(self._pending)
         stream = self._streams.get(recording.exchange_id)
         had, keep = 0, False  # pieces the writer process has already; the stream stays open
+        if stream is None and recording.dropped:
+            # its first pieces were on file and let go of, and nothing holds them now: a record
+            # of the rest alone must say so (never, by the order `Forwarder` keeps)
+            lost = "llmtap lost the first pieces of this response"
+            recording.error = f"{recording.error}; {lost}" if recording.error else lost
         if stream is not None:
             keep = stream.on_file > 0
             if not keep:
@@ -462,8 +467,11 @@ class Writer:
                 pending.future.set_result(False)
 
     def _on_done(self, acks: list[tuple[int, bool, str]]) -> None:
-        if any(ok for _, ok, _ in acks):
-            self._locked = False  # written again: commits are waited for again
+        # a batch ended, written or given up: commits are waited for again (a write that meets
+        # the lock again says so again, one busy timeout in). Kept until a batch was written,
+        # the flag outlived a lock that failed its batch, and responses went out unrecorded
+        # with the database fine again
+        self._locked = False
         self._unacked = max(0, self._unacked - len(acks))
         self._send_outbox()
         written: list[Recording] = []

@@ -41,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
-from llmtap.recorder.batch_writer import BatchWriter
+from llmtap.recorder.batch_writer import LOCKED_WAITS, BatchWriter
 from llmtap.recorder.chunk_times import ChunkTimes
 from llmtap.recorder.frames import FrameDecoder, encode
 from llmtap.recorder.memory import return_freed_memory
@@ -74,6 +74,8 @@ class WriterConfig:
     spool_dir: str | None = None
     """Where those files go, one per stream (named by exchange id); set by the proxy, which
     removes it when it stops. None: unnamed files (nothing can take them over)."""
+    locked_waits: int = LOCKED_WAITS
+    """Busy timeouts a batch waits for a database another process keeps locked."""
 
 
 _NOT_SENT = ("dropped", "summariser", "spool", "chunks_json")  # one process's own
@@ -149,7 +151,9 @@ def open_batch_writer(config: WriterConfig) -> BatchWriter:
         log_input_examples=config.log_input_examples,
         registered_model_name=config.registered_model_name,
     )
-    return BatchWriter(SqliteStore(config.db), tracer.build, raw_batch)
+    return BatchWriter(
+        SqliteStore(config.db), tracer.build, raw_batch, locked_waits=config.locked_waits
+    )
 
 
 class _OpenStream:

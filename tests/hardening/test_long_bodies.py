@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+from llmtap.recorder.body_codec import unpack_body
 from tests.conftest import TEST_KEY
 from tests.raw_upstream import json_reply, raw_upstream
 
@@ -117,3 +119,74 @@ def test_a_long_json_answer_is_still_read_into_its_span(start_proxy: Any) -> Non
     assert span["status"]["code"] == "OK", span["status"]
     assert span["attributes"]["usage"]["input_tokens"] == 600
     assert not span["attributes"].get("llmtap.reassembly_problems")
+
+
+MB = 1 << 20
+TOTAL = 64 * MB
+
+
+@contextlib.contextmanager
+def _slow_file_server(client_gone: threading.Event, ctype: bytes = b"application/octet-stream"):
+    listener = socket.create_server(("127.0.0.1", 0))
+    block = bytes(range(256)) * 4096  # 1 MB, recognisable start
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = listener.accept()
+            with conn:
+                req = b""
+                while b"\r\n\r\n" not in req:
+                    req += conn.recv(65536)
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\n"
+                    b"content-length: %d\r\nconnection: close\r\n\r\n" % (ctype, TOTAL)
+                )
+                conn.sendall(b"A" * MB)  # a first MB of its own
+                for _ in range(23):
+                    conn.sendall(block)
+                client_gone.wait(10)
+                time.sleep(0.5)
+                for _ in range(40):
+                    conn.sendall(block)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("content_type", [b"application/octet-stream", b"text/event-stream"])
+def test_a_long_answer_its_client_left_keeps_its_first_pieces(
+    start_proxy: Any, content_type: bytes
+) -> None:
+    """The client reads 20 MB of 64, waits for the writer to put the first pieces on file,
+    and leaves: the record of the cut answer starts where the answer started (its first
+    pieces were deleted with the stream's file before the record came, and the body kept
+    only some later MB, silently; a stream already did that, and a long body since it is
+    tracked)."""
+    gone = threading.Event()
+    with _slow_file_server(gone, content_type) as upstream:
+        proxy = start_proxy(upstream=f"{upstream}/v1")
+        host, port = proxy.url.removeprefix("http://").split(":")
+        client = socket.create_connection((host, int(port)))
+        client.sendall(b"GET /v1/files/f/content HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+        got = 0
+        while got < 20 * MB:
+            data = client.recv(1 << 20)
+            if not data:
+                break
+            got += len(data)
+        time.sleep(1.0)  # the writer puts >8 MB on file, the proxy lets go of them
+        client.close()
+        gone.set()
+        deadline, rows = time.monotonic() + 20, []
+        while not rows and time.monotonic() < deadline:
+            rows = proxy.query(
+                "SELECT error, coalesce(long_response_body, response_body) AS body FROM exchanges"
+            )
+            time.sleep(0.2)
+    (row,) = rows
+    body = unpack_body(bytes(row["body"]))
+    assert row["error"] == "client disconnected"
+    assert body[:8] == b"A" * 8 and len(body) >= 20 * MB, (len(body), body[:8])

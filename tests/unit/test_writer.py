@@ -634,3 +634,45 @@ def test_a_lock_held_by_another_process_is_waited_for_whole_and_then_failed_at_o
     assert written == [None] * 10
     assert Locked.calls == LOCKED_WAITS + 1  # (before: 13 + 10 + 10)
     assert writer.health.failed == 1 and "locked" in (writer.health.last_error or "")
+
+
+def test_commits_are_waited_for_again_once_a_lock_that_failed_its_batch_is_gone(
+    tmp_path: Path,
+) -> None:
+    """While another process keeps the database locked, commits are not waited for (their
+    clients would hang a minute); once the batch that met the lock ended, failed, they are
+    again, whether or not the next write succeeds (the flag stayed until one did: with the
+    database fine again, responses went out before their commit)."""
+    import os
+    import signal
+
+    db = tmp_path / "locked.db"
+    config = WriterConfig(db=str(db), locked_waits=1)
+
+    async def body() -> None:
+        writer = Writer(config)
+        await writer.start()
+        try:
+            assert await writer.commit(recording())
+            holder = sqlite3.connect(db, isolation_level=None)
+            holder.execute("BEGIN IMMEDIATE")
+            started = time.monotonic()
+            assert not await writer.commit(recording())  # told of the lock: not waited for
+            assert time.monotonic() - started < 8  # (one busy timeout of 5 s)
+            while not writer.health.failed:  # its batch, given up after its one more wait
+                await asyncio.sleep(0.1)
+            holder.rollback()
+            holder.close()
+            assert writer._process is not None
+            os.kill(writer._process.pid, signal.SIGSTOP)  # a writer that answers nothing now
+            try:
+                waiting = asyncio.ensure_future(writer.commit(recording()))
+                await asyncio.sleep(1.0)
+                assert not waiting.done(), "a commit went out without waiting for the writer"
+            finally:
+                os.kill(writer._process.pid, signal.SIGCONT)
+            assert await asyncio.wait_for(waiting, 20)
+        finally:
+            await writer.close()
+
+    asyncio.run(body())
