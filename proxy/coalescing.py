@@ -113,9 +113,13 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self.refused:
             return
+        # only a read that finds a head begun and leaves it unfinished is all head: the read
+        # that begins one may end the last request's body (pipelined), and was counted whole
+        continuing = self.head_open
         super().data_received(data)
         if self.head_open and not self.transport.is_closing():  # a head spanning reads
-            self.head_size += len(data)
+            if continuing:
+                self.head_size += len(data)
             if self.head_size > MAX_REQUEST_HEAD:
                 self._refuse_head(
                     431,
@@ -164,6 +168,9 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def _head_too_slow(self) -> None:
         self.head_timer = None
+        if self._answering():  # (reading waits for that answer: a pipelined head is not late)
+            self.head_timer = self.loop.call_later(REQUEST_HEAD_TIMEOUT, self._head_too_slow)
+            return
         if not self.head_open:  # it never began a request: nothing to answer
             self.transport.close()
             return
@@ -179,6 +186,9 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         if self.head_timer is not None:
             self.head_timer.cancel()
             self.head_timer = None
+        if self._answering():  # an answer ahead of it is going out: none may cut into it
+            self.transport.close()
+            return
         body = openai_error(status, "invalid_request_error", f"llmtap: {message}", code)
         self.transport.write(
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
@@ -186,6 +196,11 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         )
         self.transport.write_eof()
         self.loop.call_later(LINGER_AFTER_REFUSAL, self.transport.close)
+
+    def _answering(self) -> bool:
+        """An earlier request of this connection is still being answered (pipelined)."""
+        cycle = self.cycle
+        return cycle is not None and not cycle.response_complete
 
 
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}

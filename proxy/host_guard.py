@@ -59,6 +59,19 @@ def host_name(authority: bytes) -> bytes:
     return authority.partition(b":")[0]
 
 
+def _is_loopback(name: bytes) -> bool:
+    text = name.decode("latin-1").strip("[]")
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        try:  # the shorthand forms inet_aton reads (`127.1`), which browsers and curl send as is
+            address = ipaddress.ip_address(socket.inet_aton(text))
+        except OSError:
+            return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
 class HostGuard:
     """`refusal(headers)`: the error to answer a request with, or None to serve it."""
 
@@ -117,7 +130,11 @@ class HostGuard:
     def _learn(self, host: bytes) -> bool:
         if len(self._verdicts) >= _VERDICTS_KEPT:
             self._verdicts.clear()
-        allowed = self._verdicts[host] = host_name(host.lower()) in self.names
+        name = host_name(host.lower())
+        # `localhost.` is `localhost`; any literal loopback address (`127.1`, `[::ffff:
+        # 127.0.0.1]`) is this machine too: a rebound page's Host is a name, never an address
+        allowed = name in self.names or name.rstrip(b".") in self.names or _is_loopback(name)
+        self._verdicts[host] = allowed
         if not allowed:
             log.warning("refused a request for host %r (not in allowed_hosts)", host)
         return allowed

@@ -46,7 +46,21 @@ def test_a_page_rebound_to_loopback_is_refused(proxy: Proxy, simulator: Any, pat
     assert not upstream_saw(simulator)
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "LocalHost", "[::1]", "0.0.0.0"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        "localhost",
+        "LocalHost",
+        "[::1]",
+        "0.0.0.0",
+        # written otherwise (refused by a first version of the check: a review of the change)
+        "localhost.",
+        "[0:0:0:0:0:0:0:1]",
+        "[::ffff:127.0.0.1]",
+        "127.1",
+    ],
+)
 @pytest.mark.parametrize("with_port", [True, False])
 def test_the_loopback_names_are_answered_on_any_port(
     proxy: Proxy, host: str, with_port: bool

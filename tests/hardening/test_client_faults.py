@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import sqlite3
 import threading
@@ -287,3 +288,68 @@ def test_a_request_head_that_never_ends_is_closed_after_a_while(
             sock.sendall(piece)
             time.sleep(0.1)
         assert sock.recv(100).startswith(b"HTTP/1.1 200")
+
+
+def _statuses(sock: socket.socket, seconds: float) -> list[bytes]:
+    sock.settimeout(0.5)
+    got, end = b"", time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            continue
+        if not data:
+            break
+        got += data
+    return re.findall(rb"HTTP/1.1 (\d{3}) ", got)
+
+
+def test_a_pipelined_head_begun_in_the_reads_of_a_large_body_is_no_oversized_head(
+    proxy: Proxy,
+) -> None:
+    """The read that ends a 200 KB body and begins the next request's head was counted whole
+    as head: a false 431, written ahead of the first request's own answer (a review of the
+    change that bounds heads)."""
+    body = orjson.dumps(
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x " * 100_000}]}
+    )
+    first = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+        b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body) + body
+    )
+    second = b"GET /api/health HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"
+    host, port = proxy.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(first[:-100_000])
+        time.sleep(0.3)
+        sock.sendall(first[-100_000:] + second[:20])  # the next head begins in this read
+        time.sleep(0.3)
+        sock.sendall(second[20:])
+        assert _statuses(sock, 4) == [b"200", b"200"]
+
+
+def test_a_pipelined_head_waiting_behind_a_long_answer_is_not_timed_out(
+    proxy: Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading waits while an earlier request of the connection is answered, so a head begun
+    behind a long stream stays unfinished: the head timeout (30 s; 0.5 s here) cut the
+    stream with a 408 written into it."""
+    from llmtap.proxy import coalescing
+
+    monkeypatch.setattr(coalescing, "REQUEST_HEAD_TIMEOUT", 0.5)
+    body = orjson.dumps(
+        {"model": "m", "stream": True, "messages": [{"role": "user", "content": "slow"}]}
+    )
+    first = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+        b"content-type: application/json\r\nx-simulator-chunks: 8\r\n"
+        b"x-simulator-fault: chunk-delay-ms=250\r\n"
+        b"content-length: %d\r\n\r\n" % len(body) + body
+    )
+    second = b"GET /api/health HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"
+    host, port = proxy.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(first + second[:20])  # the next head begins behind a 2 s stream
+        time.sleep(3.0)
+        sock.sendall(second[20:])
+        assert _statuses(sock, 4) == [b"200", b"200"]
