@@ -11,6 +11,7 @@ from openai import InternalServerError, OpenAI
 
 from llmtap.proxy.server import ServerThread
 from llmtap.recorder.agents import CALLING_CONVERSATION_BYTES
+from tests.asgi_upstream import answer_json, request_json
 from tests.conftest import TEST_KEY, Proxy
 from tests.integration.test_proxy_sdk import WEATHER
 
@@ -224,13 +225,7 @@ def test_prices_file_overrides(start_proxy: Any, tmp_path: Any) -> None:
 async def same_ids_upstream(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """An OpenAI-compatible server that gives every run the same tool call id (`call_1`), as
     canned mocks and some local servers do: a call for the weather, then the answer."""
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
-    messages = json.loads(body)["messages"]
+    messages = (await request_json(receive))["messages"]
     results = [m for m in messages if m["role"] == "tool"]
     rounds = int(dict(scope["headers"]).get(b"x-test-rounds", b"1"))  # of tool calls per run
     if len(results) >= rounds:
@@ -252,10 +247,7 @@ async def same_ids_upstream(scope: dict[str, Any], receive: Any, send: Any) -> N
         "choices": [{"index": 0, "message": message, "finish_reason": finish}],
         "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10},
     }
-    data = json.dumps(answer).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": data})
+    await answer_json(send, answer)
 
 
 def test_every_run_gets_its_tool_spans_though_the_upstream_reuses_call_ids(
@@ -574,13 +566,7 @@ TOOL_NAMES = {
 async def tool_kinds_upstream(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """A Responses server whose first answer holds the calls that `metadata.kinds` names (each a
     kind the client answers), and whose answer to their results is a message."""
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
-    request = json.loads(body)
+    request = await request_json(receive)
     items = request.get("input")
     if isinstance(items, list) and any(isinstance(i, dict) and "type" in i for i in items):
         output: list[Any] = [
@@ -596,10 +582,7 @@ async def tool_kinds_upstream(scope: dict[str, Any], receive: Any, send: Any) ->
         "status": "completed", "model": "gpt-5", "output": output,
         "usage": {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2},
     }  # fmt: skip
-    data = json.dumps(answer).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": data})
+    await answer_json(send, answer)
 
 
 @pytest.mark.parametrize(
@@ -628,13 +611,7 @@ def test_every_kind_of_call_a_client_answers_joins_its_run(start_proxy: Any, kin
 
 async def custom_tool_chat_upstream(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Chat with a GPT-5 custom (freeform) tool: a `type: "custom"` call, then an answer."""
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
-    if json.loads(body)["messages"][-1]["role"] == "tool":
+    if (await request_json(receive))["messages"][-1]["role"] == "tool":
         message = {"role": "assistant", "content": "done"}
         finish = "stop"
     else:
@@ -647,10 +624,7 @@ async def custom_tool_chat_upstream(scope: dict[str, Any], receive: Any, send: A
         "model": "gpt-5", "choices": [{"index": 0, "message": message, "finish_reason": finish}],
         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
     }  # fmt: skip
-    data = json.dumps(answer).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": data})
+    await answer_json(send, answer)
 
 
 def test_a_chat_custom_tool_call_answered_joins_its_run(start_proxy: Any) -> None:

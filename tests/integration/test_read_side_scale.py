@@ -20,6 +20,7 @@ from llmtap.proxy.server import ServerThread
 from llmtap.proxy.ui import HISTORY_SHOWN
 from llmtap.recorder.reader import TraceReader
 from llmtap.recorder.sqlite import connect_for_writing
+from tests.asgi_upstream import answer_json, request_json
 from tests.conftest import TEST_KEY
 
 TURNS = 200
@@ -28,13 +29,7 @@ RESULT = "zebras are striped equids of Africa. " * 28  # ~1 KB a tool result
 
 async def always_a_tool_call(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """A model that never stops searching: every answer is one more tool call."""
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
-    turn = len(json.loads(body)["messages"])
+    turn = len((await request_json(receive))["messages"])
     arguments = json.dumps({"q": f"zebras {turn}"})
     call = {"id": f"call_{turn:06d}", "type": "function",
             "function": {"name": "search_docs", "arguments": arguments}}  # fmt: skip
@@ -44,10 +39,7 @@ async def always_a_tool_call(scope: dict[str, Any], receive: Any, send: Any) -> 
         "choices": [{"index": 0, "finish_reason": "tool_calls",
                      "message": {"role": "assistant", "content": None, "tool_calls": [call]}}],
     }  # fmt: skip
-    data = json.dumps(answer).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": data})
+    await answer_json(send, answer)
 
 
 def _record_a_long_run(start_proxy: Any) -> tuple[Any, str]:
