@@ -135,8 +135,7 @@ class Replayer:
         await send({"type": "http.response.start", "status": recorded.status, "headers": headers})
         # as the relay did: the usage llmtap asked for left the client's stream only when the
         # stream was not compressed (one the upstream compressed anyway reached it whole)
-        encoding = next((v for k, v in recorded.headers if k == "content-encoding"), None)
-        strip = recorded.usage_injected and is_identity(encoding)
+        strip = recorded.usage_injected and is_identity(content_encoding(recorded.headers))
         stripper = UsageStripper() if strip else None
         offset, previous_ms = 0, 0.0
         for size, at_ms in recorded.chunks:

@@ -138,7 +138,7 @@ def _decoded(
 ) -> tuple[list[list[str]], bytes, list[list[float]]]:
     """The body without its content-encoding, and each piece's decoded size; as it is when it
     decodes to more than `DECODED_AT_MOST` (a compression bomb stays compressed)."""
-    encoding = next((v for k, v in headers if k == "content-encoding"), None)
+    encoding = content_encoding(headers)
     if is_identity(encoding):
         return headers, body, chunks
     if not chunks:
@@ -179,8 +179,7 @@ def _entry(row: sqlite3.Row) -> dict[str, Any]:
     # replay takes out the usage llmtap asked for only where the client's stream had it taken
     # out: a stream the upstream compressed anyway reached its client whole (and leaves
     # here decoded, where replay could no longer tell)
-    encoding = next((v for k, v in response_headers if k == "content-encoding"), None)
-    usage_stripped = bool(row["usage_injected"]) and is_identity(encoding)
+    usage_stripped = bool(row["usage_injected"]) and is_identity(content_encoding(response_headers))
     response_headers, body, chunks = _decoded(
         response_headers, unpack_body(bytes(row["response_body"])), chunks
     )

@@ -29,7 +29,8 @@ MULTIPART_TAG = b"llmtap-multipart/1\n"
 
 
 def content_encoding(headers: Iterable[Sequence[str]]) -> str | None:
-    """The Content-Encoding of a request's headers (as stored: name-value pairs), or None."""
+    """The Content-Encoding of a request's or an answer's headers (as stored: name-value pairs,
+    names in any case, as a cassette from elsewhere may have them), or None."""
     for name, value in headers:
         if name.lower() == "content-encoding":
             return value

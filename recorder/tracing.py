@@ -16,7 +16,7 @@ from llmtap.recorder.agents import AgentLinker
 from llmtap.recorder.chunk_times import chunks_json
 from llmtap.recorder.decoding import DECODED_AT_MOST, decode_at_most
 from llmtap.recorder.endpoints import Endpoint, endpoint_for, invocation_params, usage_of
-from llmtap.recorder.matching import decoded_request, match_key
+from llmtap.recorder.matching import content_encoding, decoded_request, match_key
 from llmtap.recorder.models import model_record
 from llmtap.recorder.prices import PriceTable, cost_of, default_prices
 from llmtap.recorder.recording import Recording
@@ -151,7 +151,7 @@ class Tracer:
         exchange, is_stream = exchange_of(rec)
         endpoint = endpoint_for(rec.path)
         # a compressed request: replay matches it, and the span shows it, decoded
-        body = decoded_request(rec.request_body, header(rec.request_headers, "content-encoding"))
+        body = decoded_request(rec.request_body, content_encoding(rec.request_headers))
         if endpoint is None or rec.method != "POST" or not (self.log_traces or self.log_models):
             key = match_key(rec.method, rec.path, body, query=rec.query)
             return Batch(exchange, key, is_stream)
