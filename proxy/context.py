@@ -59,12 +59,16 @@ def build_context(experiment: str | None, controls: Mapping[str, str]) -> Reques
             parent_id = None
         trace_id = named
     tags = {k[4:]: v for k, v in controls.items() if k.startswith("tag-") and len(k) > 4}
+    user = controls.get("user", "").strip() or None
+    if user is not None:
+        tags.setdefault("user", user)  # (a trace's tags are what its list filters on)
     version = _MODEL_VERSION.fullmatch(controls.get("model-version", "").strip())
     return RequestContext(
         experiment=experiment or controls.get("experiment") or DEFAULT_EXPERIMENT,
         trace_id=trace_id,
         parent_id=parent_id,
         session=controls.get("session") or None,
+        user=user,
         tags=tags,
         predicted=(version[1], int(version[2])) if version else None,
     )

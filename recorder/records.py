@@ -56,6 +56,8 @@ class RequestContext:
     parent_id: str | None = None
     """The span to nest under (from `traceparent`)."""
     session: str | None = None
+    user: str | None = None
+    """Who the call was made for (`llmtap-user`): the span's `user.id`, the trace's tag `user`."""
     tags: Mapping[str, str] = field(default_factory=dict)
     predicted: tuple[str, int] | None = None
     """(name, version) of the model version a `predict` call runs (`llmtap-model-version`)."""

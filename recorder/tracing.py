@@ -30,7 +30,7 @@ from llmtap.recorder.records import (
     VersionLink,
 )
 from llmtap.recorder.secret_headers import redacted_query
-from llmtap.recorder.semconv import genai_attributes
+from llmtap.recorder.semconv import genai_attributes, request_attributes
 from llmtap.recorder.spool import PieceSpool
 from llmtap.recorder.stream_summary import StreamSummariser, StreamSummary
 
@@ -250,8 +250,11 @@ def build_span(
 ) -> Span:
     problems: list[str] = []
     attributes: dict[str, Any] = {"endpoint": endpoint.name}
+    named: dict[str, Any] = {}
     if isinstance(inputs, dict):
-        attributes.update(invocation_params(endpoint, inputs))
+        params = invocation_params(endpoint, inputs)
+        attributes.update(params)
+        named = request_attributes(params)
     else:
         problems.append("request body is not a JSON object")
     attributes["model"] = inputs.get("model") if isinstance(inputs, dict) else None
@@ -305,6 +308,7 @@ def build_span(
     if rec.usage_injected:
         attributes["llmtap.usage_requested_by_llmtap"] = True
     request_model = attributes.get("model")
+    attributes.update(named)
     attributes.update(
         genai_attributes(endpoint.operation, request_model, outputs, usage, rec.context)
     )
@@ -318,7 +322,7 @@ def build_span(
             usage.output_tokens,
         )
         if cost is not None:
-            attributes["cost"] = cost
+            attributes["cost"] = attributes["mlflow.llm.cost"] = cost
     if problems:
         attributes["llmtap.reassembly_problems"] = problems[:20]
     status = _status(rec, exchange, error, stream_error)

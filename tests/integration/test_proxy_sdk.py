@@ -606,3 +606,21 @@ def test_the_request_preview_of_content_parts_is_their_text(proxy: Proxy, client
         "Weather in Paris?",
         '[{"text": "as typed"}]',
     ]
+
+
+def test_a_user_named_by_header_is_on_the_span_and_filters_the_trace_list(proxy: Proxy) -> None:
+    with OpenAI(
+        base_url=proxy.base_url, api_key=TEST_KEY, default_headers={"llmtap-user": "alice"}
+    ) as c:
+        c.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "x"}], user="end-user-7"
+        )
+    proxy.flush()
+    trace = only_trace(proxy)
+    assert trace["info"]["tags"] == {"user": "alice"}
+    attributes = trace["spans"][0]["attributes"]
+    assert attributes["user.id"] == "alice" and attributes["user"] == "end-user-7"
+    page = httpx.get(f"{proxy.url}/", params={"tag": "user=alice"}).text
+    assert trace["info"]["trace_id"] in page
+    other = httpx.get(f"{proxy.url}/", params={"tag": "user=bob"}).text
+    assert trace["info"]["trace_id"] not in other
