@@ -22,7 +22,8 @@ def parse_strictly(line: str) -> ExportTraceServiceRequest:
     are hex in OTLP and base64 in protobuf's mapping; they are turned into base64 for the
     parser, so a wrong length shows as bytes of the wrong size."""
     as_protobuf_maps_it = orjson.dumps(_ids(orjson.loads(line), _hex_to_base64))
-    message = json_format.Parse(as_protobuf_maps_it, ExportTraceServiceRequest())
+    message = ExportTraceServiceRequest()
+    json_format.Parse(as_protobuf_maps_it, message)
     printed = json_format.MessageToDict(message, use_integers_for_enums=True)
     assert _ids(printed, _base64_to_hex) == orjson.loads(line)
     for span in spans_of(message):
