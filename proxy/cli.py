@@ -223,7 +223,14 @@ def trace(db: str, trace_id: str, as_json: bool) -> None:
 
 @main.command()
 @_db_option
-@click.option("--format", "fmt", type=click.Choice(["jsonl"]), default="jsonl", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "otlp"]),
+    default="jsonl",
+    show_default=True,
+    help="jsonl: GET /api/traces/{id}'s shape; otlp: an OTLP/JSON ExportTraceServiceRequest.",
+)
 @click.option("--experiment", help="Only traces of this experiment.")
 @click.option(
     "-o",
@@ -233,8 +240,10 @@ def trace(db: str, trace_id: str, as_json: bool) -> None:
     help="File to write (default: stdout).",
 )
 def export(db: str, fmt: str, experiment: str | None, output: str) -> None:
-    """Traces as JSON lines, one trace per line in the shape of GET /api/traces/{id}."""
+    """Traces as JSON lines, one trace per line: in the shape of GET /api/traces/{id}, or
+    with --format otlp as the OpenTelemetry Collector's file exporter writes them."""
     reader = _reader(db)
+    encode = _otlp_line if fmt == "otlp" else _same
     # opened once the database is known good, and always: an export with no traces leaves an
     # empty FILE, not the previous export's lines (click.File opens lazily, at the first write)
     try:
@@ -243,7 +252,17 @@ def export(db: str, fmt: str, experiment: str | None, output: str) -> None:
         raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from exc
     with out:
         for full in reader.each_trace(experiment):  # one snapshot, however long it takes
-            out.write(orjson.dumps(full, option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
+            out.write(orjson.dumps(encode(full), option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
+
+
+def _same(full: dict[str, Any]) -> dict[str, Any]:
+    return full
+
+
+def _otlp_line(full: dict[str, Any]) -> dict[str, Any]:
+    from llmtap.recorder.otlp import export_request
+
+    return export_request(full, __version__)
 
 
 main.add_command(models)
