@@ -12,7 +12,8 @@ in a span beside the attributes it has in the store:
 - `openinference.span.kind`, `input.value` and `output.value` (with their mime types): what
   Phoenix shows, and Langfuse reads them too;
 - on each root span (no parent in the trace), the trace's session as `session.id` and
-  `mlflow.trace.session`, and each tag as `mlflow.traceTag.<key>`, where MLflow looks for them.
+  `mlflow.trace.session`, each tag as `mlflow.traceTag.<key>`, and the tag `user` (the
+  `llmtap-user` header) as `user.id` and `mlflow.trace.user`, where MLflow looks for them.
 
 The resource says `service.name` "llmtap" and the trace's experiment as `llmtap.experiment`.
 """
@@ -116,8 +117,11 @@ def _added_attributes(
         if info.get("session"):
             added["session.id"] = info["session"]
             added["mlflow.trace.session"] = info["session"]
-        for key, value in (info.get("tags") or {}).items():
+        tags = info.get("tags") or {}
+        for key, value in tags.items():
             added[f"mlflow.traceTag.{key}"] = value
+        if tags.get("user"):  # `llmtap-user`: MLflow's trace user, OTel's user on the root
+            added["user.id"] = added["mlflow.trace.user"] = tags["user"]
     return added
 
 

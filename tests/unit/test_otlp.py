@@ -84,3 +84,13 @@ def test_a_stored_attribute_of_an_added_name_appears_once() -> None:
     trace["info"]["session"] = "s-1"
     got = attributes_of(exported(trace))  # (attributes_of fails on a repeated key)
     assert got["session.id"] == "s-1" and got["mlflow.spanType"] == "CHAT_MODEL"
+
+
+def test_the_traces_user_is_on_its_root_as_mlflow_and_otel_name_it() -> None:
+    trace = make_trace(attributes={"user.id": "alice"})
+    trace["info"]["tags"] = {"user": "alice", "team": "core"}
+    got = attributes_of(exported(trace))
+    assert got["user.id"] == "alice" and got["mlflow.trace.user"] == "alice"
+    assert got["mlflow.traceTag.team"] == "core"
+    untagged = attributes_of(exported(make_trace()))
+    assert "mlflow.trace.user" not in untagged and "user.id" not in untagged
