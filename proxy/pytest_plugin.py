@@ -32,9 +32,13 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from llmtap.recorder.call_usage import CallUsage
+    from llmtap.recorder.replay import ReplayIndex
 
 DUMMY_KEY = "sk-llmtap-replay-no-key-needed"
 _UNUSED_PROPERTY = "llmtap_unused_recordings"
@@ -142,7 +146,21 @@ class LlmtapSession:
     mode: str
     cassette: Path
     db: Path
-    recorded: list[str] = field(default_factory=list)
+    replay_index: ReplayIndex | None = field(default=None, repr=False)
+    """What replay served so far (replay and auto)."""
+    first_rowid: int = field(default=0, repr=False)
+    """Exchanges in `db` before the test (its cassette's): those after it recorded."""
+
+    def usage(self) -> CallUsage:
+        """The calls this test made so far, recorded or replayed: how many, their tokens and
+        their cost in USD (None when no model's price is known), for a budget:
+        `assert llmtap.usage().total_tokens < 2_000`."""
+        from llmtap.recorder.call_usage import CallUsage, recorded_since, usage_of
+
+        ids = recorded_since(str(self.db), self.first_rowid) if self.db.exists() else []
+        if self.replay_index is not None:
+            ids += self.replay_index.served()
+        return usage_of(str(self.db), ids) if ids else CallUsage()
 
 
 def cassette_path(item: pytest.Item, folder: str | Path | None) -> Path:
@@ -240,6 +258,7 @@ def llmtap(
     from llmtap.proxy.config import Settings
     from llmtap.proxy.headers import fingerprint
     from llmtap.proxy.server import ServerThread
+    from llmtap.recorder.call_usage import last_rowid
     from llmtap.recorder.cassettes import export_cassette, import_cassette
     from llmtap.recorder.sqlite import key_salt_of
 
@@ -255,7 +274,15 @@ def llmtap(
         Settings(mode=mode, upstream=upstream, db=str(db), port=0), recording=mode != "replay"
     )
     server = ServerThread(app, **uvicorn_kwargs()).start()
-    session = LlmtapSession(f"{server.url}/v1", server.url, mode, cassette, db)
+    session = LlmtapSession(
+        f"{server.url}/v1",
+        server.url,
+        mode,
+        cassette,
+        db,
+        app.replayer.index if mode != "record" else None,
+        last_rowid(str(db)) if db.exists() else 0,
+    )
     monkeypatch.setenv("OPENAI_BASE_URL", session.base_url)
     # an HTTP(S)_PROXY of the machine (CI runners have them) must not take the SDK's calls
     # to the local llmtap elsewhere

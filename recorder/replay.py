@@ -103,7 +103,8 @@ class ReplayIndex:
         self._keys: dict[str, list[str]] = {}
         self._by_route: dict[tuple[str, str], list[str]] = {}
         self._cursors: dict[str, int] = {}
-        self._used: set[str] = set()
+        self._served: dict[str, int] = {}
+        """Exchange id -> how many times it was replayed (the plugin's unused and usage)."""
         self._known: set[str] = set()
         self._incomplete: dict[str, str] = {}
         """Key -> error of the latest recording that cannot be replayed (for `miss`)."""
@@ -174,7 +175,7 @@ class ReplayIndex:
                     return len(ids)
                 at = len(ids) - 1
             self._cursors[key] = at + 1
-            self._used.add(ids[at])
+            self._served[ids[at]] = self._served.get(ids[at], 0) + 1
             return ids[at]
 
     def cached(self, exchange_id: str) -> Recorded | None:
@@ -243,4 +244,9 @@ class ReplayIndex:
     def unused(self) -> list[str]:
         """Recorded exchanges that no request has replayed (for the pytest plugin's report)."""
         with self._lock:
-            return [i for ids in self._keys.values() for i in ids if i not in self._used]
+            return [i for ids in self._keys.values() for i in ids if i not in self._served]
+
+    def served(self) -> list[str]:
+        """Every replayed exchange id, once for each time it was replayed."""
+        with self._lock:
+            return [i for i, times in self._served.items() for _ in range(times)]

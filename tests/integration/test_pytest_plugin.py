@@ -426,3 +426,55 @@ def test_a_relative_cassettes_folder_in_the_ini_file_is_below_the_rootdir(
     monkeypatch.delenv("OPENAI_API_KEY")
     monkeypatch.chdir(tests)
     pytester.runpytest_subprocess("-p", "no:cacheprovider", "test_api.py").assert_outcomes(passed=2)
+
+
+BUDGET_TEST = """
+import json, os
+from openai import OpenAI
+
+def test_budget(llmtap):
+    assert llmtap.usage().calls == 0
+    with OpenAI(max_retries=0) as client:
+        for _ in range(2):  # the same request twice: replayed twice
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "budget"}])
+        chats = llmtap.usage()
+        assert chats.calls == 2 and chats.output_tokens > 0
+        stream = client.chat.completions.create(
+            model="gpt-4o-mini", stream=True, messages=[{"role": "user", "content": "streamed"}])
+        for _ in stream:
+            pass
+        streamed = llmtap.usage()  # usage llmtap asked for, though the client did not
+        assert streamed.output_tokens > chats.output_tokens
+        client.embeddings.create(model="text-embedding-3-small", input="tokens")
+        embedded = llmtap.usage()
+        assert embedded.input_tokens > streamed.input_tokens
+        assert embedded.output_tokens == streamed.output_tokens
+        client.models.list()  # not a call with tokens
+    used = llmtap.usage()
+    assert used.total_tokens < 10_000  # the budget a user would write
+    with open(os.environ["USAGE_OUT"], "a") as out:
+        out.write(json.dumps([used.calls, used.input_tokens, used.output_tokens,
+                              used.total_tokens, used.cost]) + "\\n")
+"""
+
+
+def test_a_tests_usage_and_cost_are_the_same_recorded_and_replayed(
+    pytester: pytest.Pytester, upstream_server: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    out = pytester.path / "usage.jsonl"
+    monkeypatch.setenv("USAGE_OUT", str(out))
+    pytester.makepyfile(test_budget=BUDGET_TEST)
+    pytester.runpytest_subprocess(
+        "--llmtap-mode=record", f"--llmtap-upstream={upstream_server.url}/v1"
+    ).assert_outcomes(passed=1)
+    upstream_server.stop()
+    pytester.runpytest_subprocess().assert_outcomes(passed=1)  # replayed, offline
+    recorded, replayed = (json.loads(line) for line in out.read_text().splitlines())
+    calls, tokens_in, tokens_out, total, cost = recorded
+    assert calls == 5  # 2 chats, the stream, the embedding, the model list
+    assert tokens_in > 0 and tokens_out > 0 and total == tokens_in + tokens_out
+    assert cost is not None and cost > 0  # gpt-4o-mini's price is known
+    assert replayed == recorded
