@@ -16,6 +16,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from llmtap.proxy.errors import openai_error
 from llmtap.proxy.http10 import unframed_for_http10
+from llmtap.proxy.upgrade_ignored import without_upgrade
 
 
 class CoalescingTransport:
@@ -97,13 +98,15 @@ ON_LOST = "llmtap_on_lost"
 
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, writing through a `CoalescingTransport`; an HTTP/1.0
-    request's answer without a length goes out unframed (`llmtap.proxy.http10`), and a
-    request that is not HTTP gets its 400 in OpenAI's shape."""
+    request's answer without a length goes out unframed (`llmtap.proxy.http10`), a request
+    offering an upgrade is read as HTTP/1.1 (`llmtap.proxy.upgrade_ignored`), and a request
+    that is not HTTP gets its 400 in OpenAI's shape."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
         self.head_size = 0
         self.head_open = False  # a request head has begun and not ended
+        self.in_body = False  # between a request's head and its end: reads are body
         self.refused = False  # its answer went out: what comes is dropped until the close
         # (a connection that never sends a byte holds a descriptor as well as a slow one)
         self.head_timer: asyncio.TimerHandle | None = self.loop.call_later(
@@ -116,6 +119,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         # only a read that finds a head begun and leaves it unfinished is all head: the read
         # that begins one may end the last request's body (pipelined), and was counted whole
         continuing = self.head_open
+        if not self.in_body:  # a read that begins with a head (or the rest of one)
+            data = without_upgrade(data)
         super().data_received(data)
         if self.head_open and not self.transport.is_closing():  # a head spanning reads
             if continuing:
@@ -136,6 +141,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self.head_open = False
+        self.in_body = True
         if self.head_timer is not None:
             self.head_timer.cancel()
             self.head_timer = None
@@ -143,6 +149,10 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None and cycle.scope is self.scope and self.scope["http_version"] == "1.0":
             unframed_for_http10(cycle)
+
+    def on_message_complete(self) -> None:
+        self.in_body = False
+        super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.head_timer is not None:

@@ -439,3 +439,56 @@ def test_an_upstream_head_that_never_ends_is_a_502_at_once(
     assert response.status_code == 502, response.text[:300]
     assert "head" in response.json()["error"]["message"]
     assert took < 3
+
+
+H2C_OFFER = (
+    b"connection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\n"
+    b"http2-settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"
+)
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_an_h2c_upgrade_offer_is_answered_in_http11_with_the_body_read(
+    proxy: Proxy, simulator: Any, framing: str
+) -> None:
+    """`curl --http2` to an http:// URL offers h2c with its POST; the parser took the head for
+    an upgrade and read no body (the upstream got none, or the body was read as a request: a
+    400, or an answer cut at the close). RFC 9113 3.1 lets a server ignore the offer."""
+    httpx.delete(f"{simulator.url}/_simulator/requests")
+    body = orjson.dumps(
+        {
+            **CHAT,
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": "upgrade offered"}],
+        }
+    )
+    if framing == "chunked":
+        framed = b"transfer-encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    else:
+        framed = b"content-length: %d\r\n\r\n%s" % (len(body), body)
+    first = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\n"
+        b"content-type: application/json\r\nauthorization: Bearer sk-test\r\n" + H2C_OFFER + framed
+    )
+    then = b"GET /v1/models HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
+    head, rest = raw_exchange(proxy, first + then)  # the next request on the same connection
+    assert head.startswith(b"HTTP/1.1 200") and b"upgrade" not in head.lower()
+    length = int(
+        next(
+            v
+            for k, _, v in (line.partition(b": ") for line in head.split(b"\r\n"))
+            if k.lower() == b"content-length"
+        )
+    )
+    answer = orjson.loads(rest[:length])
+    assert "upgrade offered" in answer["choices"][0]["message"]["content"]
+    assert rest[length:].startswith(b"HTTP/1.1 200")  # the GET after it, served too
+    seen = httpx.get(f"{simulator.url}/_simulator/requests").json()
+    chat = next(r for r in seen if r["path"].endswith("/chat/completions"))
+    sent = {
+        k.lower()
+        for k in (chat["headers"] if isinstance(chat["headers"], dict) else dict(chat["headers"]))
+    }
+    assert not {"upgrade", "http2-settings", "llmtap-ignored-upgrade"} & sent
+    (span,) = [s for s in spans(proxy) if "upgrade offered" in s["inputs"]]
+    assert span["status_code"] == "OK"
