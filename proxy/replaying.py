@@ -1,8 +1,10 @@
 """Answering from recordings: the replay and auto modes of the `/v1` endpoint.
 
 Replay never opens a connection to the upstream and needs no API key. A stream replays as
-the recorded pieces (same bytes, same cuts), instantly or at the recorded pace; a stream for
-which llmtap had asked the upstream for usage replays without it, as the client first saw it.
+the recorded pieces (same bytes, same cuts), instantly or at the recorded pace. A stream's
+usage follows the replaying client's own `stream_options.include_usage`, which is not part of
+the match key: a recording holds the usage whoever asked for it (llmtap or its client), and a
+client that does not ask receives the stream without it, as llmtap live would strip it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from llmtap.recorder.decoding import is_identity
 from llmtap.recorder.matching import content_encoding, decoded_request
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.replay import Recorded, ReplayIndex
+from llmtap.recorder.stream_usage import asks_for_usage
 
 Send = Any
 
@@ -86,7 +89,7 @@ class Replayer:
             recorded = index.cached(found)
             if recorded is None:
                 recorded = await asyncio.to_thread(index.fetch, found)
-            await self._send(send, recorded, method)
+            await self._send(send, recorded, method, asks_for_usage(path, body))
             return True
         if not must_answer:
             return False
@@ -109,7 +112,8 @@ class Replayer:
         await send({"type": "http.response.body", "body": error, "more_body": False})
         return True
 
-    async def _send(self, send: Send, recorded: Recorded, method: str) -> None:
+    async def _send(self, send: Send, recorded: Recorded, method: str, asks_usage: bool) -> None:
+        """Send a recorded answer; `asks_usage`: the replaying client asked for a stream's usage."""
         headers = [
             (k.encode("latin-1"), v.encode("latin-1"))
             for k, v in recorded.headers
@@ -133,9 +137,8 @@ class Replayer:
             await send({"type": "http.response.body", "body": recorded.body, "more_body": False})
             return
         await send({"type": "http.response.start", "status": recorded.status, "headers": headers})
-        # as the relay did: the usage llmtap asked for left the client's stream only when the
-        # stream was not compressed (one the upstream compressed anyway reached it whole)
-        strip = recorded.usage_injected and is_identity(content_encoding(recorded.headers))
+        # as the relay does live: usage the client did not ask for leaves its stream
+        strip = not asks_usage and recorded.holds_usage_unasked()
         stripper = UsageStripper() if strip else None
         offset, previous_ms = 0, 0.0
         for size, at_ms in recorded.chunks:

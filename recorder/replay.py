@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import orjson
 
 from llmtap.recorder.body_codec import unpack_body
+from llmtap.recorder.decoding import is_identity
 from llmtap.recorder.matching import (
     canonical_value,
     content_encoding,
@@ -29,6 +30,7 @@ from llmtap.recorder.matching import (
 )
 from llmtap.recorder.schema import RESPONSE_BODY
 from llmtap.recorder.sqlite import connect_for_reading
+from llmtap.recorder.stream_usage import asks_for_usage
 
 CACHE_SIZE = 2048
 
@@ -44,6 +46,18 @@ class Recorded:
     chunks: tuple[tuple[int, float], ...]
     stream: bool
     usage_injected: bool
+    """llmtap asked the upstream for the stream's usage (the client had not)."""
+    usage_requested: bool
+    """The recorded request asked for the stream's usage itself (`asks_for_usage`)."""
+
+    def holds_usage_unasked(self) -> bool:
+        """Whether the stream holds usage that a client that does not ask for it must not
+        receive: it was asked for, by llmtap or the recorded client, and can be taken out
+        again (a stream the upstream compressed although llmtap asked for `identity` reached
+        its client whole, usage and all; so it replays)."""
+        if not self.stream or not (self.usage_injected or self.usage_requested):
+            return False
+        return is_identity(content_encoding(self.headers))
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,10 +202,18 @@ class ReplayIndex:
         """Load one recorded answer (blocking: call it from a thread)."""
         with closing(connect_for_reading(self.db)) as conn:
             row = conn.execute(
-                "SELECT exchange_id, status, response_headers, chunks, stream, usage_injected, "
-                f"{RESPONSE_BODY} AS response_body FROM exchanges WHERE exchange_id = ?",
+                "SELECT exchange_id, path, status, response_headers, chunks, stream, "
+                f"usage_injected, {RESPONSE_BODY} AS response_body, {_CODED_HEADERS}, "
+                # a stream's request says whether its client asked for usage; others' are not read
+                "CASE WHEN stream THEN request_body END AS request_body "
+                "FROM exchanges WHERE exchange_id = ?",
                 [exchange_id],
             ).fetchone()
+        request = row["request_body"]
+        usage_requested = request is not None and asks_for_usage(
+            row["path"],
+            decoded_request(unpack_body(bytes(request)), _request_coding(row["coded_headers"])),
+        )
         recorded = Recorded(
             exchange_id=row["exchange_id"],
             status=row["status"],
@@ -200,6 +222,7 @@ class ReplayIndex:
             chunks=tuple((size, at) for size, at in orjson.loads(row["chunks"])),
             stream=bool(row["stream"]),
             usage_injected=bool(row["usage_injected"]),
+            usage_requested=usage_requested,
         )
         with self._lock:
             self._cache[exchange_id] = recorded
@@ -218,7 +241,7 @@ class ReplayIndex:
             return Miss(method, path, key, None, incomplete=incomplete)
         if not candidates:
             return Miss(method, path, key, None)
-        sent = canonical_value(parse_body(body), self.ignore)
+        sent = canonical_value(parse_body(body), self.ignore, path=path)
         best: list[str] | None = None
         with closing(connect_for_reading(self.db)) as conn:
             for exchange_id in candidates[-200:]:  # the most recent ones are the likely match
@@ -229,7 +252,7 @@ class ReplayIndex:
                 request = decoded_request(
                     unpack_body(bytes(row["request_body"])), _request_coding(row["coded_headers"])
                 )
-                recorded = canonical_value(parse_body(request), self.ignore)
+                recorded = canonical_value(parse_body(request), self.ignore, path=path)
                 diff = json_diff(recorded, sent)
                 if best is None or len(diff) < len(best):
                     best = diff
