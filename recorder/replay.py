@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from contextlib import closing
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -31,6 +32,7 @@ from llmtap.recorder.matching import (
 from llmtap.recorder.schema import RESPONSE_BODY
 from llmtap.recorder.sqlite import connect_for_reading
 from llmtap.recorder.stream_usage import asks_for_usage
+from llmtap.recorder.synthesis import reshapes
 
 CACHE_SIZE = 2048
 
@@ -121,6 +123,11 @@ class ReplayIndex:
         self._known: set[str] = set()
         self._incomplete: dict[str, str] = {}
         """Key -> error of the latest recording that cannot be replayed (for `miss`)."""
+        self._shapes: dict[str, list[tuple[str, bool]]] = {}
+        """Key without `stream` and `stream_options` -> (exchange id, streamed) of the 200
+        answers that can be given in the other shape (`synthesis`), for a request whose own
+        shape was never recorded."""
+        self._shape_cursors: dict[tuple[str, bool], int] = {}
         self._cache: OrderedDict[str, Recorded] = OrderedDict()
         self._lock = threading.Lock()
         self._last_rowid = 0  # the last row `load` read (a rewritten row gets a new one)
@@ -148,7 +155,15 @@ class ReplayIndex:
             coding = _request_coding(row["coded_headers"])
             if row["error"] is None and row["status"] is not None:
                 replayable += 1
-                self.add(row["exchange_id"], row["method"], row["path"], row["query"], body, coding)
+                self.add(
+                    row["exchange_id"],
+                    row["method"],
+                    row["path"],
+                    row["query"],
+                    body,
+                    coding,
+                    row["status"],
+                )
                 continue
             key = self.key_for(
                 row["method"], row["path"], row["query"], decoded_request(body, coding)
@@ -165,15 +180,62 @@ class ReplayIndex:
         query: str,
         body: bytes,
         coding: str | None = None,
+        status: int | None = None,
     ) -> None:
-        """Index a recorded request; `coding`: its Content-Encoding, if any."""
-        key = self.key_for(method, path, query, decoded_request(body, coding))
+        """Index a recorded request; `coding`: its Content-Encoding, if any; `status`: its
+        answer's (a 200 answer may be given in the other shape too)."""
+        decoded = decoded_request(body, coding)
+        shape = self._shape(method, path, query, decoded) if status == 200 else None
+        parsed = shape[2] if shape is not None else None  # (parsed once for both keys)
+        key = match_key(method, path, decoded, self.ignore, query, parsed)
         with self._lock:
             if exchange_id in self._known:  # loaded and reported by the writer both
                 return
             self._known.add(exchange_id)
             self._keys.setdefault(key, []).append(exchange_id)
             self._by_route.setdefault((method, path), []).append(exchange_id)
+            if shape is not None and reshapes(path, to_stream=not shape[1]):
+                self._shapes.setdefault(shape[0], []).append((exchange_id, shape[1]))
+
+    def _shape(
+        self, method: str, path: str, query: str, body: bytes
+    ) -> tuple[str, bool, Any] | None:
+        """A JSON request's key without its shape (`stream`, `stream_options`), whether it
+        streams, and its parsed body; None where no answer changes shape."""
+        if method != "POST" or not (reshapes(path, True) or reshapes(path, False)):
+            return None
+        parsed = parse_body(body)
+        if not isinstance(parsed, dict):
+            return None
+        shapeless = (*self.ignore, "stream", "stream_options")
+        key = match_key(method, path, body, shapeless, query, parsed)
+        return key, parsed.get("stream") is True, parsed
+
+    def next_in_other_shape(
+        self, method: str, path: str, query: str, body: bytes, key: str
+    ) -> str | None:
+        """The exchange id of the next recording that answers this request in the other shape
+        (streamed for a non-streamed request, or the reverse), when its own shape was never
+        recorded (nor recorded incomplete); None if there is none. `body` decoded."""
+        with self._lock:
+            if key in self._incomplete:
+                return None
+        shape = self._shape(method, path, query, body)
+        if shape is None or not reshapes(path, to_stream=shape[1]):
+            return None
+        shape_key, streams = shape[0], shape[1]
+        with self._lock:
+            ids = [i for i, streamed in self._shapes.get(shape_key, ()) if streamed != streams]
+            if not ids:
+                return None
+            at = self._shape_cursors.get((shape_key, streams), 0)
+            if at >= len(ids):
+                if not self.repeat_last:
+                    return None
+                at = len(ids) - 1
+            self._shape_cursors[(shape_key, streams)] = at + 1
+            self._used.add(ids[at])
+            return ids[at]
 
     def next(self, key: str) -> str | int | None:
         """The exchange id for the next request with this key; the count if all are used up
