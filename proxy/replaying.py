@@ -1,8 +1,16 @@
 """Answering from recordings: the replay and auto modes of the `/v1` endpoint.
 
 Replay never opens a connection to the upstream and needs no API key. A stream replays as
-the recorded pieces (same bytes, same cuts), instantly or at the recorded pace; a stream for
-which llmtap had asked the upstream for usage replays without it, as the client first saw it.
+the recorded pieces (same bytes, same cuts), instantly or at the recorded pace. A stream's
+usage follows the replaying client's own `stream_options.include_usage`, which is not part of
+the match key: a recording holds the usage whoever asked for it (llmtap or its client), and a
+client that does not ask receives the stream without it, as llmtap live would strip it.
+
+In replay mode only, a request whose own shape was never recorded is answered from a recording
+of the other shape (`recorder/synthesis.py`): a non-streamed answer from a recorded stream, a
+chat or completions stream from a recorded non-streamed answer, with the header
+`llmtap-replay-synthesized` (`json-from-stream` or `stream-from-json`). Auto mode asks the
+upstream instead, which records the real thing.
 """
 
 from __future__ import annotations
@@ -18,11 +26,15 @@ from llmtap.recorder.decoding import is_identity
 from llmtap.recorder.matching import content_encoding, decoded_request
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.replay import Recorded, ReplayIndex
+from llmtap.recorder.stream_usage import asks_for_usage
+from llmtap.recorder.synthesis import json_from_stream, stream_from_json
 
 Send = Any
 
 # the relay sets its own framing; the rest of the recorded headers go back as recorded
 _FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
+_RESHAPED = frozenset({"content-type", "content-encoding"})
+"""Headers that describe the recorded body, not one synthesized from it (sent decoded)."""
 _NO_BODY = frozenset({204, 304})
 """Statuses whose answer has no body, so its Content-Length is not the body's (RFC 9110 8.6)."""
 
@@ -59,6 +71,7 @@ class Replayer:
                     r.query,
                     r.request_body,
                     content_encoding(r.request_headers),
+                    r.status,
                 )
 
     async def answer(
@@ -83,13 +96,16 @@ class Replayer:
             # recorded since this index was built, by another llmtap on the same file
             found = index.next(key)
         if isinstance(found, str):
-            recorded = index.cached(found)
-            if recorded is None:
-                recorded = await asyncio.to_thread(index.fetch, found)
-            await self._send(send, recorded, method)
+            await self._send(send, await self._recorded(found), method, asks_for_usage(path, body))
             return True
         if not must_answer:
-            return False
+            return False  # auto: the upstream answers in the request's own shape
+        if found is None:
+            other = index.next_in_other_shape(method, path, query, body, key)
+            if other is not None and await self._send_reshaped(
+                send, await self._recorded(other), path, asks_for_usage(path, body)
+            ):
+                return True
         miss = await asyncio.to_thread(index.miss, method, path, body, key, found or 0)
         message = miss.message()
         self.miss_count += 1
@@ -109,7 +125,46 @@ class Replayer:
         await send({"type": "http.response.body", "body": error, "more_body": False})
         return True
 
-    async def _send(self, send: Send, recorded: Recorded, method: str) -> None:
+    async def _recorded(self, exchange_id: str) -> Recorded:
+        recorded = self.index.cached(exchange_id)
+        if recorded is None:
+            recorded = await asyncio.to_thread(self.index.fetch, exchange_id)
+        return recorded
+
+    async def _send_reshaped(
+        self, send: Send, recorded: Recorded, path: str, asks_usage: bool
+    ) -> bool:
+        """Send a recorded answer in the other shape (`synthesis`), marked so in the
+        `llmtap-replay-synthesized` header; False when it cannot be (a stream that did not end
+        as a whole answer)."""
+        coding = content_encoding(recorded.headers)
+        if recorded.stream:
+            body = await asyncio.to_thread(json_from_stream, path, recorded.body, coding)
+            content_type, how = b"application/json", b"json-from-stream"
+        else:
+            body = await asyncio.to_thread(
+                stream_from_json, path, recorded.body, coding, asks_usage
+            )
+            content_type, how = b"text/event-stream; charset=utf-8", b"stream-from-json"
+        if body is None:
+            return False
+        headers = [
+            (k.encode("latin-1"), v.encode("latin-1"))
+            for k, v in recorded.headers
+            if k not in _FRAMING and k not in _RESHAPED
+        ]
+        headers += [
+            (b"content-type", content_type),
+            (b"content-length", str(len(body)).encode()),
+            (b"llmtap-replayed", recorded.exchange_id.encode()),
+            (b"llmtap-replay-synthesized", how),
+        ]
+        await send({"type": "http.response.start", "status": recorded.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+        return True
+
+    async def _send(self, send: Send, recorded: Recorded, method: str, asks_usage: bool) -> None:
+        """Send a recorded answer; `asks_usage`: the replaying client asked for a stream's usage."""
         headers = [
             (k.encode("latin-1"), v.encode("latin-1"))
             for k, v in recorded.headers
@@ -133,9 +188,8 @@ class Replayer:
             await send({"type": "http.response.body", "body": recorded.body, "more_body": False})
             return
         await send({"type": "http.response.start", "status": recorded.status, "headers": headers})
-        # as the relay did: the usage llmtap asked for left the client's stream only when the
-        # stream was not compressed (one the upstream compressed anyway reached it whole)
-        strip = recorded.usage_injected and is_identity(content_encoding(recorded.headers))
+        # as the relay does live: usage the client did not ask for leaves its stream
+        strip = not asks_usage and recorded.holds_usage_unasked()
         stripper = UsageStripper() if strip else None
         offset, previous_ms = 0, 0.0
         for size, at_ms in recorded.chunks:

@@ -14,10 +14,7 @@ from typing import Any
 
 import orjson
 
-from llmtap.recorder.endpoints import operation_path
-
-# the paths whose streams carry usage only on request
-USAGE_PATHS = frozenset({"/chat/completions", "/completions"})
+from llmtap.recorder.stream_usage import usage_on_request
 
 _SEPARATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
 _EVENT_END = re.compile(b"|".join(map(re.escape, _SEPARATORS)))
@@ -27,7 +24,7 @@ _USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null|"usage"\s*:\s*null\s*,?')
 
 def injected_body(path: str, body: bytes) -> bytes | None:
     """The body with usage requested, when the client streams without it; else None."""
-    if b'"stream"' not in body or operation_path(path) not in USAGE_PATHS:
+    if b'"stream"' not in body or not usage_on_request(path):
         return None
     try:
         request: Any = orjson.loads(body)

@@ -20,6 +20,7 @@ import orjson
 
 from llmtap.recorder.decoding import DECODED_AT_MOST, decode_at_most, is_identity
 from llmtap.recorder.secret_headers import redacted_query
+from llmtap.recorder.stream_usage import canonical_stream_options
 
 # RFC 2046 section 5.1.1: 1-70 of these characters, the last one not a space
 _BOUNDARY = re.compile(rb"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
@@ -71,12 +72,15 @@ _DEFAULTS: dict[str, Any] = {
 }
 
 
-def canonical_value(value: Any, ignore: Iterable[str] = (), whole_floats: bool = True) -> Any:
+def canonical_value(
+    value: Any, ignore: Iterable[str] = (), whole_floats: bool = True, path: str = ""
+) -> Any:
     """A body's JSON value as replay compares it: without the ignored top-level fields, the
     fields that are null or hold their default (a null field is an absent one to the API), and
     with every whole float an integer (`0.0` and `0` are one JSON number, and JavaScript can
     only send `0`: a recording made from Python must answer a Node client). `whole_floats`
-    False: the caller knows the body has none."""
+    False: the caller knows the body has none. `path`: the request's API path, which says
+    whether `stream_options.include_usage` matters (`canonical_stream_options`)."""
     if isinstance(value, dict):
         skip = set(ignore)
         if value.get("stream") is not True:
@@ -86,6 +90,10 @@ def canonical_value(value: Any, ignore: Iterable[str] = (), whole_floats: bool =
             for k, v in value.items()
             if k not in skip and v is not None and not _is_default(k, v)
         }
+        if "stream_options" in value:
+            options = canonical_stream_options(value.pop("stream_options"), path)
+            if options is not None:
+                value["stream_options"] = options
     return _whole_floats_as_ints(value) if whole_floats else value
 
 
@@ -164,9 +172,11 @@ def _canonical_part(part: memoryview) -> tuple[bytes, bytes]:
     return name, b"name=%s;filename=%s\n%s" % (name, params.get(b"filename", b""), content)
 
 
-def canonical_body(body: bytes, ignore: Iterable[str] = (), parsed: Any = None) -> bytes:
-    """Sorted-key JSON of a JSON body without the ignored top-level fields; a multipart body
-    without its boundary; else the bytes.
+def canonical_body(
+    body: bytes, ignore: Iterable[str] = (), parsed: Any = None, path: str = ""
+) -> bytes:
+    """Sorted-key JSON of a JSON body in its canonical form (`canonical_value`); a multipart
+    body without its boundary; else the bytes.
 
     `parsed`: the body's JSON object or array, when the caller has parsed it already."""
     if body.startswith(b"--"):  # never JSON, so no parse; JSON bodies pay only this comparison
@@ -177,7 +187,7 @@ def canonical_body(body: bytes, ignore: Iterable[str] = (), parsed: Any = None) 
         return value
     try:
         # (a whole float is written `1.0` by every JSON writer that writes one at all)
-        canonical = canonical_value(value, ignore, whole_floats=b".0" in body)
+        canonical = canonical_value(value, ignore, b".0" in body, path)
         return orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)
     except TypeError:  # nested deeper than orjson writes: the bytes stand for themselves
         return body
@@ -191,11 +201,13 @@ def match_key(
     query: str = "",
     parsed: Any = None,
 ) -> str:
-    """The key replay finds a recording by; `body` as `decoded_request` gives it."""
+    """The key replay finds a recording by; `body` as `decoded_request` gives it. The one
+    function for both sides: the key stored with a recording and the key a replayed request
+    is looked up by."""
     digest = hashlib.sha256()
     # (the query as it is kept: a key in it is not, and a recording must still match)
     digest.update(f"{method.upper()} {path}?{redacted_query(query)}\n".encode())
-    digest.update(canonical_body(body, ignore, parsed))
+    digest.update(canonical_body(body, ignore, parsed, path))
     return digest.hexdigest()
 
 

@@ -15,10 +15,12 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from contextlib import closing
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
 from llmtap.recorder.body_codec import unpack_body
+from llmtap.recorder.decoding import is_identity
 from llmtap.recorder.matching import (
     canonical_value,
     content_encoding,
@@ -29,6 +31,8 @@ from llmtap.recorder.matching import (
 )
 from llmtap.recorder.schema import RESPONSE_BODY
 from llmtap.recorder.sqlite import connect_for_reading
+from llmtap.recorder.stream_usage import asks_for_usage
+from llmtap.recorder.synthesis import reshapes
 
 CACHE_SIZE = 2048
 
@@ -44,6 +48,18 @@ class Recorded:
     chunks: tuple[tuple[int, float], ...]
     stream: bool
     usage_injected: bool
+    """llmtap asked the upstream for the stream's usage (the client had not)."""
+    usage_requested: bool
+    """The recorded request asked for the stream's usage itself (`asks_for_usage`)."""
+
+    def holds_usage_unasked(self) -> bool:
+        """Whether the stream holds usage that a client that does not ask for it must not
+        receive: it was asked for, by llmtap or the recorded client, and can be taken out
+        again (a stream the upstream compressed although llmtap asked for `identity` reached
+        its client whole, usage and all; so it replays)."""
+        if not self.stream or not (self.usage_injected or self.usage_requested):
+            return False
+        return is_identity(content_encoding(self.headers))
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +124,11 @@ class ReplayIndex:
         self._known: set[str] = set()
         self._incomplete: dict[str, str] = {}
         """Key -> error of the latest recording that cannot be replayed (for `miss`)."""
+        self._shapes: dict[str, list[tuple[str, bool]]] = {}
+        """Key without `stream` and `stream_options` -> (exchange id, streamed) of the 200
+        answers that can be given in the other shape (`synthesis`), for a request whose own
+        shape was never recorded."""
+        self._shape_cursors: dict[tuple[str, bool], int] = {}
         self._cache: OrderedDict[str, Recorded] = OrderedDict()
         self._lock = threading.Lock()
         self._last_rowid = 0  # the last row `load` read (a rewritten row gets a new one)
@@ -135,7 +156,15 @@ class ReplayIndex:
             coding = _request_coding(row["coded_headers"])
             if row["error"] is None and row["status"] is not None:
                 replayable += 1
-                self.add(row["exchange_id"], row["method"], row["path"], row["query"], body, coding)
+                self.add(
+                    row["exchange_id"],
+                    row["method"],
+                    row["path"],
+                    row["query"],
+                    body,
+                    coding,
+                    row["status"],
+                )
                 continue
             key = self.key_for(
                 row["method"], row["path"], row["query"], decoded_request(body, coding)
@@ -152,15 +181,62 @@ class ReplayIndex:
         query: str,
         body: bytes,
         coding: str | None = None,
+        status: int | None = None,
     ) -> None:
-        """Index a recorded request; `coding`: its Content-Encoding, if any."""
-        key = self.key_for(method, path, query, decoded_request(body, coding))
+        """Index a recorded request; `coding`: its Content-Encoding, if any; `status`: its
+        answer's (a 200 answer may be given in the other shape too)."""
+        decoded = decoded_request(body, coding)
+        shape = self._shape(method, path, query, decoded) if status == 200 else None
+        parsed = shape[2] if shape is not None else None  # (parsed once for both keys)
+        key = match_key(method, path, decoded, self.ignore, query, parsed)
         with self._lock:
             if exchange_id in self._known:  # loaded and reported by the writer both
                 return
             self._known.add(exchange_id)
             self._keys.setdefault(key, []).append(exchange_id)
             self._by_route.setdefault((method, path), []).append(exchange_id)
+            if shape is not None and reshapes(path, to_stream=not shape[1]):
+                self._shapes.setdefault(shape[0], []).append((exchange_id, shape[1]))
+
+    def _shape(
+        self, method: str, path: str, query: str, body: bytes
+    ) -> tuple[str, bool, Any] | None:
+        """A JSON request's key without its shape (`stream`, `stream_options`), whether it
+        streams, and its parsed body; None where no answer changes shape."""
+        if method != "POST" or not (reshapes(path, True) or reshapes(path, False)):
+            return None
+        parsed = parse_body(body)
+        if not isinstance(parsed, dict):
+            return None
+        shapeless = (*self.ignore, "stream", "stream_options")
+        key = match_key(method, path, body, shapeless, query, parsed)
+        return key, parsed.get("stream") is True, parsed
+
+    def next_in_other_shape(
+        self, method: str, path: str, query: str, body: bytes, key: str
+    ) -> str | None:
+        """The exchange id of the next recording that answers this request in the other shape
+        (streamed for a non-streamed request, or the reverse), when its own shape was never
+        recorded (nor recorded incomplete); None if there is none. `body` decoded."""
+        with self._lock:
+            if key in self._incomplete:
+                return None
+        shape = self._shape(method, path, query, body)
+        if shape is None or not reshapes(path, to_stream=shape[1]):
+            return None
+        shape_key, streams = shape[0], shape[1]
+        with self._lock:
+            ids = [i for i, streamed in self._shapes.get(shape_key, ()) if streamed != streams]
+            if not ids:
+                return None
+            at = self._shape_cursors.get((shape_key, streams), 0)
+            if at >= len(ids):
+                if not self.repeat_last:
+                    return None
+                at = len(ids) - 1
+            self._shape_cursors[(shape_key, streams)] = at + 1
+            self._served[ids[at]] = self._served.get(ids[at], 0) + 1
+            return ids[at]
 
     def next(self, key: str) -> str | int | None:
         """The exchange id for the next request with this key; the count if all are used up
@@ -189,10 +265,18 @@ class ReplayIndex:
         """Load one recorded answer (blocking: call it from a thread)."""
         with closing(connect_for_reading(self.db)) as conn:
             row = conn.execute(
-                "SELECT exchange_id, status, response_headers, chunks, stream, usage_injected, "
-                f"{RESPONSE_BODY} AS response_body FROM exchanges WHERE exchange_id = ?",
+                "SELECT exchange_id, path, status, response_headers, chunks, stream, "
+                f"usage_injected, {RESPONSE_BODY} AS response_body, {_CODED_HEADERS}, "
+                # a stream's request says whether its client asked for usage; others' are not read
+                "CASE WHEN stream THEN request_body END AS request_body "
+                "FROM exchanges WHERE exchange_id = ?",
                 [exchange_id],
             ).fetchone()
+        request = row["request_body"]
+        usage_requested = request is not None and asks_for_usage(
+            row["path"],
+            decoded_request(unpack_body(bytes(request)), _request_coding(row["coded_headers"])),
+        )
         recorded = Recorded(
             exchange_id=row["exchange_id"],
             status=row["status"],
@@ -201,6 +285,7 @@ class ReplayIndex:
             chunks=tuple((size, at) for size, at in orjson.loads(row["chunks"])),
             stream=bool(row["stream"]),
             usage_injected=bool(row["usage_injected"]),
+            usage_requested=usage_requested,
         )
         with self._lock:
             self._cache[exchange_id] = recorded
@@ -219,7 +304,7 @@ class ReplayIndex:
             return Miss(method, path, key, None, incomplete=incomplete)
         if not candidates:
             return Miss(method, path, key, None)
-        sent = canonical_value(parse_body(body), self.ignore)
+        sent = canonical_value(parse_body(body), self.ignore, path=path)
         best: list[str] | None = None
         with closing(connect_for_reading(self.db)) as conn:
             for exchange_id in candidates[-200:]:  # the most recent ones are the likely match
@@ -230,7 +315,7 @@ class ReplayIndex:
                 request = decoded_request(
                     unpack_body(bytes(row["request_body"])), _request_coding(row["coded_headers"])
                 )
-                recorded = canonical_value(parse_body(request), self.ignore)
+                recorded = canonical_value(parse_body(request), self.ignore, path=path)
                 diff = json_diff(recorded, sent)
                 if best is None or len(diff) < len(best):
                     best = diff
