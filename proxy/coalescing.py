@@ -107,6 +107,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self.head_size = 0
         self.head_open = False  # a request head has begun and not ended
         self.in_body = False  # between a request's head and its end: reads are body
+        self.line_ended = False  # the last read ended a header line (`without_upgrade`)
         self.refused = False  # its answer went out: what comes is dropped until the close
         # (a connection that never sends a byte holds a descriptor as well as a slow one)
         self.head_timer: asyncio.TimerHandle | None = self.loop.call_later(
@@ -120,7 +121,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         # that begins one may end the last request's body (pipelined), and was counted whole
         continuing = self.head_open
         if not self.in_body:  # a read that begins with a head (or the rest of one)
-            data = without_upgrade(data)
+            data = without_upgrade(data, continuing and self.line_ended)
+            self.line_ended = data.endswith(b"\n")
         super().data_received(data)
         if self.head_open and not self.transport.is_closing():  # a head spanning reads
             if continuing:

@@ -492,3 +492,41 @@ def test_an_h2c_upgrade_offer_is_answered_in_http11_with_the_body_read(
     assert not {"upgrade", "http2-settings", "llmtap-ignored-upgrade"} & sent
     (span,) = [s for s in spans(proxy) if "upgrade offered" in s["inputs"]]
     assert span["status_code"] == "OK"
+
+
+def test_an_upgrade_header_in_a_read_of_its_own_is_renamed_too(proxy: Proxy) -> None:
+    """A client writing its head a line at a time: the header begins a read of its own."""
+    body = orjson.dumps({**CHAT, "model": "gpt-4o-mini"})
+    port = int(proxy.url.rsplit(":", 1)[1])
+    parts = [
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\n"
+        b"content-type: application/json\r\nconnection: Upgrade, close\r\n",
+        b"upgrade: h2c\r\n",
+        b"content-length: %d\r\n\r\n%s" % (len(body), body),
+    ]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for part in parts:
+            s.sendall(part)
+            time.sleep(0.05)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    head, _, answer = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert orjson.loads(answer)["choices"][0]["message"]["content"]
+
+
+def test_a_websocket_handshake_is_not_forwarded(proxy: Proxy, simulator: Any) -> None:
+    """llmtap serves no WebSocket (the Realtime API): the handshake is refused, not turned into
+    a plain GET to the upstream."""
+    httpx.delete(f"{simulator.url}/_simulator/requests")
+    head, _ = raw_exchange(
+        proxy,
+        b"GET /v1/realtime?model=gpt-realtime HTTP/1.1\r\nhost: localhost\r\n"
+        b"connection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\n"
+        b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    assert not head.startswith(b"HTTP/1.1 2")
+    assert httpx.get(f"{simulator.url}/_simulator/requests").json() == []
+    assert httpx.get(f"{proxy.base_url}/models").status_code == 200  # and the next is served
