@@ -25,7 +25,7 @@ from llmtap.proxy.usage_injection import UsageStripper
 from llmtap.recorder.decoding import is_identity
 from llmtap.recorder.matching import content_encoding, decoded_request
 from llmtap.recorder.recording import Recording
-from llmtap.recorder.replay import Recorded, ReplayIndex
+from llmtap.recorder.replay import Miss, Recorded, ReplayIndex
 from llmtap.recorder.stream_usage import asks_for_usage
 from llmtap.recorder.synthesis import json_from_stream, stream_from_json
 
@@ -42,7 +42,10 @@ _NO_BODY = frozenset({204, 304})
 class Replayer:
     def __init__(self, settings: Settings) -> None:
         self.index = ReplayIndex(
-            settings.db, settings.ignored_fields, repeat_last=settings.replay_exhausted == "repeat"
+            settings.db,
+            settings.ignored_fields,
+            repeat_last=settings.replay_exhausted == "repeat",
+            reshape=settings.mode == "replay",
         )
         self.speed = replay_speed(settings.replay_timing)
         self._loaded: asyncio.Future[int] | None = None
@@ -95,18 +98,28 @@ class Replayer:
         if found is None and must_answer and await asyncio.to_thread(index.load):
             # recorded since this index was built, by another llmtap on the same file
             found = index.next(key)
+        asks_usage = asks_for_usage(path, body)
+        without_usage = False
         if isinstance(found, str):
-            await self._send(send, await self._recorded(found), method, asks_for_usage(path, body))
-            return True
+            recorded = await self._recorded(found)
+            if not asks_usage or recorded.holds_usage():
+                await self._send(send, recorded, method, asks_usage)
+                return True
+            index.give_back(key, found)  # a stream without the usage this request asks for
+            without_usage = True
         if not must_answer:
-            return False  # auto: the upstream answers in the request's own shape
+            return False  # auto: the upstream answers
         if found is None:
             other = index.next_in_other_shape(method, path, query, body, key)
             if other is not None and await self._send_reshaped(
-                send, await self._recorded(other), path, asks_for_usage(path, body)
+                send, await self._recorded(other[0]), path, asks_usage
             ):
+                index.took_other_shape(*other)
                 return True
-        miss = await asyncio.to_thread(index.miss, method, path, body, key, found or 0)
+        if without_usage:
+            miss = Miss(method, path, key, None, without_usage=True)
+        else:
+            miss = await asyncio.to_thread(index.miss, method, path, body, key, found or 0)
         message = miss.message()
         self.miss_count += 1
         if self.first_miss is None:

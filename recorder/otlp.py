@@ -121,7 +121,9 @@ def _added_attributes(
         for key, value in tags.items():
             added[f"mlflow.traceTag.{key}"] = value
         if tags.get("user"):  # `llmtap-user`: MLflow's trace user, OTel's user on the root
-            added["user.id"] = added["mlflow.trace.user"] = tags["user"]
+            added["mlflow.trace.user"] = tags["user"]
+            if not (span.get("attributes") or {}).get("user.id"):  # (the call's own goes first)
+                added["user.id"] = tags["user"]
     return added
 
 

@@ -52,6 +52,12 @@ class Recorded:
     usage_requested: bool
     """The recorded request asked for the stream's usage itself (`asks_for_usage`)."""
 
+    def holds_usage(self) -> bool:
+        """Whether a stream can be given to a client that asks for its usage: it was asked
+        for, by llmtap or by the recorded client (a recording made without it, where llmtap
+        could not ask, answers only clients that do not ask: they got what they asked)."""
+        return not self.stream or self.usage_injected or self.usage_requested
+
     def holds_usage_unasked(self) -> bool:
         """Whether the stream holds usage that a client that does not ask for it must not
         receive: it was asked for, by llmtap or the recorded client, and can be taken out
@@ -75,9 +81,17 @@ class Miss:
     incomplete: str | None = None
     """Why this exact request's recording cannot be replayed (it was cut, or llmtap answered
     it with an error of its own), when it has one and no complete one."""
+    without_usage: bool = False
+    """The request asks for a stream's usage, and its recording was made without it."""
 
     def message(self) -> str:
         what = f"{self.method} /v1{self.path}"
+        if self.without_usage:
+            return (
+                f"llmtap replay: this {what} request was recorded (key {self.key[:12]}), but "
+                "without the stream's usage, which it asks for (stream_options.include_usage: "
+                "llmtap could not ask the upstream for it then); record it again"
+            )
         if self.exhausted:
             return (
                 f"llmtap replay: all {self.exhausted} recording(s) of this {what} request were "
@@ -112,10 +126,19 @@ def _request_coding(coded_headers: str | None) -> str | None:
 
 
 class ReplayIndex:
-    def __init__(self, db: str, ignore: Iterable[str] = (), repeat_last: bool = True) -> None:
+    def __init__(
+        self,
+        db: str,
+        ignore: Iterable[str] = (),
+        repeat_last: bool = True,
+        reshape: bool = True,
+    ) -> None:
         self.db = db
         self.ignore = tuple(ignore)
         self.repeat_last = repeat_last
+        self.reshape = reshape
+        """Index answers for the other shape too (replay mode: auto asks the upstream, and a
+        second key per recording made loading ~1.75x slower)."""
         self._keys: dict[str, list[str]] = {}
         self._by_route: dict[tuple[str, str], list[str]] = {}
         self._cursors: dict[str, int] = {}
@@ -186,7 +209,9 @@ class ReplayIndex:
         """Index a recorded request; `coding`: its Content-Encoding, if any; `status`: its
         answer's (a 200 answer may be given in the other shape too)."""
         decoded = decoded_request(body, coding)
-        shape = self._shape(method, path, query, decoded) if status == 200 else None
+        shape = (
+            self._shape(method, path, query, decoded) if status == 200 and self.reshape else None
+        )
         parsed = shape[2] if shape is not None else None  # (parsed once for both keys)
         key = match_key(method, path, decoded, self.ignore, query, parsed)
         with self._lock:
@@ -214,10 +239,12 @@ class ReplayIndex:
 
     def next_in_other_shape(
         self, method: str, path: str, query: str, body: bytes, key: str
-    ) -> str | None:
+    ) -> tuple[str, tuple[str, bool]] | None:
         """The exchange id of the next recording that answers this request in the other shape
         (streamed for a non-streamed request, or the reverse), when its own shape was never
-        recorded (nor recorded incomplete); None if there is none. `body` decoded."""
+        recorded (nor recorded incomplete), and its place, for `took_other_shape` once it was
+        sent (one that cannot be reshaped is neither used up nor counted as served); None if
+        there is none. `body` decoded."""
         with self._lock:
             if key in self._incomplete:
                 return None
@@ -234,9 +261,24 @@ class ReplayIndex:
                 if not self.repeat_last:
                     return None
                 at = len(ids) - 1
-            self._shape_cursors[(shape_key, streams)] = at + 1
-            self._served[ids[at]] = self._served.get(ids[at], 0) + 1
-            return ids[at]
+            return ids[at], (shape_key, streams)
+
+    def took_other_shape(self, exchange_id: str, place: tuple[str, bool]) -> None:
+        """The answer `next_in_other_shape` found was sent."""
+        with self._lock:
+            self._shape_cursors[place] = self._shape_cursors.get(place, 0) + 1
+            self._served[exchange_id] = self._served.get(exchange_id, 0) + 1
+
+    def give_back(self, key: str, exchange_id: str) -> None:
+        """The recording `next(key)` gave could not answer the request after all (a stream
+        without the usage it asks for): not used up, not served."""
+        with self._lock:
+            self._cursors[key] = max(self._cursors.get(key, 1) - 1, 0)
+            left = self._served.get(exchange_id, 1) - 1
+            if left > 0:
+                self._served[exchange_id] = left
+            else:
+                self._served.pop(exchange_id, None)
 
     def next(self, key: str) -> str | int | None:
         """The exchange id for the next request with this key; the count if all are used up

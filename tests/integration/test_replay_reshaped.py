@@ -171,3 +171,23 @@ def test_auto_mode_asks_the_upstream_instead(start_proxy: StartProxy) -> None:
         auto.flush()
         with client.chat.completions.with_streaming_response.create(**REFUSAL, stream=True) as r:
             assert "llmtap-replayed" not in r.headers and SYNTHESIZED not in r.headers
+
+
+@pytest.mark.parametrize("fault", ["error-event", "no-done"])
+def test_a_stream_that_cannot_be_reshaped_is_a_miss_neither_used_nor_served(
+    recorder: Proxy, replay: Callable[[], Proxy], fault: str
+) -> None:
+    """A recorded stream that did not end whole is no answer in the other shape: the request
+    is a miss, and the recording still counts as unused (the plugin's report) and unserved
+    (the fixture's usage())."""
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "cut short"}]}
+    httpx.post(
+        f"{recorder.base_url}/chat/completions",
+        json={**body, "stream": True},
+        headers={"x-simulator-fault": fault, "authorization": f"Bearer {TEST_KEY}"},
+    )
+    proxy = replay()
+    answer = httpx.post(f"{proxy.base_url}/chat/completions", json=body)
+    assert answer.status_code == 404 and "llmtap-replay-synthesized" not in answer.headers
+    index = proxy.app.replayer.index
+    assert index.served() == [] and len(index.unused()) == 1

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from openai import OpenAI
+from openai import NotFoundError, OpenAI
 
 from llmtap.recorder.cassettes import export_cassette, import_cassette
 from tests.conftest import TEST_KEY, Proxy
@@ -114,17 +114,30 @@ def test_a_cassette_replays_the_usage_the_same_way(
     assert_replays_as_live(replay, live)
 
 
-def test_a_stream_recorded_without_usage_replays_as_recorded(start_proxy: StartProxy) -> None:
-    """With `stream_usage` off llmtap asks for nothing: the recording holds no usage, and a
-    client that asks for it gets the stream as recorded rather than a miss."""
+def test_a_stream_recorded_without_usage_answers_only_clients_that_do_not_ask(
+    start_proxy: StartProxy,
+) -> None:
+    """With `stream_usage` off llmtap asks for nothing: the recording holds no usage. A client
+    that does not ask for it gets the stream as recorded; one that asks gets a miss that says
+    why (a stream without the usage it asked for would pass for one whose usage is null)."""
     recorder = start_proxy(stream_usage=False)
     recorded, _ = streamed(recorder.base_url, UNASKED, None)
     recorder.flush()
     assert not has_usage_chunk(recorded)
     replay = start_proxy(mode="replay", upstream=NOWHERE, db=str(recorder.db))
-    for options in VARIANTS:
+    for options in (None, {"include_usage": False}, {}):
         got, replayed = streamed(replay.base_url, UNASKED, options)
         assert replayed and events(got) == events(recorded), options
+    with OpenAI(base_url=replay.base_url, api_key=TEST_KEY, max_retries=0) as client:
+        with pytest.raises(NotFoundError, match="without the stream's usage"):
+            client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": UNASKED}],
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+    got, replayed = streamed(replay.base_url, UNASKED, None)  # and it is not used up
+    assert replayed and events(got) == events(recorded)
 
 
 def test_the_sdk_reads_the_replayed_usage(start_proxy: StartProxy) -> None:

@@ -94,3 +94,11 @@ def test_the_traces_user_is_on_its_root_as_mlflow_and_otel_name_it() -> None:
     assert got["mlflow.traceTag.team"] == "core"
     untagged = attributes_of(exported(make_trace()))
     assert "mlflow.trace.user" not in untagged and "user.id" not in untagged
+
+
+def test_a_calls_own_user_is_kept_beside_the_traces_tag() -> None:
+    """`llmtap-user: alice` with `llmtap-tag-user: bob`: the call was made for alice."""
+    trace = make_trace(attributes={"user.id": "alice"})
+    trace["info"]["tags"] = {"user": "bob"}
+    got = attributes_of(exported(trace))
+    assert got["user.id"] == "alice" and got["mlflow.trace.user"] == "bob"
