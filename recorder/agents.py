@@ -14,11 +14,13 @@ result. A client that sends a `traceparent` keeps its own structure: no root is 
 span is moved; each TOOL span goes beside the call that asked for it.
 
 Matching is scoped to the session when the client sends one, else to the experiment and the
-key's fingerprint, so that two clients reusing ids like `call_1` never merge. Within a scope,
-two runs going at once may still get the same ids (an upstream that numbers calls per answer):
-the response a request names (`previous_response_id`) decides, else the conversation it
-carries, which starts with the whole conversation the calling request sent. The memory is
-bounded (least recently used entries go first) and lives in the writer process only.
+key's fingerprint, so that two clients reusing ids like `call_1` never merge; a call in a
+session is also found from the key's scope, for a client that names the session on some calls
+only. Within a scope, two runs going at once may still get the same ids (an upstream that
+numbers calls per answer): the response a request names (`previous_response_id`) decides, else
+the conversation it carries, which starts with the whole conversation the calling request
+sent. The memory is bounded (least recently used entries go first) and lives in the writer
+process only.
 """
 
 from __future__ import annotations
@@ -97,6 +99,16 @@ def _scope(rec: Recording) -> tuple[str, str]:
         ctx.experiment,
         f"session:{ctx.session}" if ctx.session else f"key:{rec.key_fingerprint or '-'}",
     )
+
+
+def _scopes(rec: Recording) -> tuple[tuple[str, str], ...]:
+    """Where a request's calls are kept and its results looked for: its session, then its
+    key's, so that a run whose client named the session on some calls only (the first, say)
+    is still one run; a session's own calls come first."""
+    own = _scope(rec)
+    if not rec.context.session:
+        return (own,)
+    return own, (rec.context.experiment, f"key:{rec.key_fingerprint or '-'}")
 
 
 _RESPONSES_CALLS: dict[str, tuple[str, str | None, str]] = {
@@ -335,8 +347,11 @@ class AgentLinker:
         results = list(dict(results).items())
         starts = _Starts(inputs)  # its conversation's starts, hashed only when runs collide
         known: list[tuple[ToolCall, str, Any]] = []
+        scopes = _scopes(rec)
         for cid, result in results:
-            candidates: tuple[ToolCall, ...] | None = self._calls.get((scope, cid))
+            candidates: tuple[ToolCall, ...] | None = next(
+                (found for where in scopes if (found := self._calls.get((where, cid)))), None
+            )
             if candidates:
                 known.append((_pick(candidates, via, starts), cid, result))
         callers = [call.caller for call, _, _ in known] or ([via] if via is not None else [])
@@ -458,7 +473,7 @@ class AgentLinker:
             return
         caller = Caller(span.trace_id, span.span_id, span.start_time_ns, span.parent_id)
         if calls:
-            scope = _scope(rec)
+            scopes = _scopes(rec)
             items = conversation_items(span.inputs) or []
             text = conversation_json(items)
             conversation, length = (hash(text) if text else 0), len(items)
@@ -469,8 +484,9 @@ class AgentLinker:
                 call = ToolCall(
                     caller, cid, name, arguments, span.end_time_ns, conversation, length
                 )
-                kept = self._calls.get((scope, cid)) or ()
-                self._calls.remember((scope, cid), (*kept[-(CANDIDATES - 1) :], call))
+                for scope in scopes:
+                    kept = self._calls.get((scope, cid)) or ()
+                    self._calls.remember((scope, cid), (*kept[-(CANDIDATES - 1) :], call))
         if linkable:
             self._responses.remember(response_id, caller)
 

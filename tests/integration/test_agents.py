@@ -101,6 +101,34 @@ def test_session_header_groups_and_scopes(proxy: Proxy) -> None:
     assert spans[1]["attributes"]["session.id"] == "conv-7"
 
 
+@pytest.mark.parametrize("named_on", ["first", "answer"])
+def test_a_run_whose_session_is_named_on_some_calls_only_is_still_one_trace(
+    proxy: Proxy, named_on: str
+) -> None:
+    """SPEC 3 joins a call answering tool calls "even when the client sends no header": also
+    when it sent one on the call that asked (or only on the answer), as a client setting the
+    session per call may. Two sessions still never merge (the test above)."""
+    tools = [WEATHER]
+    first_headers = {"llmtap-session": "s-1"} if named_on == "first" else {}
+    answer_headers = {"llmtap-session": "s-1"} if named_on == "answer" else {}
+    with OpenAI(base_url=proxy.base_url, api_key=TEST_KEY, max_retries=0) as client:
+        messages: list[Any] = [{"role": "user", "content": "weather in Quito"}]
+        asked = client.chat.completions.create(
+            model="gpt-4o-mini", messages=messages, tools=tools, extra_headers=first_headers
+        )
+        (call,) = asked.choices[0].message.tool_calls or []
+        messages += [
+            asked.choices[0].message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": "rain"},
+        ]
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=messages, tools=tools, extra_headers=answer_headers
+        )
+    (info,) = traces(proxy)
+    kinds = [s["span_type"] for s in trace(proxy, info["trace_id"])["spans"]]
+    assert kinds == ["AGENT", "CHAT_MODEL", "TOOL", "CHAT_MODEL"], kinds
+
+
 RESPONSES_WEATHER = {
     "type": "function",
     "name": "get_weather",
