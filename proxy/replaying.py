@@ -8,7 +8,7 @@ client that does not ask receives the stream without it, as llmtap live would st
 
 In replay mode only, a request whose own shape was never recorded is answered from a recording
 of the other shape (`recorder/synthesis.py`): a non-streamed answer from a recorded stream, a
-chat or completions stream from a recorded non-streamed answer, with the header
+stream (chat, completions, Responses) from a recorded non-streamed answer, with the header
 `llmtap-replay-synthesized` (`json-from-stream` or `stream-from-json`). Auto mode asks the
 upstream instead, which records the real thing.
 """

@@ -9,8 +9,13 @@ Replay offers these only when no recording of the request's own shape exists.
   (`client.chat.completions.stream(...).get_final_completion()`) rebuilds it: per choice a
   first chunk with the role (and any other message field, as it is), the content, the refusal,
   each tool call with its index, then the finish reason; with `include_usage`, `"usage": null`
-  on each and a usage chunk at the end, as OpenAI sends it; then `data: [DONE]`. The Responses
-  API's stream (a sequence of typed events) is not synthesized.
+  on each and a usage chunk at the end, as OpenAI sends it; then `data: [DONE]`.
+- JSON to stream, for the Responses API: its typed events as OpenAI sends them for that
+  response (`response.created`, `response.in_progress`, per output item `output_item.added`,
+  its content parts with their text or refusal in one delta each, a function call's arguments
+  in one delta, `output_item.done`, then `response.completed`, or `response.incomplete` /
+  `response.failed` as the response ended), numbered by `sequence_number`, from which the
+  SDK's `client.responses.stream(...).get_final_response()` rebuilds it.
 """
 
 from __future__ import annotations
@@ -70,6 +75,13 @@ def stream_from_json(
         answer = orjson.loads(decoded) if decoded is not None else None
     except Exception:  # (corrupt compressed bytes, or not JSON): no answer to stream
         return None
+    if endpoint is not None and endpoint.name == "responses":
+        if not isinstance(answer, dict) or not isinstance(answer.get("output"), list):
+            return None
+        return b"".join(
+            b"event: %s\ndata: %s\n\n" % (event["type"].encode(), orjson.dumps(event))
+            for event in _response_events(answer)
+        )
     if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
         return None
     chunks = list(write(answer))
@@ -146,8 +158,82 @@ def _completion_chunks(answer: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         yield {**envelope, "choices": [{**end, "finish_reason": choice.get("finish_reason")}]}
 
 
+_TERMINAL = {"completed": "response.completed", "incomplete": "response.incomplete"}
+
+
+def _response_events(answer: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """A Responses API answer as the events of its stream (see the module's docstring)."""
+    counter = iter(range(1 << 62))
+
+    def event(kind: str, **fields: Any) -> dict[str, Any]:
+        return {"type": kind, **fields, "sequence_number": next(counter)}
+
+    opening = {**answer, "status": "in_progress", "output": [], "usage": None}
+    opening.pop("incomplete_details", None)
+    opening.pop("error", None)
+    yield event("response.created", response=opening)
+    yield event("response.in_progress", response=opening)
+    for at, item in enumerate(answer["output"]):
+        if not isinstance(item, dict):
+            continue
+        yield from _item_events(event, at, item)
+        yield event("response.output_item.done", output_index=at, item=item)
+    yield event(_TERMINAL.get(answer.get("status"), "response.failed"), response=answer)
+
+
+def _item_events(event: Callable[..., dict[str, Any]], at: int, item: dict[str, Any]) -> Any:
+    """An output item's events up to its `output_item.done`: a message's parts and their
+    text, a function call's arguments; any other item (reasoning, a hosted tool's call) added
+    whole."""
+    kind, item_id = item.get("type"), item.get("id")
+    where = {"item_id": item_id, "output_index": at}
+    if kind == "message":
+        yield event(
+            "response.output_item.added",
+            output_index=at,
+            item={**item, "status": "in_progress", "content": []},
+        )
+        for index, part in enumerate(item.get("content") or ()):
+            if not isinstance(part, dict):
+                continue
+            part_at = {**where, "content_index": index}
+            if part.get("type") == "output_text":
+                empty = {**part, "text": "", "annotations": []}
+                yield event("response.content_part.added", **part_at, part=empty)
+                if part.get("text"):
+                    delta = event("response.output_text.delta", **part_at, delta=part["text"])
+                    yield {**delta, "logprobs": []}
+                yield {
+                    **event("response.output_text.done", **part_at, text=part.get("text", "")),
+                    "logprobs": [],
+                }
+            elif part.get("type") == "refusal":
+                empty = {**part, "refusal": ""}
+                yield event("response.content_part.added", **part_at, part=empty)
+                refusal = part.get("refusal") or ""
+                if refusal:
+                    yield event("response.refusal.delta", **part_at, delta=refusal)
+                yield event("response.refusal.done", **part_at, refusal=refusal)
+            else:
+                yield event("response.content_part.added", **part_at, part=part)
+            yield event("response.content_part.done", **part_at, part=part)
+    elif kind == "function_call":
+        arguments = item.get("arguments") or ""
+        started = {**item, "arguments": "", "status": "in_progress"}
+        yield event("response.output_item.added", output_index=at, item=started)
+        if arguments:
+            yield event("response.function_call_arguments.delta", **where, delta=arguments)
+        yield event("response.function_call_arguments.done", **where, arguments=arguments)
+    else:
+        yield event("response.output_item.added", output_index=at, item=item)
+
+
 _CHUNK_OBJECT = {"chat.completion": "chat.completion.chunk"}
-_CHUNKS: dict[str, Chunks] = {"chat.completions": _chat_chunks, "completions": _completion_chunks}
+_CHUNKS: dict[str, Chunks] = {
+    "chat.completions": _chat_chunks,
+    "completions": _completion_chunks,
+    "responses": _response_events,
+}
 _ENVELOPES = {"chat.completions": _CHAT_ENVELOPE, "completions": _COMPLETION_ENVELOPE}
 STREAMED_ENDPOINTS = frozenset({"chat.completions", "completions", "responses"})
 """The endpoints whose streams reassemble into their non-streamed answer."""

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from openai import NotFoundError, OpenAI
+from openai import OpenAI
 
 from tests.conftest import TEST_KEY, Proxy
 from tests.integration.test_proxy_sdk import TIME, WEATHER, sdk_accumulated
@@ -138,14 +138,42 @@ def test_a_responses_stream_answers_a_non_streamed_request(
     assert answer.output_text == final.output_text and answer.id == final.id
 
 
-def test_a_responses_stream_is_not_synthesized(
-    recorder: Proxy, replay: Callable[[], Proxy]
+@pytest.mark.parametrize(
+    "request_body",
+    [
+        {"model": "gpt-4o-mini", "input": "not streamed"},
+        {
+            "model": "gpt-4o-mini",
+            "input": "weather in Paris",
+            "tools": [
+                {
+                    "type": "function",
+                    "name": "get_weather",
+                    "parameters": WEATHER["function"]["parameters"],
+                }
+            ],
+        },
+    ],
+    ids=["text", "function-call"],
+)
+def test_a_responses_stream_from_a_non_streamed_recording_rebuilds_it_in_the_sdk(
+    recorder: Proxy, replay: Callable[[], Proxy], request_body: dict[str, Any]
 ) -> None:
-    request = {"model": "gpt-4o-mini", "input": "not streamed"}
     with sdk(recorder) as client:
-        client.responses.create(**request)
-    with sdk(replay()) as client, pytest.raises(NotFoundError):
-        client.responses.create(**request, stream=True)
+        recorded = client.responses.create(**request_body)
+    with sdk(replay()) as client, client.responses.stream(**request_body) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_response()
+    assert bare(final.model_dump()) == bare(recorded.model_dump())  # (the SDK adds parsed: None)
+    assert kinds[:2] == ["response.created", "response.in_progress"]
+    assert kinds[-1] == "response.completed"
+    expected = {"message": "response.output_text.delta"}.get(recorded.output[0].type)
+    if recorded.output[0].type == "function_call":
+        expected = "response.function_call_arguments.delta"
+    assert expected in kinds
+    with sdk(replay()) as client:
+        raw = client.responses.with_raw_response.create(**request_body, stream=True)
+        assert raw.headers[SYNTHESIZED] == "stream-from-json"
 
 
 def test_a_recording_of_the_requests_own_shape_comes_first(

@@ -128,14 +128,16 @@ def test_a_stream_recorded_without_usage_answers_only_clients_that_do_not_ask(
     for options in (None, {"include_usage": False}, {}):
         got, replayed = streamed(replay.base_url, UNASKED, options)
         assert replayed and events(got) == events(recorded), options
-    with OpenAI(base_url=replay.base_url, api_key=TEST_KEY, max_retries=0) as client:
-        with pytest.raises(NotFoundError, match="without the stream's usage"):
-            client.chat.completions.create(
-                model="gpt-4o-mini",
-                messages=[{"role": "user", "content": UNASKED}],
-                stream=True,
-                stream_options={"include_usage": True},
-            )
+    with (
+        OpenAI(base_url=replay.base_url, api_key=TEST_KEY, max_retries=0) as client,
+        pytest.raises(NotFoundError, match="without the stream's usage"),
+    ):
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": UNASKED}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
     got, replayed = streamed(replay.base_url, UNASKED, None)  # and it is not used up
     assert replayed and events(got) == events(recorded)
 

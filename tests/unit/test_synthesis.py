@@ -106,7 +106,60 @@ def test_a_stream_that_did_not_end_is_no_answer() -> None:
 def test_which_endpoints_reshape() -> None:
     assert reshapes("/chat/completions", True) and reshapes("/chat/completions", False)
     assert reshapes("/completions", True) and reshapes("/responses", False)
-    assert not reshapes("/responses", True)  # a Responses stream is not synthesized
+    assert reshapes("/responses", True)
     assert not reshapes("/embeddings", True) and not reshapes("/embeddings", False)
     assert stream_from_json("/embeddings", b'{"data": []}', None, False) is None
     assert stream_from_json("/chat/completions", b"not json", None, False) is None
+
+
+RESPONSE = {
+    "id": "resp_1",
+    "object": "response",
+    "created_at": 7,
+    "model": "gpt-4o-mini",
+    "status": "incomplete",
+    "incomplete_details": {"reason": "max_output_tokens"},
+    "error": None,
+    "output": [
+        {"id": "rs_1", "type": "reasoning", "summary": [{"type": "summary_text", "text": "hm"}]},
+        {
+            "id": "fc_1",
+            "type": "function_call",
+            "status": "completed",
+            "call_id": "call_1",
+            "name": "f",
+            "arguments": '{"x": 1}',
+        },
+        {
+            "id": "msg_1",
+            "type": "message",
+            "status": "incomplete",
+            "role": "assistant",
+            "content": [
+                {"type": "refusal", "refusal": "no"},
+                {"type": "output_text", "text": "partly", "annotations": [], "logprobs": []},
+            ],
+        },
+    ],
+    "usage": {"input_tokens": 3, "output_tokens": 4, "total_tokens": 7},
+}
+
+
+def test_a_responses_answer_streams_and_reassembles_into_itself() -> None:
+    """Through llmtap's own assembler, and through the SDK's stream state: the same response,
+    its ending (incomplete) told by its last event."""
+    from openai import NOT_GIVEN
+    from openai._models import construct_type
+    from openai.lib.streaming.responses._responses import ResponseStreamState
+    from openai.types.responses import ResponseStreamEvent
+
+    stream = stream_from_json("/responses", orjson.dumps(RESPONSE), None, False)
+    assert stream is not None and b"[DONE]" not in stream
+    assert orjson.loads(json_from_stream("/responses", stream, None) or b"null") == RESPONSE
+    events = [orjson.loads(e.split(b"data: ", 1)[1]) for e in stream.split(b"\n\n") if e]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert events[-1]["type"] == "response.incomplete"
+    assert events[-1]["response"] == RESPONSE
+    state = ResponseStreamState(input_tools=NOT_GIVEN, text_format=NOT_GIVEN)
+    for event in events:  # (it raises on an item or index it did not see added)
+        list(state.handle_event(construct_type(type_=ResponseStreamEvent, value=event)))
