@@ -78,6 +78,8 @@ def stream_from_json(
     if endpoint is not None and endpoint.name == "responses":
         if not isinstance(answer, dict) or not isinstance(answer.get("output"), list):
             return None
+        if answer.get("status") not in _TERMINAL:  # (queued, in progress: a background one)
+            return None
         return b"".join(
             b"event: %s\ndata: %s\n\n" % (event["type"].encode(), orjson.dumps(event))
             for event in _response_events(answer)
@@ -158,7 +160,12 @@ def _completion_chunks(answer: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         yield {**envelope, "choices": [{**end, "finish_reason": choice.get("finish_reason")}]}
 
 
-_TERMINAL = {"completed": "response.completed", "incomplete": "response.incomplete"}
+_TERMINAL = {
+    "completed": "response.completed",
+    "incomplete": "response.incomplete",
+    "failed": "response.failed",
+}
+"""A response's status, and the event that ends its stream."""
 
 
 def _response_events(answer: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
@@ -178,7 +185,7 @@ def _response_events(answer: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
             continue
         yield from _item_events(event, at, item)
         yield event("response.output_item.done", output_index=at, item=item)
-    yield event(_TERMINAL.get(answer.get("status"), "response.failed"), response=answer)
+    yield event(_TERMINAL[answer["status"]], response=answer)
 
 
 def _item_events(event: Callable[..., dict[str, Any]], at: int, item: dict[str, Any]) -> Any:

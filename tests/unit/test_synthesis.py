@@ -163,3 +163,14 @@ def test_a_responses_answer_streams_and_reassembles_into_itself() -> None:
     state = ResponseStreamState(input_tools=NOT_GIVEN, text_format=NOT_GIVEN)
     for event in events:  # (it raises on an item or index it did not see added)
         list(state.handle_event(construct_type(type_=ResponseStreamEvent, value=event)))
+
+
+def test_a_response_still_running_has_no_stream_to_give() -> None:
+    """A background response read before its end (queued, in progress) ends no stream."""
+    for status in ("queued", "in_progress"):
+        running = orjson.dumps({**RESPONSE, "status": status})
+        assert stream_from_json("/responses", running, None, False) is None
+    failed = stream_from_json(
+        "/responses", orjson.dumps({**RESPONSE, "status": "failed"}), None, False
+    )
+    assert failed is not None and failed.rstrip().endswith(b"}") and b"response.failed" in failed
