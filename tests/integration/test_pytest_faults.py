@@ -3,12 +3,9 @@ recorded against the simulator, then replayed offline with no key."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from llmtap.proxy.server import ServerThread
-from llmtap.proxy.simulator import create_simulator
 from llmtap.recorder.cassettes import load_cassette
 
 TEST_FILE = """
@@ -60,13 +57,6 @@ def test_an_unknown_fault_fails_at_once(llmtap):
     with pytest.raises(ValueError, match="the kinds"):
         llmtap.fault("teapot")
 """
-
-
-@pytest.fixture
-def upstream_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ServerThread]:
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-recording-key-000000000000")
-    with ServerThread(create_simulator()) as server:
-        yield server
 
 
 def test_faults_record_then_replay_offline(
