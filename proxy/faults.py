@@ -88,8 +88,8 @@ def parse_fault(value: str) -> Fault:
         raise ValueError(f"llmtap-fault {value!r}: retry-after goes with a status (429; ...)")
     elif name == "disconnect" and not eq:
         fault = Fault(name)
-    elif name == "timeout" and _seconds(arg) is not None:
-        fault = Fault(name, seconds=_seconds(arg) or 0.0)
+    elif name == "timeout" and (seconds := _seconds(arg)) is not None:
+        fault = Fault(name, seconds=seconds)
     elif name in STREAM_KINDS and (not eq or arg.isdigit()):
         fault = Fault(name, events=int(arg) if eq else 1)
     if fault is None:
