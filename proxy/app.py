@@ -20,6 +20,7 @@ from starlette.responses import Response
 from llmtap.proxy.api import api_routes
 from llmtap.proxy.config import Settings
 from llmtap.proxy.errors import LlmtapError, UpstreamAborted, openai_error
+from llmtap.proxy.faults import ArmedFaults
 from llmtap.proxy.forward import Forwarder, Receive, Scope, Send
 from llmtap.proxy.host_guard import HostGuard
 from llmtap.proxy.models_api import model_routes
@@ -92,7 +93,9 @@ class LlmtapApp:
                 ),
                 on_written=self.replayer.on_written,
             )
-        self.forwarder = Forwarder(settings, self.writer, self.replayer)
+        self.faults = ArmedFaults()
+        """Faults for the next requests (the pytest fixture's `llmtap.fault`)."""
+        self.forwarder = Forwarder(settings, self.writer, self.replayer, self.faults)
         self.guard = HostGuard(settings)
         reader = TraceReader(settings.db)
         health = self.writer.health_report if self.writer else None

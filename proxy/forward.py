@@ -14,9 +14,12 @@ token is untouched.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import re
 from typing import Any
+
+import orjson
 
 from llmtap.proxy.coalescing import ON_LOST
 from llmtap.proxy.config import Settings
@@ -29,8 +32,10 @@ from llmtap.proxy.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from llmtap.proxy.faults import ArmedFaults, answer_fault
 from llmtap.proxy.headers import split_request_headers, split_response_headers
 from llmtap.proxy.replaying import Replayer
+from llmtap.proxy.stream_cut import StreamCut
 from llmtap.proxy.stream_end import EndFinder
 from llmtap.proxy.upstream_client import (
     Origin,
@@ -41,6 +46,7 @@ from llmtap.proxy.upstream_client import (
     shown_url,
 )
 from llmtap.proxy.usage_injection import UsageStripper, injected_body
+from llmtap.recorder.matching import content_encoding, decoded_request
 from llmtap.recorder.memory import return_freed_memory
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.records import Mode
@@ -62,10 +68,18 @@ _DOT_SEGMENT = re.compile(r"(?:^|/)\.{1,2}(?:/|$)")
 class Forwarder:
     """Owns the upstream connections; `handle()` serves one `/v1/...` request."""
 
-    def __init__(self, settings: Settings, writer: Writer | None, replayer: Replayer) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        writer: Writer | None,
+        replayer: Replayer,
+        faults: ArmedFaults | None = None,
+    ) -> None:
         self.settings = settings
         self.writer = writer
         self.replayer = replayer
+        self.faults = faults or ArmedFaults()
+        self._armed = self.faults.queue  # (read on every request: no call, no lock)
         self.base = shown_url(settings.upstream)  # for messages: no credentials
         self.client: UpstreamClient | None = None
         self.origin: Origin | None = None
@@ -137,6 +151,15 @@ class Forwarder:
                     ),
                 )
                 return
+        rec.discard = mode == Mode.OFF
+        cut: StreamCut | None = None
+        if self._armed or "fault" in split.controls:  # the one look a request without pays
+            injected = await self._inject(receive, send, rec, split.controls.get("fault"))
+            if injected is ANSWERED:
+                return
+            if isinstance(injected, StreamCut):
+                cut = injected
+                send, receive = cut.send, cut.receive
         if mode in (Mode.REPLAY, Mode.AUTO) and await self.replayer.answer(
             send,
             rec.method,
@@ -146,8 +169,9 @@ class Forwarder:
             rec.request_body,
             must_answer=mode == Mode.REPLAY,
         ):
+            if cut is not None and (replayed := cut.replayed(rec)) is not None:
+                self._submit(replayed)
             return
-        rec.discard = mode == Mode.OFF
         if "." in api_path and _DOT_SEGMENT.search(api_path):
             # `/v1/../admin` climbs out of the base path at any server that resolves dot
             # segments (RFC 3986 5.2.4): only the configured upstream's API is reachable
@@ -165,9 +189,36 @@ class Forwarder:
                 rec.usage_injected = True
                 body = injected
                 # an uncompressed stream, so the extra usage can be taken out again
-                headers = [h for h in headers if h[0] != "accept-encoding"]
-                headers.append(("accept-encoding", "identity"))
+                headers = _uncompressed(headers)
+        if cut is not None:  # (its events are found in the bytes as they come)
+            headers = _uncompressed(headers)
         await self._forward(receive, send, rec, target, headers, body, split.forward)
+
+    async def _inject(
+        self, receive: Receive, send: Send, rec: Recording, header: str | None
+    ) -> StreamCut | Answered | None:
+        """Answer the request's fault (its `llmtap-fault`, or the next one armed): ANSWERED, or
+        the StreamCut to send a stream fault's answer through; None when there is none."""
+        try:
+            fault = self.faults.take(header)
+        except ValueError as exc:
+            await self._answer_error(send, rec, BadControl(str(exc)))
+            return ANSWERED
+        if fault is None:
+            return None
+        if fault.cuts_stream and not _asks_for_stream(rec):
+            message = (
+                f"llmtap-fault {fault.kind} cuts a stream: this request asks for none "
+                '("stream": true)'
+            )
+            await self._answer_error(send, rec, BadControl(message))
+            return ANSWERED
+        rec.fault = fault.kind
+        cycle = _server_cycle(receive)
+        if fault.cuts_stream:
+            return StreamCut(fault, send, receive, cycle, rec)
+        await answer_fault(fault, receive, send, rec, cycle, self._commit)
+        return ANSWERED
 
     async def _request(
         self, method: str, target: str, headers: list[tuple[str, str]], body: bytes
@@ -418,6 +469,28 @@ _NO_BODY = frozenset({204, 304})
 TRACK_BODIES_PAST = 4 << 20
 """Bytes of a body that is not a stream after which its pieces go to the writer process as they
 come (a chat or embeddings answer is far below: no work is added to them)."""
+
+
+class Answered(enum.Enum):
+    ANSWERED = "answered"
+
+
+ANSWERED = Answered.ANSWERED
+"""`_inject` answered the request itself."""
+
+
+def _asks_for_stream(rec: Recording) -> bool:
+    body = decoded_request(rec.request_body, content_encoding(rec.request_headers))
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(parsed, dict) and parsed.get("stream") is True
+
+
+def _uncompressed(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The headers asking for an answer that is not compressed."""
+    return [*(h for h in headers if h[0] != "accept-encoding"), ("accept-encoding", "identity")]
 
 
 def _content_headers(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes]:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
+    from llmtap.proxy.faults import ArmedFaults
     from llmtap.recorder.call_usage import CallUsage
     from llmtap.recorder.replay import ReplayIndex
 
@@ -150,6 +151,20 @@ class LlmtapSession:
     """What replay served so far (replay and auto)."""
     first_rowid: int = field(default=0, repr=False)
     """Exchanges in `db` before the test (its cassette's): those after it recorded."""
+    faults: ArmedFaults | None = field(default=None, repr=False)
+    """The faults armed in this test's llmtap (its server runs in this process)."""
+
+    def fault(self, kind: str, times: int = 1) -> None:
+        """Answer the next `times` requests through this test's llmtap with the fault `kind`,
+        as a `llmtap-fault: KIND` header would (`"429"`, `"500"`, `"disconnect"`,
+        `"timeout=5"`, `"stream-error"`...), so that the code's retries are tested offline:
+        `llmtap.fault("429", times=2)`, and the SDK's third try is answered from the cassette.
+        Faults are never recorded as answers, so record and replay run alike."""
+        from llmtap.proxy.faults import parse_fault
+
+        if self.faults is None:
+            raise RuntimeError("llmtap.fault() needs the fixture's own llmtap")
+        self.faults.arm(parse_fault(kind), times)
 
     def usage(self) -> CallUsage:
         """The calls this test made so far, recorded or replayed: how many, their tokens and
@@ -282,6 +297,7 @@ def llmtap(
         db,
         app.replayer.index if mode != "record" else None,
         last_rowid(str(db)) if db.exists() else 0,
+        app.faults,
     )
     monkeypatch.setenv("OPENAI_BASE_URL", session.base_url)
     # an HTTP(S)_PROXY of the machine (CI runners have them) must not take the SDK's calls

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from llmtap.recorder.body_codec import unpack_body
-from llmtap.recorder.recording import Recording
+from llmtap.recorder.recording import FAULT_REASON, Recording
 from llmtap.recorder.records import RequestContext
 from llmtap.recorder.schema import RESPONSE_BODY
 from llmtap.recorder.tracing import Tracer
@@ -48,10 +48,13 @@ def last_rowid(db: str) -> int:
 
 
 def recorded_since(db: str, rowid: int) -> list[str]:
-    """Exchanges written after `rowid`, oldest first."""
+    """Exchanges written after `rowid`, oldest first; not the faults llmtap answered itself
+    (no call was made, and replay, which never serves them, would not count them)."""
     with closing(sqlite3.connect(db)) as conn:
         rows = conn.execute(
-            "SELECT exchange_id FROM exchanges WHERE rowid > ? ORDER BY rowid", [rowid]
+            "SELECT exchange_id FROM exchanges WHERE rowid > ? "
+            "AND (error IS NULL OR error NOT LIKE ?) ORDER BY rowid",
+            [rowid, FAULT_REASON + "%"],
         )
         return [row[0] for row in rows]
 

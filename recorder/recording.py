@@ -18,6 +18,9 @@ from typing import Any
 
 from llmtap.recorder.records import RequestContext
 
+FAULT_REASON = "injected by llmtap"
+"""How the `error` of a fault llmtap answered begins (`proxy/faults.py`): no call was made."""
+
 
 def new_trace_id() -> str:
     """Random, unlike span ids: people tell traces apart (and type them) by their first few
@@ -67,6 +70,8 @@ class Recording:
     """Fixed at creation, so that writing the recording again updates the same trace."""
     usage_injected: bool = False
     """llmtap asked the upstream for stream usage the client did not request."""
+    fault: str | None = None
+    """The kind of fault llmtap injected (`llmtap-fault`): its span is an ERROR that says so."""
     dropped: int = 0
     """In the proxy: how many first pieces it let go of, the writer process having them on
     file (`chunks` and `chunk_times_ns` hold the pieces after those)."""

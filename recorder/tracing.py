@@ -19,7 +19,7 @@ from llmtap.recorder.endpoints import Endpoint, endpoint_for, invocation_params,
 from llmtap.recorder.matching import content_encoding, decoded_request, match_key
 from llmtap.recorder.models import model_record
 from llmtap.recorder.prices import PriceTable, cost_of, default_prices
-from llmtap.recorder.recording import Recording
+from llmtap.recorder.recording import FAULT_REASON, Recording
 from llmtap.recorder.records import (
     Batch,
     Exchange,
@@ -307,6 +307,8 @@ def build_span(
     attributes["llmtap.usage_source"] = "provider" if usage is not None else "missing"
     if rec.usage_injected:
         attributes["llmtap.usage_requested_by_llmtap"] = True
+    if rec.fault is not None:
+        attributes["llmtap.fault"] = rec.fault
     request_model = attributes.get("model")
     attributes.update(named)
     attributes.update(
@@ -370,4 +372,6 @@ def _status(rec: Recording, exchange: Exchange, error: Any, stream_error: Any = 
         return Status("ERROR", _error_message(error) or f"HTTP {exchange.status}")
     if error is not None:
         return Status("ERROR", _error_message(error))
+    if rec.fault is not None:  # a stream cut for its client: the upstream's answer was whole
+        return Status("ERROR", f"{FAULT_REASON}: {rec.fault} (the client's stream was cut)")
     return Status("OK", "")

@@ -40,6 +40,14 @@ def upstream(simulator: ServerThread) -> str:
     return f"{simulator.url}/v1"
 
 
+@pytest.fixture
+def upstream_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ServerThread]:
+    """The simulator as the API to record from; recording needs a key, as against OpenAI."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-recording-key-000000000000")
+    with ServerThread(create_simulator()) as server:
+        yield server
+
+
 @dataclass
 class Proxy:
     server: ServerThread

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from llmtap.proxy.server import ServerThread
-from llmtap.proxy.simulator import create_simulator
 
 TEST_FILE = """
 import pytest
@@ -31,14 +28,6 @@ def test_marked():
         assert "stream" in "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
         client.embeddings.create(model="text-embedding-3-small", input="EXTRA")
 """
-
-
-@pytest.fixture
-def upstream_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ServerThread]:
-    """The simulator as the API to record from; recording needs a key, as against OpenAI."""
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-recording-key-000000000000")
-    with ServerThread(create_simulator()) as server:
-        yield server
 
 
 def test_record_then_replay_offline(
