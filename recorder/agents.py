@@ -14,13 +14,13 @@ result. A client that sends a `traceparent` keeps its own structure: no root is 
 span is moved; each TOOL span goes beside the call that asked for it.
 
 Matching is scoped to the session when the client sends one, else to the experiment and the
-key's fingerprint, so that two clients reusing ids like `call_1` never merge; a call in a
-session is also found from the key's scope, for a client that names the session on some calls
-only. Within a scope, two runs going at once may still get the same ids (an upstream that
-numbers calls per answer): the response a request names (`previous_response_id`) decides, else
-the conversation it carries, which starts with the whole conversation the calling request
-sent. The memory is bounded (least recently used entries go first) and lives in the writer
-process only.
+key's fingerprint, so that two clients reusing ids like `call_1` never merge; a client that
+names its session on some calls only is still followed, by the response its request names or
+the conversation it carries (`_fallback`). Within a scope, two runs going at once may still
+get the same ids (an upstream that numbers calls per answer): the response a request names
+(`previous_response_id`) decides, else the conversation it carries, which starts with the whole
+conversation the calling request sent. The memory is bounded (least recently used entries go
+first) and lives in the writer process only.
 """
 
 from __future__ import annotations
@@ -101,14 +101,25 @@ def _scope(rec: Recording) -> tuple[str, str]:
     )
 
 
-def _scopes(rec: Recording) -> tuple[tuple[str, str], ...]:
-    """Where a request's calls are kept and its results looked for: its session, then its
-    key's, so that a run whose client named the session on some calls only (the first, say)
-    is still one run; a session's own calls come first."""
+def _kept_in(rec: Recording) -> tuple[tuple[str, str], ...]:
+    """Where a request's tool calls are kept: its scope, and a call made in a session under
+    its key's sessions too, where a request of that key naming no session may find it."""
     own = _scope(rec)
     if not rec.context.session:
         return (own,)
-    return own, (rec.context.experiment, f"key:{rec.key_fingerprint or '-'}")
+    return own, (rec.context.experiment, f"sessions:{rec.key_fingerprint or '-'}")
+
+
+def _fallback(rec: Recording) -> tuple[str, str]:
+    """Where a request whose scope holds none of the calls it answers looks next, for a
+    client that names its session on some calls only: a request in a session, among its
+    key's calls made in none; a request in none, among its key's calls made in a session.
+    What it finds there it joins only by the response it names or the conversation it
+    carries (`_pick`'s strict rule), never as the latest call of that id: two runs of one
+    key, one in a session and one not, reusing ids like `call_0`, stay apart."""
+    ctx = rec.context
+    kind = "key" if ctx.session else "sessions"
+    return ctx.experiment, f"{kind}:{rec.key_fingerprint or '-'}"
 
 
 _RESPONSES_CALLS: dict[str, tuple[str, str | None, str]] = {
@@ -347,13 +358,15 @@ class AgentLinker:
         results = list(dict(results).items())
         starts = _Starts(inputs)  # its conversation's starts, hashed only when runs collide
         known: list[tuple[ToolCall, str, Any]] = []
-        scopes = _scopes(rec)
+        fallback = _fallback(rec)
         for cid, result in results:
-            candidates: tuple[ToolCall, ...] | None = next(
-                (found for where in scopes if (found := self._calls.get((where, cid)))), None
-            )
+            candidates: tuple[ToolCall, ...] | None = self._calls.get((scope, cid))
             if candidates:
                 known.append((_pick(candidates, via, starts), cid, result))
+            elif (elsewhere := self._calls.get((fallback, cid))) and (
+                picked := _pick(elsewhere, via, starts, strict=True)
+            ):
+                known.append((picked, cid, result))
         callers = [call.caller for call, _, _ in known] or ([via] if via is not None else [])
         if not callers:
             return Links()
@@ -473,7 +486,7 @@ class AgentLinker:
             return
         caller = Caller(span.trace_id, span.span_id, span.start_time_ns, span.parent_id)
         if calls:
-            scopes = _scopes(rec)
+            scopes = _kept_in(rec)
             items = conversation_items(span.inputs) or []
             text = conversation_json(items)
             conversation, length = (hash(text) if text else 0), len(items)
@@ -513,12 +526,14 @@ class _Starts:
         return self._hashes[length]
 
 
-def _pick(candidates: tuple[ToolCall, ...], via: Caller | None, starts: _Starts) -> ToolCall:
+def _pick(
+    candidates: tuple[ToolCall, ...], via: Caller | None, starts: _Starts, strict: bool = False
+) -> ToolCall | None:
     """Which of the calls with one id a request answers: the one the response it names made;
     else the one whose calling conversation this request starts with (the longest such: a
     run's earlier turns start it too, and so may another run's first turn, same prompt);
-    else the latest."""
-    if len(candidates) == 1:
+    else the latest. `strict`: only by the response named or the conversation, else None."""
+    if len(candidates) == 1 and not strict:
         return candidates[0]
     if via is not None:
         for call in reversed(candidates):
@@ -531,4 +546,6 @@ def _pick(candidates: tuple[ToolCall, ...], via: Caller | None, starts: _Starts)
             continue
         if starts.hash_of(length) == call.conversation:
             best = call
-    return best if best is not None else candidates[-1]
+    if best is None and not strict:
+        return candidates[-1]
+    return best

@@ -292,6 +292,46 @@ def test_every_run_gets_its_tool_spans_though_the_upstream_reuses_call_ids(
             assert kinds == ["AGENT", "CHAT_MODEL", "TOOL", "CHAT_MODEL"], kinds
 
 
+@pytest.mark.parametrize("prompts", [("weather", "weather"), ("weather", "other")])
+@pytest.mark.parametrize("system_added", [False, True])
+def test_a_run_in_a_session_and_one_in_none_with_the_same_call_ids_stay_apart(
+    start_proxy: Any, prompts: tuple[str, str], system_added: bool
+) -> None:
+    """One key, two runs at once, an upstream that gives every run `call_1`: run C names no
+    session, run S names one. C's answer joins C's run, even when it carries a system
+    message its asking call did not (before: S's, the latest call of that id)."""
+    with ServerThread(same_ids_upstream) as upstream:
+        proxy = start_proxy(upstream=f"{upstream.url}/v1")
+        with OpenAI(base_url=proxy.base_url, api_key=TEST_KEY, max_retries=0) as client:
+
+            def ask(prompt: str, headers: dict[str, str]) -> list[Any]:
+                messages: list[Any] = [{"role": "user", "content": prompt}]
+                asked = client.chat.completions.create(
+                    model="gpt-4o-mini", messages=messages, tools=[WEATHER], extra_headers=headers
+                )
+                return [*messages, asked.choices[0].message.model_dump(exclude_none=True)]
+
+            def answer(conversation: list[Any], result: str, headers: dict[str, str]) -> None:
+                tool = {"role": "tool", "tool_call_id": "call_1", "content": result}
+                client.chat.completions.create(
+                    model="gpt-4o-mini",
+                    messages=[*conversation, tool],
+                    tools=[WEATHER],
+                    extra_headers=headers,
+                )
+
+            in_session = {"llmtap-session": "S", "llmtap-tag-run": "S"}
+            c = ask(prompts[0], {"llmtap-tag-run": "C"})
+            s = ask(prompts[1], in_session)
+            system = [{"role": "system", "content": "added later"}] if system_added else []
+            answer([*system, *c], "result of C", {"llmtap-tag-run": "C"})
+            answer(s, "result of S", in_session)
+    for run in traces(proxy):
+        spans = trace(proxy, run["trace_id"])["spans"]
+        tools = [sp["outputs"] for sp in spans if sp["span_type"] == "TOOL"]
+        assert tools == [f"result of {run['tags']['run']}"], (run["tags"], tools)
+
+
 def test_a_new_user_turn_after_a_tool_run_is_a_trace_of_its_own(
     proxy: Proxy, client: OpenAI
 ) -> None:
