@@ -101,12 +101,17 @@ class Replayer:
         asks_usage = asks_for_usage(path, body)
         without_usage = False
         if isinstance(found, str):
-            recorded = await self._recorded(found)
-            if not asks_usage or recorded.holds_usage():
+            recorded: Recorded | None = await self._recorded(found)
+            if asks_usage and recorded is not None and not recorded.holds_usage():
+                # a stream without the usage this request asks for: another recording of the
+                # same request that has it answers (the first: the cursor stays with the
+                # clients that do not ask), else none does
+                index.give_back(key, found)
+                recorded = await self._one_with_usage(key)
+                without_usage = recorded is None
+            if recorded is not None:
                 await self._send(send, recorded, method, asks_usage)
                 return True
-            index.give_back(key, found)  # a stream without the usage this request asks for
-            without_usage = True
         if not must_answer:
             return False  # auto: the upstream answers
         if found is None:
@@ -137,6 +142,16 @@ class Replayer:
         )
         await send({"type": "http.response.body", "body": error, "more_body": False})
         return True
+
+    async def _one_with_usage(self, key: str) -> Recorded | None:
+        """The first recording of this request whose stream holds its usage, counted as
+        served; None if none does."""
+        for exchange_id in self.index.recorded_for(key):
+            recorded = await self._recorded(exchange_id)
+            if recorded.holds_usage():
+                self.index.count_served(exchange_id)
+                return recorded
+        return None
 
     async def _recorded(self, exchange_id: str) -> Recorded:
         recorded = self.index.cached(exchange_id)

@@ -267,6 +267,16 @@ class ReplayIndex:
         """The answer `next_in_other_shape` found was sent."""
         with self._lock:
             self._shape_cursors[place] = self._shape_cursors.get(place, 0) + 1
+        self.count_served(exchange_id)
+
+    def recorded_for(self, key: str) -> list[str]:
+        """The exchange ids recorded for this key, oldest first."""
+        with self._lock:
+            return list(self._keys.get(key, ()))
+
+    def count_served(self, exchange_id: str) -> None:
+        """A recording found other than by `next` was replayed."""
+        with self._lock:
             self._served[exchange_id] = self._served.get(exchange_id, 0) + 1
 
     def give_back(self, key: str, exchange_id: str) -> None:

@@ -167,3 +167,24 @@ def test_the_sdk_reads_the_replayed_usage(start_proxy: StartProxy) -> None:
                 )
             )
             assert all(c.usage is None for c in bare) and len(bare) == len(chunks) - 1
+
+
+def test_a_later_recording_with_usage_answers_a_client_that_asks(start_proxy: StartProxy) -> None:
+    """A first recording made without usage does not stand in the way of a later one made
+    with it: a client that asks for the usage gets the later one, every time (before: a miss
+    saying "record it again", which a database that is appended to could never mend)."""
+    first = start_proxy(stream_usage=False)
+    without, _ = streamed(first.base_url, UNASKED, None)
+    first.flush()
+    second = start_proxy(db=str(first.db))
+    with_usage, _ = streamed(second.base_url, UNASKED, {"include_usage": True})
+    second.flush()
+    assert not has_usage_chunk(without) and has_usage_chunk(with_usage)
+    replay = start_proxy(mode="replay", upstream=NOWHERE, db=str(first.db))
+    for _ in range(2):
+        got, replayed = streamed(replay.base_url, UNASKED, {"include_usage": True})
+        assert replayed and events(got) == events(with_usage)
+    got, _ = streamed(replay.base_url, UNASKED, None)  # the cursor is the first one's still
+    assert events(got) == events(without)
+    served = replay.app.replayer.index.served()  # (the fixture's usage() counts these)
+    assert len(served) == 3 and sorted(served.count(i) for i in set(served)) == [1, 2]
