@@ -135,7 +135,7 @@ class StreamCut:
     async def _cut(self, prefix: bytes) -> None:
         self.done = True
         if self.fault.kind == "stream-error" and self._identity:
-            body = prefix + _error_event(self._rec.path)
+            body = prefix + _error_event(self._rec.path, self.fault.events - self._left)
             self.sent.append(body)
             await self._send({"type": "http.response.body", "body": body, "more_body": False})
             return
@@ -145,11 +145,20 @@ class StreamCut:
         await close_connection(self._cycle)
 
 
-def _error_event(path: str) -> bytes:
+def _error_event(path: str, passed: int) -> bytes:
     """The event OpenAI ends a failing stream with: `data: {"error": ...}` (chat, legacy
-    completions), or a Responses stream's `error` event."""
+    completions), or a Responses stream's `error` event (`passed` events before it, numbered
+    from 0: its `sequence_number`)."""
     if path.startswith("/responses"):
         error = orjson.loads(error_body(500))["error"]
-        payload = orjson.dumps({"type": "error", **error})
+        payload = orjson.dumps(
+            {
+                "type": "error",
+                "code": error["type"],  # (OpenAI's error event has no type of its own)
+                "message": error["message"],
+                "param": None,
+                "sequence_number": passed,
+            }
+        )
         return b"event: error\ndata: " + payload + b"\n\n"
     return b"data: " + error_body(500) + b"\n\n"

@@ -196,6 +196,25 @@ def test_stream_error_after_the_first_events_recorded_and_replayed(
     assert "llmtap.fault" not in json.loads(spans[2]["attributes"])
 
 
+def test_stream_error_ends_a_responses_stream_with_its_error_event(
+    start_proxy: Callable[..., Proxy],
+) -> None:
+    """The Responses API ends a failing stream with an `error` event the SDK yields as one
+    (before: its `type` was the error's own, server_error: an unknown event to the SDK)."""
+    proxy = start_proxy()
+    with sdk(proxy) as client:
+        events = list(
+            client.responses.create(
+                model="gpt-4o-mini", input="hello", stream=True, **fault("stream-error=2")
+            )
+        )
+    assert [e.type for e in events[:2]] == ["response.created", "response.in_progress"]
+    last = events[-1]
+    assert len(events) == 3 and last.type == "error"
+    assert last.code == "server_error" and "injected by llmtap" in last.message
+    assert last.sequence_number == 2
+
+
 def test_stream_cut_closes_the_connection_after_the_first_events(
     start_proxy: Callable[..., Proxy], tmp_path: Path
 ) -> None:
