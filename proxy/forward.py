@@ -48,7 +48,7 @@ from llmtap.proxy.upstream_client import (
 from llmtap.proxy.usage_injection import UsageStripper, injected_body
 from llmtap.recorder.matching import content_encoding, decoded_request
 from llmtap.recorder.memory import return_freed_memory
-from llmtap.recorder.recording import Recording
+from llmtap.recorder.recording import FAULT_REASON, Recording
 from llmtap.recorder.records import Mode
 from llmtap.recorder.sqlite import key_salt_of
 from llmtap.recorder.writer import TrackedStream, Writer
@@ -217,7 +217,12 @@ class Forwarder:
         cycle = _server_cycle(receive)
         if fault.cuts_stream:
             return StreamCut(fault, send, receive, cycle, rec)
-        await answer_fault(fault, receive, send, rec, cycle, self._commit)
+        try:
+            await answer_fault(fault, receive, send, rec, cycle, self._commit)
+        except asyncio.CancelledError:
+            if rec.ended_ns is None:  # llmtap stopping during a `timeout` held: say so
+                self._submit(rec.fail(f"{FAULT_REASON}: {fault}; llmtap stopped first"))
+            raise
         return ANSWERED
 
     async def _request(

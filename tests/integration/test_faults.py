@@ -315,3 +315,36 @@ def test_requests_without_a_fault_are_unchanged(
     assert answers() == before
     assert all(status == 200 for status, _, _ in before)
     assert not any(name == "llmtap-fault" for _, headers, _ in before for name, _ in headers)
+
+
+def test_a_timeout_held_when_llmtap_stops_is_recorded(
+    start_proxy: Callable[..., Proxy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopping past its grace cancels a `timeout` held: the fault is still recorded, as a
+    request the upstream had not answered is (before: nothing, though the log said so)."""
+    import contextlib
+    import sqlite3
+    import threading
+
+    from llmtap.proxy import app as app_module
+
+    monkeypatch.setattr(app_module, "SHUTDOWN_GRACE_S", 0.5)
+    proxy = start_proxy()
+
+    def hold() -> None:
+        with contextlib.suppress(httpx.HTTPError):  # (the server closes on it when it stops)
+            httpx.post(
+                f"{proxy.base_url}/chat/completions",
+                json={"model": "gpt-4o-mini", "messages": HELLO},
+                headers={"llmtap-fault": "timeout=30"},
+                timeout=60,
+            )
+
+    held = threading.Thread(target=hold, daemon=True)
+    held.start()
+    time.sleep(0.5)
+    proxy.server.stop()  # (the app's shutdown drains its writer first)
+    conn = sqlite3.connect(proxy.db)
+    errors = [row[0] for row in conn.execute("SELECT error FROM exchanges")]
+    conn.close()
+    assert errors == ["injected by llmtap: timeout=30; llmtap stopped first"]
