@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from llmtap.recorder.synthesis import json_from_stream, reshapes, stream_from_json
+from tests.integration.test_replay_reshaped import bare
 
 CHAT = {
     "id": "chatcmpl-1",
@@ -46,18 +47,6 @@ LEGACY = {
     "choices": [{"text": " said", "index": 0, "logprobs": None, "finish_reason": "length"}],
     "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
 }
-
-
-def bare(value: Any, parent: str | None = None) -> Any:
-    if isinstance(value, dict):
-        return {
-            k: bare(v, k)
-            for k, v in value.items()
-            if v is not None and not (parent == "tool_calls" and k == "index")
-        }
-    if isinstance(value, list):
-        return [bare(v, parent) for v in value]
-    return value
 
 
 def events(stream: bytes) -> list[Any]:
