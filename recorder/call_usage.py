@@ -20,6 +20,7 @@ from llmtap.recorder.body_codec import unpack_body
 from llmtap.recorder.recording import FAULT_REASON, Recording
 from llmtap.recorder.records import RequestContext
 from llmtap.recorder.schema import RESPONSE_BODY
+from llmtap.recorder.sqlite import connect_for_reading
 from llmtap.recorder.tracing import Tracer
 
 
@@ -43,14 +44,14 @@ _SELECT = (
 
 def last_rowid(db: str) -> int:
     """The newest exchange's rowid (0 for none): what a later `recorded_since` starts after."""
-    with closing(sqlite3.connect(db)) as conn:
+    with closing(connect_for_reading(db)) as conn:
         return int(conn.execute("SELECT coalesce(max(rowid), 0) FROM exchanges").fetchone()[0])
 
 
 def recorded_since(db: str, rowid: int) -> list[str]:
     """Exchanges written after `rowid`, oldest first; not the faults llmtap answered itself
     (no call was made, and replay, which never serves them, would not count them)."""
-    with closing(sqlite3.connect(db)) as conn:
+    with closing(connect_for_reading(db)) as conn:
         rows = conn.execute(
             "SELECT exchange_id FROM exchanges WHERE rowid > ? "
             "AND (error IS NULL OR error NOT LIKE ?) ORDER BY rowid",
@@ -65,8 +66,7 @@ def usage_of(db: str, exchange_ids: Iterable[str]) -> CallUsage:
     per_exchange: dict[str, tuple[int, int, int, float | None]] = {}
     calls = tokens_in = tokens_out = tokens_total = 0
     cost: float | None = None
-    with closing(sqlite3.connect(db)) as conn:
-        conn.row_factory = sqlite3.Row
+    with closing(connect_for_reading(db)) as conn:
         for exchange_id in exchange_ids:
             if exchange_id not in per_exchange:
                 row = conn.execute(_SELECT, [exchange_id]).fetchone()
