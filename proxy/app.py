@@ -76,7 +76,9 @@ async def refuse(send: Send, error: LlmtapError) -> None:
 
 
 class LlmtapApp:
-    def __init__(self, settings: Settings, recording: bool = True) -> None:
+    def __init__(
+        self, settings: Settings, recording: bool = True, write_ahead: bool = True
+    ) -> None:
         self.settings = settings
         self.writer: Writer | None = None
         self.replayer = Replayer(settings)
@@ -92,6 +94,9 @@ class LlmtapApp:
                     registered_model_name=settings.registered_model_name,
                 ),
                 on_written=self.replayer.on_written,
+                # record mode answers once the recording is in the in-flight log; auto mode
+                # waits for the commit, so that the same request next finds it to replay
+                write_ahead=write_ahead and settings.mode == Mode.RECORD,
             )
         self.faults = ArmedFaults()
         """Faults for the next requests (the pytest fixture's `llmtap.fault`)."""
@@ -135,6 +140,10 @@ class LlmtapApp:
             if scope["path"].startswith(_EXPERIMENTS):
                 await not_an_experiment_path(send)
                 return
+            if self.writer is not None and scope["path"] != "/api/health":
+                # a client that had its answer finds it recorded (health never waits: it is
+                # what says the writer is stuck)
+                await self.writer.settled()
             await self.site(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
@@ -187,10 +196,12 @@ class LlmtapApp:
                 return
 
 
-def create_app(settings: Settings, recording: bool = True) -> LlmtapApp:
+def create_app(settings: Settings, recording: bool = True, write_ahead: bool = True) -> LlmtapApp:
     """The app; `recording` False: no writer process, whatever the mode (the pytest plugin's
-    replay, whose database is thrown away: the process costs each test ~0.3 s to start)."""
-    return LlmtapApp(settings, recording)
+    replay, whose database is thrown away: the process costs each test ~0.3 s to start).
+    `write_ahead` False: responses wait for their commit in record mode too (the pytest
+    plugin, whose fixture reads the database in the middle of a test)."""
+    return LlmtapApp(settings, recording, write_ahead)
 
 
 class _QuietAborts(logging.Filter):

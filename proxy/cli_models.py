@@ -18,13 +18,17 @@ import orjson
 from llmtap.proxy.config import Settings
 from llmtap.proxy.context import normalise_trace_id
 from llmtap.proxy.predict import PredictError, Prediction, run_prediction
+from llmtap.recorder.inflight import settle
 from llmtap.recorder.model_store import ModelReader, parse_model_uri
 from llmtap.recorder.reader import NotAnLlmtapDatabase, open_for_reading
 
 
 def require_database(db: str, first: str) -> None:
     """A ClickException unless `db` is a database llmtap wrote; `first` says how to make one.
-    A foreign file would otherwise crash a query, or read as "nothing recorded yet"."""
+    A foreign file would otherwise crash a query, or read as "nothing recorded yet".
+    What a proxy had answered and not stored yet is stored first (`settle`)."""
+    if os.path.exists(db):
+        settle(db)
     try:
         conn = open_for_reading(db)
     except NotAnLlmtapDatabase as exc:

@@ -83,7 +83,8 @@ def run_demo(db: str, keep_serving: bool = False) -> None:
     with ServerThread(create_simulator()) as simulator:
         settings = Settings(upstream=f"{simulator.url}/v1", db=db, port=0)
         try:
-            proxy = ServerThread(create_app(settings), **uvicorn_kwargs()).start()
+            app = create_app(settings)
+            proxy = ServerThread(app, **uvicorn_kwargs()).start()
         except RuntimeError as exc:  # its database would not open: the writer said why
             raise click.ClickException(f"the demo's proxy did not start on {db}") from exc
         try:
@@ -93,6 +94,8 @@ def run_demo(db: str, keep_serving: bool = False) -> None:
             for line in make_calls(f"{proxy.url}/v1"):
                 click.echo("  " + line)
             click.echo("")
+            if app.writer is not None:  # the answers did not wait for their commit
+                app.writer.flush()
             recent = [
                 t
                 for t in TraceReader(db).list_traces(TraceQuery(limit=20))

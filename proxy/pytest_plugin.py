@@ -286,7 +286,9 @@ def llmtap(
         import_cassette(cassette, db)
     # replay keeps nothing: no writer process (it cost each test ~0.3 s to start)
     app = create_app(
-        Settings(mode=mode, upstream=upstream, db=str(db), port=0), recording=mode != "replay"
+        Settings(mode=mode, upstream=upstream, db=str(db), port=0),
+        recording=mode != "replay",
+        write_ahead=False,  # `llmtap.usage()` reads the database in the middle of a test
     )
     server = ServerThread(app, **uvicorn_kwargs()).start()
     session = LlmtapSession(

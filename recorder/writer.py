@@ -38,10 +38,11 @@ from typing import Any
 
 from llmtap.recorder.batch_writer import WriterHealth
 from llmtap.recorder.frames import FrameDecoder, encode
+from llmtap.recorder.inflight import InflightLog
 from llmtap.recorder.memory import return_freed_memory
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.spool import new_spool_dir, remove_spool_dir
-from llmtap.recorder.writer_process import WriterConfig, pack_recording
+from llmtap.recorder.writer_process import WriterConfig, pack_for_log, pack_recording
 
 log = logging.getLogger("llmtap.writer")
 
@@ -132,8 +133,12 @@ class Writer:
         *,
         max_pending: int = 4096,
         max_pending_bytes: int = 256 << 20,
+        write_ahead: bool = False,
     ) -> None:
         self.config = config
+        self.write_ahead = write_ahead
+        """Answer once a recording is in the in-flight log, not once it is committed."""
+        self._inflight: InflightLog | None = None
         self.on_written = on_written
         """Called on the event loop with the recordings that reached the store."""
         self.health = WriterHealth()
@@ -162,6 +167,8 @@ class Writer:
         self._locked = False
         """Another process holds the database locked: commits are not waited for (`_on_locked`)."""
         self._acked = threading.Condition()
+        self._changed: asyncio.Event | None = None
+        """Set when recordings were acknowledged (`settled` waits on it)."""
 
     # --- the event loop's side ----------------------------------------------------------------
 
@@ -170,9 +177,32 @@ class Writer:
         self._loop = asyncio.get_running_loop()
         self._room = asyncio.Event()
         self._room.set()
+        self._changed = asyncio.Event()
         if self.config.spool_dir is None:
             spool_dir = await asyncio.to_thread(new_spool_dir, self.config.db)
             self.config = replace(self.config, spool_dir=spool_dir)
+        if self.write_ahead:
+            inflight = await asyncio.to_thread(InflightLog.take, self.config.db)
+            if inflight is None:
+                log.warning(
+                    "another llmtap records into %s: responses wait for their commit",
+                    self.config.db,
+                )
+            else:
+                self.config = replace(self.config, inflight=inflight.path)
+                try:
+                    await self._spawn(recover=True)
+                except BaseException:
+                    inflight.close(stored=False)
+                    raise
+                try:
+                    inflight.start(self.config, self._next_seq)
+                except OSError as exc:  # a full disk
+                    log.warning("no in-flight log (%s): responses wait for their commit", exc)
+                    inflight.close(stored=True)  # (what it held was stored before `ready`)
+                else:
+                    self._inflight = inflight
+                return
         await self._spawn()
 
     async def commit(self, recording: Recording) -> bool:
@@ -183,12 +213,42 @@ class Writer:
         while not self._has_room():
             self._room.clear()
             await self._room.wait()
+        if self._inflight is not None and self._write_ahead(recording):
+            return True  # in the in-flight log: the client may have its answer now
         if self._locked:
             self._enqueue(recording, None)
             return False
         future = self._loop.create_future()
         self._enqueue(recording, future)
         return await future
+
+    def _write_ahead(self, recording: Recording) -> bool:
+        """Copy the recording into the in-flight log and hand it over; False when it cannot
+        go there (too large, the log full, or its first pieces on file in the writer process
+        only), and it is to be waited for."""
+        if recording.dropped:
+            return False
+        payload = pack_for_log(recording)
+        if not self._inflight.append(self._next_seq, payload):  # type: ignore[union-attr]
+            return False
+        self._enqueue(recording, None, payload)
+        return True
+
+    async def settled(self, timeout: float = 5.0) -> None:
+        """Wait until every recording handed over so far is stored (or given up), when
+        responses do not wait for it: a client that had its answer and then reads the API
+        finds its trace there."""
+        if self._inflight is None or not self._pending or self._changed is None:
+            return
+        target = self._next_seq
+        deadline = time.monotonic() + timeout
+        while self._pending and min(self._pending) < target:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), left)
 
     def health_report(self) -> dict[str, Any]:
         """`health` as the API shows it, with how long the oldest recording not yet written has
@@ -218,7 +278,8 @@ class Writer:
                 recording.path,
             )
             return
-        self._enqueue(recording, None)
+        if self._inflight is None or not self._write_ahead(recording):
+            self._enqueue(recording, None)
 
     def track(self, recording: Recording) -> TrackedStream:
         """A stream starts: send its pieces along as they come, until it is handed over. Its
@@ -281,6 +342,11 @@ class Writer:
                 log.error("the writer process did not finish in %.0f s; stopping it", timeout)
         if process is not None:
             await asyncio.to_thread(_reap, process, 5.0)
+        if self._inflight is not None:
+            # removed once all of it is stored; else kept, and stored by the next start on the
+            # database or by a reading command
+            self._inflight.close(stored=not self._inflight.in_flight)
+            self._inflight = None
         self._fail_all("llmtap stopped before this recording was written")
         self._link = self._process = None
         if self.config.spool_dir is not None:
@@ -303,7 +369,13 @@ class Writer:
     def _link_up(self) -> bool:
         return self._link is not None and not self._link.lost.done()
 
-    def _enqueue(self, recording: Recording, future: asyncio.Future[bool] | None) -> None:
+    def _enqueue(
+        self,
+        recording: Recording,
+        future: asyncio.Future[bool] | None,
+        packed: bytes | None = None,
+    ) -> None:
+        """`packed`: the whole recording, pickled already (for the in-flight log)."""
         seq = self._next_seq
         self._next_seq += 1
         size = len(recording.request_body) + sum(map(len, recording.chunks)) + 512
@@ -329,7 +401,8 @@ class Writer:
             had = stream.sent
             if keep:  # the open stream gets the record's pieces too: progress must not resend
                 stream.sent = recording.piece_count
-        self._outbox.append(("record", seq, pack_recording(recording, had), had, keep))
+        values = packed if packed is not None and not had else pack_recording(recording, had)
+        self._outbox.append(("record", seq, values, had, keep))
         if len(self._outbox) == 1 and not self._unacked:
             # one frame for everything that finishes in this iteration of the loop
             self._loop.call_soon(self._send_outbox)  # type: ignore[union-attr]
@@ -394,7 +467,7 @@ class Writer:
             frames.append(encode([_pieces_message(stream, dropped + end)]))
         self._link.transport.writelines(frames)  # type: ignore[union-attr]
 
-    async def _spawn(self) -> None:
+    async def _spawn(self, recover: bool = False) -> None:
         loop = self._loop
         assert loop is not None
         ours, theirs = socket.socketpair()
@@ -412,7 +485,8 @@ class Writer:
         _, link = await loop.create_unix_connection(lambda: _Link(self, loop), sock=ours)
         # the writer logs as the proxy's `llmtap` loggers are set now
         level = logging.getLogger("llmtap").getEffectiveLevel()
-        link.transport.write(encode(replace(self.config, log_level=level)))
+        config = replace(self.config, log_level=level, recover_inflight=recover)
+        link.transport.write(encode(config))
         try:
             await asyncio.wait_for(asyncio.shield(link.ready), _START_TIMEOUT)
         except BaseException:
@@ -507,6 +581,9 @@ class Writer:
             if not self._has_pending(stream.recording):
                 self._drop(stream)
         self.health.pending = len(self._pending)
+        if self._inflight is not None:
+            self._inflight.acknowledged(self._pending)
+            self._changed.set()  # type: ignore[union-attr]
         if self._has_room() and self._room is not None:
             self._room.set()
         low = min(self._pending) if self._pending else self._next_seq

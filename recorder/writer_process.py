@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import operator
 import os
+import pickle
 import re
 import select
 import signal
@@ -44,9 +45,11 @@ from typing import Any
 from llmtap.recorder.batch_writer import LOCKED_WAITS, BatchWriter
 from llmtap.recorder.chunk_times import ChunkTimes
 from llmtap.recorder.frames import FrameDecoder, encode
+from llmtap.recorder.inflight import store_entries, try_lock
 from llmtap.recorder.memory import return_freed_memory
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.records import Batch, RequestContext
+from llmtap.recorder.secret_headers import redacted_query
 from llmtap.recorder.spool import KEEP_IN_MEMORY, PieceSpool
 
 log = logging.getLogger("llmtap.writer")
@@ -76,6 +79,12 @@ class WriterConfig:
     removes it when it stops. None: unnamed files (nothing can take them over)."""
     locked_waits: int = LOCKED_WAITS
     """Busy timeouts a batch waits for a database another process keeps locked."""
+    inflight: str | None = None
+    """The proxy's in-flight log (`llmtap.recorder.inflight`), when it answers before the
+    commit: what it holds when the proxy dies is stored by this process before it exits."""
+    recover_inflight: bool = False
+    """Store what the log holds before saying ready (set on the proxy's first start of this
+    process: a later one gets what it needs from the proxy)."""
 
 
 _NOT_SENT = ("dropped", "summariser", "spool", "chunks_json")  # one process's own
@@ -83,6 +92,7 @@ _RECORDING_FIELDS = tuple(f.name for f in fields(Recording) if f.name not in _NO
 _CONTEXT_AT = _RECORDING_FIELDS.index("context")
 _CHUNKS_AT = _RECORDING_FIELDS.index("chunks")
 _TIMES_AT = _RECORDING_FIELDS.index("chunk_times_ns")
+_QUERY_AT = _RECORDING_FIELDS.index("query")
 _recording_values = operator.attrgetter(*_RECORDING_FIELDS)
 _context_values = operator.attrgetter(*(f.name for f in fields(RequestContext)))
 
@@ -98,6 +108,16 @@ def pack_recording(rec: Recording, had: int = 0) -> list[Any]:
         values[_CHUNKS_AT] = rec.chunks[held:]
         values[_TIMES_AT] = rec.chunk_times_ns[held:]
     return values
+
+
+def pack_for_log(rec: Recording) -> bytes:
+    """The whole recording pickled for the in-flight log, a file: its query's credentials
+    (`?sig=`, `?api-key=`) are masked already, as the store masks them (masking again is a
+    no-op), since no secret may reach a file."""
+    values = pack_recording(rec)
+    if rec.query:
+        values[_QUERY_AT] = redacted_query(rec.query)
+    return pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def unpack_recording(values: list[Any]) -> Recording:
@@ -356,6 +376,11 @@ def serve(sock: socket.socket) -> int:
     except Exception as exc:  # noqa: BLE001 - the proxy says it, with the path
         channel.send(("failed", f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)))
         return 1
+    if config.inflight is not None and config.recover_inflight:
+        try:  # what a proxy killed before on this database had answered (the proxy holds the lock)
+            store_entries(config.db, config.inflight)
+        except Exception as exc:  # noqa: BLE001 - said, and the proxy starts all the same
+            log.error("llmtap could not store what was in flight in %s: %s", config.inflight, exc)
     channel.send(("ready", None))
     writer.on_locked = lambda: channel.send(("locked", writer.health.as_dict()))
     lines = request_log.isEnabledFor(logging.INFO)
@@ -366,6 +391,7 @@ def serve(sock: socket.socket) -> int:
         lambda xid, pieces: channel.send(("on file", xid, pieces)),
     )
     waiting: list[tuple[int, Recording]] = []
+    highest = -1  # the highest sequence number written
     quitting = False
     tidy = False  # written since the last idle(): tidy up once nothing is waiting
     freed = 0  # response bytes written (and let go of) since memory was last given back
@@ -379,6 +405,7 @@ def serve(sock: socket.socket) -> int:
             quitting = _take(channel.receive(wait), waiting, streams) or quitting
             if waiting:
                 batch, waiting = waiting[:MAX_BATCH], waiting[MAX_BATCH:]
+                highest = max(highest, max(seq for seq, _ in batch))
                 freed += sum(_response_bytes(rec) for _, rec in batch)
                 acks = _write(writer, batch, lines)
                 _close_spools(batch)
@@ -387,7 +414,11 @@ def serve(sock: socket.socket) -> int:
                 channel.send(("done", acks, last_health))
                 tidy = True
                 continue
-            if quitting or channel.closed:
+            if quitting:
+                return 0
+            if channel.closed:  # the proxy died: what it had answered and not sent goes in too
+                if config.inflight is not None:
+                    _store_orphaned(writer, config, highest)
                 return 0
             if tidy:
                 tidy = False
@@ -407,6 +438,36 @@ _TRIM_AFTER = 16 << 20
 """Bytes of recordings written, after which an idle writer gives freed memory back."""
 
 
+def store_recovered(writer: BatchWriter, recordings: list[list[Any]]) -> None:
+    """Store recordings found in an in-flight log, as `pack_recording` made them."""
+    batch = []
+    for values in recordings:
+        try:
+            batch.append((len(batch), unpack_recording(values)))
+        except Exception as exc:  # noqa: BLE001 - another llmtap version's: the rest still go
+            log.error("an in-flight recording could not be read: %s", exc)
+    for start in range(0, len(batch), MAX_BATCH):
+        _write(writer, batch[start : start + MAX_BATCH], False)
+
+
+def _store_orphaned(writer: BatchWriter, config: WriterConfig, highest: int) -> None:
+    """The proxy died: the entries of its log this process never got (it writes in order,
+    so those numbered above the last it wrote), unless a new proxy has taken the log over."""
+    path = config.inflight
+    assert path is not None
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        if try_lock(fd, 1.0):
+            store_entries(config.db, path, after=highest, writer=writer)
+    except Exception as exc:  # noqa: BLE001 - a reading command or the next start stores them
+        log.error("llmtap could not store what was in flight in %s: %s", path, exc)
+    finally:
+        os.close(fd)
+
+
 def _response_bytes(rec: Recording) -> int:
     """What a written recording lets go of: its response, and its request (a 31 MB upload)."""
     held = rec.spool.size if rec.spool is not None else sum(map(len, rec.chunks))
@@ -421,7 +482,8 @@ def _take(messages: list[Any], waiting: list[tuple[int, Recording]], streams: _S
     for item in [item for message in messages for item in message]:
         kind = item[0]
         if kind == "record":
-            waiting.append((item[1], streams.recording(item[2], item[3], item[4])))
+            values = item[2] if isinstance(item[2], list) else pickle.loads(item[2])
+            waiting.append((item[1], streams.recording(values, item[3], item[4])))
         elif kind == "quit":
             quit_seen = True
         else:

@@ -82,10 +82,12 @@ def start_proxy(tmp_path: Path, upstream: str) -> Iterator[Callable[..., Proxy]]
     started: list[Proxy] = []
     install_log_filters()
 
-    def start(**overrides: Any) -> Proxy:
+    def start(write_ahead: bool = True, **overrides: Any) -> Proxy:
+        """`write_ahead` False: answers wait for their commit in record mode too (the path
+        of auto mode, the pytest plugin, and a recording the in-flight log cannot take)."""
         db = tmp_path / f"llmtap-{len(started)}.db"
         settings = Settings(**{"upstream": upstream, "db": str(db), "port": 0, **overrides})
-        app = create_app(settings)
+        app = create_app(settings, write_ahead=write_ahead)
         proxy = Proxy(ServerThread(app, **uvicorn_kwargs()).start(), app, Path(settings.db))
         started.append(proxy)
         return proxy

@@ -26,12 +26,24 @@ def call(proxy: Proxy, n: int = 1) -> None:
             assert client.post(f"{proxy.base_url}/chat/completions", json=BODY).status_code == 200
 
 
+def timed_calls(proxy: Proxy, n: int) -> list[float]:
+    """Seconds each of `n` calls took to be answered."""
+    took = []
+    for _ in range(n):
+        started = time.monotonic()
+        answer = httpx.post(f"{proxy.base_url}/chat/completions", json=BODY, timeout=30)
+        took.append(time.monotonic() - started)
+        assert answer.status_code == 200
+    return took
+
+
 def health(proxy: Proxy) -> dict[str, Any]:
     return httpx.get(f"{proxy.url}/api/health").json()
 
 
 def test_a_reader_holding_a_transaction_blocks_nothing(proxy: Proxy) -> None:
     call(proxy)
+    proxy.flush()  # (the answer came from the in-flight log: stored a moment later)
     reader = sqlite3.connect(proxy.db)
     reader.execute("BEGIN")
     assert reader.execute("SELECT count(*) FROM traces").fetchone()[0] == 1
@@ -65,26 +77,23 @@ def test_the_file_deleted_under_a_running_proxy(proxy: Proxy) -> None:
 
 
 def test_a_write_lock_held_by_another_process_holds_no_client_and_loses_nothing(
-    proxy: Proxy,
+    start_proxy: Any,
 ) -> None:
     """A sqlite3 shell left in `BEGIN IMMEDIATE` for longer than the busy timeout (5 s): the
     batch waits for it, whole, and health says why meanwhile (before: its records were tried
     one at a time and kept as raw exchanges, their traces lost). Its clients do not wait with
-    it: the first is answered once the writer finds the lock (one busy timeout), the next at
-    once (before: each waited for the lock, up to a minute), and every record lands when the
-    lock is let go."""
+    it: where answers wait for their commit (auto mode, the pytest plugin, a recording the
+    in-flight log cannot take), the first is answered once the writer finds the lock (one busy
+    timeout), the next at once (before: each waited for the lock, up to a minute), and every
+    record lands when the lock is let go."""
+    proxy = start_proxy(write_ahead=False)
     call(proxy)
     proxy.flush()
     holder = sqlite3.connect(proxy.db, isolation_level=None, check_same_thread=False)
     holder.execute("BEGIN IMMEDIATE")
     said: list[str] = []
-    took: list[float] = []
     try:
-        for _ in range(3):
-            started = time.monotonic()
-            answer = httpx.post(f"{proxy.base_url}/chat/completions", json=BODY, timeout=30)
-            took.append(time.monotonic() - started)
-            assert answer.status_code == 200
+        took = timed_calls(proxy, 3)
         said.append(health(proxy)["store"]["last_error"] or "")
     finally:
         holder.rollback()
@@ -98,6 +107,25 @@ def test_a_write_lock_held_by_another_process_holds_no_client_and_loses_nothing(
     # written again: the next commit is waited for once more
     call(proxy)
     assert proxy.query("SELECT count(*) FROM traces")[0][0] == 5
+
+
+def test_a_write_lock_held_by_another_process_holds_no_answer_from_the_in_flight_log(
+    proxy: Proxy,
+) -> None:
+    """Record mode: answers are in the in-flight log, so none waits for the lock; their
+    records land when it is let go, and the read API waits for them."""
+    call(proxy)
+    proxy.flush()
+    holder = sqlite3.connect(proxy.db, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        took = timed_calls(proxy, 3)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert max(took) < 2, took
+    traces = httpx.get(f"{proxy.url}/api/traces", timeout=30).json()["traces"]
+    assert len(traces) == 4
 
 
 def test_disk_full(start_proxy: Any, tmp_path: Path) -> None:

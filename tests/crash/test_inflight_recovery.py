@@ -1,0 +1,194 @@
+"""SPEC 6 with answers that no longer wait for the commit: in record mode `llmtap serve`
+answers once a recording is in its in-flight log, and what a kill leaves there reaches the
+database (the writer process whose proxy died, the next start, any reading command), once.
+
+The writer process is stopped (SIGSTOP) to hold recordings in flight: what the clients then
+receive is in the log only, which is the state a kill finds most of the time under load."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from llmtap.recorder.inflight import inflight_path, read_log
+from tests.conftest import TEST_KEY
+from tests.crash.test_kill9 import one_call, start_serve, writer_pid
+
+pytestmark = pytest.mark.slow
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llmtap.proxy.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def stored_inputs(db: Path) -> str:
+    conn = sqlite3.connect(db)
+    try:
+        return "\n".join(r[0] for r in conn.execute("SELECT inputs FROM spans"))
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def serving(db: Path, upstream: str) -> Iterator[tuple[subprocess.Popen[bytes], str, int]]:
+    """`llmtap serve` (the process, its address, its writer process's pid), stopped after."""
+    proc, url = start_serve(db, upstream)
+    writer = writer_pid(proc)
+    try:
+        yield proc, url, writer
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(writer, signal.SIGCONT)
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait(20)
+
+
+def kill_both(proc: subprocess.Popen[bytes], writer: int) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    os.kill(writer, signal.SIGKILL)
+    os.kill(writer, signal.SIGCONT)
+    proc.wait(10)
+
+
+def trace_count(url: str) -> int:
+    return len(httpx.get(f"{url}/api/traces?limit=100", timeout=30).json()["traces"])
+
+
+def wait_stored(db: Path, markers: list[str]) -> None:
+    """Until the writer process has stored these (it does within milliseconds)."""
+    deadline = time.monotonic() + 10
+    while not all(m in stored_inputs(db) for m in markers):
+        assert time.monotonic() < deadline, "never stored"
+        time.sleep(0.01)
+
+
+def calls(url: str, first: int, count: int) -> list[str]:
+    markers = [one_call(url, i) for i in range(first, first + count)]
+    assert all(markers), "every call was answered in full"
+    return markers  # type: ignore[return-value]
+
+
+def test_everything_killed_at_once_then_a_reading_command_stores_what_was_in_flight(
+    tmp_path: Path, upstream: str
+) -> None:
+    db = tmp_path / "group.db"
+    with serving(db, upstream) as (proc, url, writer):
+        stored = calls(url, 0, 6)
+        wait_stored(db, stored)
+        os.kill(writer, signal.SIGSTOP)
+        in_flight = calls(url, 6, 6)  # answered while nothing could be stored
+        kill_both(proc, writer)
+    inputs = stored_inputs(db)
+    assert not any(m in inputs for m in in_flight), "held in flight, as the test meant"
+    assert len(read_log(inflight_path(str(db)))[1]) == 6
+
+    out = cli("traces", "--json", "--limit", "100", "--db", str(db))
+    assert out.returncode == 0, out.stderr
+    assert "stored 6 recording(s)" in out.stderr
+    assert len(json.loads(out.stdout)["traces"]) == 12
+    inputs = stored_inputs(db)
+    assert all(m in inputs for m in stored + in_flight)
+    assert read_log(inflight_path(str(db)))[1] == [], "stored once: disowned"
+
+    # the next start finds nothing left to store: no recording twice
+    with serving(db, upstream) as (_, url, _):
+        assert trace_count(url) == 12
+    assert not os.path.exists(inflight_path(str(db))), "a clean stop removes the log"
+
+
+def test_the_next_start_stores_what_a_killed_proxy_left(tmp_path: Path, upstream: str) -> None:
+    db = tmp_path / "restart.db"
+    with serving(db, upstream) as (proc, url, writer):
+        os.kill(writer, signal.SIGSTOP)
+        in_flight = calls(url, 0, 5)
+        kill_both(proc, writer)
+    with serving(db, upstream) as (_, url, _):
+        assert trace_count(url) == 5  # stored before the server answered its first request
+        assert all(m in stored_inputs(db) for m in in_flight)
+        assert calls(url, 5, 2)
+        assert trace_count(url) == 7
+
+
+def test_the_writer_process_stores_what_its_dead_proxy_had_answered(
+    tmp_path: Path, upstream: str
+) -> None:
+    db = tmp_path / "orphan.db"
+    with serving(db, upstream) as (proc, url, writer):
+        os.kill(writer, signal.SIGSTOP)
+        in_flight = calls(url, 0, 6)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        os.kill(writer, signal.SIGCONT)  # it reads the end of its socket, and what it never got
+        deadline = time.monotonic() + 20
+        while os.path.exists(f"/proc/{writer}") and time.monotonic() < deadline:
+            with open(f"/proc/{writer}/stat") as f:
+                if f.read().split(") ", 1)[1].startswith("Z"):
+                    break  # exited (a zombie: its parent was killed; init reaps it)
+            time.sleep(0.02)
+    inputs = stored_inputs(db)
+    assert all(m in inputs for m in in_flight), "stored by the writer process itself"
+    assert read_log(inflight_path(str(db)))[1] == []
+
+
+def test_the_read_api_waits_for_what_its_clients_were_answered(
+    tmp_path: Path, upstream: str
+) -> None:
+    db = tmp_path / "read-your-writes.db"
+    with serving(db, upstream) as (_, url, writer):
+        os.kill(writer, signal.SIGSTOP)
+        calls(url, 0, 3)
+        got: list[int] = []
+        reader = threading.Thread(target=lambda: got.append(trace_count(url)))
+        reader.start()
+        reader.join(0.5)
+        assert reader.is_alive(), "the read waits while the answered calls are not stored"
+        os.kill(writer, signal.SIGCONT)
+        reader.join(10)
+        assert got == [3]
+
+
+def test_no_key_reaches_the_in_flight_log(tmp_path: Path, upstream: str) -> None:
+    db = tmp_path / "secrets.db"
+    with serving(db, upstream) as (_, url, writer):
+        os.kill(writer, signal.SIGSTOP)
+        calls(url, 0, 3)  # (they send TEST_KEY as a bearer token)
+        signed = httpx.post(
+            f"{url}/v1/chat/completions?sv=2024&sig=sig-0099",
+            json={"model": "m", "messages": [{"role": "user", "content": "x"}]},
+            headers={"authorization": f"Bearer {TEST_KEY}", "chatgpt-account-id": "acct-0098"},
+        )
+        assert signed.status_code == 200
+        raw = Path(inflight_path(str(db))).read_bytes()
+        assert len(read_log(inflight_path(str(db)))[1]) == 4
+        assert b"sv=2024" in raw  # the query is there, but for its signature
+        for secret in (TEST_KEY, TEST_KEY[7:], "sig-0099", "acct-0098"):
+            assert secret.encode() not in raw, secret
+
+
+def test_a_second_proxy_on_the_same_database_waits_for_its_commits(
+    tmp_path: Path, upstream: str
+) -> None:
+    db = tmp_path / "two.db"
+    with serving(db, upstream) as (_, first_url, _), serving(db, upstream) as (_, second_url, _):
+        markers = calls(first_url, 0, 3) + calls(second_url, 3, 3)
+        # the second could not take the log: its answers waited for their commit
+        assert all(m in stored_inputs(db) for m in markers[3:])
+        assert trace_count(second_url) == 6
