@@ -68,6 +68,11 @@ def kill_both(proc: subprocess.Popen[bytes], writer: int) -> None:
     proc.wait(10)
 
 
+def niceness(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[16])
+
+
 def trace_count(url: str) -> int:
     return len(httpx.get(f"{url}/api/traces?limit=100", timeout=30).json()["traces"])
 
@@ -187,7 +192,12 @@ def test_a_second_proxy_on_the_same_database_waits_for_its_commits(
     tmp_path: Path, upstream: str
 ) -> None:
     db = tmp_path / "two.db"
-    with serving(db, upstream) as (_, first_url, _), serving(db, upstream) as (_, second_url, _):
+    with (
+        serving(db, upstream) as (_, first_url, first_writer),
+        serving(db, upstream) as (_, second_url, second_writer),
+    ):
+        # the writer whose answers nobody waits for yields the CPU; the one waited for does not
+        assert (niceness(first_writer), niceness(second_writer)) == (10, 0)
         markers = calls(first_url, 0, 3) + calls(second_url, 3, 3)
         # the second could not take the log: its answers waited for their commit
         assert all(m in stored_inputs(db) for m in markers[3:])
