@@ -29,7 +29,6 @@ writes everything it received and exits: it never outlives the proxy.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import operator
 import os
@@ -58,11 +57,6 @@ request_log = logging.getLogger("llmtap.requests")
 
 LINGER = 0.002
 """Seconds the writer waits for more after a write before it counts as idle."""
-NICENESS = 10
-"""How much this process yields the CPU to the proxy's event loop while answers do not wait
-for it. paced (8 streams, 2 cores shared with the client and the upstream), two paired rounds:
-event delay p99 1.68/2.39 -> 1.15/1.29 ms, `[DONE]` p99 4.6/4.6 -> 3.8/3.7 ms; chat-c32 CPU
-399/426 -> 374/345 us a request."""
 MAX_BATCH = 512
 """Recordings per transaction at most: a longer wait for the first of them buys little."""
 
@@ -377,11 +371,6 @@ def serve(sock: socket.socket) -> int:
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
     )
-    if config.inflight is not None:
-        # no answer waits for this process (they wait for the in-flight log): the event loop,
-        # which every client waits for, goes first when both want the CPU
-        with contextlib.suppress(OSError):
-            os.nice(NICENESS)
     try:
         writer = open_batch_writer(config)
     except Exception as exc:  # noqa: BLE001 - the proxy says it, with the path

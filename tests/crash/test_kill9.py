@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from llmtap.recorder.inflight import settle
 from tests.conftest import TEST_KEY
 
 pytestmark = pytest.mark.slow
@@ -134,6 +135,9 @@ def test_kill_minus_9_under_load_loses_nothing_a_client_saw_complete(
         stop.set()
         for w in workers:
             w.join(15)
+        # as every reading command does: what the kill left in the in-flight log gets in
+        # (the writer process whose proxy died stores it itself, a few milliseconds on)
+        settle(str(db))
         conn = sqlite3.connect(db)
         try:
             assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -275,6 +279,7 @@ def test_a_stream_ended_by_its_error_event_survives_kill_minus_9(
     finally:
         proc.kill()
         proc.wait(10)
+    settle(str(db))  # (as `llmtap traces` does)
     conn = sqlite3.connect(db)
     try:
         rows = conn.execute(
