@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 from typing import Any
 from urllib.parse import quote, unquote
@@ -26,6 +27,7 @@ from llmtap.proxy.host_guard import HostGuard
 from llmtap.proxy.models_api import model_routes
 from llmtap.proxy.replaying import Replayer
 from llmtap.proxy.ui import ui_routes
+from llmtap.recorder.inflight import inflight_path, settle
 from llmtap.recorder.model_store import ModelReader
 from llmtap.recorder.reader import NotAnLlmtapDatabase, TraceReader
 from llmtap.recorder.records import Mode
@@ -151,6 +153,9 @@ class LlmtapApp:
             await self.site(scope, receive, send)
 
     async def startup(self) -> None:
+        if self.writer is None and os.path.exists(inflight_path(self.settings.db)):
+            # what a killed record-mode llmtap left in its in-flight log: readable here too
+            await asyncio.to_thread(settle, self.settings.db)
         if self.writer is not None:
             if self.settings.prices_file:
                 # read here first: in the writer process its error read as a database problem

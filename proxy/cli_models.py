@@ -208,7 +208,7 @@ async def _predict_in_process(
 ) -> Prediction:
     from llmtap.proxy.app import create_app
 
-    app = create_app(settings)
+    app = create_app(settings, write_ahead=False)  # (one call, and the command exits)
     await app.startup()
     try:
         key = os.environ.get("OPENAI_API_KEY")

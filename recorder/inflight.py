@@ -86,9 +86,11 @@ class InflightLog:
         self._next_seq = 0
 
     @classmethod
-    def take(cls, db: str, wait: float = 5.0, size: int = SIZE) -> InflightLog | None:
+    def take(cls, db: str, wait: float = 0.5, size: int = SIZE) -> InflightLog | None:
         """The database's log, locked for this proxy; None when another llmtap holds it past
-        `wait` seconds (a second proxy on the same database waits for its commits instead)."""
+        `wait` seconds (a second proxy on the same database waits for its commits instead;
+        the wait is for a writer process storing what its killed proxy left, 64 recordings
+        at most)."""
         path = inflight_path(db)
         if not os.path.exists(path) and _free_bytes(path) < _ROOM_LEFT * size:
             log.warning("the disk of %s is nearly full: responses wait for their commit", db)
@@ -260,7 +262,9 @@ def read_log(path: str) -> tuple[dict[str, Any] | None, list[Entry]]:
             with contextlib.suppress(orjson.JSONDecodeError):
                 config = orjson.loads(header[_FIELDS.size : _FIELDS.size + config_len])
         entries = []
-        for seq, payload in _walk(fd, size, epoch, tail, tail_seq):
+        # (the ring's size at most: a file grown past it, or a crafted sparse one of a
+        # terabyte, is walked no further)
+        for seq, payload in _walk(fd, min(size, SIZE), epoch, tail, tail_seq):
             try:
                 entries.append(Entry(seq, plain_loads(payload)))
             except Exception as exc:  # noqa: BLE001 - one bad entry is no reason to lose the rest
@@ -290,6 +294,8 @@ def _walk(fd: int, size: int, epoch: int, at: int, first_seq: int) -> Iterator[t
         if entry_epoch != epoch or (seq != exact if exact is not None else seq <= after):
             return
         if kind == _WRAP:
+            if at == _HEADER or exact is not None:
+                return  # a wrap mark at the start, or right after one: not the proxy's
             at, exact = _HEADER, seq
             walked += _HEAD.size
             continue
@@ -346,31 +352,40 @@ def settle(db: str, wait: float = _SETTLE_FOR_S) -> None:
         time.sleep(0.005)
 
 
-def store_entries(db: str, path: str, after: int = -1, writer: Any = None) -> int:
+def store_entries(db: str, path: str, after: int = -1, writer: Any = None) -> bool:
     """Store the log's entries numbered above `after` into `db` (with `writer`, else one made
-    from the config the log keeps), then disown them; the caller holds the log's lock. Says
-    how many there were."""
+    from the config the log keeps), and disown them once every one is stored; the caller
+    holds the log's lock. False when some could not be (a database locked by another process,
+    a full disk): the log keeps them for the next try."""
     from llmtap.recorder.writer_process import WriterConfig, open_batch_writer, store_recovered
 
     config_fields, entries = read_log(path)
     entries = [e for e in entries if e.seq > after]
+    stored = True
     if entries:
         own = writer is None
         if own:
             known = set(WriterConfig.__dataclass_fields__)
             kept = {k: v for k, v in (config_fields or {}).items() if k in known}
+            kept["locked_waits"] = 1  # a reading command tries once, not for a minute
             try:  # with the capture switches of the llmtap that answered them
                 writer = open_batch_writer(WriterConfig(**{**kept, "db": db}))
             except Exception as exc:  # noqa: BLE001 - its prices file gone: the defaults'
                 log.warning("stored with the default settings (%s)", exc)
-                writer = open_batch_writer(WriterConfig(db=db))
+                writer = open_batch_writer(WriterConfig(db=db, locked_waits=1))
         try:
-            store_recovered(writer, [e.values for e in entries])
+            stored = store_recovered(writer, db, [e.values for e in entries])
         finally:
             if own:
                 writer.close()
-        log.warning(
-            "stored %d recording(s) that a stopped llmtap had answered (%s)", len(entries), path
-        )
-    disown(path)
-    return len(entries)
+        if stored:
+            log.warning(
+                "stored %d recording(s) that a stopped llmtap had answered (%s)",
+                len(entries),
+                path,
+            )
+        else:
+            log.error("recordings in %s could not be stored yet; they are kept there", path)
+    if stored:
+        disown(path)
+    return stored

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -41,7 +42,7 @@ from typing import Any
 
 from llmtap.recorder.batch_writer import WriterHealth
 from llmtap.recorder.frames import FrameDecoder, encode
-from llmtap.recorder.inflight import InflightLog
+from llmtap.recorder.inflight import InflightLog, inflight_path
 from llmtap.recorder.memory import return_freed_memory
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.spool import new_spool_dir, remove_spool_dir
@@ -190,29 +191,43 @@ class Writer:
         if self.config.spool_dir is None:
             spool_dir = await asyncio.to_thread(new_spool_dir, self.config.db)
             self.config = replace(self.config, spool_dir=spool_dir)
-        if self.write_ahead:
-            inflight = await asyncio.to_thread(InflightLog.take, self.config.db)
-            if inflight is None:
-                log.warning(
-                    "another llmtap records into %s: responses wait for their commit",
-                    self.config.db,
-                )
-            else:
+        db = self.config.db
+        if self.write_ahead or os.path.exists(inflight_path(db)):
+            # the log, to answer from (record mode), or to store what a killed llmtap left in
+            # it (every mode); a llmtap running on the database holds it: its own business
+            inflight = await asyncio.to_thread(InflightLog.take, db)
+            if inflight is None and self.write_ahead:
+                log.warning("another llmtap records into %s: responses wait for their commit", db)
+            if inflight is not None:
                 self.config = replace(self.config, inflight=inflight.path)
                 try:
-                    await self._spawn(recover=True)
+                    recovered = await self._spawn(recover=True)
                 except BaseException:
                     inflight.close(stored=False)
                     raise
-                try:
-                    inflight.start(self.config, self._next_seq)
-                except OSError as exc:  # a full disk
-                    log.warning("no in-flight log (%s): responses wait for their commit", exc)
-                    inflight.close(stored=True)  # (what it held was stored before `ready`)
+                if recovered and self.write_ahead:
+                    self._start_log(inflight)
                 else:
-                    self._inflight = inflight
+                    if not recovered:
+                        log.error(
+                            "what a stopped llmtap left in %s could not be stored; it is kept "
+                            "there, and responses wait for their commit",
+                            inflight.path,
+                        )
+                    inflight.close(stored=recovered)
+                    self.config = replace(self.config, inflight=None)
                 return
         await self._spawn()
+
+    def _start_log(self, inflight: InflightLog) -> None:
+        try:
+            inflight.start(self.config, self._next_seq)
+        except OSError as exc:  # a full disk
+            log.warning("no in-flight log (%s): responses wait for their commit", exc)
+            inflight.close(stored=True)  # (what it held was stored before `ready`)
+            self.config = replace(self.config, inflight=None)
+        else:
+            self._inflight = inflight
 
     async def commit(self, recording: Recording) -> bool:
         """Write the recording; returns once it is durable (True) or could not be (False).
@@ -262,7 +277,9 @@ class Writer:
             return
         target = self._next_seq
         deadline = time.monotonic() + timeout
-        while self._pending and min(self._pending) < target:
+        # (not while another process keeps the database locked: nothing can be stored then,
+        # and every read would wait its timeout out)
+        while self._pending and min(self._pending) < target and not self._locked:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
@@ -487,7 +504,9 @@ class Writer:
             frames.append(encode([_pieces_message(stream, dropped + end)]))
         self._link.transport.writelines(frames)  # type: ignore[union-attr]
 
-    async def _spawn(self, recover: bool = False) -> None:
+    async def _spawn(self, recover: bool = False) -> bool:
+        """Start a writer process; says whether it stored what the in-flight log held
+        (`recover`), or True."""
         loop = self._loop
         assert loop is not None
         ours, theirs = socket.socketpair()
@@ -508,12 +527,13 @@ class Writer:
         config = replace(self.config, log_level=level, recover_inflight=recover)
         link.transport.write(encode(config))
         try:
-            await asyncio.wait_for(asyncio.shield(link.ready), _START_TIMEOUT)
+            recovered = await asyncio.wait_for(asyncio.shield(link.ready), _START_TIMEOUT)
         except BaseException:
             link.transport.close()
             await asyncio.to_thread(_reap, self._process, 5.0)
             raise
         self._link = link
+        return recovered is not False
 
     def _on_message(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
@@ -704,7 +724,7 @@ class _Link(asyncio.Protocol):
     def __init__(self, writer: Writer, loop: asyncio.AbstractEventLoop) -> None:
         self.writer = writer
         self.decoder = FrameDecoder()
-        self.ready: asyncio.Future[None] = loop.create_future()
+        self.ready: asyncio.Future[bool | None] = loop.create_future()
         self.lost: asyncio.Future[None] = loop.create_future()
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
 
@@ -714,7 +734,7 @@ class _Link(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         for message in self.decoder.feed(data):
             if message[0] == "ready":
-                self.ready.set_result(None)
+                self.ready.set_result(message[1])
             elif message[0] == "failed":
                 self.ready.set_exception(StoreRefused(message[1]))
             else:

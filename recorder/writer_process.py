@@ -16,7 +16,8 @@ Protocol (length-prefixed pickle frames, `llmtap.recorder.frames`), proxy -> wri
     `[DONE]` may come) until `("drop", exchange_id)`, which also ends a stream never handed
     over;
   - `("quit",)`.
-Writer -> proxy: `("ready", None)` or `("failed", message)` once the store is open; then
+Writer -> proxy: `("ready", recovered)` or `("failed", message)` once the store is open
+(`recovered`: False when what the in-flight log held could not be stored, and is kept); then
 `("done", [(seq, written, trace_id)], health)` after each transaction, `("health", ...)`
 when idle tidying changed it (a database deleted under the proxy, a failed checkpoint), and
 `("on file", exchange_id, pieces)` when a stream's first `pieces` are on file (the proxy lets
@@ -29,6 +30,7 @@ writes everything it received and exits: it never outlives the proxy.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import operator
 import os
@@ -376,12 +378,14 @@ def serve(sock: socket.socket) -> int:
     except Exception as exc:  # noqa: BLE001 - the proxy says it, with the path
         channel.send(("failed", f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)))
         return 1
+    recovered = True
     if config.inflight is not None and config.recover_inflight:
         try:  # what a proxy killed before on this database had answered (the proxy holds the lock)
-            store_entries(config.db, config.inflight)
+            recovered = store_entries(config.db, config.inflight)
         except Exception as exc:  # noqa: BLE001 - said, and the proxy starts all the same
             log.error("llmtap could not store what was in flight in %s: %s", config.inflight, exc)
-    channel.send(("ready", None))
+            recovered = False
+    channel.send(("ready", recovered))
     writer.on_locked = lambda: channel.send(("locked", writer.health.as_dict()))
     lines = request_log.isEnabledFor(logging.INFO)
     streams = _Streams(
@@ -438,16 +442,34 @@ _TRIM_AFTER = 16 << 20
 """Bytes of recordings written, after which an idle writer gives freed memory back."""
 
 
-def store_recovered(writer: BatchWriter, recordings: list[list[Any]]) -> None:
-    """Store recordings found in an in-flight log, as `pack_recording` made them."""
+def store_recovered(writer: BatchWriter, db: str, recordings: list[list[Any]]) -> bool:
+    """Store recordings found in an in-flight log, as `pack_recording` made them; says whether
+    every one is in the database now. One whose version is there already (committed before a
+    kill took its acknowledgement) is left alone: written again, agent linking, which has
+    forgotten its run, would move it out of its trace."""
+    from llmtap.recorder.sqlite import connect_for_reading
+
     batch = []
     for values in recordings:
         try:
             batch.append((len(batch), unpack_recording(values)))
         except Exception as exc:  # noqa: BLE001 - another llmtap version's: the rest still go
             log.error("an in-flight recording could not be read: %s", exc)
+    with contextlib.closing(connect_for_reading(db)) as conn:
+        stored = {
+            (row[0], row[1], row[2])
+            for _, rec in batch
+            for row in conn.execute(
+                "SELECT exchange_id, ended_ns, error FROM exchanges WHERE exchange_id = ?",
+                [rec.exchange_id],
+            )
+        }
+    batch = [(i, r) for i, r in batch if (r.exchange_id, r.ended_ns, r.error) not in stored]
+    ok = True
     for start in range(0, len(batch), MAX_BATCH):
-        _write(writer, batch[start : start + MAX_BATCH], False)
+        acks = _write(writer, batch[start : start + MAX_BATCH], False)
+        ok = ok and all(written for _, written, _ in acks)
+    return ok
 
 
 def _store_orphaned(writer: BatchWriter, config: WriterConfig, highest: int) -> None:

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
 import threading
@@ -27,6 +28,7 @@ from tests.conftest import TEST_KEY
 from tests.crash.test_kill9 import one_call, start_serve, writer_pid
 
 pytestmark = pytest.mark.slow
+AUTH = {"authorization": f"Bearer {TEST_KEY}"}
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -210,3 +212,92 @@ def test_a_second_proxy_on_the_same_database_waits_for_its_commits(
         # the second could not take the log: its answers waited for their commit
         assert all(m in stored_inputs(db) for m in markers[3:])
         assert trace_count(second_url) == 6
+
+
+def test_what_cannot_be_stored_yet_is_kept_for_later(tmp_path: Path, upstream: str) -> None:
+    """A reading command that finds the database locked by another process keeps the log's
+    entries (before: it said they were stored and threw them away)."""
+    db = tmp_path / "kept.db"
+    with serving(db, upstream) as (proc, url, writer):
+        os.kill(writer, signal.SIGSTOP)
+        in_flight = calls(url, 0, 3)
+        kill_both(proc, writer)
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        out = cli("traces", "--json", "--db", str(db))
+        assert out.returncode == 0 and "kept there" in out.stderr, out.stderr
+    finally:
+        holder.rollback()
+        holder.close()
+    assert len(read_log(inflight_path(str(db)))[1]) == 3
+    out = cli("traces", "--json", "--db", str(db))
+    assert len(json.loads(out.stdout)["traces"]) == 3
+    assert all(m in stored_inputs(db) for m in in_flight)
+
+
+@pytest.mark.parametrize("mode", ["replay", "auto", "off"])
+def test_a_start_in_any_mode_stores_what_a_killed_proxy_left(
+    tmp_path: Path, upstream: str, mode: str
+) -> None:
+    """Replay answers what the killed proxy had answered (before: a 404 for it), auto does not
+    call the upstream again for it, and every mode shows it."""
+    db = tmp_path / f"{mode}.db"
+    with serving(db, upstream) as (proc, url, writer):
+        os.kill(writer, signal.SIGSTOP)
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "kept"}]}
+        answered = httpx.post(f"{url}/v1/chat/completions", json=body, headers=AUTH)
+        assert answered.status_code == 200
+        kill_both(proc, writer)
+    proc, url = start_serve(db, upstream, "--mode", mode)
+    try:
+        assert trace_count(url) == 1
+        if mode != "off":
+            again = httpx.post(f"{url}/v1/chat/completions", json=body, headers=AUTH)
+            assert again.json()["id"] == answered.json()["id"], "replayed, not asked again"
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def test_a_recording_stored_before_the_kill_is_not_stored_again(
+    tmp_path: Path, upstream: str
+) -> None:
+    """Both processes killed after the commit of an agent run's second call and before the
+    proxy read its acknowledgement (simulated: the log's tail set back to that call). Stored
+    again, agent linking (which has forgotten the run) moved it to a trace of its own; a
+    version already in the database is left alone."""
+    db = tmp_path / "agent.db"
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {}}}
+    messages: list[dict[str, object]] = [{"role": "user", "content": "weather in Paris?"}]
+    with serving(db, upstream) as (proc, url, writer):
+        first = httpx.post(
+            f"{url}/v1/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": messages, "tools": [tool]},
+            headers=AUTH,
+        ).json()
+        asked = first["choices"][0]["message"]
+        messages += [asked] + [
+            {"role": "tool", "tool_call_id": c["id"], "content": "22C"} for c in asked["tool_calls"]
+        ]
+        second = httpx.post(
+            f"{url}/v1/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": messages, "tools": [tool]},
+            headers=AUTH,
+        )
+        assert second.status_code == 200
+        deadline = time.monotonic() + 10
+        while trace_count(url) != 1 or read_log(inflight_path(str(db)))[1] != []:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        before = cli("traces", "--json", "--db", str(db)).stdout
+        kill_both(proc, writer)
+    path = inflight_path(str(db))
+    with open(path, "r+b") as f:  # the tail back at the last entry, as before its ack
+        f.seek(4096)  # (an emptied ring starts again at its start)
+        seq = struct.unpack("<IIQQ", f.read(24))[3]
+        f.seek(24)
+        f.write(struct.pack("<QQ", 4096, seq))
+    assert len(read_log(path)[1]) == 1  # the call that answered the tool call
+    after = cli("traces", "--json", "--db", str(db)).stdout
+    assert json.loads(after)["traces"] == json.loads(before)["traces"]

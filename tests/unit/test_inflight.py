@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import pickle
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -172,3 +173,19 @@ def test_settle_with_no_log_or_an_empty_one_does_nothing(tmp_path: Path) -> None
     log.close(stored=False)
     settle(db)  # a log with nothing in it: no database is made
     assert not os.path.exists(db)
+
+
+def test_a_crafted_log_is_walked_no_further_than_the_ring(tmp_path: Path) -> None:
+    """A wrap mark at the ring's start pointing at itself, in a sparse file of a terabyte:
+    before, `llmtap serve` never became ready and its writer process spun."""
+    log = opened(tmp_path)
+    epoch = log._epoch
+    log.close(stored=False)
+    path = inflight_path(str(tmp_path / "t.db"))
+    with open(path, "r+b") as f:
+        f.seek(4096)
+        f.write(struct.pack("<IIQQ", 0, 2, epoch, 0))  # a wrap mark, at the start
+        f.truncate(1 << 40)
+    started = time.monotonic()
+    assert read_log(path)[1] == []
+    assert time.monotonic() - started < 1
