@@ -41,7 +41,7 @@ log = logging.getLogger("llmtap.inflight")
 
 SIZE = 8 << 20
 """Bytes of the ring. A recording larger than `LARGEST` or one that finds it full is waited
-for as before (its commit acknowledged); 8 MB holds ~300 streamed answers in flight."""
+for as before (its commit acknowledged); the proxy puts 64 in it at most (a few KB each)."""
 LARGEST = 2 << 20
 _HEADER = 4096
 _MAGIC = b"LLMTAPIF"
@@ -54,7 +54,7 @@ _TAIL = struct.Struct("<QQ")  # offset, sequence number
 _ROOM_LEFT = 4
 """A log is made only on a disk with room for this many of it: the last megabytes of a nearly
 full disk are the database's."""
-_OWN_FIELDS = ("spool_dir", "inflight", "recover_inflight", "log_level")
+_OWN_FIELDS = ("spool_dir", "inflight", "recover_from", "log_level")
 """A proxy's own settings, not its capture switches: not kept for whoever stores its entries."""
 _SETTLE_FOR_S = 5.0
 """How long a reading command waits for a running proxy's writer to store what is in flight."""
@@ -106,7 +106,7 @@ class InflightLog:
                 if not try_lock(fd, max(0.0, deadline - time.monotonic())):
                     os.close(fd)
                     return None
-                if _same_file(fd, path):  # (not one a stopping proxy removed meanwhile)
+                if same_file(fd, path):  # (not one a stopping proxy removed meanwhile)
                     return cls(path, fd, size)
             except BaseException:
                 os.close(fd)
@@ -143,9 +143,9 @@ class InflightLog:
         fd = self._fd
         try:
             if at != self._head and self._head + _HEAD.size <= self._size:
-                os.pwrite(fd, _HEAD.pack(0, _WRAP, self._epoch, seq), self._head)
-            os.pwrite(fd, payload, at + _HEAD.size)  # the payload first: see the module's doc
-            os.pwrite(fd, _HEAD.pack(len(payload), _ENTRY, self._epoch, seq), at)
+                _write_all(fd, _HEAD.pack(0, _WRAP, self._epoch, seq), self._head)
+            _write_all(fd, payload, at + _HEAD.size)  # the payload first: see the module's doc
+            _write_all(fd, _HEAD.pack(len(payload), _ENTRY, self._epoch, seq), at)
         except OSError as exc:  # (a full disk on a copy-on-write file system)
             log.warning("the in-flight log could not be written (%s): commits are waited for", exc)
             return False
@@ -169,13 +169,14 @@ class InflightLog:
         # the walk stopping at an entry numbered below it
         return self._head if self._head + need <= tail and self._head != tail else None
 
-    def acknowledged(self, pending: Any) -> None:
+    def acknowledged(self, pending: Any, kept: Any = ()) -> None:
         """Let go of the oldest entries no longer in `pending` (sequence numbers the writer
-        process has not acknowledged yet)."""
+        process has not acknowledged yet) nor in `kept` (given up by this proxy: the log
+        keeps them for whoever stores it next)."""
         live = self._live
-        if not live or live[0][0] in pending:
+        if not live or live[0][0] in pending or live[0][0] in kept:
             return
-        while live and live[0][0] not in pending:
+        while live and live[0][0] not in pending and live[0][0] not in kept:
             live.popleft()
         if live:
             self._set_tail(live[0][1], live[0][0])
@@ -188,6 +189,9 @@ class InflightLog:
         # `_walk` accepts (an older one never is)
         with contextlib.suppress(OSError):
             os.pwrite(self._fd, _TAIL.pack(offset, seq), _TAIL_AT)
+
+    def holds(self, seq: int) -> bool:
+        return any(s == seq for s, _ in self._live)
 
     @property
     def in_flight(self) -> int:
@@ -209,7 +213,13 @@ def _free_bytes(path: str) -> int:
     return stat.f_bavail * stat.f_frsize
 
 
-def _same_file(fd: int, path: str) -> bool:
+def _write_all(fd: int, data: bytes, at: int) -> None:
+    if os.pwrite(fd, data, at) != len(data):  # (a short write: no room left)
+        raise OSError("a short write")
+
+
+def same_file(fd: int, path: str) -> bool:
+    """The open file is the one at `path` now (not one removed, another made in its place)."""
     try:
         return os.path.samestat(os.fstat(fd), os.stat(path))
     except OSError:
@@ -227,6 +237,9 @@ def try_lock(fd: int, wait: float) -> bool:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.01)
+        except OSError as exc:  # no locks on this file system (ENOLCK, EOPNOTSUPP): no log
+            log.warning("the in-flight log cannot be locked: %s", exc)
+            return False
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -338,7 +351,7 @@ def settle(db: str, wait: float = _SETTLE_FOR_S) -> None:
         except OSError:
             return
         try:
-            if try_lock(fd, 0) and _same_file(fd, path):
+            if try_lock(fd, 0) and same_file(fd, path):
                 store_entries(db, path)
                 return
         except Exception as exc:  # noqa: BLE001 - a read-only database is still read

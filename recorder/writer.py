@@ -179,6 +179,8 @@ class Writer:
         self._acked = threading.Condition()
         self._changed: asyncio.Event | None = None
         """Set when recordings were acknowledged (`settled` waits on it)."""
+        self._kept_in_log: set[int] = set()
+        """Recordings in the in-flight log that this proxy gave up on (the log keeps them)."""
 
     # --- the event loop's side ----------------------------------------------------------------
 
@@ -197,37 +199,51 @@ class Writer:
             # it (every mode); a llmtap running on the database holds it: its own business
             inflight = await asyncio.to_thread(InflightLog.take, db)
             if inflight is None and self.write_ahead:
-                log.warning("another llmtap records into %s: responses wait for their commit", db)
+                log.warning("no in-flight log for %s: responses wait for their commit", db)
             if inflight is not None:
-                self.config = replace(self.config, inflight=inflight.path)
-                try:
-                    recovered = await self._spawn(recover=True)
-                except BaseException:
-                    inflight.close(stored=False)
-                    raise
-                if recovered and self.write_ahead:
-                    self._start_log(inflight)
-                else:
-                    if not recovered:
-                        log.error(
-                            "what a stopped llmtap left in %s could not be stored; it is kept "
-                            "there, and responses wait for their commit",
-                            inflight.path,
-                        )
-                    inflight.close(stored=recovered)
-                    self.config = replace(self.config, inflight=None)
+                await self._recover(inflight)
                 return
         await self._spawn()
 
-    def _start_log(self, inflight: InflightLog) -> None:
+    async def _recover(self, inflight: InflightLog) -> None:
+        """Start the writer process storing what the log holds first, then answer from the
+        log (record mode) or let go of it. A writer process that dies while it stores them (an
+        entry that kills it) is started again without: the log is kept for a later try."""
+        try:
+            recovered = await self._spawn(recover_from=inflight.path)
+        except StoreRefused:
+            inflight.close(stored=False)
+            raise
+        except Exception as exc:  # noqa: BLE001 - died while storing: start without
+            log.error("storing what %s holds stopped the writer process: %s", inflight.path, exc)
+            recovered = False
+            try:
+                await self._spawn()
+            except BaseException:
+                inflight.close(stored=False)
+                raise
+        if not recovered:
+            log.error(
+                "what a stopped llmtap left in %s could not be stored; it is kept there, and "
+                "responses wait for their commit",
+                inflight.path,
+            )
+            inflight.close(stored=False)
+            return
+        if not self.write_ahead:
+            inflight.close(stored=True)
+            return
         try:
             inflight.start(self.config, self._next_seq)
         except OSError as exc:  # a full disk
             log.warning("no in-flight log (%s): responses wait for their commit", exc)
             inflight.close(stored=True)  # (what it held was stored before `ready`)
-            self.config = replace(self.config, inflight=None)
-        else:
-            self._inflight = inflight
+            return
+        self._inflight = inflight
+        # from now on the writer process (and any started again) stores what the log holds
+        # if this proxy dies
+        self.config = replace(self.config, inflight=inflight.path)
+        self._link.transport.write(encode([("inflight", inflight.path)]))  # type: ignore[union-attr]
 
     async def commit(self, recording: Recording) -> bool:
         """Write the recording; returns once it is durable (True) or could not be (False).
@@ -504,9 +520,9 @@ class Writer:
             frames.append(encode([_pieces_message(stream, dropped + end)]))
         self._link.transport.writelines(frames)  # type: ignore[union-attr]
 
-    async def _spawn(self, recover: bool = False) -> bool:
-        """Start a writer process; says whether it stored what the in-flight log held
-        (`recover`), or True."""
+    async def _spawn(self, recover_from: str | None = None) -> bool:
+        """Start a writer process; says whether it stored what the in-flight log at
+        `recover_from` held, or True."""
         loop = self._loop
         assert loop is not None
         ours, theirs = socket.socketpair()
@@ -524,7 +540,7 @@ class Writer:
         _, link = await loop.create_unix_connection(lambda: _Link(self, loop), sock=ours)
         # the writer logs as the proxy's `llmtap` loggers are set now
         level = logging.getLogger("llmtap").getEffectiveLevel()
-        config = replace(self.config, log_level=level, recover_inflight=recover)
+        config = replace(self.config, log_level=level, recover_from=recover_from)
         link.transport.write(encode(config))
         try:
             recovered = await asyncio.wait_for(asyncio.shield(link.ready), _START_TIMEOUT)
@@ -579,6 +595,8 @@ class Writer:
         for pending in self._pending.values():
             if pending.future is not None and not pending.future.done():
                 pending.future.set_result(False)
+        if self._changed is not None:
+            self._changed.set()  # reads waiting in `settled` stop waiting
 
     def _on_done(self, acks: list[tuple[int, bool, str]]) -> None:
         # a batch ended, written or given up: commits are waited for again (a write that meets
@@ -622,7 +640,7 @@ class Writer:
                 self._drop(stream)
         self.health.pending = len(self._pending)
         if self._inflight is not None:
-            self._inflight.acknowledged(self._pending)
+            self._inflight.acknowledged(self._pending, self._kept_in_log)
             self._changed.set()  # type: ignore[union-attr]
         if self._has_room() and self._room is not None:
             self._room.set()
@@ -704,6 +722,9 @@ class Writer:
         self._restarting = None
 
     def _give_up(self, seq: int, reason: str) -> None:
+        if self._inflight is not None and self._inflight.holds(seq):
+            # its client had its answer: the log keeps it for the next start or reading command
+            self._kept_in_log.add(seq)
         pending = self._pending.pop(seq)
         self._pending_bytes -= pending.size
         log.error(

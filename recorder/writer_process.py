@@ -47,7 +47,7 @@ from typing import Any
 from llmtap.recorder.batch_writer import LOCKED_WAITS, BatchWriter
 from llmtap.recorder.chunk_times import ChunkTimes
 from llmtap.recorder.frames import FrameDecoder, encode
-from llmtap.recorder.inflight import store_entries, try_lock
+from llmtap.recorder.inflight import same_file, store_entries, try_lock
 from llmtap.recorder.memory import return_freed_memory
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.records import Batch, RequestContext
@@ -82,11 +82,12 @@ class WriterConfig:
     locked_waits: int = LOCKED_WAITS
     """Busy timeouts a batch waits for a database another process keeps locked."""
     inflight: str | None = None
-    """The proxy's in-flight log (`llmtap.recorder.inflight`), when it answers before the
-    commit: what it holds when the proxy dies is stored by this process before it exits."""
-    recover_inflight: bool = False
-    """Store what the log holds before saying ready (set on the proxy's first start of this
-    process: a later one gets what it needs from the proxy)."""
+    """The proxy's in-flight log (`llmtap.recorder.inflight`), once it answers from it: what
+    the log holds when the proxy dies is stored by this process before it exits. (Told later
+    by the message `("inflight", path)` to the process started before the log was.)"""
+    recover_from: str | None = None
+    """A log to store before saying ready: what a killed llmtap left (the proxy's first start
+    of this process, with the log's lock held)."""
 
 
 _NOT_SENT = ("dropped", "summariser", "spool", "chunks_json")  # one process's own
@@ -379,11 +380,13 @@ def serve(sock: socket.socket) -> int:
         channel.send(("failed", f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)))
         return 1
     recovered = True
-    if config.inflight is not None and config.recover_inflight:
+    if config.recover_from is not None:
         try:  # what a proxy killed before on this database had answered (the proxy holds the lock)
-            recovered = store_entries(config.db, config.inflight)
+            recovered = store_entries(config.db, config.recover_from)
         except Exception as exc:  # noqa: BLE001 - said, and the proxy starts all the same
-            log.error("llmtap could not store what was in flight in %s: %s", config.inflight, exc)
+            log.error(
+                "llmtap could not store what was in flight in %s: %s", config.recover_from, exc
+            )
             recovered = False
     channel.send(("ready", recovered))
     writer.on_locked = lambda: channel.send(("locked", writer.health.as_dict()))
@@ -396,6 +399,7 @@ def serve(sock: socket.socket) -> int:
     )
     waiting: list[tuple[int, Recording]] = []
     highest = -1  # the highest sequence number written
+    inflight = [config.inflight]  # the proxy's log, once it answers from it
     quitting = False
     tidy = False  # written since the last idle(): tidy up once nothing is waiting
     freed = 0  # response bytes written (and let go of) since memory was last given back
@@ -406,7 +410,7 @@ def serve(sock: socket.socket) -> int:
             # moment for it before tidying up (a stat of the file, a checkpoint asked for, memory
             # given back: nothing that frame's commit should wait behind)
             wait = 0.0 if waiting or quitting else (LINGER if tidy else None)
-            quitting = _take(channel.receive(wait), waiting, streams) or quitting
+            quitting = _take(channel.receive(wait), waiting, streams, inflight) or quitting
             if waiting:
                 batch, waiting = waiting[:MAX_BATCH], waiting[MAX_BATCH:]
                 highest = max(highest, max(seq for seq, _ in batch))
@@ -421,8 +425,8 @@ def serve(sock: socket.socket) -> int:
             if quitting:
                 return 0
             if channel.closed:  # the proxy died: what it had answered and not sent goes in too
-                if config.inflight is not None:
-                    _store_orphaned(writer, config, highest)
+                if inflight[0] is not None:
+                    _store_orphaned(writer, config.db, inflight[0], highest)
                 return 0
             if tidy:
                 tidy = False
@@ -455,16 +459,16 @@ def store_recovered(writer: BatchWriter, db: str, recordings: list[list[Any]]) -
             batch.append((len(batch), unpack_recording(values)))
         except Exception as exc:  # noqa: BLE001 - another llmtap version's: the rest still go
             log.error("an in-flight recording could not be read: %s", exc)
+    last = {rec.exchange_id: (i, rec) for i, rec in batch}  # an exchange's last version wins
     with contextlib.closing(connect_for_reading(db)) as conn:
         stored = {
-            (row[0], row[1], row[2])
-            for _, rec in batch
+            row[0]: (row[1], row[2])
+            for xid in last
             for row in conn.execute(
-                "SELECT exchange_id, ended_ns, error FROM exchanges WHERE exchange_id = ?",
-                [rec.exchange_id],
+                "SELECT exchange_id, ended_ns, error FROM exchanges WHERE exchange_id = ?", [xid]
             )
         }
-    batch = [(i, r) for i, r in batch if (r.exchange_id, r.ended_ns, r.error) not in stored]
+    batch = [(i, r) for i, r in sorted(last.values()) if not _stored_already(r, stored)]
     ok = True
     for start in range(0, len(batch), MAX_BATCH):
         acks = _write(writer, batch[start : start + MAX_BATCH], False)
@@ -472,18 +476,25 @@ def store_recovered(writer: BatchWriter, db: str, recordings: list[list[Any]]) -
     return ok
 
 
-def _store_orphaned(writer: BatchWriter, config: WriterConfig, highest: int) -> None:
+def _stored_already(rec: Recording, stored: dict[str, tuple[int | None, str | None]]) -> bool:
+    """This version of the exchange is in the database, or a later one is (ended later)."""
+    if rec.exchange_id not in stored:
+        return False
+    ended, error = stored[rec.exchange_id]
+    mine = rec.ended_ns or 0
+    return (ended, error) == (rec.ended_ns, rec.error) or (ended or 0) > mine
+
+
+def _store_orphaned(writer: BatchWriter, db: str, path: str, highest: int) -> None:
     """The proxy died: the entries of its log this process never got (it writes in order,
     so those numbered above the last it wrote), unless a new proxy has taken the log over."""
-    path = config.inflight
-    assert path is not None
     try:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except OSError:
         return
     try:
-        if try_lock(fd, 1.0):
-            store_entries(config.db, path, after=highest, writer=writer)
+        if try_lock(fd, 1.0) and same_file(fd, path):  # (not a new log at the same path)
+            store_entries(db, path, after=highest, writer=writer)
     except Exception as exc:  # noqa: BLE001 - a reading command or the next start stores them
         log.error("llmtap could not store what was in flight in %s: %s", path, exc)
     finally:
@@ -496,7 +507,12 @@ def _response_bytes(rec: Recording) -> int:
     return held + len(rec.request_body)
 
 
-def _take(messages: list[Any], waiting: list[tuple[int, Recording]], streams: _Streams) -> bool:
+def _take(
+    messages: list[Any],
+    waiting: list[tuple[int, Recording]],
+    streams: _Streams,
+    inflight: list[str | None],
+) -> bool:
     """The proxy's messages handled: recordings onto `waiting`, stream pieces to `streams`.
     Says whether one of them was "quit". (A function of its own, so that no loop variable of
     the writer's main loop keeps the last message alive while it idles: a 31 MB upload.)"""
@@ -508,6 +524,8 @@ def _take(messages: list[Any], waiting: list[tuple[int, Recording]], streams: _S
             waiting.append((item[1], streams.recording(values, item[3], item[4])))
         elif kind == "quit":
             quit_seen = True
+        elif kind == "inflight":
+            inflight[0] = item[1]
         else:
             streams.on_message(item)
     return quit_seen

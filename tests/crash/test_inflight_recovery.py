@@ -70,6 +70,38 @@ def kill_both(proc: subprocess.Popen[bytes], writer: int) -> None:
     proc.wait(10)
 
 
+def left_in_flight(db: Path, upstream: str, count: int) -> list[str]:
+    """`count` calls answered from the in-flight log only (the writer process stopped), then
+    the proxy and its writer killed: what they leave behind."""
+    with serving(db, upstream) as (proc, url, writer):
+        os.kill(writer, signal.SIGSTOP)
+        answered = calls(url, 0, count)
+        kill_both(proc, writer)
+    return answered
+
+
+@contextlib.contextmanager
+def write_locked(db: Path) -> Iterator[None]:
+    """Another process holds the database's write lock (a sqlite3 shell in a transaction)."""
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        holder.rollback()
+        holder.close()
+
+
+def wait_exited(pid: int) -> None:
+    """Until the process has exited (a zombie: its parent was killed; init reaps it)."""
+    deadline = time.monotonic() + 20
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().split(") ", 1)[1].startswith("Z"):
+                return
+        time.sleep(0.02)
+
+
 def trace_count(url: str) -> int:
     return len(httpx.get(f"{url}/api/traces?limit=100", timeout=30).json()["traces"])
 
@@ -119,10 +151,7 @@ def test_everything_killed_at_once_then_a_reading_command_stores_what_was_in_fli
 
 def test_the_next_start_stores_what_a_killed_proxy_left(tmp_path: Path, upstream: str) -> None:
     db = tmp_path / "restart.db"
-    with serving(db, upstream) as (proc, url, writer):
-        os.kill(writer, signal.SIGSTOP)
-        in_flight = calls(url, 0, 5)
-        kill_both(proc, writer)
+    in_flight = left_in_flight(db, upstream, 5)
     with serving(db, upstream) as (_, url, _):
         assert trace_count(url) == 5  # stored before the server answered its first request
         assert all(m in stored_inputs(db) for m in in_flight)
@@ -140,12 +169,7 @@ def test_the_writer_process_stores_what_its_dead_proxy_had_answered(
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
         os.kill(writer, signal.SIGCONT)  # it reads the end of its socket, and what it never got
-        deadline = time.monotonic() + 20
-        while os.path.exists(f"/proc/{writer}") and time.monotonic() < deadline:
-            with open(f"/proc/{writer}/stat") as f:
-                if f.read().split(") ", 1)[1].startswith("Z"):
-                    break  # exited (a zombie: its parent was killed; init reaps it)
-            time.sleep(0.02)
+        wait_exited(writer)
     inputs = stored_inputs(db)
     assert all(m in inputs for m in in_flight), "stored by the writer process itself"
     assert read_log(inflight_path(str(db)))[1] == []
@@ -218,18 +242,10 @@ def test_what_cannot_be_stored_yet_is_kept_for_later(tmp_path: Path, upstream: s
     """A reading command that finds the database locked by another process keeps the log's
     entries (before: it said they were stored and threw them away)."""
     db = tmp_path / "kept.db"
-    with serving(db, upstream) as (proc, url, writer):
-        os.kill(writer, signal.SIGSTOP)
-        in_flight = calls(url, 0, 3)
-        kill_both(proc, writer)
-    holder = sqlite3.connect(db, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-    try:
+    in_flight = left_in_flight(db, upstream, 3)
+    with write_locked(db):
         out = cli("traces", "--json", "--db", str(db))
         assert out.returncode == 0 and "kept there" in out.stderr, out.stderr
-    finally:
-        holder.rollback()
-        holder.close()
     assert len(read_log(inflight_path(str(db)))[1]) == 3
     out = cli("traces", "--json", "--db", str(db))
     assert len(json.loads(out.stdout)["traces"]) == 3
@@ -301,3 +317,24 @@ def test_a_recording_stored_before_the_kill_is_not_stored_again(
     assert len(read_log(path)[1]) == 1  # the call that answered the tool call
     after = cli("traces", "--json", "--db", str(db)).stdout
     assert json.loads(after)["traces"] == json.loads(before)["traces"]
+
+
+def test_a_log_kept_for_later_is_not_taken_by_the_next_proxys_writer(
+    tmp_path: Path, upstream: str
+) -> None:
+    """A start that could not store what a killed proxy left keeps the log and waits for its
+    commits. Its writer process, when that proxy was killed in turn, took the log for its own:
+    it skipped the entries numbered below its own last write and disowned the rest, lost."""
+    db = tmp_path / "kept-twice.db"
+    first = left_in_flight(db, upstream, 3)
+    with write_locked(db):
+        proc, url = start_serve(db, upstream)  # cannot store them: keeps the log
+    writer = writer_pid(proc)
+    second = calls(url, 3, 5)  # waited for, numbered 0..4 by this proxy
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    wait_exited(writer)
+    assert len(read_log(inflight_path(str(db)))[1]) == 3
+    out = cli("traces", "--json", "--limit", "100", "--db", str(db))
+    assert len(json.loads(out.stdout)["traces"]) == 8
+    assert all(m in stored_inputs(db) for m in first + second)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sqlite3
 import struct
 import time
 from pathlib import Path
@@ -21,7 +22,14 @@ from llmtap.recorder.inflight import (
     read_log,
     settle,
 )
-from llmtap.recorder.writer_process import WriterConfig
+from llmtap.recorder.recording import Recording
+from llmtap.recorder.records import RequestContext
+from llmtap.recorder.writer_process import (
+    WriterConfig,
+    open_batch_writer,
+    pack_recording,
+    store_recovered,
+)
 
 RING = 64 << 10
 
@@ -189,3 +197,41 @@ def test_a_crafted_log_is_walked_no_further_than_the_ring(tmp_path: Path) -> Non
     started = time.monotonic()
     assert read_log(path)[1] == []
     assert time.monotonic() - started < 1
+
+
+def _answered() -> Recording:
+    rec = Recording(
+        "POST",
+        "/chat/completions",
+        "",
+        [("content-type", "application/json")],
+        b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}',
+        RequestContext(),
+    )
+    rec.respond(200, [("content-type", "application/json")])
+    rec.feed(
+        b'{"id":"x","object":"chat.completion","choices":[{"index":0,"message":'
+        b'{"role":"assistant","content":"yo"},"finish_reason":"stop"}]}'
+    )
+    rec.finish()
+    return rec
+
+
+def test_a_recovery_ends_on_the_last_version_of_an_exchange(tmp_path: Path) -> None:
+    """The log held an answer and then its client leaving (two versions of one exchange),
+    both committed before a kill took their acknowledgements: stored again, the first came
+    back over the second (it did not match the row, the second did and was skipped)."""
+    db = str(tmp_path / "v.db")
+    rec = _answered()
+    answered = pack_recording(rec)
+    rec.fail("client disconnected")
+    left = pack_recording(rec)
+    writer = open_batch_writer(WriterConfig(db=db))
+    try:
+        assert store_recovered(writer, db, [answered, left])  # committed, acks lost
+        assert store_recovered(writer, db, [answered, left])  # found in the log again
+        assert store_recovered(writer, db, [answered])  # an older version than the row's
+    finally:
+        writer.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT error FROM exchanges").fetchall() == [("client disconnected",)]
