@@ -51,6 +51,10 @@ def raw_upstream(answer: Answer) -> Iterator[RawUpstream]:
 
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
+    # a connection reset between the poll and the accept left a blocking accept() waiting
+    # for ever, and `shutdown()` with it (a full run hung there once): not blocking, such an
+    # accept fails and the loop goes on (accepted sockets still block)
+    server.socket.setblocking(False)
     upstream.url = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
