@@ -346,23 +346,32 @@ def settle(db: str, wait: float = _SETTLE_FOR_S) -> None:
             target = max(seqs, default=-1)
         if not seqs or seqs[0] > target:
             return
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except OSError:
-            return
-        try:
-            if try_lock(fd, 0) and same_file(fd, path):
-                store_entries(db, path)
-                return
-        except Exception as exc:  # noqa: BLE001 - a read-only database is still read
-            log.warning("llmtap could not store what was in flight in %s: %s", path, exc)
-            return
-        finally:
-            os.close(fd)
+        if store_if_unheld(db, path, 0) is not None:
+            return  # stored here (or it could not be: the database is read all the same)
         if time.monotonic() >= deadline:
             log.warning("a running llmtap has not stored what is in flight in %.0f s", wait)
             return
         time.sleep(0.005)
+
+
+def store_if_unheld(
+    db: str, path: str, wait: float, after: int = -1, writer: Any = None
+) -> bool | None:
+    """`store_entries` once the log's lock is had (waiting up to `wait` seconds for it); None
+    when another llmtap holds it, or the file at `path` is gone or a new one (not this log)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not (try_lock(fd, wait) and same_file(fd, path)):
+            return None
+        return store_entries(db, path, after, writer)
+    except Exception as exc:  # noqa: BLE001 - a read-only database, a broken one: said
+        log.warning("llmtap could not store what was in flight in %s: %s", path, exc)
+        return False
+    finally:
+        os.close(fd)
 
 
 def store_entries(db: str, path: str, after: int = -1, writer: Any = None) -> bool:

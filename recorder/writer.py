@@ -276,6 +276,7 @@ class Writer:
         if (
             inflight is None
             or recording.exchange_id in self._streams
+            or recording.dropped  # (its first pieces are in the writer process only)
             or inflight.in_flight >= IN_FLIGHT_AT_MOST
         ):
             return False
@@ -295,7 +296,7 @@ class Writer:
         deadline = time.monotonic() + timeout
         # (not while another process keeps the database locked: nothing can be stored then,
         # and every read would wait its timeout out)
-        while self._pending and min(self._pending) < target and not self._locked:
+        while self._low_water < target and not self._locked:  # (the lowest not written)
             left = deadline - time.monotonic()
             if left <= 0:
                 return

@@ -47,7 +47,7 @@ from typing import Any
 from llmtap.recorder.batch_writer import LOCKED_WAITS, BatchWriter
 from llmtap.recorder.chunk_times import ChunkTimes
 from llmtap.recorder.frames import FrameDecoder, encode
-from llmtap.recorder.inflight import same_file, store_entries, try_lock
+from llmtap.recorder.inflight import store_entries, store_if_unheld
 from llmtap.recorder.memory import return_freed_memory
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.records import Batch, RequestContext
@@ -488,17 +488,7 @@ def _stored_already(rec: Recording, stored: dict[str, tuple[int | None, str | No
 def _store_orphaned(writer: BatchWriter, db: str, path: str, highest: int) -> None:
     """The proxy died: the entries of its log this process never got (it writes in order,
     so those numbered above the last it wrote), unless a new proxy has taken the log over."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        if try_lock(fd, 1.0) and same_file(fd, path):  # (not a new log at the same path)
-            store_entries(db, path, after=highest, writer=writer)
-    except Exception as exc:  # noqa: BLE001 - a reading command or the next start stores them
-        log.error("llmtap could not store what was in flight in %s: %s", path, exc)
-    finally:
-        os.close(fd)
+    store_if_unheld(db, path, 1.0, after=highest, writer=writer)
 
 
 def _response_bytes(rec: Recording) -> int:
