@@ -8,6 +8,7 @@ import httpx
 import orjson
 
 from tests.conftest import Proxy
+from tests.raw_upstream import Received, raw_upstream
 
 BODY = {
     "model": "gpt-4o-mini",
@@ -82,3 +83,44 @@ def test_a_provider_that_always_streams_usage_keeps_it(proxy: Proxy, upstream: s
     assert last["choices"][0]["finish_reason"] == "stop" and last["usage"]["total_tokens"] > 0
     (row,) = proxy.query("SELECT attributes FROM spans")
     assert orjson.loads(row["attributes"])["usage"]["total_tokens"] == last["usage"]["total_tokens"]
+
+
+def _mixed_stream(asked: bool) -> bytes:
+    """A chat stream whose events end `\\n\\r\\n` (a LF line end, then a CRLF blank line), as
+    SSE allows: with usage (and `"usage":null` on each chunk) when it was asked for."""
+    null = ',"usage":null' if asked else ""
+    events = [
+        '{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":'
+        f'[{{"index":0,"delta":{{"content":"{word}"}},"finish_reason":null}}]{null}}}'
+        for word in ("mixed ", "line ", "ends")
+    ]
+    if asked:
+        events.append(
+            '{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[],'
+            '"usage":{"prompt_tokens":4,"completion_tokens":3,"total_tokens":7}}'
+        )
+    events.append("[DONE]")
+    return "".join(f"data: {e}\n\r\n" for e in events).encode()
+
+
+def test_mixed_line_ends_reach_the_client_as_sent_without_the_usage(start_proxy: Any) -> None:
+    """Before, only `\\n\\n`, `\\r\\n\\r\\n` and `\\r\\r` ended an event: a stream of `\\n\\r\\n`
+    was held whole until its end, and reached the client with the usage llmtap asked for."""
+    from openai import OpenAI
+
+    def answer(request: Received) -> bytes:
+        body = _mixed_stream(b"include_usage" in request.body)
+        head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+        return head + b"content-length: %d\r\n\r\n" % len(body) + body
+
+    with raw_upstream(answer) as up:
+        proxy = start_proxy(upstream=f"{up.url}/v1")
+        with httpx.stream("POST", f"{proxy.base_url}/chat/completions", json=BODY) as response:
+            through = b"".join(response.iter_raw())
+        assert through == _mixed_stream(asked=False)
+        with OpenAI(base_url=proxy.base_url, api_key="sk-test", max_retries=0) as client:
+            chunks = list(client.chat.completions.create(**BODY))
+        assert ["".join(c.choices[0].delta.content or "" for c in chunks)] == ["mixed line ends"]
+        assert all(c.usage is None and c.choices for c in chunks)
+        rows = proxy.query("SELECT attributes FROM spans")
+        assert [orjson.loads(r["attributes"])["usage"]["total_tokens"] for r in rows] == [7, 7]

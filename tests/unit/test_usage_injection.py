@@ -162,3 +162,67 @@ def test_streams_without_usage_pass_untouched() -> None:
     assert strip_all(plain, [5, 50, 51]) == plain
     spaced = b'data: {"choices": [{"delta": {}}], "usage": null}\n\n'
     assert strip_all(spaced, []) == b'data: {"choices": [{"delta": {}}]}\n\n'
+
+
+# a data line's end and the blank line's, per event: any pair but a lone CR followed by a LF,
+# which is one CRLF (the line would not end there)
+_LINE_ENDS = (b"\n", b"\r\n", b"\r")
+_ENDS = [(a, b) for a in _LINE_ENDS for b in _LINE_ENDS if a + b != b"\r\n"]
+
+
+def mixed_events(n: int, with_usage: bool, ends: list[tuple[bytes, bytes]]) -> list[bytes]:
+    """The events of `stream(n, with_usage)`, each with its own line ends."""
+    payloads = [orjson.dumps(chunk(i, f"w{i} ", with_usage)) for i in range(n)]
+    if with_usage:
+        usage = {"prompt_tokens": 3, "completion_tokens": n, "total_tokens": 3 + n}
+        payloads.append(orjson.dumps({"choices": [], "usage": usage}))
+    payloads.append(b"[DONE]")
+    out = []
+    for i, payload in enumerate(payloads):
+        line_end, blank = ends[i % len(ends)]
+        out.append(b"data: " + payload + line_end + blank)
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(1, 12),
+    st.lists(st.sampled_from(_ENDS), min_size=1, max_size=8),
+    st.lists(st.integers(0, 4000), max_size=12),
+)
+def test_mixed_line_ends_at_random_cuts(
+    n: int, ends: list[tuple[bytes, bytes]], cuts: list[int]
+) -> None:
+    """LF, CRLF and lone CR mixed in one stream, as SSE allows (`data: ...\\n\\r\\n`): before,
+    only `\\n\\n`, `\\r\\n\\r\\n` and `\\r\\r` ended an event, so such a stream was held whole
+    until its end and reached the client with the usage llmtap had asked for."""
+    events = mixed_events(n, True, ends)
+    with_usage = b"".join(events)
+    del events[n]  # the usage event; the events after it keep their own line ends
+    expected = b"".join(e.replace(b',"usage":null', b"") for e in events)
+    assert strip_all(with_usage, [c % (len(with_usage) + 1) for c in cuts]) == expected
+
+
+@pytest.mark.parametrize("ends", _ENDS)
+def test_each_event_goes_out_as_soon_as_it_ends(ends: tuple[bytes, bytes]) -> None:
+    """An event a read completes is passed on in that read, whatever its line ends (a CR that
+    ends a read goes out at once: a LF that follows it in the next read goes after it)."""
+    events = mixed_events(3, True, [ends])
+    stripper = UsageStripper()
+    for i, event in enumerate(events):
+        expected = b"" if i == 3 else event.replace(b',"usage":null', b"")  # (3: the usage)
+        assert stripper.feed(event) == expected, i
+    assert stripper.flush() == b""
+
+
+def test_a_long_event_in_small_pieces() -> None:
+    """A 4 MB event (a partial image's base64) cut into 1 KB reads: passed on whole at its end,
+    its usage null taken out (the event held is searched a read at a time: before, every read
+    copied and searched all of it, 24 MB in 16 KB reads took 9 s)."""
+    big = chunk(0, "x" * (4 << 20), True)
+    data = b"data: " + orjson.dumps(big) + b"\r\n\r\ndata: [DONE]\r\n\r\n"
+    stripper = UsageStripper()
+    out = [stripper.feed(data[at : at + 1024]) for at in range(0, len(data), 1024)]
+    out.append(stripper.flush())
+    assert b"".join(out) == data.replace(b',"usage":null', b"")
+    assert sum(1 for piece in out if piece) <= 2  # the event at its end, then [DONE]
