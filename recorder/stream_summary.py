@@ -58,6 +58,7 @@ class StreamSummariser:
         "_carry",
         "_started",
         "_last_at",
+        "_at_end",
     )
 
     def __init__(
@@ -76,6 +77,7 @@ class StreamSummariser:
         self._decoder: SseDecoder | None = None
         self._decompressor: Decoder | None = None
         self._broken = False  # the bytes could not be decompressed: nothing more decodes
+        self._at_end = False  # `finish`: what is read now is an unterminated last event
         self._carry: list[tuple[bytes, int]] = []  # split: pieces after the last whole event
         self._started = True  # split: nothing was taken from the stream yet
         self._last_at = started_ns
@@ -125,6 +127,7 @@ class StreamSummariser:
         """The end of the stream: what it said."""
         summary = self.summary
         if self._decoder is None and self._carry:
+            self._at_end = True  # (the carry holds no blank line: no event it holds ended)
             rest = b"".join(piece for piece, _ in self._carry)
             split = split_simple(rest)
             if split is None:
@@ -140,6 +143,7 @@ class StreamSummariser:
                     self._events(decoder.feed(self._decompressor.flush()), self._last_at)
                 except Exception as exc:  # corrupt compressed data: keep what decoded so far
                     summary.problems.append(f"could not decode the response: {exc}")
+            self._at_end = True
             self._events(decoder.finish(), self._last_at)
         summary.output = self._assembler.result()
         summary.problems.extend(getattr(self._assembler, "problems", ()))
@@ -199,11 +203,16 @@ class StreamSummariser:
         )
 
     def _unreadable(self, problem: str) -> None:
-        """An event a client's SDK cannot parse (it raises there): the call failed for it."""
+        """An event a client's SDK cannot parse (it raises there): the call failed for it.
+        Not an unterminated last event: the SDKs never dispatch one (it is the rest of an
+        event that a broken connection or a server's close cut off, and that says why)."""
         summary = self.summary
+        if self._at_end:
+            summary.problems.append(f"the last event, cut off, {problem}")
+            return
         summary.problems.append(problem)
         if summary.error is None:
-            summary.error = {"message": f"the upstream sent an {problem}"}
+            summary.error = {"message": f"the upstream sent an event that {problem}"}
 
     def _take_datas(
         self, datas: list[Any], names: list[str | None] | None, time_of: Any, split: bool
@@ -247,10 +256,10 @@ class StreamSummariser:
                 try:
                     data = loads(text)
                 except decode_error:
-                    self._unreadable(f"event is not JSON: {text[:200]!r}")
+                    self._unreadable(f"is not JSON: {text[:200]!r}")
                     continue
                 if not isinstance(data, dict):
-                    self._unreadable(f"event is not a JSON object: {text[:200]!r}")
+                    self._unreadable(f"is not a JSON object: {text[:200]!r}")
                     continue
             if "error" in data:
                 error = data["error"]

@@ -182,3 +182,23 @@ def test_time_to_first_token_of_responses_output_without_deltas(
     span = build_batch(rec.finish()).spans[-1]
     assert span.status.code == "OK", span.status.message
     assert span.attributes["time_to_first_token_ms"] >= 25
+
+
+@pytest.mark.parametrize("broke", [None, "upstream broke mid-response: connection reset"])
+def test_an_event_cut_off_at_the_end_is_not_what_failed(broke: str | None) -> None:
+    """The rest of an event that a break (or the server's close) cut off is no event an SDK
+    dispatches: the break is what happened (before: "the upstream sent an event is not JSON:
+    '{"id":...' (upstream broke mid-response: ...)"), or the stream's missing end."""
+    events = [e + b"\n\n" for e in sse_bytes(make_chunks("Cut in the middle")).split(b"\n\n") if e]
+    wire = b"".join(events[:2]) + events[2][: len(events[2]) // 2]
+    rec = chat_stream_recording()
+    for at in range(0, len(wire), 50):
+        rec.feed(wire[at : at + 50])
+    rec = rec.fail(broke) if broke else rec.finish()
+    span = build_batch(rec).spans[-1]
+    assert span.status.code == "ERROR"
+    if broke:
+        assert span.status.message == broke
+    else:
+        assert span.status.message == "the stream ended before its final event"
+    assert span.outputs["choices"][0]["message"]["content"]
