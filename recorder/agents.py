@@ -6,12 +6,13 @@ tools, computer use, shell and patch calls, and MCP approvals) in the Responses 
 legacy `function` message), it joins that call's trace (SPEC section 3: only a call answering
 tool calls joins; a new user turn, `previous_response_id` or not, is a trace of its own). The
 trace gets one AGENT root span over the run's model calls, whose inputs are what the run began
-with (the conversation the answering request carries, or, when it carries none, a Responses run
-chained by `previous_response_id`, the one the calling request sent), whose status and outputs
-are those of the run's latest call (as MLflow's root span), and a TOOL span per call: its name,
-arguments, result, and the time the client spent between receiving the call and sending the
-result. A client that sends a `traceparent` keeps its own structure: no root is made and no
-span is moved; each TOOL span goes beside the call that asked for it.
+with (the conversation the run's first calling request sent, kept from its call; when that is
+not kept, the one the answering request carries, which may differ: a Swarm handoff swaps the
+system message), whose status and outputs are those of the run's latest call (as MLflow's root
+span), and a TOOL span per call: its name, arguments, result, and the time the client spent
+between receiving the call and sending the result. A client that sends a `traceparent` keeps
+its own structure: no root is made and no span is moved; each TOOL span goes beside the call
+that asked for it.
 
 Matching is scoped to the session when the client sends one, else to the experiment and the
 key's fingerprint, so that two clients reusing ids like `call_1` never merge; a client that
@@ -36,11 +37,12 @@ from llmtap.recorder.records import Span, SpanType, Status
 
 MEMORY = 50_000
 CALLING_CONVERSATIONS = 2_000
-"""Conversations of Responses calls that asked for tools, kept for their run's AGENT root
+"""Conversations of calls that asked for tools, kept for their run's AGENT root
 (`AgentLinker._asked`): a run's results follow its call within the client's tool time."""
 CALLING_CONVERSATION_BYTES = 16_384
 """The longest kept (as JSON): at most 2,000 x 16 KB = 32 MB; a question is some 100 bytes.
-A longer one is left out, and a chained run's root then shows no inputs, as before."""
+A longer one is left out: the root then shows the conversation the answering request carries
+(a chained Responses run's, none)."""
 
 CANDIDATES = 8
 """Calls kept per (scope, call id): runs going at once that got the same ids."""
@@ -341,8 +343,9 @@ class AgentLinker:
         self._responses: _Lru = _Lru()  # response id -> Caller
         self._roots: _Lru = _Lru()  # trace id -> the AGENT root Span
         self._under_root: _Lru = _Lru()  # trace id -> ids of the spans placed under its root
-        # a Responses call's span id -> the JSON of the conversation it sent, when it asked for
-        # tools: a run chained by `previous_response_id` sends its results without it
+        # a call's span id -> (request field, JSON of the conversation it sent), when it asked
+        # for tools: the answer may carry another (a Swarm handoff swaps the system message),
+        # or none (a Responses run chained by `previous_response_id`)
         self._asked: _Lru = _Lru(CALLING_CONVERSATIONS)
 
     def link(self, rec: Recording, inputs: Any, explicit_trace: bool) -> Links:
@@ -446,8 +449,10 @@ class AgentLinker:
         end = rec.ended_ns or rec.started_ns
         if root is None:
             first = min(mine, key=lambda c: c.start_ns) if mine else None
-            conversation = conversation_of(inputs) or self._calling_conversation(first)
-            key = "messages" if isinstance(inputs.get("messages"), list) else "input"
+            key, conversation = self._calling_conversation(first) or (
+                "messages" if isinstance(inputs.get("messages"), list) else "input",
+                conversation_of(inputs),
+            )
             root = Span(
                 span_id=new_span_id(),
                 trace_id=trace_id,
@@ -472,10 +477,11 @@ class AgentLinker:
         self._roots.remember(trace_id, root)
         return root, reparent
 
-    def _calling_conversation(self, caller: Caller | None) -> list[Any] | None:
-        """What the request that asked for the tools sent, when it is kept."""
-        text = self._asked.get(caller.span_id) if caller is not None else None
-        return orjson.loads(text) if text else None
+    def _calling_conversation(self, caller: Caller | None) -> tuple[str, list[Any]] | None:
+        """What the request that asked for the tools sent, when it is kept: the request field
+        (`messages` or `input`) and the conversation."""
+        kept = self._asked.get(caller.span_id) if caller is not None else None
+        return (kept[0], orjson.loads(kept[1])) if kept else None
 
     def remember(self, rec: Recording, span: Span) -> None:
         """After the span is built: its tool calls and response id, for the requests to come."""
@@ -490,9 +496,10 @@ class AgentLinker:
             items = conversation_items(span.inputs) or []
             text = conversation_json(items)
             conversation, length = (hash(text) if text else 0), len(items)
-            # chat sends the whole conversation with its results; the Responses API may not
-            if linkable and text and len(text) <= CALLING_CONVERSATION_BYTES:
-                self._asked.remember(span.span_id, text)
+            # what the run began with, for its root: the answer may carry another or none
+            if text and len(text) <= CALLING_CONVERSATION_BYTES:
+                field = "messages" if isinstance(span.inputs.get("messages"), list) else "input"
+                self._asked.remember(span.span_id, (field, text))
             for cid, name, arguments in calls:
                 call = ToolCall(
                     caller, cid, name, arguments, span.end_time_ns, conversation, length
