@@ -11,15 +11,19 @@ import sqlite3
 from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
 if TYPE_CHECKING:  # at run time sqlite -> model_store must not pull models -> cassettes -> sqlite
+    from collections.abc import Callable
+
     from sqlite_utils import Database
 
     from llmtap.recorder.models import ModelRecord
     from llmtap.recorder.records import Span, VersionLink
+
+_T = TypeVar("_T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -216,7 +220,8 @@ class ModelReader:
     def __init__(self, path: str | Path) -> None:
         self.path = path
 
-    def _query(self, sql: str, *params: Any) -> list[sqlite3.Row]:
+    def _read(self, work: Callable[[sqlite3.Connection], list[_T]]) -> list[_T]:
+        """`work` on a read-only connection of its own; [] when there is nothing to read."""
         from llmtap.recorder.sqlite import connect_for_reading
 
         try:
@@ -225,12 +230,14 @@ class ModelReader:
             return []
         with closing(conn):
             try:
-                rows: list[sqlite3.Row] = conn.execute(sql, params).fetchall()
-                return rows
+                return work(conn)
             except sqlite3.OperationalError as exc:
                 if "no such table" in str(exc):  # a database no llmtap with models has written
                     return []
                 raise
+
+    def _query(self, sql: str, *params: Any) -> list[sqlite3.Row]:
+        return self._read(lambda conn: conn.execute(sql, params).fetchall())
 
     def list_models(self) -> list[dict[str, Any]]:
         """Every model, most recently used first, each with its versions (newest first)."""
@@ -271,20 +278,43 @@ class ModelReader:
         return version_dict(rows[0]) if rows else None
 
     def traces_of(self, name: str, version: int, limit: int = 100) -> list[dict[str, Any]]:
-        """Lineage, version to traces: the calls made with it, newest first."""
-        rows = self._query(
-            "SELECT trace_id, span_id, start_time_ns FROM model_version_spans "
-            "WHERE name = ? AND version = ? ORDER BY start_time_ns DESC LIMIT ?",
-            name,
-            version,
-            limit,
-        )
-        return [{"trace_id": r[0], "span_id": r[1], "request_time": _time(r[2])} for r in rows]
+        """Lineage, version to traces: the latest `limit` traces that ran it, one entry each,
+        newest first (by their latest call with it): `request_time` is that call's time, and
+        `span_ids` are the trace's calls that ran the version, in order."""
+        return self._read(lambda conn: _traces_of(conn, name, version, limit))
 
     def versions_of_trace(self, trace_id: str) -> list[dict[str, Any]]:
         """Lineage, trace to versions: one entry per linked span of the trace."""
         rows = self._query(_LINKS, trace_id)
         return [{"span_id": r[0], **_link(r)} for r in rows]
+
+
+def _traces_of(
+    conn: sqlite3.Connection, name: str, version: int, limit: int
+) -> list[dict[str, Any]]:
+    latest: dict[str, int] = {}  # trace_id -> the start of its latest call with the version
+    # the version's calls newest first (its index), read up to the `limit`th trace: a version
+    # used a million times is not grouped whole
+    for trace_id, at in conn.execute(
+        "SELECT trace_id, start_time_ns FROM model_version_spans "
+        "WHERE name = ? AND version = ? ORDER BY start_time_ns DESC",
+        (name, version),
+    ):
+        if len(latest) >= limit:
+            break
+        latest.setdefault(trace_id, at)
+    span_ids: dict[str, list[str]] = {trace_id: [] for trace_id in latest}
+    if latest:
+        for trace_id, span_id in conn.execute(
+            "SELECT trace_id, span_id FROM model_version_spans WHERE name = ? AND version = ? "
+            f"AND trace_id IN ({', '.join('?' * len(latest))}) ORDER BY start_time_ns, span_id",
+            (name, version, *latest),
+        ):
+            span_ids[trace_id].append(span_id)
+    return [
+        {"trace_id": t, "request_time": _time(at), "span_ids": span_ids[t]}
+        for t, at in latest.items()
+    ]
 
 
 _LINKS = (
