@@ -75,6 +75,23 @@ def _preview(value: Any, limit: int = 400) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+def _span_facts(attrs: dict[str, Any]) -> list[str]:
+    """A span's model, whether it streamed and its tokens, as markup, each only when the span
+    has it (an AGENT or TOOL span has none)."""
+    facts = []
+    if attrs.get("model") is not None:
+        facts.append(f"model={escape(str(attrs['model']))}")
+    if attrs.get("stream") is True:
+        facts.append("streamed")
+    usage = attrs.get("usage")
+    if isinstance(usage, dict):
+        tokens = f"tokens {usage.get('input_tokens', 0)} in / {usage.get('output_tokens', 0)} out"
+        if usage.get("cache_read_input_tokens"):
+            tokens += f" ({usage['cache_read_input_tokens']} in from cache)"
+        facts.append(escape(tokens))
+    return facts
+
+
 def print_trace(trace: dict[str, Any]) -> None:
     # long lines as they are: piped to grep or a file, rich cut recorded JSON at 80 columns
     console = _console(soft_wrap=True)
@@ -87,13 +104,11 @@ def print_trace(trace: dict[str, Any]) -> None:
         f"tokens={info['usage']['total_tokens']}"
     )
     for span in trace["spans"]:
-        attrs = span["attributes"]
         ms = (span["end_time_ns"] - span["start_time_ns"]) / 1e6
-        model, usage = escape(str(attrs.get("model"))), escape(str(attrs.get("usage")))
+        facts = "".join(f"  {fact}" for fact in _span_facts(span["attributes"]))
         console.print(
             f"\n[bold]{escape(span['name'])}[/bold] {span['span_type']} "
-            f"{_status(span['status']['code'])} {ms:.1f} ms  model={model}  "
-            f"stream={attrs.get('stream')}  usage={usage}"
+            f"{_status(span['status']['code'])} {ms:.1f} ms{facts}"
         )
         if span["status"]["message"]:
             console.print(f"  [red]{escape(span['status']['message'])}[/red]")

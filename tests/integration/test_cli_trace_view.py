@@ -1,0 +1,65 @@
+"""`llmtap trace ID` in a terminal: each span's line says what applies to it, in words, never
+a Python value (`model=None`, `usage={'input_tokens': ...}`)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+from openai import OpenAI
+
+from tests.conftest import Proxy
+from tests.integration.test_agents import run_chat_agent
+
+LLMTAP = str(Path(sys.executable).with_name("llmtap"))
+
+
+def span_lines(proxy: Proxy, trace_id: str) -> dict[str, str]:
+    """The heading line of each span of the trace as `llmtap trace` prints it, by span id."""
+    proxy.flush()
+    shown = subprocess.run(
+        [LLMTAP, "trace", trace_id, "--db", str(proxy.db)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    spans = httpx.get(f"{proxy.url}/api/traces/{trace_id}").json()["spans"]
+    headings = [line for line in shown.stdout.splitlines() if re.search(r" \d+\.\d ms", line)]
+    assert len(headings) == len(spans) + 1, shown.stdout  # the trace's line, then each span's
+    for line in headings:
+        assert "None" not in line and "{" not in line and "'" not in line, line
+    return {span["span_id"]: line for span, line in zip(spans, headings[1:], strict=True)}
+
+
+def test_agent_and_tool_spans_show_no_model_fields(proxy: Proxy, client: OpenAI) -> None:
+    run_chat_agent(client, "weather in Paris")
+    proxy.flush()
+    (info,) = httpx.get(f"{proxy.url}/api/traces").json()["traces"]
+    spans = httpx.get(f"{proxy.url}/api/traces/{info['trace_id']}").json()["spans"]
+    lines = span_lines(proxy, info["trace_id"])
+    for span in spans:
+        line = lines[span["span_id"]]
+        if span["span_type"] in ("AGENT", "TOOL"):
+            assert "model" not in line and "stream" not in line and "tokens" not in line, line
+        else:
+            usage = span["attributes"]["usage"]
+            tokens = f"tokens {usage['input_tokens']} in / {usage['output_tokens']} out"
+            assert f"model={span['attributes']['model']}" in line and tokens in line, line
+            assert "stream" not in line, line  # not streamed: nothing to say
+
+
+def test_a_streamed_call_says_so(proxy: Proxy, client: OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    proxy.flush()
+    (info,) = httpx.get(f"{proxy.url}/api/traces").json()["traces"]
+    (line,) = span_lines(proxy, info["trace_id"]).values()
+    assert "model=gpt-4o-mini" in line and "  streamed  tokens " in line, line
