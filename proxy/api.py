@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -17,8 +18,13 @@ from llmtap.proxy import __version__
 from llmtap.proxy.config import Settings
 from llmtap.proxy.context import normalise_trace_id
 from llmtap.proxy.errors import openai_error
+from llmtap.proxy.trace_route import TRACE_ID
+from llmtap.proxy.ui_queries import whole_number
 from llmtap.proxy.upstream_client import shown_url
 from llmtap.recorder.reader import TraceQuery, TraceReader
+
+LIST_AT_MOST = 1000
+"""Traces in one `GET /api/traces` page at most (`next_offset` says where the next begins)."""
 
 
 class JSONResponse(Response):
@@ -28,12 +34,21 @@ class JSONResponse(Response):
         return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
 
 
-def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(
-        orjson.loads(openai_error(status, "invalid_request_error", message)),
-        status_code=status,
-        headers=headers,
-    )
+def _error(
+    status: int,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    param: str | None = None,
+) -> JSONResponse:
+    body = orjson.loads(openai_error(status, "invalid_request_error", message))
+    body["error"]["param"] = param
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class _BadParam(ValueError):
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
 
 
 class ApiNotFound(BaseRoute):
@@ -67,9 +82,12 @@ def _int_param(request: Request, name: str, default: int, upper: int) -> int:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    value = int(raw)  # ValueError is answered as a 400 by the caller
+    try:
+        value = whole_number(raw, name)
+    except ValueError as exc:
+        raise _BadParam(name, str(exc)) from None
     if value < 0:
-        raise ValueError(f"{name} must not be negative")
+        raise _BadParam(name, f"{name} must not be negative")
     return min(value, upper)
 
 
@@ -95,13 +113,18 @@ def api_routes(
                 experiment=params.get("experiment") or None,
                 session=params.get("session") or None,
                 status=params.get("status") or None,
-                limit=_int_param(request, "limit", 50, 1000),
+                limit=_int_param(request, "limit", 50, LIST_AT_MOST),
                 offset=_int_param(request, "offset", 0, 1 << 62),
             )
-        except ValueError as exc:
-            return _error(400, f"bad query parameter: {exc}")
-        traces = await run_in_threadpool(reader.list_traces, query)
-        return JSONResponse({"traces": traces})
+        except _BadParam as exc:
+            return _error(400, f"bad query parameter: {exc}", param=exc.name)
+        # one more than asked: whether a next page exists, said rather than left to guess (a
+        # `limit` over LIST_AT_MOST gets LIST_AT_MOST)
+        asked = replace(query, limit=query.limit + 1)
+        traces = await run_in_threadpool(reader.list_traces, asked)
+        more = len(traces) > query.limit
+        next_offset = query.offset + query.limit if more else None
+        return JSONResponse({"traces": traces[: query.limit], "next_offset": next_offset})
 
     async def get_trace(request: Request) -> Response:
         sent = request.path_params["trace_id"]
@@ -115,8 +138,9 @@ def api_routes(
         return Response(body, media_type="application/json")
 
     return [
-        ApiNotFound(),  # first, so that its partial match is the one the router falls back on
         Route("/api/health", get_health),
         Route("/api/traces", list_traces),
-        Route("/api/traces/{trace_id}", get_trace),
+        # a name sent in llmtap-trace-id may hold slashes (`eval/run-1`): after the routes
+        # below it (`/api/traces/{TRACE_ID}/models`), which must come first
+        Route(f"/api/traces/{TRACE_ID}", get_trace),
     ]

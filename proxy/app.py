@@ -18,7 +18,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 
-from llmtap.proxy.api import api_routes
+from llmtap.proxy.api import ApiNotFound, api_routes
 from llmtap.proxy.config import Settings
 from llmtap.proxy.errors import LlmtapError, UpstreamAborted, openai_error
 from llmtap.proxy.faults import ArmedFaults
@@ -108,8 +108,9 @@ class LlmtapApp:
         health = self.writer.health_report if self.writer else None
         self.site = Starlette(
             routes=[
+                ApiNotFound(),  # first: its partial match is the one the router falls back on
+                *model_routes(ModelReader(settings.db), reader, self),  # before `api_routes`
                 *api_routes(settings, reader, health),
-                *model_routes(ModelReader(settings.db), reader, self),
                 *ui_routes(reader),
             ],
             exception_handlers={

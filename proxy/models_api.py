@@ -18,6 +18,7 @@ from llmtap.proxy.api import JSONResponse
 from llmtap.proxy.context import normalise_trace_id
 from llmtap.proxy.errors import openai_error
 from llmtap.proxy.predict import ASGIApp, PredictError, passthrough_headers, run_prediction
+from llmtap.proxy.trace_route import TRACE_ID
 from llmtap.recorder.model_store import ModelReader, version_number
 from llmtap.recorder.reader import TraceReader
 
@@ -126,5 +127,5 @@ def model_routes(reader: ModelReader, traces: TraceReader, app: ASGIApp) -> list
         Route("/api/models/{name:path}/versions/{version}/predict", predict, methods=_ANY),
         Route("/api/models/{name:path}/versions/{version}", get_version),
         Route("/api/models/{name:path}", get_model),
-        Route("/api/traces/{trace_id}/models", trace_models),
+        Route(f"/api/traces/{TRACE_ID}/models", trace_models),
     ]

@@ -24,6 +24,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from llmtap.proxy.context import normalise_trace_id
+from llmtap.proxy.trace_route import TRACE_ID
 from llmtap.proxy.ui_queries import TraceFilter, UiQueries, bounded_int
 from llmtap.recorder.reader import TraceReader
 
@@ -510,9 +511,9 @@ class Pages:
 
     async def sessions(self, request: Request) -> HTMLResponse:
         try:
-            offset = bounded_int(request.query_params.get("offset"), 0, 0, 1 << 62)
-        except ValueError:
-            return self.problem(400, "Bad offset", "offset must be a whole number")
+            offset = bounded_int(request.query_params.get("offset"), 0, 0, 1 << 62, "offset")
+        except ValueError as exc:
+            return self.problem(400, "Bad offset", str(exc))
         rows, more = await run_in_threadpool(self.queries.sessions, SESSIONS_PAGE, offset)
         return self.render(
             "sessions.html",
@@ -554,7 +555,7 @@ def ui_routes(reader: TraceReader) -> list[Route]:
     pages = Pages(reader)
     guarded = {
         "/": pages.trace_list,
-        "/traces/{trace_id}": pages.trace_page,
+        f"/traces/{TRACE_ID}": pages.trace_page,
         "/experiments": pages.experiments,
         "/sessions": pages.sessions,
         "/models": pages.models,

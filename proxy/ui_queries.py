@@ -23,6 +23,8 @@ from llmtap.recorder.reader import trace_info
 from llmtap.recorder.sqlite import connect_for_reading
 
 MAX_LIMIT = 500
+_NAMES = ("experiment", "session")
+"""Filters that name something recorded: matched exactly, spaces and all."""
 MODEL_INDEX = "spans_by_model"
 """`spans_by_model ON spans (model, start_time_ns, trace_id)` (schema migration 0003). Without
 it, filtering by a model few traces use walks every trace."""
@@ -50,18 +52,20 @@ class TraceFilter:
     @classmethod
     def from_params(cls, params: Mapping[str, str]) -> TraceFilter:
         """From a query string; blank values mean no filter. Raises ValueError on bad input."""
+        # names as recorded (an experiment may be " prod"); what is typed, trimmed
         text = {
-            f.name: (params.get(f.name) or "").strip() or None
+            f.name: (value if f.name in _NAMES else value.strip()) or None
             for f in fields(cls)
             if f.name not in ("limit", "offset")
+            for value in (params.get(f.name) or "",)
         }
         for bound in (text["since"], text["until"]):
             if bound is not None:
                 parse_time(bound)  # reject early, before any query runs
         return cls(
             **text,
-            limit=bounded_int(params.get("limit"), 50, 1, MAX_LIMIT),
-            offset=bounded_int(params.get("offset"), 0, 0, 1 << 62),
+            limit=bounded_int(params.get("limit"), 50, 1, MAX_LIMIT, "limit"),
+            offset=bounded_int(params.get("offset"), 0, 0, 1 << 62, "offset"),
         )
 
     def active(self) -> dict[str, str]:
@@ -76,10 +80,20 @@ class TraceFilter:
         return replace(self, offset=max(0, offset))
 
 
-def bounded_int(raw: str | None, default: int, lower: int, upper: int) -> int:
+def whole_number(raw: str, name: str) -> int:
+    """`raw` as an integer written in ASCII digits (`int` also reads `1_0`, `٣` and `３`);
+    ValueError naming the parameter otherwise."""
+    text = raw.strip()
+    digits = text[1:] if text[:1] in ("-", "+") else text
+    if not (digits.isascii() and digits.isdigit()):
+        raise ValueError(f"{name} must be a whole number, not {raw!r}")
+    return int(text)
+
+
+def bounded_int(raw: str | None, default: int, lower: int, upper: int, name: str) -> int:
     if raw is None or raw.strip() == "":
         return default
-    return max(lower, min(int(raw), upper))  # ValueError becomes a 400
+    return max(lower, min(whole_number(raw, name), upper))  # ValueError becomes a 400
 
 
 def parse_time(text: str) -> int:

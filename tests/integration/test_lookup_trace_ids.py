@@ -22,6 +22,8 @@ AS_SENT = {
     "upper case hex": "4BF92F3577B34DA6A3CE929D0E0E4736",
     "run name": "my-run-7",
     "run name with a space": "nightly run 7",
+    # (before, no route took a slash: a 404 "llmtap has no API at GET /api/traces/eval/run-1")
+    "run name with slashes": "eval/run-1",
 }
 
 
@@ -103,7 +105,7 @@ def test_a_unique_prefix_finds_a_trace_in_the_api_and_the_ui_as_in_the_cli(
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", "/api/nope"), ("POST", "/api/traces/x/nope"), ("GET", "/api"), ("DELETE", "/api/")],
+    [("GET", "/api/nope"), ("POST", "/api/nope/x"), ("GET", "/api"), ("DELETE", "/api/")],
 )
 def test_an_unknown_api_path_is_a_json_404(proxy: Proxy, method: str, path: str) -> None:
     response = httpx.request(method, f"{proxy.url}{path}")
@@ -122,6 +124,10 @@ def test_known_api_paths_are_not_shadowed_by_the_404(proxy: Proxy) -> None:
         assert wrong_method.status_code == 405
         assert set(wrong_method.headers["allow"].split(", ")) == {"GET", "HEAD"}
         assert wrong_method.json()["error"]["type"] == "invalid_request_error"
+    # a path below a trace is the name of one (names may hold slashes): a JSON 404 as well
+    nameless = httpx.get(f"{proxy.url}/api/traces/x/nope")
+    assert nameless.status_code == 404
+    assert nameless.json()["error"]["message"] == "no trace with id x/nope"
     slash = httpx.get(f"{proxy.url}/api/traces/")  # redirected to /api/traces, as before
     assert slash.status_code == 307 and slash.headers["location"].endswith("/api/traces")
 

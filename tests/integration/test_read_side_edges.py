@@ -175,3 +175,42 @@ def test_a_failed_span_has_every_attribute_spec_names(
     for key in ("endpoint", "model", "stream", "http_status", "usage"):
         assert key in span["attributes"], (key, sorted(span["attributes"]))
     assert span["attributes"]["usage"] is None  # none was told
+
+
+@pytest.mark.parametrize("value", ["abc", "1_0", "٣", "３", "2.5"])
+@pytest.mark.parametrize("name", ["limit", "offset"])
+def test_a_bad_page_parameter_is_a_400_that_names_it(proxy: Proxy, name: str, value: str) -> None:
+    """Before: `invalid literal for int() with base 10: 'abc'` with `param: null`, and the
+    spellings Python's `int` reads (`1_0`, Arabic-Indic and full-width digits) were numbers."""
+    response = httpx.get(f"{proxy.url}/api/traces", params={name: value})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == name
+    assert error["message"] == f"bad query parameter: {name} must be a whole number, not {value!r}"
+    page = httpx.get(f"{proxy.url}/", params={name: value})
+    assert page.status_code == 400 and f"{name} must be a whole number" in page.text
+
+
+def test_a_page_says_where_the_next_begins(proxy: Proxy) -> None:
+    """`next_offset`: a client asking for more than a page holds (1,000) learns that more
+    exist, instead of taking 1,000 for all there is."""
+    for _ in range(5):
+        assert httpx.post(f"{proxy.base_url}/chat/completions", json=BODY, headers=AUTH)
+    proxy.flush()
+    pages = [httpx.get(f"{proxy.url}/api/traces?limit=2&offset={at}").json() for at in (0, 2, 4)]
+    assert [p["next_offset"] for p in pages] == [2, 4, None]
+    assert [len(p["traces"]) for p in pages] == [2, 2, 1]
+    assert httpx.get(f"{proxy.url}/api/traces?limit=5").json()["next_offset"] is None
+
+
+def test_the_ui_lists_an_experiment_whose_name_has_spaces_around_it(proxy: Proxy) -> None:
+    """An experiment's name is matched as recorded: the UI trimmed ` prod` to `prod` (nothing
+    listed), and an experiment named ` ` to no filter at all (every trace listed)."""
+    for experiment in (" prod", " "):
+        base = f"{proxy.url}/experiments/{experiment.replace(' ', '%20')}/v1"
+        assert httpx.post(f"{base}/chat/completions", json=BODY, headers=AUTH)
+    assert httpx.post(f"{proxy.base_url}/chat/completions", json=BODY, headers=AUTH)
+    proxy.flush()
+    for experiment in (" prod", " "):
+        page = httpx.get(f"{proxy.url}/", params={"experiment": experiment}).text
+        assert page.count('class="row-link"') == 1, experiment
