@@ -24,6 +24,14 @@ import orjson
 from llmtap.proxy.coalescing import ON_LOST
 from llmtap.proxy.config import Settings
 from llmtap.proxy.context import build_context
+from llmtap.proxy.decoded_stripping import (
+    DecodedStripper,
+    HeadFirst,
+    Stripper,
+    UndecodableStream,
+    client_headers,
+    stripper_for,
+)
 from llmtap.proxy.errors import (
     BadControl,
     LlmtapError,
@@ -45,7 +53,7 @@ from llmtap.proxy.upstream_client import (
     UpstreamError,
     shown_url,
 )
-from llmtap.proxy.usage_injection import UsageStripper, injected_body
+from llmtap.proxy.usage_injection import injected_body
 from llmtap.recorder.matching import content_encoding, decoded_request
 from llmtap.recorder.memory import return_freed_memory
 from llmtap.recorder.recording import FAULT_REASON, Recording
@@ -298,10 +306,6 @@ class Forwarder:
         rec.respond(upstream.status, stored)
         content_type, encoding = _content_headers(relay_headers)
         streamed = content_type == b"text/event-stream"
-        if streamed and rec.usage_injected and encoding == b"identity":
-            # the usage llmtap asked for leaves the stream: the upstream's length is not its
-            # length any more (uvicorn frames it as chunked instead)
-            relay_headers = [h for h in relay_headers if h[0] != b"content-length"]
         # a stream can run for minutes: a task waits for the client to leave and cancels the
         # relay. Any other body is relayed as it comes, and under uvicorn the connection's
         # `disconnected` flag, read between pieces, says the same without a task per request.
@@ -318,8 +322,7 @@ class Forwarder:
                 "headers": relay_headers,
             }
             if streamed:
-                await send(start)
-                await self._relay_stream(send, rec, upstream, encoding)
+                await self._relay_stream(send, rec, upstream, encoding, start)
             elif rec.method == "HEAD" or upstream.status in _NO_BODY:
                 await self._relay_head_alone(send, rec, upstream, start, cycle)
             else:
@@ -353,25 +356,40 @@ class Forwarder:
                 self.writer.untrack(rec)
 
     async def _relay_stream(
-        self, send: Send, rec: Recording, upstream: Response, encoding: bytes
+        self, send: Send, rec: Recording, upstream: Response, encoding: bytes, start: Any
     ) -> None:
-        # a server that compressed despite `identity` keeps its bytes: the client then sees the
-        # usage it did not ask for, which SDKs accept, rather than a stream we cannot edit
-        stripper = UsageStripper() if rec.usage_injected and encoding == b"identity" else None
+        # the usage llmtap asked for leaves the stream; a server that compressed it despite
+        # `identity` has it decoded on the way (its head then waits for its first piece, which
+        # says whether it decodes: `decoded_stripping`); one in an encoding nothing reads keeps
+        # its bytes, and the client sees the usage it did not ask for
+        stripper = stripper_for(encoding) if rec.usage_injected else None
+        head: HeadFirst | None = None
+        if isinstance(stripper, DecodedStripper):
+            send = head = HeadFirst(send, start, stripper)
+        else:
+            await send({**start, "headers": client_headers(start["headers"], stripper)})
         writer = self.writer if not rec.discard else None
         # its pieces go to the writer process as they come (untracked in `_forward`, once what
         # ended it is recorded)
         tracked = writer.track(rec) if writer is not None else None
-        await self._relay_events(
-            send, rec, upstream, stripper, tracked, EndFinder(rec.path, encoding)
-        )
+        try:
+            await self._relay_events(
+                send, rec, upstream, stripper, tracked, EndFinder(rec.path, encoding)
+            )
+        except (UndecodableStream, UpstreamError, OSError, TimeoutError) as exc:
+            if head is not None:
+                await head.head()  # (then the connection is aborted, as the upstream's was)
+            if isinstance(exc, UndecodableStream):  # (its head says decoded: no way back)
+                coding = encoding.decode("latin-1")
+                raise UpstreamError(f"the {coding} stream stopped decoding: {exc}") from exc
+            raise
 
     async def _relay_events(
         self,
         send: Send,
         rec: Recording,
         upstream: Response,
-        stripper: UsageStripper | None,
+        stripper: Stripper | None,
         tracked: TrackedStream | None,
         end: EndFinder,
     ) -> None:

@@ -4,7 +4,8 @@ Replay never opens a connection to the upstream and needs no API key. A stream r
 the recorded pieces (same bytes, same cuts), instantly or at the recorded pace. A stream's
 usage follows the replaying client's own `stream_options.include_usage`, which is not part of
 the match key: a recording holds the usage whoever asked for it (llmtap or its client), and a
-client that does not ask receives the stream without it, as llmtap live would strip it.
+client that does not ask receives the stream without it, as llmtap live would strip it (a
+recording the upstream compressed is then sent decoded, `decoded_stripping`).
 
 In replay mode only, a request whose own shape was never recorded is answered from a recording
 of the other shape (`recorder/synthesis.py`): a non-streamed answer from a recorded stream, a
@@ -20,8 +21,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from llmtap.proxy.config import Settings, replay_speed
-from llmtap.proxy.errors import openai_error
-from llmtap.proxy.usage_injection import UsageStripper
+from llmtap.proxy.decoded_stripping import (
+    DecodedStripper,
+    HeadFirst,
+    UndecodableStream,
+    stripper_for,
+)
+from llmtap.proxy.errors import UpstreamAborted, openai_error
 from llmtap.recorder.decoding import is_identity
 from llmtap.recorder.matching import content_encoding, decoded_request
 from llmtap.recorder.recording import Recording
@@ -215,25 +221,35 @@ class Replayer:
             )
             await send({"type": "http.response.body", "body": recorded.body, "more_body": False})
             return
-        await send({"type": "http.response.start", "status": recorded.status, "headers": headers})
-        # as the relay does live: usage the client did not ask for leaves its stream
+        # as the relay does live: usage the client did not ask for leaves its stream, a
+        # compressed one decoded on the way (its head waits for its first piece, which says
+        # whether it decodes: `decoded_stripping`)
         strip = not asks_usage and recorded.holds_usage_unasked()
-        stripper = UsageStripper() if strip else None
+        stripper = stripper_for(content_encoding(recorded.headers)) if strip else None
+        start = {"type": "http.response.start", "status": recorded.status, "headers": headers}
+        head: HeadFirst | None = None
+        if isinstance(stripper, DecodedStripper):
+            send = head = HeadFirst(send, start, stripper)
+        else:
+            await send(start)
         offset, previous_ms = 0, 0.0
-        for size, at_ms in recorded.chunks:
-            piece = recorded.body[offset : offset + size]
-            offset += size
-            if self.speed is not None and at_ms > previous_ms:
-                await asyncio.sleep((at_ms - previous_ms) / 1000 / self.speed)
-            previous_ms = at_ms
-            out = stripper.feed(piece) if stripper is not None else piece
-            if out:
-                await send({"type": "http.response.body", "body": out, "more_body": True})
-        rest = stripper.flush() if stripper is not None else b""
-        await send(
-            {
-                "type": "http.response.body",
-                "body": rest + recorded.body[offset:],
-                "more_body": False,
-            }
-        )
+        try:
+            for size, at_ms in recorded.chunks:
+                piece = recorded.body[offset : offset + size]
+                offset += size
+                if self.speed is not None and at_ms > previous_ms:
+                    await asyncio.sleep((at_ms - previous_ms) / 1000 / self.speed)
+                previous_ms = at_ms
+                out = stripper.feed(piece) if stripper is not None else piece
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            rest = recorded.body[offset:]  # (none: the chunks hold the whole body)
+            if stripper is not None:
+                rest = stripper.feed(rest) + stripper.flush()
+        except UndecodableStream as exc:  # (its head says decoded: no way back)
+            if head is not None:
+                await head.head()
+            raise UpstreamAborted(
+                f"llmtap replay: the recorded stream {recorded.exchange_id} stopped decoding: {exc}"
+            ) from exc
+        await send({"type": "http.response.body", "body": rest, "more_body": False})

@@ -13,8 +13,8 @@ was made, and replay cuts that recording again the same way. Its span is an ERRO
 answer of its own). Its `receive` hides the client's leaving after the cut from the relay,
 which would take it for a client gone and record a failure.
 
-A compressed stream (a recording made with a `Content-Encoding`: forwarded ones are asked
-for uncompressed) cannot be read for its events: it is cut after N pieces, and stream-error
+A compressed stream (a recording made with a `Content-Encoding`: forwarded ones llmtap adds
+usage to are asked for uncompressed) cannot be read for its events: it is cut after N pieces, and stream-error
 cuts it too (an error event cannot be added to it).
 """
 

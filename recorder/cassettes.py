@@ -29,6 +29,7 @@ from llmtap.recorder.decoding import (
     decode_at_most,
     decoder_for,
     is_identity,
+    readable,
 )
 from llmtap.recorder.matching import content_encoding, decoded_request, match_key
 from llmtap.recorder.schema import RESPONSE_BODY
@@ -177,9 +178,10 @@ def _entry(row: sqlite3.Row) -> dict[str, Any]:
     response_headers = _clean(orjson.loads(row["response_headers"]))
     chunks = orjson.loads(row["chunks"])
     # replay takes out the usage llmtap asked for only where the client's stream had it taken
-    # out: a stream the upstream compressed anyway reached its client whole (and leaves
-    # here decoded, where replay could no longer tell)
-    usage_stripped = bool(row["usage_injected"]) and is_identity(content_encoding(response_headers))
+    # out: a stream the upstream compressed anyway was decoded on its way when its encoding
+    # is one llmtap reads, and reached its client whole otherwise (and leaves here decoded,
+    # where replay could no longer tell)
+    usage_stripped = bool(row["usage_injected"]) and readable(content_encoding(response_headers))
     response_headers, body, chunks = _decoded(
         response_headers, unpack_body(bytes(row["response_body"])), chunks
     )

@@ -1,7 +1,9 @@
 """Content-Encoding decoders: a copy of what the upstream sent, read to understand it.
 
-The client always gets the upstream's bytes as sent; llmtap decodes a copy to record it (and the
-proxy, to see where a compressed stream ends: `proxy/stream_end.py`).
+The client gets the upstream's bytes as sent (but for a stream compressed although llmtap asked
+for it uncompressed, to take out the usage it added: `proxy/decoded_stripping.py`); llmtap
+decodes a copy to record it (and the proxy, to see where a compressed stream ends:
+`proxy/stream_end.py`).
 Each decoder is incremental (`decompress(chunk)` then `flush()`), so a compressed stream is
 still decoded chunk by chunk and each SSE event keeps its arrival time. Every reader bounds what
 it decodes (`at_most`, `PIECE_AT_MOST`): what an upstream sends is not to be trusted to inflate
@@ -147,6 +149,15 @@ def decoder_for(content_encoding: str | None) -> Decoder:
     if name == "zstd":
         return Zstd()
     raise ValueError(f"unknown content encoding: {content_encoding}")
+
+
+def readable(content_encoding: str | None) -> bool:
+    """Whether `decoder_for` reads this Content-Encoding (identity included)."""
+    try:
+        decoder_for(content_encoding)
+    except ValueError:
+        return False
+    return True
 
 
 def decode_at_most(body: bytes, content_encoding: str | None, at_most: int) -> bytes | None:

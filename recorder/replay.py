@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from llmtap.recorder.body_codec import unpack_body
-from llmtap.recorder.decoding import is_identity
+from llmtap.recorder.decoding import readable
 from llmtap.recorder.matching import (
     canonical_value,
     content_encoding,
@@ -61,11 +61,12 @@ class Recorded:
     def holds_usage_unasked(self) -> bool:
         """Whether the stream holds usage that a client that does not ask for it must not
         receive: it was asked for, by llmtap or the recorded client, and can be taken out
-        again (a stream the upstream compressed although llmtap asked for `identity` reached
-        its client whole, usage and all; so it replays)."""
+        again: the stream is uncompressed, or in a Content-Encoding `decoder_for` reads (it is
+        then replayed decoded). One in an encoding nothing reads (unknown, stacked) reached its
+        client as sent, usage and all; so it replays."""
         if not self.stream or not (self.usage_injected or self.usage_requested):
             return False
-        return is_identity(content_encoding(self.headers))
+        return readable(content_encoding(self.headers))
 
 
 @dataclass(frozen=True, slots=True)
