@@ -53,7 +53,7 @@ from llmtap.proxy.upstream_client import (
     UpstreamError,
     shown_url,
 )
-from llmtap.proxy.usage_injection import injected_body
+from llmtap.proxy.usage_injection import injected_body, streams_usage_unasked
 from llmtap.recorder.matching import content_encoding, decoded_request
 from llmtap.recorder.memory import return_freed_memory
 from llmtap.recorder.recording import FAULT_REASON, Recording
@@ -89,6 +89,8 @@ class Forwarder:
         self.faults = faults or ArmedFaults()
         self._armed = self.faults.queue  # (read on every request: no call, no lock)
         self.base = shown_url(settings.upstream)  # for messages: no credentials
+        # (an upstream that streams usage unasked: asked for, it could not be told apart)
+        self._inject_usage = settings.stream_usage and not streams_usage_unasked(settings.upstream)
         self.client: UpstreamClient | None = None
         self.origin: Origin | None = None
         self.origin_error: UpstreamError | None = None
@@ -191,7 +193,7 @@ class Forwarder:
             return
         target = raw_api_path + ("?" + query if query else "")
         body, headers = rec.request_body, split.forward
-        if self.settings.stream_usage and self.writer and not rec.discard and rec.method == "POST":
+        if self._inject_usage and self.writer and not rec.discard and rec.method == "POST":
             injected = injected_body(api_path, body)
             if injected is not None:
                 rec.usage_injected = True

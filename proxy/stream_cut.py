@@ -14,8 +14,8 @@ answer of its own). Its `receive` hides the client's leaving after the cut from 
 which would take it for a client gone and record a failure.
 
 A compressed stream (a recording made with a `Content-Encoding`: forwarded ones llmtap adds
-usage to are asked for uncompressed) cannot be read for its events: it is cut after N pieces, and stream-error
-cuts it too (an error event cannot be added to it).
+usage to are asked for uncompressed) cannot be read for its events: it is cut after N pieces,
+and stream-error cuts it too (an error event cannot be added to it).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -21,6 +22,19 @@ _BLANK_LINE = re.compile(rb"(?:\r\n|\n|\r(?!\n))(?:\r\n|\n|\r)")
 whatever the line ends: LF, CRLF or a lone CR, mixed too (`\n\r\n`, `\r\r\n`...)."""
 _COMPACT_NULL = b',"usage":null'  # how OpenAI writes it: removed without parsing anything
 _USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null|"usage"\s*:\s*null\s*,?')
+
+
+USAGE_ALWAYS = ("openrouter.ai",)
+"""Hosts (and their subdomains) whose streams carry usage whether asked or not: OpenRouter's
+docs call `stream_options.include_usage` deprecated, with no effect. Asked for it there,
+llmtap would take out of the client's stream a usage chunk its client gets directly."""
+
+
+def streams_usage_unasked(upstream: str) -> bool:
+    """Whether the upstream sends a stream's usage unasked (`USAGE_ALWAYS`): then llmtap asks
+    for nothing and takes nothing out; the usage it records is the one sent anyway."""
+    host = (urlsplit(upstream).hostname or "").rstrip(".")
+    return any(host == known or host.endswith("." + known) for known in USAGE_ALWAYS)
 
 
 def injected_body(path: str, body: bytes) -> bytes | None:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmtap.proxy.usage_injection import UsageStripper, injected_body
+from llmtap.proxy.usage_injection import UsageStripper, injected_body, streams_usage_unasked
 
 
 def chunk(i: int, content: str | None, usage: bool) -> dict:
@@ -226,3 +226,21 @@ def test_a_long_event_in_small_pieces() -> None:
     out.append(stripper.flush())
     assert b"".join(out) == data.replace(b',"usage":null', b"")
     assert sum(1 for piece in out if piece) <= 2  # the event at its end, then [DONE]
+
+
+@pytest.mark.parametrize(
+    ("upstream", "unasked"),
+    [
+        ("https://openrouter.ai/api/v1", True),
+        ("https://eu.openrouter.ai/api/v1", True),
+        ("https://OpenRouter.ai./api/v1", True),
+        ("https://api.openai.com/v1", False),
+        ("https://notopenrouter.ai/v1", False),
+        ("https://openrouter.ai.example.com/v1", False),
+        ("http://127.0.0.1:8765/v1", False),
+    ],
+)
+def test_openrouter_streams_usage_unasked(upstream: str, unasked: bool) -> None:
+    """OpenRouter sends a stream's usage whether asked or not: asked by llmtap, its usage chunk
+    was taken out of a stream whose client gets it directly (found by a review)."""
+    assert streams_usage_unasked(upstream) is unasked
