@@ -33,7 +33,10 @@ llmtap would take out of the client's stream a usage chunk its client gets direc
 def streams_usage_unasked(upstream: str) -> bool:
     """Whether the upstream sends a stream's usage unasked (`USAGE_ALWAYS`): then llmtap asks
     for nothing and takes nothing out; the usage it records is the one sent anyway."""
-    host = (urlsplit(upstream).hostname or "").rstrip(".")
+    try:
+        host = (urlsplit(upstream).hostname or "").rstrip(".")
+    except ValueError:  # a URL that does not parse: each request says so (a 502)
+        return False
     return any(host == known or host.endswith("." + known) for known in USAGE_ALWAYS)
 
 

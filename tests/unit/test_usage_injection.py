@@ -238,6 +238,7 @@ def test_a_long_event_in_small_pieces() -> None:
         ("https://notopenrouter.ai/v1", False),
         ("https://openrouter.ai.example.com/v1", False),
         ("http://127.0.0.1:8765/v1", False),
+        ("http://[::1/v1", False),  # does not parse: each request is a 502, none a crash here
     ],
 )
 def test_openrouter_streams_usage_unasked(upstream: str, unasked: bool) -> None:
