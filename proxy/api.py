@@ -122,7 +122,7 @@ def api_routes(
         # `limit` over LIST_AT_MOST gets LIST_AT_MOST)
         asked = replace(query, limit=query.limit + 1)
         traces = await run_in_threadpool(reader.list_traces, asked)
-        more = len(traces) > query.limit
+        more = 0 < query.limit < len(traces)  # (limit=0 asks for none: no page follows)
         next_offset = query.offset + query.limit if more else None
         return JSONResponse({"traces": traces[: query.limit], "next_offset": next_offset})
 

@@ -201,6 +201,11 @@ def test_a_page_says_where_the_next_begins(proxy: Proxy) -> None:
     assert [p["next_offset"] for p in pages] == [2, 4, None]
     assert [len(p["traces"]) for p in pages] == [2, 2, 1]
     assert httpx.get(f"{proxy.url}/api/traces?limit=5").json()["next_offset"] is None
+    # limit=0 asks for none: no offset to follow (one that stayed put would loop a client)
+    assert httpx.get(f"{proxy.url}/api/traces?limit=0").json() == {
+        "traces": [],
+        "next_offset": None,
+    }
 
 
 def test_the_ui_lists_an_experiment_whose_name_has_spaces_around_it(proxy: Proxy) -> None:
