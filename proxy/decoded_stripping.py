@@ -119,6 +119,17 @@ _STRIPPED_DROPS = frozenset({b"content-length"})
 _DECODED_DROPS = frozenset({b"content-length", b"content-encoding"})
 
 
+async def send_head(send: Send, start: Message, stripper: Stripper | None) -> HeadFirst | None:
+    """Send a stream's head as its client gets it (`client_headers`), or, for a decoded stream,
+    return the `HeadFirst` to send its body through, which sends the head with its first piece."""
+    if isinstance(stripper, DecodedStripper):
+        return HeadFirst(send, start, stripper)
+    if stripper is not None:
+        start = {**start, "headers": client_headers(start["headers"], stripper)}
+    await send(start)
+    return None
+
+
 class HeadFirst:
     """The `send` of a decoded stream's answer: its head (`http.response.start`) goes out just
     before its first body message, with `client_headers` as the first piece decided them."""

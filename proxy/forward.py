@@ -25,11 +25,9 @@ from llmtap.proxy.coalescing import ON_LOST
 from llmtap.proxy.config import Settings
 from llmtap.proxy.context import build_context
 from llmtap.proxy.decoded_stripping import (
-    DecodedStripper,
-    HeadFirst,
     Stripper,
     UndecodableStream,
-    client_headers,
+    send_head,
     stripper_for,
 )
 from llmtap.proxy.errors import (
@@ -365,11 +363,8 @@ class Forwarder:
         # says whether it decodes: `decoded_stripping`); one in an encoding nothing reads keeps
         # its bytes, and the client sees the usage it did not ask for
         stripper = stripper_for(encoding) if rec.usage_injected else None
-        head: HeadFirst | None = None
-        if isinstance(stripper, DecodedStripper):
-            send = head = HeadFirst(send, start, stripper)
-        else:
-            await send({**start, "headers": client_headers(start["headers"], stripper)})
+        head = await send_head(send, start, stripper)
+        send = head or send
         writer = self.writer if not rec.discard else None
         # its pieces go to the writer process as they come (untracked in `_forward`, once what
         # ended it is recorded)

@@ -21,12 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from llmtap.proxy.config import Settings, replay_speed
-from llmtap.proxy.decoded_stripping import (
-    DecodedStripper,
-    HeadFirst,
-    UndecodableStream,
-    stripper_for,
-)
+from llmtap.proxy.decoded_stripping import UndecodableStream, send_head, stripper_for
 from llmtap.proxy.errors import UpstreamAborted, openai_error
 from llmtap.recorder.decoding import is_identity
 from llmtap.recorder.matching import content_encoding, decoded_request
@@ -227,11 +222,8 @@ class Replayer:
         strip = not asks_usage and recorded.holds_usage_unasked()
         stripper = stripper_for(content_encoding(recorded.headers)) if strip else None
         start = {"type": "http.response.start", "status": recorded.status, "headers": headers}
-        head: HeadFirst | None = None
-        if isinstance(stripper, DecodedStripper):
-            send = head = HeadFirst(send, start, stripper)
-        else:
-            await send(start)
+        head = await send_head(send, start, stripper)
+        send = head or send
         offset, previous_ms = 0, 0.0
         try:
             for size, at_ms in recorded.chunks:
