@@ -59,6 +59,7 @@ class StreamSummariser:
         "_started",
         "_last_at",
         "_at_end",
+        "_erred",
     )
 
     def __init__(
@@ -78,6 +79,7 @@ class StreamSummariser:
         self._decompressor: Decoder | None = None
         self._broken = False  # the bytes could not be decompressed: nothing more decodes
         self._at_end = False  # `finish`: what is read now is an unterminated last event
+        self._erred = False  # an error event came: the client read nothing after it
         self._carry: list[tuple[bytes, int]] = []  # split: pieces after the last whole event
         self._started = True  # split: nothing was taken from the stream yet
         self._last_at = started_ns
@@ -217,8 +219,13 @@ class StreamSummariser:
     def _take_datas(
         self, datas: list[Any], names: list[str | None] | None, time_of: Any, split: bool
     ) -> None:
-        """Events into the assembler: `datas` are bytes (split) or str (decoder)."""
+        """Events into the assembler: `datas` are bytes (split) or str (decoder). None after
+        an error event: the SDK raises there and its client reads no further, so the output is
+        what it had (a malformed event, at which it raises too, is kept apart: the rest is
+        reassembled, its problem said)."""
         summary = self.summary
+        if self._erred:
+            return
         assembler = self._assembler
         endpoint = self._endpoint
         feed, carries_output, is_terminal = (
@@ -232,7 +239,7 @@ class StreamSummariser:
         # for events that can change nothing here but the assembler's state (see `quiet`)
         feed_json = getattr(assembler, "feed_json", None) if split and names is None else None
         i, count = -1, len(datas)
-        while i + 1 < count:
+        while i + 1 < count and not self._erred:
             i += 1
             if feed_json is not None and summary.first_output_ns is not None:
                 taken = feed_json(datas, i)  # a run of chunks alike but for their text
@@ -265,11 +272,13 @@ class StreamSummariser:
                 error = data["error"]
                 if error:  # the SDK raises at any event whose error is set, choices or not
                     summary.error = error
+                    self._erred = True
                     if not data.get("choices") and name != "error":
                         continue
             quiet = True  # nothing here depends on this event but the time of the first output
             if name == "error" or data.get("type") == "error":
                 summary.error = data.get("error", data)
+                self._erred = True
                 quiet = False
             if summary.first_output_ns is None and carries_output(data):
                 summary.first_output_ns = time_of(i)

@@ -202,3 +202,23 @@ def test_an_event_cut_off_at_the_end_is_not_what_failed(broke: str | None) -> No
     else:
         assert span.status.message == "the stream ended before its final event"
     assert span.outputs["choices"][0]["message"]["content"]
+
+
+@pytest.mark.parametrize("named", [False, True])
+def test_the_output_stops_at_an_error_event(named: bool) -> None:
+    """The SDK raises at an error event and its client reads no further: the output is what it
+    had, as the SDK's accumulator holds it there (before: the text an upstream sent after the
+    error was in the output, with its finish reason)."""
+    events = [e + b"\n\n" for e in sse_bytes(make_chunks("Said before.")).split(b"\n\n") if e]
+    error = b'{"error": {"message": "oops", "type": "server_error"}}'
+    bad = (b"event: error\ndata: " if named else b"data: ") + error + b"\n\n"
+    after = [e + b"\n\n" for e in sse_bytes(make_chunks(" Never read.")).split(b"\n\n") if e]
+    half = len(events) // 2
+    span = streamed(b"".join([*events[:half], bad, *after[1:]]))
+    assert span["code"] == "ERROR" and "oops" in span["message"]
+    choice = span["outputs"]["choices"][0]
+    said = "".join(
+        c["choices"][0]["delta"].get("content") or "" for c in make_chunks("Said before.")[:half]
+    )
+    assert choice["message"]["content"] == said and "Never" not in said
+    assert choice["finish_reason"] is None
