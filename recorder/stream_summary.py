@@ -219,10 +219,10 @@ class StreamSummariser:
     def _take_datas(
         self, datas: list[Any], names: list[str | None] | None, time_of: Any, split: bool
     ) -> None:
-        """Events into the assembler: `datas` are bytes (split) or str (decoder). None after
-        an error event: the SDK raises there and its client reads no further, so the output is
-        what it had (a malformed event, at which it raises too, is kept apart: the rest is
-        reassembled, its problem said)."""
+        """Events into the assembler: `datas` are bytes (split) or str (decoder). None from an
+        event whose `error` is set: the SDK raises there and its client reads no further, so
+        the output is what it had (a malformed event, at which it raises too, is kept apart:
+        the rest is reassembled, its problem said)."""
         summary = self.summary
         if self._erred:
             return
@@ -268,17 +268,17 @@ class StreamSummariser:
                 if not isinstance(data, dict):
                     self._unreadable(f"is not a JSON object: {text[:200]!r}")
                     continue
-            if "error" in data:
-                error = data["error"]
-                if error:  # the SDK raises at any event whose error is set, choices or not
-                    summary.error = error
-                    self._erred = True
-                    if not data.get("choices") and name != "error":
-                        continue
+            if data.get("error"):
+                # the SDK raises at any event whose error is set, choices or not, before its
+                # caller has it: nothing of it or after it is the output
+                summary.error = data["error"]
+                self._erred = True
+                continue
             quiet = True  # nothing here depends on this event but the time of the first output
             if name == "error" or data.get("type") == "error":
-                summary.error = data.get("error", data)
-                self._erred = True
+                # a Responses `error` event (no `error` member): the Node SDK throws there, the
+                # Python SDK passes it on and reads on; the call failed, what follows is read
+                summary.error = data
                 quiet = False
             if summary.first_output_ns is None and carries_output(data):
                 summary.first_output_ns = time_of(i)

@@ -222,3 +222,33 @@ def test_the_output_stops_at_an_error_event(named: bool) -> None:
     )
     assert choice["message"]["content"] == said and "Never" not in said
     assert choice["finish_reason"] is None
+
+
+def test_a_responses_error_event_leaves_the_rest_of_the_stream_in_the_output() -> None:
+    """A Responses `error` event has no `error` member: the Python SDK passes it on and reads
+    on, so what follows stays the output (a review found it wiped: `failed`, no output, no
+    usage), while the span still says the call met an error."""
+    rec = Recording(
+        "POST", "/responses", "", [], b'{"model": "m", "input": "hi"}', RequestContext()
+    )
+    rec.respond(200, [("content-type", "text/event-stream")])
+    events, final = response_events("Hi")
+    error = {"type": "error", "code": "server_error", "message": "transient", "param": None}
+    wire = [b"data: " + orjson.dumps(e) + b"\n\n" for e in events]
+    wire.insert(2, b"event: error\ndata: " + orjson.dumps(error) + b"\n\n")
+    rec.feed(b"".join(wire))
+    span = build_batch(rec.finish()).spans[-1]
+    assert span.status.code == "ERROR" and "transient" in span.status.message
+    assert span.outputs["status"] == "completed"
+    assert span.outputs["output"] == final["output"]
+
+
+def test_an_error_chunk_with_choices_is_not_in_the_output() -> None:
+    """OpenRouter ends a failed answer with a chunk holding both `choices` and `error`: the SDK
+    raises before its caller has that chunk, so its text is not the output."""
+    chunks = make_chunks("A")
+    broken = {**chunks[1], "error": {"message": "Provider returned error", "code": 502}}
+    broken["choices"] = [{"index": 0, "delta": {"content": "X"}, "finish_reason": "error"}]
+    span = streamed(sse_bytes([*chunks[:-1], broken]))
+    assert span["code"] == "ERROR" and "Provider returned error" in span["message"]
+    assert span["outputs"]["choices"][0]["message"]["content"] == "A"
