@@ -109,7 +109,8 @@ class Zstd:
     (at least 4 bytes) may stand for 128 KB, so a step makes at most 8 MB."""
 
     def __init__(self) -> None:
-        self._d = zstandard.ZstdDecompressor().decompressobj()
+        # every frame: a server may end one per flush (as curl, Go and httpx2 read them all)
+        self._d = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
 
     def decompress(self, data: bytes, at_most: int = 0) -> bytes:
         if not at_most or len(data) <= self.STEP:

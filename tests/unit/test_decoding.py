@@ -69,3 +69,16 @@ def test_bounded_decoding_of_pieces_cut_anywhere_gives_the_body(
     assert decode_at_most(packed, encoding, len(text) * 3) == text * 3
     if text:
         assert decode_at_most(packed, encoding, len(text) * 3 - 1) is None
+
+
+def test_zstd_of_several_frames_is_read_whole_however_it_is_cut() -> None:
+    """A server may end a zstd frame at each flush: every frame is read (before: the first one
+    only, and a later piece raised), as curl, Go and httpx2 read them."""
+    c = zstandard.ZstdCompressor()
+    body = b"".join(c.compress(b"data: %d\n\n" % i) for i in range(5))
+    for step in (1, 7, len(body)):
+        decoder = decoder_for("zstd")
+        out = b"".join(
+            decoder.decompress(body[at : at + step], 1 << 20) for at in range(0, len(body), step)
+        )
+        assert out + decoder.flush() == b"".join(b"data: %d\n\n" % i for i in range(5)), step
