@@ -128,6 +128,10 @@ def test_known_api_paths_are_not_shadowed_by_the_404(proxy: Proxy) -> None:
     nameless = httpx.get(f"{proxy.url}/api/traces/x/nope")
     assert nameless.status_code == 404
     assert nameless.json()["error"]["message"] == "no trace with id x/nope"
+    for path in ("/api/traces/abcd1234/", "/traces/abcd1234/", "/api/traces/abcd1234/models/"):
+        trailing = httpx.get(f"{proxy.url}{path}")  # redirected without the slash, as before
+        assert trailing.status_code == 307, path
+        assert trailing.headers["location"].endswith(path.rstrip("/"))
     slash = httpx.get(f"{proxy.url}/api/traces/")  # redirected to /api/traces, as before
     assert slash.status_code == 307 and slash.headers["location"].endswith("/api/traces")
 
