@@ -102,8 +102,11 @@ class UsageStripper:
             held.append(chunk)
             return lead
         if end == len(chunk):  # the usual read: whole events (one a read, when paced)
-            data = b"".join((*held, chunk)) if held else chunk
-            self._held = []
+            if held:
+                data = b"".join((*held, chunk))
+                self._held = []
+            else:
+                data = chunk  # (no list made: this is once a read)
             # a CR that ends the read may be the first half of a CRLF (see above)
             self._after_cr = chunk[-1:] == b"\r"
         else:
@@ -143,8 +146,7 @@ class UsageStripper:
 
 
 def _last_bytes(pieces: list[bytes], n: int) -> bytes:
-    if not pieces:
-        return b""
+    """The last `n` bytes of `pieces` (not empty)."""
     last = pieces[-1]
     if len(last) >= n or len(pieces) == 1:
         return last[-n:]
