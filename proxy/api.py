@@ -91,6 +91,18 @@ def _int_param(request: Request, name: str, default: int, upper: int) -> int:
     return min(value, upper)
 
 
+async def trace_response(reader: TraceReader, sent: str) -> Response:
+    """GET /api/traces/{trace_id}: the trace `sent` names, or a 404. The id as a client sent it
+    in llmtap-trace-id finds it, as the stored id and a unique prefix of it do (as `llmtap
+    trace` finds them)."""
+    trace = await run_in_threadpool(reader.find_trace, normalise_trace_id(sent), sent)
+    if trace is None:
+        return _error(404, f"no trace with id {sent}")
+    # a long agent run is tens of MB of JSON: made in the thread pool, not on the event loop
+    body = await run_in_threadpool(orjson.dumps, trace, None, orjson.OPT_NON_STR_KEYS)
+    return Response(body, media_type="application/json")
+
+
 def api_routes(
     settings: Settings, reader: TraceReader, health: Callable[[], dict[str, Any]] | None
 ) -> list[BaseRoute]:
@@ -127,15 +139,7 @@ def api_routes(
         return JSONResponse({"traces": traces[: query.limit], "next_offset": next_offset})
 
     async def get_trace(request: Request) -> Response:
-        sent = request.path_params["trace_id"]
-        # the id as a client sent it in llmtap-trace-id finds the trace, as the stored id and a
-        # unique prefix of it do (as `llmtap trace` finds them)
-        trace = await run_in_threadpool(reader.find_trace, normalise_trace_id(sent), sent)
-        if trace is None:
-            return _error(404, f"no trace with id {sent}")
-        # a long agent run is tens of MB of JSON: made in the thread pool, not on the event loop
-        body = await run_in_threadpool(orjson.dumps, trace, None, orjson.OPT_NON_STR_KEYS)
-        return Response(body, media_type="application/json")
+        return await trace_response(reader, request.path_params["trace_id"])
 
     return [
         Route("/api/health", get_health),

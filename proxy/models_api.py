@@ -12,9 +12,10 @@ from typing import Any
 import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 
-from llmtap.proxy.api import JSONResponse
+from llmtap.proxy.api import JSONResponse, trace_response
 from llmtap.proxy.context import normalise_trace_id
 from llmtap.proxy.errors import openai_error
 from llmtap.proxy.predict import ASGIApp, PredictError, passthrough_headers, run_prediction
@@ -113,12 +114,14 @@ def model_routes(reader: ModelReader, traces: TraceReader, app: ASGIApp) -> list
             }
         )
 
-    async def trace_models(request: Request) -> JSONResponse:
+    async def trace_models(request: Request) -> Response:
         sent = request.path_params["trace_id"]
         # found as GET /api/traces/{id} finds it: as sent in llmtap-trace-id, stored, or a prefix
         trace_id = await run_in_threadpool(traces.resolve_id, normalise_trace_id(sent), sent)
         if trace_id is None:
-            return _error(404, f"no trace with id {sent}")
+            # no trace `x`: the path names the trace a client called `x/models`, if there is one
+            named = await trace_response(traces, f"{sent}/models")
+            return named if named.status_code == 200 else _error(404, f"no trace with id {sent}")
         versions = await run_in_threadpool(reader.versions_of_trace, trace_id)
         return JSONResponse({"trace_id": trace_id, "model_versions": versions})
 

@@ -155,3 +155,24 @@ def test_models_trace_takes_the_id_as_sent(recorded: Proxy, kind: str) -> None:
     )
     assert result.exit_code == 0, result.output
     assert orjson.loads(result.output)["trace_id"] == stored["trace_id"]
+
+
+def test_a_trace_named_like_the_models_path_is_found_when_no_trace_has_the_shorter_name(
+    proxy: Proxy, client: OpenAI
+) -> None:
+    """`/api/traces/{id}/models` is the model versions of trace `id`; a trace a client named
+    `eval/models` was shadowed by it (a 404: "no trace with id eval")."""
+    ask_in_trace(client, "eval/models", "named like the path")
+    ask_in_trace(client, "both", "the shorter name")
+    ask_in_trace(client, "both/models", "the longer name")
+    proxy.flush()
+    named = httpx.get(f"{proxy.url}/api/traces/eval/models")
+    assert named.status_code == 200, named.text
+    assert prompts_of(named.json()) == ["named like the path"]
+    # where trace `both` exists, the path is its model versions, as before
+    versions = httpx.get(f"{proxy.url}/api/traces/both/models").json()
+    both = httpx.get(f"{proxy.url}/api/traces/both").json()["info"]["trace_id"]
+    assert versions == {"trace_id": both, "model_versions": []}
+    missing = httpx.get(f"{proxy.url}/api/traces/nothing/models")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["message"] == "no trace with id nothing"
