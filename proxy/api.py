@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -21,7 +20,7 @@ from llmtap.proxy.errors import openai_error
 from llmtap.proxy.trace_route import TRACE_ID
 from llmtap.proxy.ui_queries import whole_number
 from llmtap.proxy.upstream_client import shown_url
-from llmtap.recorder.reader import TraceQuery, TraceReader
+from llmtap.recorder.reader import TraceQuery, TraceReader, read_page_token
 
 LIST_AT_MOST = 1000
 """Traces in one `GET /api/traces` page at most (`next_offset` says where the next begins)."""
@@ -103,6 +102,16 @@ async def trace_response(reader: TraceReader, sent: str) -> Response:
     return Response(body, media_type="application/json")
 
 
+def _page_token_param(request: Request) -> tuple[int, int] | None:
+    raw = request.query_params.get("page_token")
+    if not raw:
+        return None
+    try:
+        return read_page_token(raw)
+    except ValueError as exc:
+        raise _BadParam("page_token", str(exc)) from None
+
+
 def api_routes(
     settings: Settings, reader: TraceReader, health: Callable[[], dict[str, Any]] | None
 ) -> list[BaseRoute]:
@@ -127,16 +136,22 @@ def api_routes(
                 status=params.get("status") or None,
                 limit=_int_param(request, "limit", 50, LIST_AT_MOST),
                 offset=_int_param(request, "offset", 0, 1 << 62),
+                after=_page_token_param(request),
             )
         except _BadParam as exc:
             return _error(400, f"bad query parameter: {exc}", param=exc.name)
-        # one more than asked: whether a next page exists, said rather than left to guess (a
-        # `limit` over LIST_AT_MOST gets LIST_AT_MOST)
-        asked = replace(query, limit=query.limit + 1)
-        traces = await run_in_threadpool(reader.list_traces, asked)
-        more = 0 < query.limit < len(traces)  # (limit=0 asks for none: no page follows)
-        next_offset = query.offset + query.limit if more else None
-        return JSONResponse({"traces": traces[: query.limit], "next_offset": next_offset})
+        # whether a next page exists, said rather than left to guess (a `limit` over
+        # LIST_AT_MOST gets LIST_AT_MOST)
+        traces, token = await run_in_threadpool(reader.list_page, query)
+        return JSONResponse(
+            {
+                "traces": traces,
+                # the next page's offset, counted from the first trace (or the token's place):
+                # new traces arriving meanwhile shift it, the token's place stays
+                "next_offset": query.offset + query.limit if token is not None else None,
+                "next_page_token": token,
+            }
+        )
 
     async def get_trace(request: Request) -> Response:
         return await trace_response(reader, request.path_params["trace_id"])

@@ -295,7 +295,11 @@ def test_read_api_without_a_database(start_proxy: Callable[..., Proxy]) -> None:
     proxy = start_proxy(mode="off")
     assert not proxy.db.exists()
     listed = httpx.get(f"{proxy.url}/api/traces")
-    assert listed.status_code == 200 and listed.json() == {"traces": [], "next_offset": None}
+    assert listed.status_code == 200 and listed.json() == {
+        "traces": [],
+        "next_offset": None,
+        "next_page_token": None,
+    }
     one = httpx.get(f"{proxy.url}/api/traces/0123456789abcdef0123456789abcdef")
     assert one.status_code == 404 and "no trace with id" in one.json()["error"]["message"]
 

@@ -205,7 +205,73 @@ def test_a_page_says_where_the_next_begins(proxy: Proxy) -> None:
     assert httpx.get(f"{proxy.url}/api/traces?limit=0").json() == {
         "traces": [],
         "next_offset": None,
+        "next_page_token": None,
     }
+
+
+def test_a_page_token_holds_its_place_while_new_traces_arrive(proxy: Proxy) -> None:
+    """Offsets count from the newest trace: a trace recorded between two pages shifted the
+    second by one, and a client paging through saw a trace twice. `next_page_token` names
+    the last trace listed, and the next page begins after it."""
+    for _ in range(5):
+        httpx.post(f"{proxy.base_url}/chat/completions", json=BODY, headers=AUTH).raise_for_status()
+    proxy.flush()
+    first = httpx.get(f"{proxy.url}/api/traces?limit=2").json()
+    assert first["next_offset"] == 2 and first["next_page_token"]
+    for _ in range(3):  # traffic between the pages
+        httpx.post(f"{proxy.base_url}/chat/completions", json=BODY, headers=AUTH).raise_for_status()
+    proxy.flush()
+    seen = [t["trace_id"] for t in first["traces"]]
+    token = first["next_page_token"]
+    while token is not None:
+        page = httpx.get(f"{proxy.url}/api/traces", params={"limit": 2, "page_token": token})
+        assert page.status_code == 200, page.text
+        seen += [t["trace_id"] for t in page.json()["traces"]]
+        token = page.json()["next_page_token"]
+    assert len(seen) == len(set(seen)) == 5  # each of the five once, none of the three after
+    everything = httpx.get(f"{proxy.url}/api/traces?limit=100").json()
+    assert [t["trace_id"] for t in everything["traces"]][3:] == seen
+    assert everything["next_page_token"] is None
+    # by offset, the same paging repeats a trace
+    shifted = httpx.get(f"{proxy.url}/api/traces?limit=2&offset=2").json()["traces"]
+    assert shifted[0]["trace_id"] not in seen[2:]
+
+
+def test_traces_that_began_in_the_same_nanosecond_are_each_on_one_page(
+    start_proxy: Any,
+) -> None:
+    """Traces can begin in the same nanosecond (a coarse clock, an import): the token names
+    a place among them too, so a page boundary between them neither repeats nor skips one.
+    Here every trace is given one start time."""
+    import sqlite3
+
+    proxy = start_proxy()
+    for _ in range(6):
+        httpx.post(f"{proxy.base_url}/chat/completions", json=BODY, headers=AUTH).raise_for_status()
+    proxy.flush()
+    with contextlib.closing(sqlite3.connect(proxy.db)) as conn, conn:
+        conn.execute("UPDATE traces SET start_time_ns = 1700000000000000000")
+    ids: list[str] = []
+    by_offset: list[str] = []
+    token = None
+    for at in range(0, 6, 2):
+        params: dict[str, Any] = {"limit": 2, **({"page_token": token} if token else {})}
+        page = httpx.get(f"{proxy.url}/api/traces", params=params).json()
+        ids += [t["trace_id"] for t in page["traces"]]
+        token = page["next_page_token"]
+        listed = httpx.get(f"{proxy.url}/api/traces?limit=2&offset={at}").json()["traces"]
+        by_offset += [t["trace_id"] for t in listed]
+    assert token is None
+    assert len(set(ids)) == 6 and ids == by_offset
+
+
+@pytest.mark.parametrize("token", ["abc", "12", "1.x", "-1.2", "1.2.3", "٣.1"])
+def test_a_page_token_this_server_did_not_give_is_a_400(proxy: Proxy, token: str) -> None:
+    response = httpx.get(f"{proxy.url}/api/traces", params={"page_token": token})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "page_token"
+    assert "next_page_token" in error["message"]
 
 
 def test_the_ui_lists_an_experiment_whose_name_has_spaces_around_it(proxy: Proxy) -> None:
