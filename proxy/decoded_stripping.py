@@ -8,6 +8,8 @@ ask. `DecodedStripper` decodes each piece as it comes, at most `PIECE_AT_MOST` b
 few KB of gzip can be gigabytes), strips it, and returns identity bytes: the client's head
 loses `content-encoding` and `content-length` (`client_headers`), and the server frames the
 body as chunked. Its SDK would have decoded the bytes itself: it receives the same events.
+Replay also decodes without stripping (`decoder_only`): a recording in a coding the replaying
+client does not take (`accept_encoding`).
 
 A stream in an encoding nothing here reads (unknown, stacked) gets no stripper
 (`stripper_for` gives None), and one whose first piece does not decode (a compression bomb,
@@ -34,7 +36,7 @@ Headers = list[tuple[bytes, bytes]]
 Message = dict[str, Any]
 Send = Callable[[Message], Awaitable[None]]
 
-_DECODING_ERRORS = (zlib.error, brotli.error, zstandard.ZstdError, ValueError)
+DECODING_ERRORS = (zlib.error, brotli.error, zstandard.ZstdError, ValueError)
 """What the decoders raise on bytes that do not decode (`DecodedTooLarge` is a ValueError)."""
 
 
@@ -55,9 +57,11 @@ class DecodedStripper:
 
     __slots__ = ("_decoder", "_stripper", "_fed", "_held", "decoded")
 
-    def __init__(self, decoder: Decoder) -> None:
+    def __init__(self, decoder: Decoder, strip: bool = True) -> None:
+        """`strip=False` decodes alone: a recording replayed for a client that does not take
+        its Content-Encoding (`replaying`)."""
         self._decoder = decoder
-        self._stripper = UsageStripper()
+        self._stripper = UsageStripper() if strip else _Unchanged()
         self._fed = False
         self._held = 0  # at least what the stripper holds back: decoded since its last output
         self.decoded = True
@@ -67,7 +71,7 @@ class DecodedStripper:
             return piece
         try:
             text = self._decoder.decompress(piece, PIECE_AT_MOST)
-        except _DECODING_ERRORS as exc:
+        except DECODING_ERRORS as exc:
             if self._fed:
                 raise UndecodableStream(f"{type(exc).__name__}: {exc}") from exc
             self.decoded = False  # nothing went out yet: the stream goes as it came
@@ -84,9 +88,21 @@ class DecodedStripper:
             return b""
         try:
             rest = self._decoder.flush()
-        except _DECODING_ERRORS as exc:
+        except DECODING_ERRORS as exc:
             raise UndecodableStream(f"{type(exc).__name__}: {exc}") from exc
         return self._stripper.feed(rest) + self._stripper.flush()
+
+
+class _Unchanged:
+    """The `UsageStripper` of a stream decoded and not stripped: every byte goes on at once."""
+
+    __slots__ = ()
+
+    def feed(self, text: bytes) -> bytes:
+        return text
+
+    def flush(self) -> bytes:
+        return b""
 
 
 Stripper = UsageStripper | DecodedStripper
@@ -103,6 +119,16 @@ def stripper_for(content_encoding: bytes | str | None) -> Stripper | None:
     except ValueError:
         return None
     return UsageStripper() if isinstance(decoder, Identity) else DecodedStripper(decoder)
+
+
+def decoder_only(content_encoding: str) -> DecodedStripper | None:
+    """What decodes a stream in this Content-Encoding and takes nothing out of it; None for
+    identity and for an encoding nothing here reads."""
+    try:
+        decoder = decoder_for(content_encoding)
+    except ValueError:
+        return None
+    return None if isinstance(decoder, Identity) else DecodedStripper(decoder, strip=False)
 
 
 def client_headers(headers: Headers, stripper: Stripper | None) -> Headers:

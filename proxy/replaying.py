@@ -20,10 +20,18 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from llmtap.proxy.accept_encoding import accepts
 from llmtap.proxy.config import Settings, replay_speed
-from llmtap.proxy.decoded_stripping import UndecodableStream, send_head, stripper_for
+from llmtap.proxy.decoded_stripping import (
+    DECODING_ERRORS,
+    Stripper,
+    UndecodableStream,
+    decoder_only,
+    send_head,
+    stripper_for,
+)
 from llmtap.proxy.errors import UpstreamAborted, openai_error
-from llmtap.recorder.decoding import is_identity
+from llmtap.recorder.decoding import DECODED_AT_MOST, decode_at_most, is_identity
 from llmtap.recorder.matching import content_encoding, decoded_request
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.replay import Miss, Recorded, ReplayIndex
@@ -111,7 +119,7 @@ class Replayer:
                 recorded = await self._one_with_usage(key)
                 without_usage = recorded is None
             if recorded is not None:
-                await self._send(send, recorded, method, asks_usage)
+                await self._send(send, recorded, method, asks_usage, _accept_encoding(headers))
                 return True
         if not must_answer:
             return False  # auto: the upstream answers
@@ -192,15 +200,26 @@ class Replayer:
         await send({"type": "http.response.body", "body": body, "more_body": False})
         return True
 
-    async def _send(self, send: Send, recorded: Recorded, method: str, asks_usage: bool) -> None:
-        """Send a recorded answer; `asks_usage`: the replaying client asked for a stream's usage."""
+    async def _send(
+        self, send: Send, recorded: Recorded, method: str, asks_usage: bool, accept: str | None
+    ) -> None:
+        """Send a recorded answer; `asks_usage`: the replaying client asked for a stream's usage;
+        `accept`: its Accept-Encoding (a recording in a coding it does not take goes decoded)."""
         headers = [
             (k.encode("latin-1"), v.encode("latin-1"))
             for k, v in recorded.headers
             if k not in _FRAMING
         ]
         headers.append((b"llmtap-replayed", recorded.exchange_id.encode()))
+        coding = content_encoding(recorded.headers)
+        decode = not is_identity(coding) and not accepts(accept, coding or "")
         if not recorded.stream:
+            body = recorded.body
+            if decode and method != "HEAD" and recorded.status not in _NO_BODY:
+                decoded = await asyncio.to_thread(_decoded, body, coding)
+                if decoded is not None:  # (else it goes as recorded: nothing here reads it)
+                    body = decoded
+                    headers = [h for h in headers if h[0].lower() != b"content-encoding"]
             if method == "HEAD" or recorded.status in _NO_BODY:
                 # no body: the length the upstream said stands (a HEAD answer's is GET's body's,
                 # RFC 9110 9.3.2; a 204 has none)
@@ -210,17 +229,21 @@ class Replayer:
                     if k == "content-length"
                 ]
             else:
-                headers.append((b"content-length", str(len(recorded.body)).encode()))
+                headers.append((b"content-length", str(len(body)).encode()))
             await send(
                 {"type": "http.response.start", "status": recorded.status, "headers": headers}
             )
-            await send({"type": "http.response.body", "body": recorded.body, "more_body": False})
+            await send({"type": "http.response.body", "body": body, "more_body": False})
             return
         # as the relay does live: usage the client did not ask for leaves its stream, a
         # compressed one decoded on the way (its head waits for its first piece, which says
-        # whether it decodes: `decoded_stripping`)
+        # whether it decodes: `decoded_stripping`); a coding the client does not take, too
         strip = not asks_usage and recorded.holds_usage_unasked()
-        stripper = stripper_for(content_encoding(recorded.headers)) if strip else None
+        stripper: Stripper | None = None
+        if strip:
+            stripper = stripper_for(coding)
+        elif decode:
+            stripper = decoder_only(coding or "")
         start = {"type": "http.response.start", "status": recorded.status, "headers": headers}
         head = await send_head(send, start, stripper)
         send = head or send
@@ -245,3 +268,18 @@ class Replayer:
                 f"llmtap replay: the recorded stream {recorded.exchange_id} stopped decoding: {exc}"
             ) from exc
         await send({"type": "http.response.body", "body": rest, "more_body": False})
+
+
+def _accept_encoding(headers: Sequence[tuple[str, str]]) -> str | None:
+    """The request's Accept-Encoding (its values joined, as a list header's are), or None."""
+    values = [v for k, v in headers if k.lower() == "accept-encoding"]
+    return ", ".join(values) if values else None
+
+
+def _decoded(body: bytes, coding: str | None) -> bytes | None:
+    """A recorded body decoded for a client that does not take its coding; None when it does
+    not decode within `DECODED_AT_MOST` (it goes as recorded)."""
+    try:
+        return decode_at_most(body, coding, DECODED_AT_MOST)
+    except DECODING_ERRORS:  # the bytes are not what the header says: they stand as recorded
+        return None
