@@ -523,10 +523,14 @@ class _Starts:
         self._hashes: dict[int, int] = {}
 
     def hash_of(self, length: int) -> int | None:
-        """The hash of its first `length` entries; None when it has fewer."""
+        """The hash of its first `length` entries, if it can answer a call asked with them:
+        it holds two entries more at least, the call and its result (else None). Without
+        this, a run's answer to its first call was taken for the answer to an earlier run's
+        second call, asked with the very same conversation (the same question, ids numbered
+        per answer, the same results)."""
         if self._items is None:
             self._items = conversation_items(self._inputs) or []
-        if length > len(self._items):
+        if length + 2 > len(self._items):
             return None
         if length not in self._hashes:
             self._hashes[length] = conversation_hash(self._items[:length])

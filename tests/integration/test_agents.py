@@ -292,6 +292,25 @@ def test_every_run_gets_its_tool_spans_though_the_upstream_reuses_call_ids(
             assert kinds == ["AGENT", "CHAT_MODEL", "TOOL", "CHAT_MODEL"], kinds
 
 
+def test_the_same_run_twice_with_ids_numbered_per_answer_is_two_runs(start_proxy: Any) -> None:
+    """An upstream that calls every answer's first call `call_1`, a two-round loop run twice
+    with the same question and the same results: the second run's answer to its first call
+    carries exactly the conversation the first run's second call was asked with, so it was
+    taken for the answer to that call (the first run got 9 spans, the second 1)."""
+    with ServerThread(same_ids_upstream) as upstream:
+        proxy = start_proxy(upstream=f"{upstream.url}/v1")
+        rounds = {"x-test-rounds": "2"}
+        with OpenAI(
+            base_url=proxy.base_url, api_key=TEST_KEY, max_retries=0, default_headers=rounds
+        ) as c:
+            assert run_chat_agent(c, "weather in Oslo") == run_chat_agent(c, "weather in Oslo")
+        runs = traces(proxy)
+    assert len(runs) == 2
+    for run in runs:
+        kinds = [s["span_type"] for s in trace(proxy, run["trace_id"])["spans"]]
+        assert kinds == ["AGENT", "CHAT_MODEL", "TOOL", "CHAT_MODEL", "TOOL", "CHAT_MODEL"], kinds
+
+
 @pytest.mark.parametrize("prompts", [("weather", "weather"), ("weather", "other")])
 @pytest.mark.parametrize("system_added", [False, True])
 def test_a_run_in_a_session_and_one_in_none_with_the_same_call_ids_stay_apart(
