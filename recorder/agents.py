@@ -2,8 +2,9 @@
 
 A model call that answers with tool calls leaves them here. When a later request answers them
 (ends with `tool` messages in chat, `function_call_output` items (or the outputs of custom
-tools, computer use, shell and patch calls, and MCP approvals) in the Responses API, or a
-legacy `function` message), it joins that call's trace (SPEC section 3: only a call answering
+tools, computer use, shell and patch calls, and MCP approvals) in the Responses API, a legacy
+`function` message, or smolagents' text form: the calls as assistant text and their results as
+the user message after it), it joins that call's trace (SPEC section 3: only a call answering
 tool calls joins; a new user turn, `previous_response_id` or not, is a trace of its own). The
 trace gets one AGENT root span over the run's model calls, whose inputs are what the run began
 with (the conversation the run's first calling request sent, kept from its call; when that is
@@ -26,6 +27,7 @@ first) and lives in the writer process only.
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Any
@@ -167,6 +169,40 @@ the results to the model for the first time, so it answers the calls too (SPEC 3
 joins the run."""
 
 
+_TEXT_CALLS = "Calling tools:\n"
+"""How smolagents sends a model's tool calls back (an assistant message of text, the calls as
+a Python list: `Calling tools:\n[{'id': 'call_1', 'type': 'function', ...}]`), and its results
+as the user message after it: `Observation:\n...`, or `Call id: ...\nError:\n...` for a
+tool that failed. No `tool` message is ever sent (its OpenAIServerModel, ToolCallingAgent)."""
+_TEXT_RESULTS = ("Observation:\n", "Call id: ")
+_TEXT_CALL_ID = re.compile(r"""['"]id['"]: ['"]([^'"\\]{1,256})['"]""")
+
+
+def _texts(message: Any) -> list[str]:
+    """The text of a chat message: its content string, or the text of its parts."""
+    content = message.get("content") if isinstance(message, dict) else None
+    if isinstance(content, str):
+        return [content]
+    if not isinstance(content, list):
+        return []
+    return [p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+
+
+def _text_tool_results(messages: list[Any]) -> list[tuple[str, Any]]:
+    """(call id, result) when `messages` end with smolagents' text form of a tool turn: an
+    assistant message calling the tools in text, then the user message with their results
+    (one text for all the calls of a turn: each of their TOOL spans shows it)."""
+    if len(messages) < 2 or _role(messages[-1]) != "user" or _role(messages[-2]) != "assistant":
+        return []
+    results = [t for t in _texts(messages[-1]) if t.startswith(_TEXT_RESULTS)]
+    calls = [t[t.index(_TEXT_CALLS) :] for t in _texts(messages[-2]) if _TEXT_CALLS in t]
+    if not results or not calls:
+        return []
+    result = results[0].removeprefix("Observation:\n")
+    ids = dict.fromkeys(m.group(1) for m in _TEXT_CALL_ID.finditer(calls[-1]))
+    return [(cid, result) for cid in ids]
+
+
 def _is_chat_result(message: Any) -> bool:
     return _role(message) in ("tool", "function")
 
@@ -212,6 +248,8 @@ def tool_results(inputs: Any) -> list[tuple[str, Any]]:
             found.append((_legacy_id(message["name"]), message.get("content")))
         else:
             break
+    if not found and isinstance(messages, list):
+        found = _text_tool_results(messages)[::-1]
     items = inputs.get("input")
     end = _without_extras(items, _is_responses_result) if isinstance(items, list) else 0
     for i in range(end - 1, -1, -1):
@@ -265,6 +303,8 @@ def conversation_of(inputs: Any) -> list[Any] | None:
         return None
     messages = inputs.get("messages")
     if isinstance(messages, list):
+        if _text_tool_results(messages):  # smolagents: the calls and results as text
+            return messages[:-2]
         end = _without_extras(messages, _is_chat_result)
         while end and _role(messages[end - 1]) in ("tool", "function"):
             end -= 1

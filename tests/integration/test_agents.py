@@ -620,6 +620,37 @@ def test_the_extras_rule_for_responses_items_and_new_turns() -> None:
     assert tool_results({"messages": [extra]}) == []
 
 
+def test_smolagents_text_form_of_a_tool_turn() -> None:
+    """smolagents' calls as assistant text and results as a user message answer the calls
+    (tests/agents/smolagents_tools.py runs the real framework); text that merely looks like
+    it, or a new task after it, does not."""
+    from llmtap.recorder.agents import conversation_of, tool_results
+
+    def text(role: str, value: str) -> dict[str, Any]:
+        return {"role": role, "content": [{"type": "text", "text": value}]}
+
+    task = text("user", "New task:\nWeather in Oslo and Rome?")
+    calls = text(
+        "assistant",
+        "Calling tools:\n[{'id': 'call_a', 'type': 'function', 'function': {'name': 'w', "
+        "'arguments': {'city': 'Oslo'}}}, {'id': 'call_b', 'type': 'function', "
+        "'function': {'name': 'w', 'arguments': {'city': 'Rome'}}}]",
+    )
+    seen = text("user", "Observation:\nsunny\nrainy")
+    conversation = [{"role": "system", "content": "s"}, task]
+    both = [("call_a", "sunny\nrainy"), ("call_b", "sunny\nrainy")]
+    assert tool_results({"messages": [*conversation, calls, seen]}) == both
+    assert conversation_of({"messages": [*conversation, calls, seen]}) == conversation
+    failed = {"role": "user", "content": "Call id: call_a\nError:\nno such city"}
+    assert tool_results({"messages": [*conversation, calls, failed]})[0] == (
+        "call_a",
+        "Call id: call_a\nError:\nno such city",
+    )
+    assert tool_results({"messages": [*conversation, calls, seen, text("user", "New task")]}) == []
+    assert tool_results({"messages": [*conversation, text("assistant", "Observation:\nx")]}) == []
+    assert tool_results({"messages": [text("assistant", "Calling tools: none"), seen]}) == []
+
+
 RESPONSES_CALLS = {
     "function_call": {"type": "function_call", "call_id": "call_f", "name": "get_weather",
                       "arguments": '{"city": "Paris"}'},

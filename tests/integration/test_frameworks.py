@@ -75,3 +75,21 @@ def test_agents_sdk_function_tool_run_is_one_trace(proxy: Proxy) -> None:
     assert json.loads(tool["inputs"]["arguments"])["city"]
     assert tool["outputs"].startswith("sunny and 21 C")
     assert seen["final"] and seen["final"] in json.dumps(second["outputs"])
+
+
+def test_smolagents_text_tool_calls_are_one_run_with_its_tool_spans(proxy: Proxy) -> None:
+    """smolagents sends a run's tool calls back as text and their results as a user message
+    (`Observation:`), never as `tool` messages: each call was a trace of its own, with no
+    AGENT root and no TOOL span."""
+    seen = run_app("smolagents_tools.py", proxy)
+    spans = only_trace_spans(proxy)
+    kinds = [s["span_type"] for s in spans]
+    assert kinds == ["AGENT", "CHAT_MODEL", "TOOL", "CHAT_MODEL"], kinds
+    root, first, tool, second = spans
+    assert tool["name"] == "get_weather" and tool["parent_id"] == root["span_id"]
+    assert json.loads(tool["inputs"]["arguments"])["city"]
+    assert tool["outputs"].startswith("sunny and 21 C, ")
+    assert tool["attributes"]["llm_span_id"] == first["span_id"]
+    calling = first["inputs"]["messages"]
+    assert root["inputs"]["messages"] == calling  # what the run began with
+    assert "final_answer" in json.dumps(second["outputs"]) and seen["final"]
