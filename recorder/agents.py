@@ -539,7 +539,9 @@ class AgentLinker:
             # what the run began with, for its root: the answer may carry another or none
             if text and len(text) <= CALLING_CONVERSATION_BYTES:
                 field = "messages" if isinstance(span.inputs.get("messages"), list) else "input"
-                self._asked.remember(span.span_id, (field, text))
+                # kept as sent: `text`'s keys are sorted (for the hash), a root shown so read
+                # `{"content": ..., "role": ...}`
+                self._asked.remember(span.span_id, (field, orjson.dumps(items)))
             for cid, name, arguments in calls:
                 call = ToolCall(
                     caller, cid, name, arguments, span.end_time_ns, conversation, length

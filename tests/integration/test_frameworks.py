@@ -92,4 +92,7 @@ def test_smolagents_text_tool_calls_are_one_run_with_its_tool_spans(proxy: Proxy
     assert tool["attributes"]["llm_span_id"] == first["span_id"]
     calling = first["inputs"]["messages"]
     assert root["inputs"]["messages"] == calling  # what the run began with
+    # ... as sent, keys in their order (they were sorted: "content" before "role")
+    assert [list(m) for m in root["inputs"]["messages"]] == [list(m) for m in calling]
+    assert list(root["inputs"]["messages"][0]) == ["role", "content"]
     assert "final_answer" in json.dumps(second["outputs"]) and seen["final"]
