@@ -119,7 +119,7 @@ class Replayer:
                 recorded = await self._one_with_usage(key)
                 without_usage = recorded is None
             if recorded is not None:
-                await self._send(send, recorded, method, asks_usage, _accept_encoding(headers))
+                await self._send(send, recorded, method, asks_usage, headers)
                 return True
         if not must_answer:
             return False  # auto: the upstream answers
@@ -201,10 +201,15 @@ class Replayer:
         return True
 
     async def _send(
-        self, send: Send, recorded: Recorded, method: str, asks_usage: bool, accept: str | None
+        self,
+        send: Send,
+        recorded: Recorded,
+        method: str,
+        asks_usage: bool,
+        request_headers: Sequence[tuple[str, str]],
     ) -> None:
-        """Send a recorded answer; `asks_usage`: the replaying client asked for a stream's usage;
-        `accept`: its Accept-Encoding (a recording in a coding it does not take goes decoded)."""
+        """Send a recorded answer; `asks_usage`: the replaying client asked for a stream's usage
+        (a recording in a coding its Accept-Encoding does not take goes decoded)."""
         headers = [
             (k.encode("latin-1"), v.encode("latin-1"))
             for k, v in recorded.headers
@@ -212,7 +217,9 @@ class Replayer:
         ]
         headers.append((b"llmtap-replayed", recorded.exchange_id.encode()))
         coding = content_encoding(recorded.headers)
-        decode = not is_identity(coding) and not accepts(accept, coding or "")
+        decode = not is_identity(coding) and not accepts(
+            _accept_encoding(request_headers), coding or ""
+        )
         if not recorded.stream:
             body = recorded.body
             if decode and method != "HEAD" and recorded.status not in _NO_BODY:
