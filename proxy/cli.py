@@ -13,63 +13,13 @@ import orjson
 from click.core import ParameterSource
 
 from llmtap.proxy import __version__
-from llmtap.proxy.cli_models import models, predict, require_database
-from llmtap.proxy.config import Settings, check_setting, load_toml, setting_fields
+from llmtap.proxy.cli_models import models, no_trace, predict, require_database
+from llmtap.proxy.config import Settings, setting_fields
 from llmtap.proxy.context import normalise_trace_id
+from llmtap.proxy.setting_options import settings_options
 from llmtap.recorder.reader import TraceQuery, TraceReader
 
 F = Callable[..., Any]
-
-
-def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Eager --config: the file fills click's default_map, below env and command line."""
-    if value:
-        try:
-            ctx.default_map = {**(ctx.default_map or {}), **load_toml(value)}
-        except (OSError, ValueError) as exc:
-            raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
-    return value
-
-
-def _checked(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    """The Settings field's own check, from the command line, environment or file alike, as
-    a usage error that names the option (not a traceback from Settings or from bind())."""
-    try:
-        check_setting(str(param.name), value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
-    return value
-
-
-def settings_options(func: F) -> F:
-    """One click option per Settings field, each also read from LLMTAP_<NAME>."""
-    for f in reversed(setting_fields()):
-        name = f.name.replace("_", "-")
-        kwargs: dict[str, Any] = {
-            "envvar": f"LLMTAP_{f.name.upper()}",
-            "show_default": True,
-            "help": f.metadata["help"],
-            "default": f.default,
-            "callback": _checked,
-        }
-        if "choices" in f.metadata:
-            kwargs["type"] = click.Choice(f.metadata["choices"])
-            kwargs["default"] = str(f.default)
-        if isinstance(f.default, bool):
-            func = click.option(f"--{name}/--no-{name}", f.name, **kwargs)(func)
-        else:
-            if not isinstance(f.default, str) and f.default is not None:
-                kwargs["type"] = kwargs.get("type", type(f.default))
-            func = click.option(f"--{name}", f.name, **kwargs)(func)
-    return click.option(
-        "--config",
-        type=click.Path(dir_okay=False),
-        is_eager=True,
-        expose_value=False,
-        callback=_load_config,
-        envvar="LLMTAP_CONFIG",
-        help="TOML file with any of these options.",
-    )(func)
 
 
 def _db_option(func: F) -> F:
@@ -115,7 +65,7 @@ def _as_flag(arg: str, switches: set[str]) -> str:
 
 
 @main.command(cls=SwitchValues)
-@settings_options
+@settings_options()
 @click.option(
     "--print-config",
     is_flag=True,
@@ -200,9 +150,7 @@ def _find_trace(reader: TraceReader, wanted: str) -> dict[str, Any]:
     """
     found = reader.find_trace(normalise_trace_id(wanted), wanted)
     if found is None:
-        near = reader.similar_ids(wanted.lower())
-        hint = f"; did you mean {', '.join(near)}?" if near else ""
-        raise click.ClickException(f"no trace with id {wanted}{hint}")
+        raise no_trace(reader, wanted)
     return found
 
 

@@ -17,10 +17,11 @@ import orjson
 
 from llmtap.proxy.config import Settings
 from llmtap.proxy.context import normalise_trace_id
-from llmtap.proxy.predict import PredictError, Prediction, run_prediction
+from llmtap.proxy.predict import PredictError, Prediction, records_traces, run_prediction
+from llmtap.proxy.setting_options import settings_options
 from llmtap.recorder.inflight import settle
 from llmtap.recorder.model_store import ModelReader, parse_model_uri
-from llmtap.recorder.reader import NotAnLlmtapDatabase, open_for_reading
+from llmtap.recorder.reader import NotAnLlmtapDatabase, TraceReader, open_for_reading
 
 
 def require_database(db: str, first: str) -> None:
@@ -56,6 +57,24 @@ def _find_version(reader: ModelReader, ref: str) -> dict[str, Any] | None:
     except ValueError:
         return None
     return reader.get_version(name, version)
+
+
+def _resolve_trace(db: str, sent: str) -> str:
+    """The stored id of the trace `sent` names, found as `GET /api/traces/{id}/models` and
+    `llmtap trace` find it (as sent in llmtap-trace-id, stored, or a unique prefix of 4 or
+    more); a ClickException when there is none, with the nearest ids."""
+    traces = TraceReader(db)
+    found = traces.resolve_id(normalise_trace_id(sent), sent)
+    if found is None:
+        raise no_trace(traces, sent)
+    return found
+
+
+def no_trace(reader: TraceReader, sent: str) -> click.ClickException:
+    """The error for a trace id that names none, with the nearest ids."""
+    near = reader.similar_ids(sent.lower())
+    hint = f"; did you mean {', '.join(near)}?" if near else ""
+    return click.ClickException(f"no trace with id {sent}{hint}")
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -101,8 +120,8 @@ def models(name: str | None, db: str, trace_id: str | None, as_json: bool) -> No
     """Model records and their versions; NAME (or models:/NAME/VERSION) for one of them."""
     reader = _reader(db)
     if trace_id is not None:
-        trace_id = normalise_trace_id(trace_id)  # the llmtap-trace-id a client sent, as the API
-        found: Any = {"trace_id": trace_id, "model_versions": reader.versions_of_trace(trace_id)}
+        stored = _resolve_trace(db, trace_id)
+        found: Any = {"trace_id": stored, "model_versions": reader.versions_of_trace(stored)}
         click.echo(_dumps(found))
         return
     if name is None:
@@ -119,6 +138,20 @@ def models(name: str | None, db: str, trace_id: str | None, as_json: bool) -> No
         raise click.ClickException(f"no model {name} (models: {known})")
     version["traces"] = reader.traces_of(version["name"], version["version"], limit=20)
     click.echo(_dumps(version))
+
+
+PREDICT_SETTINGS = (
+    "mode",
+    "log_traces",
+    "replay_exhausted",
+    "prices_file",
+    "connect_timeout",
+    "read_timeout",
+)
+"""The settings of `serve` that shape predict's calls besides --db and --upstream, each an
+option of predict too, read as `serve` reads it: command line > LLMTAP_<NAME> > the --config
+file > default. (The capture switches of models are not among them: a prediction links to
+the version it ran and never makes one.)"""
 
 
 @click.command()
@@ -154,6 +187,9 @@ def models(name: str | None, db: str, trace_id: str | None, as_json: bool) -> No
 @click.option(
     "--json", "as_json", is_flag=True, help="Print {predictions, model_uri, trace_ids} as JSON."
 )
+@settings_options(
+    PREDICT_SETTINGS, "TOML file of settings, as serve's (--db, --upstream and the options below)."
+)
 def predict(
     model_uri: str,
     input_text: str,
@@ -162,6 +198,7 @@ def predict(
     json_input: bool,
     params_json: str | None,
     as_json: bool,
+    **settings_given: Any,
 ) -> None:
     """Run a recorded model version again with INPUT ('-' reads stdin), like MLflow's
     pyfunc.load_model(MODEL_URI).predict(INPUT); the call is recorded into --db.
@@ -183,13 +220,17 @@ def predict(
     except orjson.JSONDecodeError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--params") from exc
     model = reader.get_model(version["name"]) or {}
-    settings = Settings(
-        upstream=upstream,
-        db=db,
-        port=0,
-        log_models=True,  # so that the new call links to the version it ran
-        registered_model_name=version["name"] if model.get("registered") else None,
-    )
+    try:
+        settings = Settings(
+            upstream=upstream,
+            db=db,
+            port=0,
+            log_models=True,  # so that the new call links to the version it ran
+            registered_model_name=version["name"] if model.get("registered") else None,
+            **settings_given,
+        )
+    except ValueError as exc:  # --upstream or --db from the file or environment
+        raise click.UsageError(str(exc)) from exc
     try:
         result = asyncio.run(_predict_in_process(settings, version, inputs, params))
     except PredictError as exc:
@@ -213,7 +254,8 @@ async def _predict_in_process(
     try:
         key = os.environ.get("OPENAI_API_KEY")
         headers = [(b"authorization", f"Bearer {key}".encode())] if key else []
-        return await run_prediction(app, version, inputs, headers, params)
+        traced = records_traces(settings)
+        return await run_prediction(app, version, inputs, headers, params, traced=traced)
     finally:
         await app.shutdown()  # drains the writer: the calls are in the database
 

@@ -18,7 +18,13 @@ from starlette.routing import Route
 from llmtap.proxy.api import JSONResponse, trace_response
 from llmtap.proxy.context import normalise_trace_id
 from llmtap.proxy.errors import openai_error
-from llmtap.proxy.predict import ASGIApp, PredictError, passthrough_headers, run_prediction
+from llmtap.proxy.predict import (
+    ASGIApp,
+    PredictError,
+    passthrough_headers,
+    records_traces,
+    run_prediction,
+)
 from llmtap.proxy.trace_route import TRACE_ID
 from llmtap.recorder.model_store import ModelReader, version_number
 from llmtap.recorder.reader import TraceReader
@@ -43,6 +49,8 @@ _ANY = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 def model_routes(reader: ModelReader, traces: TraceReader, app: ASGIApp) -> list[Route]:
     """Routes over `reader` (and `traces`, to find a trace by the id it was given); predict
     calls `app`, the running llmtap, in process."""
+    settings = getattr(app, "settings", None)  # the running llmtap's: does it keep traces?
+    traced = settings is None or records_traces(settings)
 
     async def find_version(request: Request) -> dict[str, Any] | JSONResponse:
         name, version = request.path_params["name"], _version_param(request)
@@ -102,6 +110,7 @@ def model_routes(reader: ModelReader, traces: TraceReader, app: ASGIApp) -> list
                 body[given],
                 passthrough_headers(request.headers.raw),
                 body.get("params"),  # MLflow's scoring server takes them beside the inputs
+                traced=traced,  # no trace ids that GET /api/traces/{id} would not find
             )
         except PredictError as exc:
             kind = "invalid_request_error" if exc.status == 400 else "llmtap_upstream_error"

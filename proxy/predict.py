@@ -19,17 +19,23 @@ variables. Unlike MLflow, a list of chat messages is one row (one conversation).
 from __future__ import annotations
 
 import asyncio
+import math
+import random
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 import orjson
 
+from llmtap.proxy.config import Settings
 from llmtap.recorder.assemble.embeddings import decode_embeddings
 from llmtap.recorder.endpoints import ENDPOINTS
 from llmtap.recorder.models import signature_params
 from llmtap.recorder.recording import new_trace_id
+from llmtap.recorder.records import Mode
 
 ASGIApp = Callable[..., Awaitable[None]]  # (scope, receive, send)
 TASK_PATHS = {e.name: e.path for e in ENDPOINTS.values()}
@@ -45,6 +51,19 @@ COLUMNS = {
 """The columns a row's input is read from, in order: `content` and `prompt` are the prompt
 variables of MLflow's default templates, `messages` and `input` the request's own fields
 (what `log_input_examples` stores); a row with none of them gives its first string column."""
+EMBEDDINGS_BATCH = 2048
+"""The most inputs OpenAI's embeddings endpoint takes in one request: more rows go in several."""
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+"""Answers that say "not now" rather than "no": a rate limit, an upstream failing for a moment,
+and llmtap's own 502/504 when it could not reach the upstream (a connection error)."""
+MAX_RETRIES = 2
+"""Retries of a call after its first attempt (the OpenAI SDK's default, `DEFAULT_MAX_RETRIES`)."""
+FIRST_RETRY_WAIT = 0.5
+"""Seconds before the first retry, doubled for each next one (the SDK's `INITIAL_RETRY_DELAY`)."""
+MAX_RETRY_WAIT = 5.0
+"""The longest wait before a retry: a `retry-after` beyond it is not waited for, the call fails
+as the upstream answered (the SDK also gives up past its own limit), since a prediction holds
+its caller's request open."""
 
 
 class PredictError(Exception):
@@ -60,7 +79,8 @@ class Prediction:
     predictions: list[Any]
     """One per input row, in order (MLflow's pyfunc answer)."""
     trace_ids: list[str]
-    """The traces of the calls made, one per request sent."""
+    """The traces of the calls that answered, one per request sent; none for a call that
+    left no trace (log_traces off, mode off, an answer replayed from a recording)."""
 
 
 # --- the inputs: rows, as pyfunc's DataFrame has them (pure) ---------------------------------
@@ -146,10 +166,10 @@ def _show(value: Any) -> str:
 def request_bodies(
     version: Mapping[str, Any], inputs: Any, params: Mapping[str, Any] | None = None
 ) -> list[dict[str, Any]]:
-    """The request bodies for `inputs`: one per row, or one for all rows of an embeddings
-    model (the API embeds a list in one call, as MLflow batches them). `params` (MLflow's
-    `predict(data, params=...)`) are laid over the version's own, as the openai flavor does
-    (`{**model_params, **params}`)."""
+    """The request bodies for `inputs`: one per row, or for an embeddings model one per
+    EMBEDDINGS_BATCH rows, in order (the API embeds a list in one call, as MLflow batches
+    them). `params` (MLflow's `predict(data, params=...)`) are laid over the version's own,
+    as the openai flavor does (`{**model_params, **params}`)."""
     task = version["task"]
     own = {**(version.get("params") or {}), **_checked_params(version, params)}
     # a Responses stored prompt takes its variables from a record's columns (see `_body`)
@@ -159,7 +179,12 @@ def request_bodies(
         for row in input_rows(task, inputs)
     ]
     if task == "embeddings":
-        return [_body(version, own, values if len(values) > 1 else values[0])]
+        if len(values) == 1:  # one text is sent as itself, as the client that recorded it did
+            return [_body(version, own, values[0])]
+        return [
+            _body(version, own, values[i : i + EMBEDDINGS_BATCH])
+            for i in range(0, len(values), EMBEDDINGS_BATCH)
+        ]
     return [_body(version, own, value) for value in values]
 
 
@@ -251,42 +276,153 @@ async def run_prediction(
     inputs: Any,
     headers: Sequence[tuple[bytes, bytes]] = (),
     params: Mapping[str, Any] | None = None,
+    *,
+    traced: bool = True,
 ) -> Prediction:
     """Send the version's requests for `inputs` (with `params` over the version's) to `app`'s
     own `/v1` and gather the answers.
 
     `headers` go with each call (the caller's key, `llmtap-session`...); llmtap files the calls
-    under the version's experiment, in a new trace each, tagged with the model URI."""
+    under the version's experiment, in a new trace each, tagged with the model URI. A call
+    that meets a rate limit or a passing failure is sent again (see `retry_wait`); one that
+    fails for good fails the prediction, and the rows not sent by then are not sent. `traced`:
+    whether `app` keeps traces (see `records_traces`); without, the answer names none."""
     bodies = request_bodies(version, inputs, params)
-    path = "/v1" + TASK_PATHS[version["task"]]
-    limit = asyncio.Semaphore(CONCURRENCY)
-    transport = httpx.ASGITransport(app=app)
+    traced = traced and not _mode_off(headers)
     # (a name llmtap always answers to: see host_guard)
-    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://localhost"
+    ) as client:
+        calls = _Calls(client, version, headers, traced)
+        results = await asyncio.gather(
+            *(calls.row(body) for body in bodies), return_exceptions=True
+        )
+    if calls.failed:  # the first failure, not a row stopped after it
+        raise calls.failed[0]
+    for result in results:  # (a row cancelled)
+        if isinstance(result, BaseException):
+            raise result
+    answered = [result for result in results if not isinstance(result, BaseException)]
+    values = [value for answer, _ in answered for value in answer]
+    return Prediction(values, [trace_id for _, trace_id in answered if trace_id is not None])
 
-        async def call(body: dict[str, Any]) -> tuple[list[Any], str]:
+
+def records_traces(settings: Settings) -> bool:
+    """Whether an llmtap with `settings` keeps a trace of each call it forwards."""
+    return settings.log_traces and settings.mode != Mode.OFF
+
+
+def _mode_off(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    # a caller's `llmtap-mode: off` goes with the calls: they are forwarded, not recorded
+    return any(
+        name.lower() == b"llmtap-mode" and value.strip().lower() == b"off"
+        for name, value in headers
+    )
+
+
+class _Stopped(Exception):
+    """A row not sent (again) because another row of the prediction failed for good."""
+
+
+@dataclass
+class _Calls:
+    """The calls of one prediction, CONCURRENCY at a time."""
+
+    client: httpx.AsyncClient
+    version: Mapping[str, Any]
+    headers: Sequence[tuple[bytes, bytes]]
+    traced: bool
+    limit: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(CONCURRENCY))
+    failed: list[Exception] = field(default_factory=list)
+    """The rows' failures, first first."""
+
+    async def row(self, body: dict[str, Any]) -> tuple[list[Any], str | None]:
+        """One request's predictions and the trace of the call that answered it."""
+        # a row waiting to retry keeps its slot: under a rate limit, fewer calls is the point
+        async with self.limit:
+            try:
+                response, trace_id = await self._answered(orjson.dumps(body))
+                answer = _answer(self.version["task"], response)
+            except _Stopped:
+                raise
+            except Exception as exc:
+                self.failed.append(exc)
+                raise
+        replayed = "llmtap-replayed" in response.headers  # answered from a recording, untraced
+        return answer, trace_id if self.traced and not replayed else None
+
+    async def _answered(self, content: bytes) -> tuple[httpx.Response, str]:
+        """The last attempt's answer and trace id. Each attempt is a call of its own, traced in
+        a trace of its own like any client's retry; the answer names the one that answered."""
+        attempt = 0
+        while True:
+            if self.failed:
+                raise _Stopped
             trace_id = new_trace_id()
-            own = {
-                b"content-type": "application/json",
-                b"llmtap-experiment": version["experiment"],
-                b"llmtap-trace-id": trace_id,
-                b"llmtap-tag-model_uri": version["model_uri"],  # shown with the trace
-                b"llmtap-model-version": version["model_uri"],  # links the call to its version
-            }
-            # as UTF-8 bytes: httpx encodes a str value as ASCII, and names need not be
-            own_headers = [(name, value.encode()) for name, value in own.items()]
-            async with limit:
-                try:
-                    response = await client.post(
-                        path, content=orjson.dumps(body), headers=[*headers, *own_headers]
-                    )
-                except Exception as exc:  # the upstream broke mid-answer: a 502 like any relay
+            try:
+                response = await self.client.post(
+                    "/v1" + TASK_PATHS[self.version["task"]],
+                    content=content,
+                    headers=[*self.headers, *self._own_headers(trace_id)],
+                )
+            except Exception as exc:  # the upstream broke mid-answer: a 502 like any relay
+                wait = retry_wait(None, attempt)
+                if wait is None:
                     raise PredictError(502, f"the call failed: {exc}") from exc
-            return _answer(version["task"], response), trace_id
+            else:
+                wait = retry_wait(response, attempt)
+                if wait is None:
+                    return response, trace_id
+            await asyncio.sleep(wait)
+            attempt += 1
 
-        results = await asyncio.gather(*(call(body) for body in bodies))
-    values = [value for answer, _ in results for value in answer]
-    return Prediction(values, [trace_id for _, trace_id in results])
+    def _own_headers(self, trace_id: str) -> list[tuple[bytes, bytes]]:
+        own = {
+            b"content-type": "application/json",
+            b"llmtap-experiment": self.version["experiment"],
+            b"llmtap-trace-id": trace_id,
+            b"llmtap-tag-model_uri": self.version["model_uri"],  # shown with the trace
+            b"llmtap-model-version": self.version["model_uri"],  # links the call to its version
+        }
+        # as UTF-8 bytes: httpx encodes a str value as ASCII, and names need not be
+        return [(name, value.encode()) for name, value in own.items()]
+
+
+def retry_wait(response: httpx.Response | None, attempt: int) -> float | None:
+    """Seconds to wait before sending a call again after its attempt number `attempt` (0 the
+    first) got `response` (None: no answer, a connection error); None: do not send it again.
+
+    As the OpenAI SDK does (`_should_retry`, `_calculate_retry_timeout`): up to MAX_RETRIES
+    retries of RETRY_STATUSES and connection errors, after the `retry-after-ms` or
+    `retry-after` the upstream asked for, else after an exponential backoff with jitter; a
+    wait asked for beyond MAX_RETRY_WAIT is not made, and the answer stands."""
+    if attempt >= MAX_RETRIES:
+        return None
+    if response is not None and response.status_code not in RETRY_STATUSES:
+        return None
+    asked = retry_after(response.headers) if response is not None else None
+    if asked is not None and asked > MAX_RETRY_WAIT:
+        return None
+    if asked is not None and asked > 0:  # (0 is "now": a backoff all the same, as the SDK)
+        return asked
+    backoff = min(FIRST_RETRY_WAIT * 2**attempt, MAX_RETRY_WAIT)
+    return backoff * (1 - 0.25 * random.random())  # jitter: rows refused together part
+
+
+def retry_after(headers: httpx.Headers) -> float | None:
+    """The seconds an answer asks to wait: `retry-after-ms` (OpenAI's), else `retry-after` in
+    seconds or as an HTTP date; None when it asks nothing readable."""
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        try:
+            seconds = float(headers.get(name, "")) / scale
+        except ValueError:
+            continue
+        return seconds if not math.isnan(seconds) else None
+    try:
+        until = parsedate_to_datetime(headers.get("retry-after", ""))
+    except (TypeError, ValueError):
+        return None
+    return until.timestamp() - time.time()
 
 
 def _answer(task: str, response: httpx.Response) -> list[Any]:

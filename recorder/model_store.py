@@ -137,12 +137,28 @@ def record_version(
 
 
 def link_version(conn: sqlite3.Connection, link: VersionLink, at: int, span: Span) -> None:
-    """A prediction's span as one of its version's traces (the version stays as it is)."""
-    conn.execute(
+    """A prediction's span as one of its version's traces, and the version and its model
+    marked used at `at`, as a recorded call marks them (the version stays as it is otherwise).
+    As for a recorded call, only a call the upstream answered with a 2xx ran the version: an
+    attempt refused with a 429 or a 5xx (which predict sends again) keeps its trace, unlinked."""
+    status = span.attributes.get("http_status")
+    if not (isinstance(status, int) and 200 <= status < 300):
+        return
+    linked = conn.execute(
         "INSERT OR REPLACE INTO model_version_spans (span_id, trace_id, name, version, "
         "start_time_ns) SELECT ?, ?, name, version, ? FROM model_versions "
         "WHERE name = ? AND version = ?",
         (span.span_id, span.trace_id, at, link.name, link.version),
+    )
+    if linked.rowcount == 0:  # no such version (a client's own llmtap-model-version)
+        return
+    conn.execute(
+        "UPDATE model_versions SET last_seen_ns = max(last_seen_ns, ?) "
+        "WHERE name = ? AND version = ?",
+        (at, link.name, link.version),
+    )
+    conn.execute(
+        "UPDATE models SET updated_ns = max(updated_ns, ?) WHERE name = ?", (at, link.name)
     )
 
 

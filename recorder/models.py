@@ -269,21 +269,30 @@ def _colspec(schema: Mapping[str, Any]) -> dict[str, Any]:
     return {"type": _JSON_TYPES.get(str(kind), "any")}
 
 
+NUMBER_PARAMS = frozenset({"temperature", "top_p", "frequency_penalty", "presence_penalty"})
+"""The parameters the OpenAI API types as numbers (`float` in its SDKs; chat, completions and
+responses have no others): a `double` whatever JSON number the first client wrote. A `long`
+from `temperature: 1` (curl, Node) made MLflow refuse `temperature=0.5` against the signature."""
+
+
 def _param_spec(name: str, value: Any) -> dict[str, Any] | None:
     """MLflow's ParamSpec for a scalar (or list of scalars) parameter; None for objects."""
     scalar = value[0] if isinstance(value, list) and value else value
-    kind = (
-        "boolean"
-        if isinstance(scalar, bool)
-        else "long"
-        if isinstance(scalar, int)
-        else "double"
-        if isinstance(scalar, float)
-        else "string"
-        if isinstance(scalar, str)
-        else None
-    )
+    kind = _param_type(scalar)
     if kind is None:
         return None
+    if kind == "long" and name in NUMBER_PARAMS and not isinstance(value, list):
+        kind, value = "double", float(value)  # 1 is 1.0 to the API, and to the config hash
     shape = [-1] if isinstance(value, list) else None
     return {"name": name, "type": kind, "default": value, "shape": shape}
+
+
+def _param_type(scalar: Any) -> str | None:
+    """MLflow's DataType name of a JSON scalar; None for anything else."""
+    if isinstance(scalar, bool):  # (a bool is an int to Python)
+        return "boolean"
+    if isinstance(scalar, int):
+        return "long"
+    if isinstance(scalar, float):
+        return "double"
+    return "string" if isinstance(scalar, str) else None

@@ -670,3 +670,28 @@ def test_a_stored_prompt_makes_versions_and_predict_sends_it_back(
     }
     again = post_predict(proxy, "Default/gpt-4.1", support["version"], support["input_example"])
     assert again.status_code == 200, again.text
+
+
+def test_models_trace_takes_a_prefix_and_refuses_an_unknown_id(
+    start_proxy: Callable[..., Proxy],
+) -> None:
+    """As `GET /api/traces/{id}/models` and `llmtap trace` find a trace; before, a prefix or an
+    unknown id printed a hashed id with no versions, and exit code 0."""
+    proxy = start_proxy(log_models=True, registered_model_name="bot")
+    with sdk(proxy) as client:
+        chat(client, "x")
+    [trace] = api(proxy, "/api/traces")["traces"]
+    trace_id, db = trace["trace_id"], str(proxy.db)
+    by_prefix = run(models_command, "--trace", trace_id[:8], "--db", db)
+    assert by_prefix.exit_code == 0, by_prefix.output
+    found = orjson.loads(by_prefix.output)
+    assert found == api(proxy, f"/api/traces/{trace_id[:8]}/models")
+    assert found["trace_id"] == trace_id
+    assert [v["model_uri"] for v in found["model_versions"]] == ["models:/bot/1"]
+    unknown = run(models_command, "--trace", "nope", "--db", db)
+    assert unknown.exit_code == 1
+    assert "no trace with id nope" in unknown.output
+    said = httpx.get(f"{proxy.url}/api/traces/nope/models").json()["error"]["message"]
+    assert said == "no trace with id nope"  # as the API says it
+    near = run(models_command, "--trace", trace_id[:6] + "zz", "--db", db)
+    assert near.exit_code == 1 and f"did you mean {trace_id}" in near.output

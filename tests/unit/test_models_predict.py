@@ -213,3 +213,18 @@ def test_a_configuration_without_a_stored_prompt_hashes_as_before(
     became per endpoint."""
     record = model_record(task, body, "E")
     assert record is not None and record.config_hash == config_hash
+
+
+def test_embeddings_rows_go_in_requests_of_at_most_2048_inputs() -> None:
+    """OpenAI takes at most 2,048 inputs in one embeddings request: 3,000 rows were one."""
+    embed = version("embeddings", {"model": "e", "input": "x", "dimensions": 8})
+    rows = [f"row {i}" for i in range(3000)]
+    bodies = request_bodies(embed, rows)
+    assert [len(b["input"]) for b in bodies] == [2048, 952]
+    assert [text for b in bodies for text in b["input"]] == rows  # in order
+    assert all(b["model"] == "e" and b["dimensions"] == 8 for b in bodies)
+    assert request_bodies(embed, rows[:2049])[1] == {
+        "model": "e",
+        "dimensions": 8,
+        "input": ["row 2048"],
+    }
