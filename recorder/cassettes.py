@@ -75,8 +75,14 @@ class _Dumper(yaml.SafeDumper):
     """Multi-line text as literal blocks: a body reads as it was sent."""
 
 
+_OTHER_BREAKS = ("\r", "\x85", "\u2028", "\u2029")
+"""What YAML reads as a line break besides LF: in a literal block each comes back as an LF
+(a NEL, U+0085, is what cp1252's ellipsis becomes read as Latin-1), so a text holding one is
+written quoted, with escapes."""
+
+
 def _text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    style = "|" if "\n" in value else None
+    style = '"' if any(b in value for b in _OTHER_BREAKS) else "|" if "\n" in value else None
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
 
@@ -98,7 +104,8 @@ def _dump(value: Any) -> str:
 
 def _body(data: bytes) -> dict[str, Any]:
     """`json:` a JSON body as YAML when that gives back the very same bytes (compact JSON, as
-    OpenAI streams and SDKs send it); else `body:` the text, or bytes (YAML's !!binary)."""
+    OpenAI streams and SDKs send it); else `body:` the text when YAML gives it back as it is,
+    or the bytes (YAML's !!binary)."""
     try:
         value = orjson.loads(data)
         if (
@@ -110,9 +117,15 @@ def _body(data: bytes) -> dict[str, Any]:
     except (orjson.JSONDecodeError, yaml.YAMLError):
         pass
     try:
-        return {"body": data.decode("utf-8")}
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         return {"body": data}
+    try:  # the text as YAML gives back the very same text, or the bytes go as they are
+        if yaml.safe_load(_dump({"body": text}))["body"] == text:
+            return {"body": text}
+    except yaml.YAMLError:
+        pass
+    return {"body": data}
 
 
 def _raw(side: dict[str, Any]) -> bytes:

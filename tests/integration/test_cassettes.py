@@ -13,6 +13,8 @@ from openai import OpenAI
 from llmtap.proxy.cli import main
 from tests.conftest import TEST_KEY, Proxy
 
+AUTH = {"authorization": f"Bearer {TEST_KEY}"}
+
 
 def record_some(proxy: Proxy) -> dict[str, bytes]:
     """A few exchanges, compressed and not, streamed and not; what the client received."""
@@ -225,3 +227,41 @@ def test_an_account_id_among_response_headers_is_found_and_scrubbed(
     imported = tmp_path / "imported.db"
     assert cli("cassette", "import", str(odd), "--db", str(imported)).exit_code == 0
     assert b"org-9" not in b"".join(p.read_bytes() for p in tmp_path.glob("imported.db*"))
+
+
+NEL_TEXT = "Price list\u0085 café\r\nline\u2028two\n".encode()
+NEL_STREAM = 'data: {"x":"a\u0085b"}\n\ndata: [DONE]\n\n'.encode()
+
+
+def _nel_upstream(request: Any) -> bytes:
+    """Text holding what YAML also reads as line breaks (NEL, CR, U+2028): a file's content,
+    and a stream."""
+    stream = request.target.endswith("/chat/completions")
+    body, kind = (NEL_STREAM, b"text/event-stream") if stream else (NEL_TEXT, b"text/plain")
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n" % (kind, len(body))
+    return head + body
+
+
+def test_text_with_yamls_other_line_breaks_replays_from_a_cassette_byte_for_byte(
+    start_proxy: Any, tmp_path: Path
+) -> None:
+    """A literal block turned NEL (U+0085: cp1252's ellipsis read as Latin-1) into a line
+    feed: replayed from the cassette, a file's text lost a byte, and a stream's event broke
+    in two."""
+    from tests.raw_upstream import raw_upstream
+
+    with raw_upstream(_nel_upstream) as upstream:
+        proxy = start_proxy(upstream=f"{upstream.url}/v1")
+        text = httpx.get(f"{proxy.base_url}/files/file-1/content", headers=AUTH)
+        chat = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+        stream = httpx.post(f"{proxy.base_url}/chat/completions", json=chat, headers=AUTH)
+        assert (text.content, stream.content) == (NEL_TEXT, NEL_STREAM)
+        proxy.flush()
+    cassette, imported = tmp_path / "nel.yaml", tmp_path / "nel.db"
+    assert cli("cassette", "export", "--db", str(proxy.db), "-o", str(cassette)).exit_code == 0
+    assert "!!binary" not in cassette.read_text()  # still text a reviewer can read
+    assert cli("cassette", "import", "--db", str(imported), str(cassette)).exit_code == 0
+    replay = start_proxy(mode="replay", db=str(imported))
+    again = httpx.get(f"{replay.base_url}/files/file-1/content")
+    assert again.content == NEL_TEXT
+    assert httpx.post(f"{replay.base_url}/chat/completions", json=chat).content == NEL_STREAM
