@@ -133,7 +133,7 @@ class Replayer:
         if without_usage:
             miss = Miss(method, path, key, None, without_usage=True)
         else:
-            miss = await asyncio.to_thread(index.miss, method, path, body, key, found or 0)
+            miss = await asyncio.to_thread(index.miss, method, path, body, key, found or 0, query)
         message = miss.message()
         self.miss_count += 1
         if self.first_miss is None:

@@ -15,6 +15,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode
 
 import orjson
 
@@ -193,6 +194,17 @@ def canonical_body(
         return body
 
 
+def canonical_query(query: str) -> str:
+    """A query string as replay compares it: as it is kept (a key in it is not, and a recording
+    must still match: `redacted_query`), decoded, and its parameters in the order of their
+    names (repeated ones in their own order). The SDKs write one query differently: Python's
+    `after=x&limit=2` and `a+b`, Node's `limit=2&after=x` and `a%20b`."""
+    if not query:
+        return query
+    pairs = parse_qsl(redacted_query(query), keep_blank_values=True)
+    return urlencode(sorted(pairs, key=lambda pair: pair[0]), quote_via=quote)
+
+
 def match_key(
     method: str,
     path: str,
@@ -205,8 +217,7 @@ def match_key(
     function for both sides: the key stored with a recording and the key a replayed request
     is looked up by."""
     digest = hashlib.sha256()
-    # (the query as it is kept: a key in it is not, and a recording must still match)
-    digest.update(f"{method.upper()} {path}?{redacted_query(query)}\n".encode())
+    digest.update(f"{method.upper()} {path}?{canonical_query(query)}\n".encode())
     digest.update(canonical_body(body, ignore, parsed, path))
     return digest.hexdigest()
 

@@ -22,6 +22,7 @@ import orjson
 from llmtap.recorder.body_codec import unpack_body
 from llmtap.recorder.decoding import readable
 from llmtap.recorder.matching import (
+    canonical_query,
     canonical_value,
     content_encoding,
     decoded_request,
@@ -346,7 +347,9 @@ class ReplayIndex:
                 self._cache.popitem(last=False)
         return recorded
 
-    def miss(self, method: str, path: str, body: bytes, key: str, exhausted: int = 0) -> Miss:
+    def miss(
+        self, method: str, path: str, body: bytes, key: str, exhausted: int = 0, query: str = ""
+    ) -> Miss:
         """Explain a miss (blocking: reads the candidates' bodies); `body` decoded."""
         if exhausted:
             return Miss(method, path, key, None, exhausted)
@@ -359,10 +362,12 @@ class ReplayIndex:
             return Miss(method, path, key, None)
         sent = canonical_value(parse_body(body), self.ignore, path=path)
         best: list[str] | None = None
+        sent_query = canonical_query(query)
         with closing(connect_for_reading(self.db)) as conn:
             for exchange_id in candidates[-200:]:  # the most recent ones are the likely match
                 row = conn.execute(
-                    f"SELECT {_CODED_HEADERS}, request_body FROM exchanges WHERE exchange_id = ?",
+                    f"SELECT {_CODED_HEADERS}, query, request_body FROM exchanges "
+                    "WHERE exchange_id = ?",
                     [exchange_id],
                 ).fetchone()
                 request = decoded_request(
@@ -370,14 +375,12 @@ class ReplayIndex:
                 )
                 recorded = canonical_value(parse_body(request), self.ignore, path=path)
                 diff = json_diff(recorded, sent)
+                recorded_query = canonical_query(row["query"] or "")
+                if recorded_query != sent_query:  # (as replay compares them, decoded)
+                    diff.append(f"query: {recorded_query or '(none)'} -> {sent_query or '(none)'}")
                 if best is None or len(diff) < len(best):
                     best = diff
-        return Miss(
-            method,
-            path,
-            key,
-            tuple((best or ["(no difference in the body: the query string differs)"])[:8]),
-        )
+        return Miss(method, path, key, tuple((best or ["(no difference)"])[:8]))
 
     def unused(self) -> list[str]:
         """Recorded exchanges that no request has replayed (for the pytest plugin's report)."""

@@ -133,6 +133,31 @@ def test_a_miss_says_what_differs_from_the_nearest_recording(start: Start, upstr
     assert miss.status_code == 404 and "nothing was recorded" in miss.json()["error"]["message"]
 
 
+def test_a_query_matches_however_an_sdk_writes_it(start: Start) -> None:
+    """Python's SDK writes `after=file-b&limit=2` and `a+b`, Node's `limit=2&after=file-b` and
+    `a%20b` (and Python's auto-pager the Node order): the same call recorded by one missed
+    in the other, with a miss that showed no difference at all."""
+
+    def answer(request: Any) -> bytes:
+        return json_reply(b'{"object": "list", "data": [], "has_more": false}')
+
+    with raw_upstream(answer) as upstream:
+        server = start(upstream=f"{upstream.url}/v1")
+        recorded = httpx.get(f"{server.url}/v1/files?after=file-b&limit=2&purpose=a+b")
+        assert recorded.status_code == 200
+        server.stop()
+    replay = start(mode="replay")
+    for query in ("limit=2&after=file-b&purpose=a%20b", "purpose=a%20b&after=file%2Db&limit=2"):
+        again = httpx.get(f"{replay.url}/v1/files?{query}")
+        assert again.status_code == 200 and again.content == recorded.content, query
+    miss = httpx.get(f"{replay.url}/v1/files?limit=3&after=file-b&purpose=a+b")
+    assert miss.status_code == 404
+    message = miss.json()["error"]["message"]
+    assert "query: after=file-b&limit=2&purpose=a%20b -> after=file-b&limit=3&purpose=a%20b" in (
+        message
+    )
+
+
 def test_identical_requests_replay_in_recorded_order(start: Start, upstream: str) -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": "again"}]}
     server = start(upstream=upstream)
