@@ -21,7 +21,11 @@ CHAT = {
     "created": 1,
     "model": "gpt-4o-mini",
     "choices": [
-        {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "hi \u00e9 \U0001f600 \u6f22"},
+            "finish_reason": "stop",
+        }
     ],
     "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
 }
@@ -60,6 +64,22 @@ def test_round_trip_through_the_reader(tmp_path: Path) -> None:
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("SELECT count(*) FROM exchanges").fetchone()[0] == 2
+
+
+def test_a_spans_json_is_stored_as_text_whatever_its_characters(tmp_path: Path) -> None:
+    """Inputs, outputs and attributes are bound as UTF-8 bytes (no Python str of a long
+    answer: one emoji makes it 4 bytes a character) and stored as TEXT, as the readers' JSON
+    functions and the previews need them."""
+    db = tmp_path / "t.db"
+    store = SqliteStore(db)
+    store.write([build_batch(chat_recording())])
+    store.close()
+    with closing(sqlite3.connect(db)) as conn:
+        kinds = conn.execute(
+            "SELECT typeof(inputs), typeof(outputs), typeof(attributes), "
+            "json_extract(outputs, '$.choices[0].message.content') FROM spans"
+        ).fetchone()
+    assert kinds == ("text", "text", "text", "hi \u00e9 \U0001f600 \u6f22")
 
 
 def test_rewriting_a_span_never_double_counts(tmp_path: Path) -> None:
