@@ -10,7 +10,10 @@ chunk gives the envelope, each choice's first chunk gives its fields, deltas mer
 `accumulate_delta` merges them (strings concatenate, dicts merge, lists of indexed entries merge
 by `index`), and logprobs lists extend. Later chunks change only `usage`, `system_fingerprint`
 and `moderation` around the choices: a field first sent after the first chunk is not kept, and
-a choice's extra fields (Azure's `content_filter_results`) are those of its first chunk.
+a choice's extra fields (Azure's `content_filter_results`) are those of its first chunk. A
+choice sent in one chunk keeps the keys its delta had (and `tool_calls`): the SDK rebuilds a
+message with every field, null when never sent, only when a later chunk adds to it; and
+`usage` is there only when the first chunk had it or another chunk followed.
 
 Where the SDK misbehaves on shapes real providers send, we differ on purpose:
 - `id`, `name` and `role` repeated in later deltas are kept once (the SDK concatenates them,
@@ -42,6 +45,7 @@ _ENVELOPE_SKIPPED = frozenset({"choices", "obfuscation"})  # obfuscation is stre
 _FILLED_LATER = frozenset({"id", "model", "created"})  # when the first chunk has no such key
 _EMPTY = (None, "", 0)
 # the SDK's final message carries every `ChatCompletionMessage` field, null when never sent
+# (a message a second chunk added to: see the module doc)
 _MESSAGE_FIELDS: dict[str, Any] = dict.fromkeys(
     ("content", "refusal", "annotations", "audio", "function_call", "tool_calls")
 )
@@ -248,6 +252,9 @@ class ChatAssembler:
         self.problems: list[str] = []
         self._envelope = ChatEnvelope()
         self._choices: dict[int, dict[str, Any]] = {}
+        self._merged: set[int] = set()  # choices a chunk after their first one added to
+        self._later = False  # a chunk came after the first
+        self._began = False
         self._fed = False
         self._fast = fast
         # the keys of the last chunk fed by the general rules, when a chunk with the same keys
@@ -263,6 +270,7 @@ class ChatAssembler:
         self._appended = None
         if type(chunk) is dict and chunk.get("object") == "":  # an Azure filter event: skipped
             return
+        self._later, self._began = self._began, True
         if self._quiet_keys is not None and self._feed_text(chunk):
             return
         self._template = None  # the general rules may change what a template stands for
@@ -306,6 +314,7 @@ class ChatAssembler:
         delta = choice.get("delta")
         if type(delta) is not dict:
             return False
+        self._merged.add(index)
         if delta:
             if len(delta) != 1 or not _append_text(snapshot["message"], delta):
                 return False
@@ -358,8 +367,13 @@ class ChatAssembler:
         """The `chat.completion`, or None if no chunk had a `choices` list."""
         if not self._fed:
             return None
-        choices = [self._final_choice(self._choices[i]) for i in sorted(self._choices)]
-        return self._envelope.result(choices)
+        choices = [
+            self._final_choice(self._choices[i], i in self._merged) for i in sorted(self._choices)
+        ]
+        out = self._envelope.result(choices)
+        if not self._later and "usage" not in self._envelope.fields:
+            del out["usage"]  # the SDK sets it from each chunk after the first, null or not
+        return out
 
     def _feed(self, chunk: Mapping[str, Any]) -> None:
         if not isinstance(chunk, dict):
@@ -390,6 +404,7 @@ class ChatAssembler:
             snapshot["message"] = {}
             self._choices[index] = snapshot
         else:
+            self._merged.add(index)
             logprobs = choice.get("logprobs")
             if logprobs is not None:
                 self._feed_logprobs(snapshot, logprobs)
@@ -424,11 +439,18 @@ class ChatAssembler:
                 continue
             current[key] = (current.get(key) or []) + copy_json(tokens)
 
-    def _final_choice(self, snapshot: dict[str, Any]) -> dict[str, Any]:
+    def _final_choice(self, snapshot: dict[str, Any], merged: bool) -> dict[str, Any]:
+        """`merged`: a chunk after the choice's first one added to it. The SDK then rebuilds
+        the message whole, every field null when never sent; a choice sent in one chunk
+        (a whole answer at once, from a cache or a simple server) keeps the keys its delta had,
+        and `tool_calls`."""
         choice = dict(snapshot)
         message = snapshot["message"]
-        # role first, for readers; null when no delta said it, as in the SDK's completion
-        choice["message"] = final = {"role": message.get("role"), **_MESSAGE_FIELDS, **message}
+        if merged:  # role first, for readers; null when no delta said it, as in the SDK's
+            final = {"role": message.get("role"), **_MESSAGE_FIELDS, **message}
+        else:
+            final = {**message, "tool_calls": message.get("tool_calls")}
+        choice["message"] = final
         calls = final["tool_calls"]
         if calls == []:  # Groq sends `"tool_calls": []` in every delta
             final["tool_calls"] = None  # and the SDK's final completion says None

@@ -64,6 +64,52 @@ def test_equals_the_sdk_accumulator(knobs: dict[str, Any]) -> None:
     assert assemble(chunks) == sdk_final_completion(chunks)
 
 
+def _chunk(choices: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
+    head = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    return {**head, **fields, "choices": choices}
+
+
+WHOLE = {"role": "assistant", "content": "The whole answer."}
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [_chunk([{"index": 0, "delta": WHOLE, "finish_reason": "stop"}])],
+        [
+            _chunk([{"index": 0, "delta": WHOLE, "finish_reason": "stop"}]),
+            _chunk([], usage={"prompt_tokens": 1, "completion_tokens": 4, "total_tokens": 5}),
+        ],
+        [_chunk([{"index": 0, "delta": WHOLE, "finish_reason": "stop"}], usage=None)],
+        [
+            _chunk(
+                [
+                    {"index": 0, "delta": {"content": "a"}, "finish_reason": None},
+                    {
+                        "index": 1,
+                        "delta": {"content": "b", "refusal": None},
+                        "finish_reason": "stop",
+                    },
+                ]
+            ),
+            _chunk([{"index": 0, "delta": {"content": "c"}, "finish_reason": "stop"}]),
+        ],
+    ],
+    ids=["one chunk", "one chunk and usage", "one chunk, usage null", "n=2, one choice once"],
+)
+def test_a_choice_sent_in_one_chunk_equals_the_sdk_accumulator(
+    chunks: list[dict[str, Any]],
+) -> None:
+    """A whole answer in one chunk (a cache, a gateway faking a stream, a simple server): the
+    SDK keeps the keys its delta had (and `tool_calls`), and no `usage` unless a chunk said it;
+    every message field null and `usage: null` were there only in llmtap's (a review)."""
+    for fast in (True, False):
+        assembler = ChatAssembler(fast=fast)
+        for chunk in chunks:
+            assembler.feed(chunk)
+        assert assembler.result() == sdk_final_completion(chunks), fast
+
+
 def test_content_stream_gives_the_chat_completion() -> None:
     result = assemble(make_chunks("Hello there!", usage=True))
     assert result is not None
