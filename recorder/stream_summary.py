@@ -59,7 +59,7 @@ class StreamSummariser:
         "_started",
         "_last_at",
         "_at_end",
-        "_erred",
+        "_stopped",
     )
 
     def __init__(
@@ -79,7 +79,7 @@ class StreamSummariser:
         self._decompressor: Decoder | None = None
         self._broken = False  # the bytes could not be decompressed: nothing more decodes
         self._at_end = False  # `finish`: what is read now is an unterminated last event
-        self._erred = False  # an error event came: the client read nothing after it
+        self._stopped = False  # `[DONE]` or an error event came: the client read nothing after
         self._carry: list[tuple[bytes, int]] = []  # split: pieces after the last whole event
         self._started = True  # split: nothing was taken from the stream yet
         self._last_at = started_ns
@@ -222,9 +222,10 @@ class StreamSummariser:
         """Events into the assembler: `datas` are bytes (split) or str (decoder). None from an
         event whose `error` is set: the SDK raises there and its client reads no further, so
         the output is what it had (a malformed event, at which it raises too, is kept apart:
-        the rest is reassembled, its problem said)."""
+        the rest is reassembled, its problem said). Nothing after `[DONE]` either: the SDKs
+        stop reading there (a gateway that sends more, or two streams end to end)."""
         summary = self.summary
-        if self._erred:
+        if self._stopped:
             return
         assembler = self._assembler
         endpoint = self._endpoint
@@ -239,7 +240,7 @@ class StreamSummariser:
         # for events that can change nothing here but the assembler's state (see `quiet`)
         feed_json = getattr(assembler, "feed_json", None) if split and names is None else None
         i, count = -1, len(datas)
-        while i + 1 < count and not self._erred:
+        while i + 1 < count and not self._stopped:
             i += 1
             if feed_json is not None and summary.first_output_ns is not None:
                 taken = feed_json(datas, i)  # a run of chunks alike but for their text
@@ -257,8 +258,9 @@ class StreamSummariser:
                 data = None
             if data is None:  # [DONE], anything but an object, or bytes that are not UTF-8
                 text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
-                if text.strip() == "[DONE]":
+                if text.startswith("[DONE]"):  # (as the SDKs test it)
                     terminal_seen = terminal_seen or is_terminal(name, None)
+                    self._stopped = True
                     continue
                 try:
                     data = loads(text)
@@ -272,7 +274,7 @@ class StreamSummariser:
                 # the SDK raises at any event whose error is set, choices or not, before its
                 # caller has it: nothing of it or after it is the output
                 summary.error = data["error"]
-                self._erred = True
+                self._stopped = True
                 continue
             quiet = True  # nothing here depends on this event but the time of the first output
             if name == "error" or data.get("type") == "error":

@@ -252,3 +252,16 @@ def test_an_error_chunk_with_choices_is_not_in_the_output() -> None:
     span = streamed(sse_bytes([*chunks[:-1], broken]))
     assert span["code"] == "ERROR" and "Provider returned error" in span["message"]
     assert span["outputs"]["choices"][0]["message"]["content"] == "A"
+
+
+@pytest.mark.parametrize("cut_into", [1, 7, 400])
+def test_nothing_after_done_is_in_the_output_or_the_usage(cut_into: int) -> None:
+    """The SDKs stop reading at `[DONE]`: what a gateway sends after it (more text, a usage
+    chunk, a second stream end to end) reached no client, and was in the output, the usage and
+    the trace's token totals (a review found "Hi AFTER DONE" recorded for "Hi")."""
+    first = sse_bytes(make_chunks("Hi"))
+    after = sse_bytes(make_chunks(" AFTER DONE", usage=True))
+    span = streamed(first + after, cut_into)
+    assert span["code"] == "OK"
+    assert span["outputs"]["choices"][0]["message"]["content"] == "Hi"
+    assert span["outputs"]["usage"] is None
