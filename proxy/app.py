@@ -79,11 +79,15 @@ async def refuse(send: Send, error: LlmtapError) -> None:
 
 class LlmtapApp:
     def __init__(
-        self, settings: Settings, recording: bool = True, write_ahead: bool = True
+        self,
+        settings: Settings,
+        recording: bool = True,
+        write_ahead: bool = True,
+        new_episodes: bool = False,
     ) -> None:
         self.settings = settings
         self.writer: Writer | None = None
-        self.replayer = Replayer(settings)
+        self.replayer = Replayer(settings, new_episodes)
         if settings.mode != Mode.OFF and recording:
             self.writer = Writer(
                 WriterConfig(
@@ -202,12 +206,15 @@ class LlmtapApp:
                 return
 
 
-def create_app(settings: Settings, recording: bool = True, write_ahead: bool = True) -> LlmtapApp:
+def create_app(
+    settings: Settings, recording: bool = True, write_ahead: bool = True, new_episodes: bool = False
+) -> LlmtapApp:
     """The app; `recording` False: no writer process, whatever the mode (the pytest plugin's
     replay, whose database is thrown away: the process costs each test ~0.3 s to start).
     `write_ahead` False: responses wait for their commit in record mode too (the pytest
-    plugin, whose fixture reads the database in the middle of a test)."""
-    return LlmtapApp(settings, recording, write_ahead)
+    plugin, whose fixture reads the database in the middle of a test). `new_episodes`: see
+    `Replayer` (the pytest plugin's auto mode)."""
+    return LlmtapApp(settings, recording, write_ahead, new_episodes)
 
 
 class _QuietAborts(logging.Filter):

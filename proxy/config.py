@@ -8,7 +8,9 @@ command line > environment > file > default, which is SPEC section 1's order.
 
 from __future__ import annotations
 
+import os
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -168,6 +170,39 @@ def check_setting(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be {wanted}, not {value}")
     if "check" in meta:
         meta["check"](value)
+
+
+def environment_settings(names: Iterable[str]) -> dict[str, Any]:
+    """The settings among `names` that an `LLMTAP_<NAME>` environment variable gives, read as
+    `llmtap serve` reads them (a switch takes true/false, 1/0, yes/no, on/off; an empty value
+    is unset); ValueError naming the variable for one it does not take."""
+    found: dict[str, Any] = {}
+    for name in names:
+        raw = os.environ.get(f"LLMTAP_{name.upper()}")
+        if raw is None or raw == "":
+            continue
+        default = _FIELDS[name].default
+        try:
+            if isinstance(default, bool):
+                value: Any = _switch(raw)
+            elif type(default) in (int, float):
+                value = type(default)(raw.strip())
+            else:
+                value = raw
+            check_setting(name, value)
+        except ValueError as exc:
+            raise ValueError(f"LLMTAP_{name.upper()}: {exc}") from None
+        found[name] = value
+    return found
+
+
+def _switch(raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in ("1", "true", "t", "yes", "y", "on"):
+        return True
+    if word in ("0", "false", "f", "no", "n", "off"):
+        return False
+    raise ValueError(f"{raw!r} is not a boolean")
 
 
 def setting_fields() -> list[Any]:

@@ -6,19 +6,22 @@
 
 `--llmtap-mode` replay (default: offline, from the cassette, with a dummy key), record
 (against `--llmtap-upstream`, the cassette rewritten) or auto (replay what the cassette has,
-record the rest; the dummy key too when OPENAI_API_KEY is unset). Each test's cassette is
-`cassettes/<module>/<test>.yaml` beside the test module, or with `--llmtap-cassettes DIR`
-`DIR/<module's path below the rootdir>/<test>.yaml` (`DIR/tests/unit/test_api/test_x.yaml`,
-so that same-named modules of two packages stay apart); a test in a class gets
+record the rest, a call repeated past its recordings too; the dummy key too when
+OPENAI_API_KEY is unset). Other settings come from LLMTAP_<NAME> (`_FROM_ENVIRONMENT`).
+Each test's cassette is `cassettes/<module>/<test>.yaml` beside the test module, or with
+`--llmtap-cassettes DIR` `DIR/<module's path below the rootdir>/<test>.yaml`
+(`DIR/tests/unit/test_api/test_x.yaml`, so that same-named modules of two packages stay
+apart); a test in a class gets
 a folder per class (`<module>/TestChat/test_x.yaml`), as its node id has a `::` per class.
 `<test>` is the test's name with a parametrize id joined by `_` (`test_x[gpt-4o]` becomes
 `test_x_gpt-4o`); a name that loses anything to that (spaces, `/`, non-ASCII...) also gets
 `-` and 8 hex of a hash of the name as written, so that `[a b]` and `[a_b]` stay apart.
 A name longer than `MAX_STEM` is cut and given its hash too. Two tests that would still share
 a file stop the run at collection. A replay miss fails its test, also when the code under test
-caught the 404. Recording a test that made no request removes its cassette; an upstream's 401
-to the dummy key (auto with no key) is not kept. After the run (pytest-xdist's workers
-included), the terminal summary lists recordings that no test used.
+caught the 404. Recording a test that made no request removes its cassette (and warns: its
+client may have been made before the fixture); an upstream's 401 to the dummy key (auto with no
+key) is not kept. After the run (pytest-xdist's workers included), the terminal summary lists
+recordings that no test used (replay and auto).
 
 Imports are lazy: installing llmtap must cost other test suites nothing.
 """
@@ -29,6 +32,7 @@ import functools
 import hashlib
 import os
 import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +51,23 @@ _UNUSED_PROPERTY = "llmtap_unused_recordings"
 worker to the controller, which prints the summary."""
 _CALL_PASSED = pytest.StashKey[bool]()
 _FOLDER = pytest.StashKey["Path | None"]()
+_FROM_ENVIRONMENT = (
+    "log_traces",
+    "log_models",
+    "log_model_signatures",
+    "log_input_examples",
+    "registered_model_name",
+    "stream_usage",
+    "prices_file",
+    "replay_ignore_fields",
+    "replay_exhausted",
+    "replay_timing",
+    "max_body_size",
+    "connect_timeout",
+    "read_timeout",
+)
+"""The settings a test's llmtap takes from LLMTAP_<NAME> (mode, upstream and the cassettes
+have pytest options of their own; where it listens and its database are the plugin's)."""
 MAX_STEM = 250
 """Characters of a cassette's file name before `.yaml` (a file system allows 255 bytes): a
 longer test name is cut and told apart by its hash (every name that fitted keeps its file)."""
@@ -119,22 +140,32 @@ _unused_counts: dict[str, int] = {}
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if (
-            item.get_closest_marker("llmtap")
-            and isinstance(item, pytest.Function)
-            and "llmtap" not in item.fixturenames
+        if isinstance(item, pytest.Function) and (
+            "llmtap" in item.fixturenames or item.get_closest_marker("llmtap")
         ):
             _request_first(item, "llmtap")
     _refuse_shared_cassettes(items, config.stash[_FOLDER])
 
 
+_XUNIT_SETUP = ("_xunit_setup_method_fixture", "_xunit_setup_function_fixture")
+"""How pytest names the autouse fixtures that run a class's `setup_method` and a module's
+`setup_function`: llmtap is set up before them, so that a client they make sees it."""
+
+
 def _request_first(item: pytest.Function, name: str) -> None:
-    """Set `name` up as if it were the test's first argument: after the autouse fixtures,
-    before the test's own, so that a fixture that makes `OpenAI()` sees OPENAI_BASE_URL.
-    pytest sets fixtures up in the order of `item.fixturenames`; appending ran it last."""
+    """Set `name` up as if it were the test's first argument, whether the test asked for it
+    (anywhere in its arguments: `def test_x(client, llmtap)`) or carries the marker: after
+    the autouse fixtures but before `setup_method`/`setup_function`, and before the test's
+    own fixtures, so that one that makes `OpenAI()` sees OPENAI_BASE_URL (a client made
+    before went to the real API, and in record mode the test's cassette was then removed).
+    pytest sets fixtures up in the order of `item.fixturenames`."""
     names = item.fixturenames
-    own = set(item._fixtureinfo.argnames)
-    first = next((i for i, n in enumerate(names) if n in own), len(names))
+    if name in names:
+        names.remove(name)
+    own = set(item._fixtureinfo.argnames) - {name}
+    first = next(
+        (i for i, n in enumerate(names) if n in own or n.startswith(_XUNIT_SETUP)), len(names)
+    )
     names.insert(first, name)
 
 
@@ -270,7 +301,7 @@ def llmtap(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[LlmtapSession]:
     from llmtap.proxy.app import create_app, uvicorn_kwargs
-    from llmtap.proxy.config import Settings
+    from llmtap.proxy.config import Settings, environment_settings
     from llmtap.proxy.headers import fingerprint
     from llmtap.proxy.server import ServerThread
     from llmtap.recorder.call_usage import last_rowid
@@ -285,10 +316,17 @@ def llmtap(
     if mode != "record" and cassette.exists():
         import_cassette(cassette, db)
     # replay keeps nothing: no writer process (it cost each test ~0.3 s to start)
+    # the settings pytest has no option for (replay_exhausted, replay_ignore_fields,
+    # stream_usage...) from LLMTAP_<NAME>, as `llmtap serve` reads them
+    try:
+        given = environment_settings(_FROM_ENVIRONMENT)
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
     app = create_app(
-        Settings(mode=mode, upstream=upstream, db=str(db), port=0),
+        Settings(**given, mode=mode, upstream=upstream, db=str(db), port=0),
         recording=mode != "replay",
         write_ahead=False,  # `llmtap.usage()` reads the database in the middle of a test
+        new_episodes=mode == "auto",  # each call a test makes goes in its cassette
     )
     server = ServerThread(app, **uvicorn_kwargs()).start()
     session = LlmtapSession(
@@ -316,10 +354,11 @@ def llmtap(
         yield session
     finally:
         server.stop()
-        if mode == "replay":
+        if mode != "record":
             unused = app.replayer.index.unused()
             if unused:
                 request.node.user_properties.append((_UNUSED_PROPERTY, len(unused)))
+        if mode == "replay":
             replayer = app.replayer
             if replayer.miss_count and request.node.stash.get(_CALL_PASSED, False):
                 # the code under test swallowed the 404 (a fallback, a retry loop): the
@@ -336,10 +375,21 @@ def llmtap(
             refused = fingerprint(DUMMY_KEY, key_salt_of(db)) if stand_in else None
             written = export_cassette(db, cassette, skip_empty=True, refused_key=refused)
             passed = request.node.stash.get(_CALL_PASSED, False)
-            if not written and mode == "record" and passed and not _requests_made(db):
+            removed = not written and mode == "record" and passed and cassette.exists()
+            if removed and not _requests_made(db):
                 # the test passed without calling the API: it calls it no more (one that
                 # failed or skipped before its call keeps its recordings)
-                cassette.unlink(missing_ok=True)
+                cassette.unlink()
+                warnings.warn(
+                    pytest.PytestWarning(
+                        f"llmtap: {request.node.nodeid} made no request through llmtap "
+                        f"while recording, so its cassette {cassette} was removed. If it "
+                        "does call the API, its client was made before the llmtap "
+                        "fixture (at import, or in a fixture of wider scope) and went "
+                        "to the API directly"
+                    ),
+                    stacklevel=1,
+                )
 
 
 def _requests_made(db: Path) -> bool:

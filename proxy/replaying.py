@@ -49,11 +49,17 @@ _NO_BODY = frozenset({204, 304})
 
 
 class Replayer:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, new_episodes: bool = False) -> None:
+        """`new_episodes` (the pytest plugin's auto mode, as vcrpy's record mode of that name):
+        a request answered upstream uses its recording up, and one whose recordings are all
+        used goes upstream and is recorded beside them, so that a cassette holds each call a
+        test makes. Without it (`llmtap serve --mode auto`), what was just recorded answers the
+        same request next, as a cache does, and `replay_exhausted` applies."""
+        self.new_episodes = new_episodes
         self.index = ReplayIndex(
             settings.db,
             settings.ignored_fields,
-            repeat_last=settings.replay_exhausted == "repeat",
+            repeat_last=settings.replay_exhausted == "repeat" and not new_episodes,
             reshape=settings.mode == "replay",
         )
         self.speed = replay_speed(settings.replay_timing)
@@ -84,6 +90,7 @@ class Replayer:
                     r.request_body,
                     content_encoding(r.request_headers),
                     r.status,
+                    answered=self.new_episodes,
                 )
 
     async def answer(

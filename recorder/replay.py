@@ -207,9 +207,12 @@ class ReplayIndex:
         body: bytes,
         coding: str | None = None,
         status: int | None = None,
+        answered: bool = False,
     ) -> None:
         """Index a recorded request; `coding`: its Content-Encoding, if any; `status`: its
-        answer's (a 200 answer may be given in the other shape too)."""
+        answer's (a 200 answer may be given in the other shape too); `answered`: it answered
+        its request as that was made (auto forwarded it), so it counts as used, as if
+        replayed: the same request made again goes upstream too and is recorded beside it."""
         decoded = decoded_request(body, coding)
         shape = (
             self._shape(method, path, query, decoded) if status == 200 and self.reshape else None
@@ -220,7 +223,11 @@ class ReplayIndex:
             if exchange_id in self._known:  # loaded and reported by the writer both
                 return
             self._known.add(exchange_id)
-            self._keys.setdefault(key, []).append(exchange_id)
+            ids = self._keys.setdefault(key, [])
+            ids.append(exchange_id)
+            if answered:
+                self._cursors[key] = len(ids)
+                self._served[exchange_id] = self._served.get(exchange_id, 0) + 1
             self._by_route.setdefault((method, path), []).append(exchange_id)
             if shape is not None and reshapes(path, to_stream=not shape[1]):
                 self._shapes.setdefault(shape[0], []).append((exchange_id, shape[1]))

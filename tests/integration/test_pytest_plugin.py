@@ -188,11 +188,9 @@ def test_chat_stream(llmtap):
     )
 
 
-MARKED_WITH_A_CLIENT_FIXTURE = """
+CLIENT_FIXTURE = """
 import pytest
 from openai import OpenAI
-
-pytestmark = pytest.mark.llmtap
 
 @pytest.fixture
 def client():
@@ -204,6 +202,12 @@ def ask(client, text):
     return client.chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": text}]
     ).choices[0].message.content
+"""
+
+MARKED_WITH_A_CLIENT_FIXTURE = (
+    CLIENT_FIXTURE
+    + """
+pytestmark = pytest.mark.llmtap
 
 def test_module_marked(client):
     assert "module" in ask(client, "module")
@@ -212,6 +216,7 @@ def test_module_marked(client):
 def test_function_marked(client):
     assert "function" in ask(client, "function")
 """
+)
 
 
 def test_marked_tests_fixtures_see_the_proxy(
@@ -467,3 +472,112 @@ def test_a_tests_usage_and_cost_are_the_same_recorded_and_replayed(
     assert tokens_in > 0 and tokens_out > 0 and total == tokens_in + tokens_out
     assert cost is not None and cost > 0  # gpt-4o-mini's price is known
     assert replayed == recorded
+
+
+CLIENT_BEFORE_LLMTAP = (
+    CLIENT_FIXTURE
+    + """
+def test_client_listed_first(client, llmtap):
+    assert "first" in ask(client, "first")
+
+@pytest.mark.llmtap
+class TestSetUp:
+    def setup_method(self, method):
+        self.client = OpenAI(max_retries=0)
+
+    def teardown_method(self, method):
+        self.client.close()
+
+    def test_setup_method(self):
+        assert "setup" in ask(self.client, "setup")
+"""
+)
+
+
+def test_a_client_made_before_the_llmtap_argument_or_in_setup_method_sees_it(
+    pytester: pytest.Pytester, upstream_server: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`def test_x(client, llmtap)` set the client up first, and a class's `setup_method` ran
+    before the marker's llmtap: their OpenAI() went to the real API (a connection error here,
+    "Missing credentials" in replay), and a passing recording run removed the cassette."""
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # the "real API": dead
+    pytester.makepyfile(test_llm=CLIENT_BEFORE_LLMTAP)
+    cassettes = record_then_replay(pytester, upstream_server, monkeypatch, passed=2)
+    assert cassettes == ["TestSetUp/test_setup_method.yaml", "test_client_listed_first.yaml"]
+
+
+NO_CALL_THROUGH_LLMTAP = """
+def test_no_call(llmtap):
+    pass
+"""
+
+
+def test_recording_a_test_that_made_no_call_through_llmtap_says_so(
+    pytester: pytest.Pytester, upstream_server: ServerThread
+) -> None:
+    """Its cassette is removed (the test calls the API no more), with a warning: a client made
+    before the fixture, at import or in a wider fixture, goes to the API directly."""
+    folder = pytester.path / "cassettes" / "test_llm"
+    folder.mkdir(parents=True)
+    (folder / "test_no_call.yaml").write_text("exchanges: []\n")
+    pytester.makepyfile(test_llm=NO_CALL_THROUGH_LLMTAP)
+    result = pytester.runpytest_subprocess(
+        "--llmtap-mode=record", f"--llmtap-upstream={upstream_server.url}/v1"
+    )
+    result.assert_outcomes(passed=1, warnings=1)
+    assert not (folder / "test_no_call.yaml").exists()
+    assert "made no request through llmtap while recording" in result.stdout.str()
+
+
+TWICE = (
+    ASK
+    + """
+def test_twice(llmtap):
+    first, second = ask("twice"), ask("twice")
+    assert "twice" in first and "twice" in second
+"""
+)
+ONCE = TWICE.replace('first, second = ask("twice"), ask("twice")', 'first = second = ask("twice")')
+
+
+def test_auto_records_a_repeated_call_once_its_recordings_are_used_up(
+    pytester: pytest.Pytester, upstream_server: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """auto replays what is recorded and records the rest: the second of two identical calls
+    repeated the first's recording instead, and was never recorded, so a replay run with
+    `replay_exhausted = miss` failed."""
+    pytester.makepyfile(test_llm=ONCE)
+    args = ["--llmtap-mode=auto", f"--llmtap-upstream={upstream_server.url}/v1"]
+    pytester.runpytest_subprocess(*args).assert_outcomes(passed=1)  # one call recorded
+    pytester.makepyfile(test_llm=TWICE)  # the test now makes it twice
+    pytester.runpytest_subprocess(*args).assert_outcomes(passed=1)
+    cassette = (pytester.path / "cassettes" / "test_llm" / "test_twice.yaml").read_text()
+    assert cassette.count("method: POST") == 2
+    upstream_server.stop()
+    monkeypatch.delenv("OPENAI_API_KEY")
+    monkeypatch.setenv("LLMTAP_REPLAY_EXHAUSTED", "miss")  # read by each test's llmtap
+    replayed = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    replayed.assert_outcomes(passed=1)
+    monkeypatch.setenv("LLMTAP_REPLAY_EXHAUSTED", "never")
+    refused = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert "LLMTAP_REPLAY_EXHAUSTED: replay_exhausted must be one of repeat, miss" in (
+        refused.stdout.str() + refused.stderr.str()
+    )
+
+
+def test_an_extra_identical_call_is_a_miss_with_replay_exhausted_miss(
+    pytester: pytest.Pytester, upstream_server: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LLMTAP_REPLAY_EXHAUSTED reaches a test's llmtap (the plugin read no setting but its
+    own options): with `miss`, a call more than the cassette holds fails the test."""
+    pytester.makepyfile(test_llm=ONCE)
+    pytester.runpytest_subprocess(
+        "--llmtap-mode=record", f"--llmtap-upstream={upstream_server.url}/v1"
+    ).assert_outcomes(passed=1)
+    pytester.makepyfile(test_llm=TWICE)
+    monkeypatch.delenv("OPENAI_API_KEY")
+    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)  # repeat
+    monkeypatch.setenv("LLMTAP_REPLAY_EXHAUSTED", "miss")
+    missed = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    missed.assert_outcomes(failed=1)
+    assert "already used" in missed.stdout.str()
