@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from llmtap.recorder.records import Mode
 
@@ -41,9 +42,17 @@ def replay_speed(timing: str) -> float | None:
 
 def _check_upstream(url: str) -> None:
     # `127.0.0.1:8000/v1` (no scheme) is the usual slip: said at start, not as a 502 per call
+    url = url.strip()  # (as Settings keeps it)
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() not in ("http", "https") or not rest.strip("/"):
         raise ValueError(f"upstream must be an http:// or https:// URL, not {url!r}")
+    try:  # a port past 65535 or not a number, an unclosed IPv6 bracket: at start too
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - read for the ValueError it raises
+    except ValueError as exc:
+        raise ValueError(f"upstream {url!r} is not a URL llmtap can use: {exc}") from None
+    if not parts.hostname:
+        raise ValueError(f"upstream {url!r} names no host")
 
 
 def _check_db(path: str) -> None:
@@ -133,7 +142,8 @@ class Settings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode(self.mode))
-        object.__setattr__(self, "upstream", self.upstream.rstrip("/"))
+        # (a space after the URL, in a file or LLMTAP_UPSTREAM, went into every path: `/v1%20`)
+        object.__setattr__(self, "upstream", self.upstream.strip().rstrip("/"))
         if self.registered_model_name == "":  # an empty name in a file or the environment
             object.__setattr__(self, "registered_model_name", None)
         for f in fields(self):  # fail at start, not at the first request that needs it
@@ -145,7 +155,18 @@ class Settings:
 
     @property
     def allowed_host_names(self) -> tuple[str, ...]:
-        return tuple(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())
+        """The names in `allowed_hosts`, without a port (`proxy.example.org:8443` is the name
+        `proxy.example.org`: a Host is compared without its port, so it never matched)."""
+        return tuple(
+            _without_port(h.strip().lower()) for h in self.allowed_hosts.split(",") if h.strip()
+        )
+
+
+def _without_port(name: str) -> str:
+    if name.startswith("["):  # an IPv6 address, `[::1]:8443`
+        return name[: name.index("]") + 1] if "]" in name else name
+    head, colon, port = name.rpartition(":")
+    return head if colon and port.isdigit() and ":" not in head else name
 
 
 def check_setting(name: str, value: Any) -> None:

@@ -171,3 +171,31 @@ def test_allowed_hosts_from_flag_environment_and_a_toml_list(tmp_path: Path) -> 
     config.write_text('allowed_hosts = ["llm.example.com", "Box"]\n')
     from_file = resolved(["--config", str(config)])["allowed_hosts"]
     assert Settings(allowed_hosts=from_file).allowed_host_names == ("llm.example.com", "box")
+
+
+@pytest.mark.parametrize(
+    "upstream", ["http://127.0.0.1:99999/v1", "http://[::1/v1", "https://api.openai.com:443x/v1"]
+)
+def test_an_upstream_no_request_could_reach_is_refused_at_start(upstream: str) -> None:
+    """Before, llmtap started with its usual banner and answered every request with a 502."""
+    with pytest.raises(ValueError, match="is not a URL llmtap can use"):
+        Settings(upstream=upstream)
+    result = CliRunner().invoke(main, ["serve", "--print-config", "--upstream", upstream])
+    assert result.exit_code == 2 and "is not a URL llmtap can use" in result.output
+
+
+def test_spaces_around_the_upstream_are_not_part_of_it(tmp_path: Path) -> None:
+    """A trailing space (a config file, LLMTAP_UPSTREAM='... ') went into every forwarded path:
+    POST /v1%20/chat/completions, a 404 from the upstream."""
+    assert Settings(upstream="http://127.0.0.1:8000/v1 ").upstream == "http://127.0.0.1:8000/v1"
+    env = {"LLMTAP_UPSTREAM": " http://127.0.0.1:8000/v1/ "}
+    assert resolved([], env)["upstream"] == "http://127.0.0.1:8000/v1"
+    config = tmp_path / "llmtap.toml"
+    config.write_text('upstream = "http://127.0.0.1:8000/v1 "\n')
+    assert resolved(["--config", str(config)])["upstream"] == "http://127.0.0.1:8000/v1"
+
+
+def test_an_allowed_host_given_with_its_port_is_its_name() -> None:
+    """A Host is compared without its port: `proxy.example.org:8443` never matched."""
+    settings = Settings(allowed_hosts="Proxy.Example.org:8443, [::1]:80, plain")
+    assert settings.allowed_host_names == ("proxy.example.org", "[::1]", "plain")
