@@ -118,10 +118,24 @@ class LlmtapApp:
                 *ui_routes(reader),
             ],
             exception_handlers={
+                404: self._no_route,
                 sqlite3.DatabaseError: self._unreadable_database,
                 NotAnLlmtapDatabase: self._unreadable_database,
             },
         )
+
+    async def _no_route(self, request: Request, exc: Exception) -> Response:
+        """A path outside /v1, /api and the UI: an OpenAI-shaped 404 that says where the API
+        is. A base URL without `/v1`, or an AzureOpenAI client given llmtap as its
+        `azure_endpoint` (`/openai/deployments/...`), got Starlette's bare `Not Found`."""
+        base = f"{request.url.scheme}://{request.url.netloc}/v1"
+        message = (
+            f"llmtap has nothing at {request.method} {request.url.path}: the OpenAI API is "
+            f"under /v1 (OPENAI_BASE_URL={base}; an AzureOpenAI client takes base_url={base}, "
+            "not azure_endpoint), the read API under /api, the UI at /"
+        )
+        body = openai_error(404, "invalid_request_error", message, "not_found")
+        return Response(body, status_code=404, media_type="application/json")
 
     async def _unreadable_database(self, request: Request, exc: Exception) -> Response:
         """`--db` names a file that is not llmtap's (it opens only for reading with `--mode

@@ -12,7 +12,7 @@ import httpx
 import orjson
 import pytest
 from click.testing import CliRunner
-from openai import OpenAI
+from openai import NotFoundError, OpenAI
 
 from llmtap.proxy.cli import main
 from tests.conftest import Proxy
@@ -176,3 +176,25 @@ def test_a_trace_named_like_the_models_path_is_found_when_no_trace_has_the_short
     missing = httpx.get(f"{proxy.url}/api/traces/nothing/models")
     assert missing.status_code == 404
     assert missing.json()["error"]["message"] == "no trace with id nothing"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/chat/completions"), ("POST", "/openai/deployments/gpt-4o/chat/completions")],
+)
+def test_a_path_outside_the_api_is_a_404_that_says_where_the_api_is(
+    proxy: Proxy, method: str, path: str
+) -> None:
+    """A base URL without /v1, or an AzureOpenAI client given llmtap as its azure_endpoint:
+    Starlette's plain `Not Found` left the SDK saying only "Error code: 404"."""
+    response = httpx.request(method, f"{proxy.url}{path}", json={"model": "m"})
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "not_found"
+    assert f"OPENAI_BASE_URL={proxy.url}/v1" in error["message"]
+    with (
+        OpenAI(base_url=proxy.url, api_key="sk-x", max_retries=0) as client,
+        pytest.raises(NotFoundError, match="the OpenAI API is under /v1"),
+    ):
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+    assert httpx.get(f"{proxy.url}/").status_code == 200  # the UI is where it was
