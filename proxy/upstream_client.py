@@ -2,8 +2,7 @@
 
 It does what forwarding needs and nothing else: one request at a time per connection (no
 pipelining), the request head and body in one write, the response body handed over as it
-arrives, no decompression, no cookies, no redirects, no default headers, no proxies from the
-environment (the aiohttp session it replaces had `trust_env` off too).
+arrives, no decompression, no cookies, no redirects, no default headers.
 
     origin = Origin.parse("https://api.openai.com/v1")
     client = UpstreamClient(connect_timeout=10, read_timeout=600)
@@ -15,6 +14,9 @@ environment (the aiohttp session it replaces had `trust_env` off too).
 
 Framing: Content-Length, chunked (extensions and trailers ignored) and read-until-close
 bodies; 1xx interim responses are skipped; HEAD, 204 and 304 answers have no body.
+
+Proxies: `HTTPS_PROXY`, `HTTP_PROXY` and `NO_PROXY` are read as the SDK reads them
+(`upstream_proxy`): a CONNECT tunnel to an https:// upstream, absolute URLs to an http:// one.
 
 Connecting: the host's addresses come from `getaddrinfo`, cached for `DNS_TTL` as aiohttp's
 connector did, and are tried Happy Eyeballs style (RFC 8305), address families interleaved,
@@ -67,6 +69,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import httptools
 
+from llmtap.proxy.upstream_proxy import Via, open_tunnel, via_from_environment
 from llmtap.recorder.secret_headers import redacted_query
 
 HIGH_WATER = 128 * 1024
@@ -125,6 +128,8 @@ class Origin:
     """`Basic ...` from credentials in the base URL, sent when the request has none."""
     query: str = ""
     """The base URL's query (Azure's `?api-version=...`), added to every request's own."""
+    via: Via | None = None
+    """The HTTP proxy the environment names for it (`upstream_proxy`), or None: direct."""
 
     def target(self, path_and_query: str) -> str:
         """The request target upstream for a path below the base URL (with its query)."""
@@ -174,6 +179,10 @@ class Origin:
         if scheme == "https":
             context = ssl_context or ssl.create_default_context()
         prefix = quote(parts.path.rstrip("/"), safe="/:@!$&'()*+,;=-._~%")
+        try:
+            via = via_from_environment(scheme, host)
+        except ValueError as exc:
+            raise UpstreamError(f"cannot reach {shown} through the proxy: {exc}") from None
         return cls(
             scheme,
             host,
@@ -183,6 +192,7 @@ class Origin:
             context,
             authorization,
             parts.query,
+            via,
         )
 
 
@@ -300,11 +310,11 @@ class UpstreamClient:
                         raise next((e for e in reversed(errors) if e is not None), OSError())
         except TimeoutError:
             raise TimeoutError(
-                f"no connection to {origin.host_header} within {self.connect_timeout:g} s"
+                f"no connection to {_reached(origin)} within {self.connect_timeout:g} s"
             ) from None
-        except OSError as exc:  # refused, DNS, TLS (ssl errors are OSErrors)
+        except OSError as exc:  # refused, DNS, TLS (ssl errors are OSErrors), the proxy's no
             raise UpstreamError(
-                f"cannot connect to {origin.host_header}: {exc or type(exc).__name__}"
+                f"cannot connect to {_reached(origin)}: {exc or type(exc).__name__}"
             ) from exc
         if self._closed:
             conn.close()
@@ -315,10 +325,14 @@ class UpstreamClient:
     async def _resolve(self, origin: Origin) -> list[tuple[int, str]]:
         """(family, address) to try in turn, families interleaved; cached for DNS_TTL."""
         loop = asyncio.get_running_loop()
-        cached = self._dns.get((origin.host, origin.port))
+        # through a proxy, the proxy's addresses: the upstream's name is the proxy's to resolve
+        host, port = (
+            (origin.via.host, origin.via.port) if origin.via else (origin.host, origin.port)
+        )
+        cached = self._dns.get((host, port))
         if cached is not None and cached[0] > loop.time():
             return cached[1]
-        infos = await loop.getaddrinfo(origin.host, origin.port, type=socket.SOCK_STREAM)
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         by_family: dict[int, list[tuple[int, str]]] = {}
         for family, _, _, _, sockaddr in infos:
             entry = (family, sockaddr[0])
@@ -327,12 +341,20 @@ class UpstreamClient:
         groups = list(by_family.values())
         addresses = [a for row in itertools.zip_longest(*groups) for a in row if a is not None]
         if not addresses:
-            raise OSError(f"no address for {origin.host}")
-        self._dns[(origin.host, origin.port)] = (loop.time() + DNS_TTL, addresses)
+            raise OSError(f"no address for {host}")
+        self._dns[(host, port)] = (loop.time() + DNS_TTL, addresses)
         return addresses
 
     async def _open(self, origin: Origin, address: tuple[int, str]) -> _Connection:
         loop = asyncio.get_running_loop()
+        via = origin.via
+        if via is not None and origin.ssl is not None:
+            return await self._open_tunnel(origin, via, address)
+        if via is not None:  # plain HTTP through the proxy: absolute URLs (`_request_bytes`)
+            _, conn = await loop.create_connection(
+                lambda: _Connection(self, origin.key, loop), address[1], via.port, family=address[0]
+            )
+            return conn
         _, conn = await loop.create_connection(
             lambda: _Connection(self, origin.key, loop),
             address[1],
@@ -341,6 +363,26 @@ class UpstreamClient:
             ssl=origin.ssl,
             server_hostname=origin.host if origin.ssl is not None else None,
         )
+        return conn
+
+    async def _open_tunnel(self, origin: Origin, via: Via, address: tuple[int, str]) -> _Connection:
+        """TLS to the upstream inside a CONNECT tunnel through the proxy at `address`."""
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(address[0], socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, (address[1], via.port))
+            host = f"[{origin.host}]" if ":" in origin.host else origin.host
+            await open_tunnel(sock, via, f"{host}:{origin.port}")
+            _, conn = await loop.create_connection(
+                lambda: _Connection(self, origin.key, loop),
+                sock=sock,
+                ssl=origin.ssl,
+                server_hostname=origin.host,
+            )
+        except BaseException:
+            sock.close()
+            raise
         return conn
 
     def _put_back(self, conn: _Connection) -> None:
@@ -716,6 +758,10 @@ def _request_bytes(
     if " " in target:
         raise UnsendableRequest("a space in the request path")
     lines = [f"{method} {target} HTTP/1.1", "Host: " + origin.host_header]
+    if origin.via is not None and origin.ssl is None:  # to the proxy: the absolute URL
+        lines[0] = f"{method} http://{origin.host_header}{target} HTTP/1.1"
+        if origin.via.authorization is not None:
+            lines.append("Proxy-Authorization: " + origin.via.authorization)
     authorization = origin.authorization
     for name, value in headers:
         lname = name.lower()
@@ -741,6 +787,13 @@ def _request_bytes(
     except UnicodeEncodeError as exc:
         raise UnsendableRequest(f"a character HTTP/1.1 cannot carry: {exc}") from None
     return encoded + body if body else encoded
+
+
+def _reached(origin: Origin) -> str:
+    """The upstream as a connect error names it, and the proxy it went through."""
+    if origin.via is None:
+        return origin.host_header
+    return f"{origin.host_header} through the proxy {origin.via.shown}"
 
 
 def _replayable(method: str, headers: list[tuple[str, str]]) -> bool:

@@ -4,6 +4,8 @@ write each framing byte for byte (odd ones included), on asyncio's loop and on u
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import random
 import socket
 import ssl
@@ -649,18 +651,22 @@ def test_origin_parsing() -> None:
             Origin.parse(bad)
 
 
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("tls")
+def self_signed(folder: Path, name: str, alt_names: str) -> tuple[Path, Path]:
+    """A certificate for `name` (and `alt_names`, openssl's subjectAltName) and its key."""
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
-        + ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"]
-        + ["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        + ["-keyout", str(key), "-out", str(cert), "-subj", f"/CN={name}"]
+        + ["-addext", f"subjectAltName={alt_names}"],
         check=True,
         capture_output=True,
     )
     return cert, key
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return self_signed(tmp_path_factory.mktemp("tls"), "localhost", "DNS:localhost,IP:127.0.0.1")
 
 
 def test_tls(run: Any, certificate: tuple[Path, Path]) -> None:
@@ -758,3 +764,137 @@ def test_an_address_that_never_answers_does_not_hold_up_the_next(run: Any) -> No
             hole.close()
 
     run(main())
+
+
+# --- through an HTTP proxy (HTTPS_PROXY, HTTP_PROXY, NO_PROXY) --------------------------------
+
+PROXIED = "api.proxied.test"
+"""An upstream name only the test's proxy knows (it leads to 127.0.0.1): reached directly,
+it does not resolve."""
+
+
+@pytest.fixture(scope="module")
+def proxied_certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return self_signed(tmp_path_factory.mktemp("tls-proxied"), PROXIED, f"DNS:{PROXIED}")
+
+
+class ForwardProxy:
+    """A minimal HTTP proxy: CONNECT tunnels (to 127.0.0.1 for PROXIED), and absolute-form
+    requests, which it answers itself; what it was asked is kept in `seen`."""
+
+    def __init__(self, password: str | None = None) -> None:
+        self.password = password
+        self.seen: list[bytes] = []
+        self.port = 0
+
+    async def __aenter__(self) -> ForwardProxy:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *_: Any) -> None:
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            self.seen.append(head)
+            if self.password is not None and f"Basic {self.password}".encode() not in head:
+                writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n")
+                return
+            method, target, _ = head.split(b" ", 2)
+            if method != b"CONNECT":
+                writer.write(ok(b"answered by the proxy for " + target))
+                await writer.drain()
+                return
+            port = int(target.rsplit(b":", 1)[1])
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+            async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+                with contextlib.suppress(ConnectionError):
+                    while data := await src.read(65536):
+                        dst.write(data)
+                        await dst.drain()
+                dst.close()
+
+            try:
+                await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+            finally:
+                up_writer.close()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+def test_an_https_upstream_is_reached_through_a_connect_tunnel(
+    run: Any, proxied_certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Behind a corporate proxy the SDK reaches the API (httpx reads HTTPS_PROXY) and llmtap,
+    which connected directly, did not: TLS now goes end to end inside a CONNECT tunnel."""
+    cert, key = proxied_certificate
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert, key)
+    trusting = ssl.create_default_context(cafile=str(cert))
+
+    async def main() -> None:
+        async with (
+            Server(answer_each(ok(b"secret")), tls=server_side) as s,
+            ForwardProxy(password=base64.b64encode(b"me:p@ss").decode()) as p,
+        ):
+            monkeypatch.setenv("HTTPS_PROXY", f"http://me:p%40ss@127.0.0.1:{p.port}")
+            c = client()
+            url = f"https://{PROXIED}:{s.port}/v1"
+            for _ in range(2):
+                assert (await get(c, url, ssl_context=trusting))[1] == b"secret"
+            assert len(p.seen) == 1 and s.connections == 1  # one tunnel, kept alive
+            assert p.seen[0].startswith(f"CONNECT {PROXIED}:{s.port} HTTP/1.1".encode())
+            assert b"secret" not in p.seen[0] and b"/v1" not in p.seen[0]  # TLS inside
+            monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{p.port}")  # no password
+            refused = client()
+            with pytest.raises(UpstreamError, match="refused the tunnel: HTTP/1.1 407"):
+                await get(refused, url, ssl_context=trusting)
+            await refused.close()
+            await c.close()
+
+    run(main())
+
+
+def test_an_http_upstream_goes_to_the_proxy_with_its_absolute_url(
+    run: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def main() -> None:
+        async with ForwardProxy(password=base64.b64encode(b"u:").decode()) as p:
+            monkeypatch.setenv("HTTP_PROXY", f"u@127.0.0.1:{p.port}")  # (no scheme: http)
+            c = client()
+            _, body = await get(c, f"http://{PROXIED}:8000/v1")
+            await c.close()
+            assert (
+                body
+                == f"answered by the proxy for http://{PROXIED}:8000/v1/chat/completions".encode()
+            )
+            assert f"Host: {PROXIED}:8000".encode() in p.seen[0]
+
+    run(main())
+
+
+def test_no_proxy_and_this_machine_go_direct(run: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # a dead proxy: used, it fails
+    monkeypatch.setenv("NO_PROXY", "proxied.test")
+    assert Origin.parse(f"http://{PROXIED}/v1").via is None  # a domain suffix in NO_PROXY
+    assert Origin.parse("http://api.elsewhere.test/v1").via is not None
+    monkeypatch.delenv("NO_PROXY")
+    for local in ("localhost", "127.0.0.1", "[::1]"):
+        assert Origin.parse(f"http://{local}:8000/v1").via is None
+
+    async def main() -> None:
+        async with Server(answer_each(ok(b"direct"))) as s:
+            c = client()
+            assert (await get(c, s.url))[1] == b"direct"
+            await c.close()
+
+    run(main())
+    monkeypatch.setenv("HTTPS_PROXY", "https://proxy.example:3128")
+    with pytest.raises(UpstreamError, match="only http:// proxies"):
+        Origin.parse("https://api.openai.com/v1")
