@@ -42,17 +42,20 @@ def replay_speed(timing: str) -> float | None:
 
 def _check_upstream(url: str) -> None:
     # `127.0.0.1:8000/v1` (no scheme) is the usual slip: said at start, not as a 502 per call
+    from llmtap.proxy.upstream_client import shown_url  # (its module imports much more)
+
     url = url.strip()  # (as Settings keeps it)
+    shown = shown_url(url)  # never its password, in a message printed at start
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() not in ("http", "https") or not rest.strip("/"):
-        raise ValueError(f"upstream must be an http:// or https:// URL, not {url!r}")
+        raise ValueError(f"upstream must be an http:// or https:// URL, not {shown!r}")
     try:  # a port past 65535 or not a number, an unclosed IPv6 bracket: at start too
         parts = urlsplit(url)
         parts.port  # noqa: B018 - read for the ValueError it raises
     except ValueError as exc:
-        raise ValueError(f"upstream {url!r} is not a URL llmtap can use: {exc}") from None
+        raise ValueError(f"upstream {shown!r} is not a URL llmtap can use: {exc}") from None
     if not parts.hostname:
-        raise ValueError(f"upstream {url!r} names no host")
+        raise ValueError(f"upstream {shown!r} names no host")
 
 
 def _check_db(path: str) -> None:

@@ -15,7 +15,9 @@ import brotli
 import httpx
 import orjson
 import pytest
+from click.testing import CliRunner
 
+from llmtap.proxy.cli import main
 from tests.conftest import Proxy
 from tests.raw_upstream import Received, json_reply, raw_upstream
 
@@ -334,16 +336,18 @@ def test_a_garbled_error_event_is_relayed_and_recorded(start_proxy: Callable[...
     assert span["status_code"] == "ERROR" and "not JSON" in span["status_message"]
 
 
-def test_an_upstream_url_that_does_not_parse_is_a_502_per_request(
+def test_an_upstream_url_that_does_not_parse_is_refused_at_start_without_its_password(
     start_proxy: Callable[..., Proxy],
 ) -> None:
-    """`--upstream 'http://u:secret@[::1/v1'` (an unclosed bracket): llmtap starts, and each
-    request gets a 502 naming the upstream without its password (before this session's own
-    redaction was fixed, showing it raised at startup)."""
-    proxy = start_proxy(upstream="http://admin:secret9@[::1/v1")
-    answer = httpx.post(f"{proxy.base_url}/chat/completions", json=CHAT)
-    assert answer.status_code == 502
-    assert "secret9" not in answer.text and "***@[::1" in answer.text
+    """`--upstream 'http://u:secret@[::1/v1'` (an unclosed bracket): refused at start (each
+    request got a 502 before), naming the upstream without its password."""
+    with pytest.raises(ValueError, match="is not a URL llmtap can use") as refused:
+        start_proxy(upstream="http://admin:secret9@[::1/v1")
+    assert "secret9" not in str(refused.value) and "***@[::1" in str(refused.value)
+    result = CliRunner().invoke(
+        main, ["serve", "--print-config", "--upstream", "ftp://admin:secret9@host/v1"]
+    )
+    assert result.exit_code == 2 and "secret9" not in result.output
 
 
 def test_a_compressed_request_that_expands_past_the_cap_is_shown_as_sent() -> None:
