@@ -158,18 +158,7 @@ class Settings:
 
     @property
     def allowed_host_names(self) -> tuple[str, ...]:
-        """The names in `allowed_hosts`, without a port (`proxy.example.org:8443` is the name
-        `proxy.example.org`: a Host is compared without its port, so it never matched)."""
-        return tuple(
-            _without_port(h.strip().lower()) for h in self.allowed_hosts.split(",") if h.strip()
-        )
-
-
-def _without_port(name: str) -> str:
-    if name.startswith("["):  # an IPv6 address, `[::1]:8443`
-        return name[: name.index("]") + 1] if "]" in name else name
-    head, colon, port = name.rpartition(":")
-    return head if colon and port.isdigit() and ":" not in head else name
+        return tuple(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())
 
 
 def check_setting(name: str, value: Any) -> None:

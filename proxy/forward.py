@@ -100,8 +100,8 @@ class Forwarder:
             self.key_salt = await asyncio.to_thread(key_salt_of, s.db)
         try:
             self.origin = Origin.parse(s.upstream)
-        except UpstreamError as exc:  # said on each request, as a 502 naming the upstream
-            self.origin_error = exc
+        except UpstreamError as exc:  # `llmtap serve` says it at start; in process (the
+            self.origin_error = exc  # pytest plugin, predict) each request says it, as a 502
         self.client = UpstreamClient(connect_timeout=s.connect_timeout, read_timeout=s.read_timeout)
 
     async def close(self) -> None:

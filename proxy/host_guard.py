@@ -59,6 +59,20 @@ def host_name(authority: bytes) -> bytes:
     return authority.partition(b":")[0]
 
 
+def _as_in_host(name: str) -> str:
+    """An IPv6 address in brackets, as a Host header has it (`fd00::5` is `[fd00::5]`)."""
+    if name.startswith("[") or name.count(":") < 2:
+        return name
+    return f"[{name}]"
+
+
+def is_loopback_name(name: str) -> bool:
+    """Whether a host name or address is this machine: `localhost`, or any loopback address,
+    in any form (`127.1`, `[::ffff:127.0.0.1]`)."""
+    lowered = name.lower().rstrip(".")
+    return lowered in ("localhost", "localhost6") or _is_loopback(lowered.encode("latin-1"))
+
+
 def _is_loopback(name: bytes) -> bool:
     text = name.decode("latin-1").strip("[]")
     try:
@@ -77,9 +91,9 @@ class HostGuard:
 
     def __init__(self, settings: Settings) -> None:
         listed = settings.allowed_host_names
-        own = settings.host.lower()
-        own = f"[{own.strip('[]')}]" if ":" in own else own  # an IPv6 address, as a Host has it
-        self.listed = frozenset(name.encode() for name in listed)
+        own = _as_in_host(settings.host.lower())
+        # as a Host is compared: without its port (`proxy.example.org:8443` never matched)
+        self.listed = frozenset(host_name(_as_in_host(name).encode()) for name in listed)
         self.names = self.listed | {*LOOPBACK_NAMES, own.encode()}
         self.checks_host = "*" not in listed and (
             bool(listed) or listens_on_loopback(settings.host)

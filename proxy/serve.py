@@ -10,10 +10,14 @@ import click
 from llmtap.proxy.app import create_app, install_log_filters, uvicorn_kwargs
 from llmtap.proxy.config import Settings
 from llmtap.proxy.server import bind_socket, make_server, url_of
-from llmtap.proxy.upstream_client import shown_url
+from llmtap.proxy.upstream_client import Origin, UpstreamError, shown_url
 
 
 def run_server(settings: Settings) -> None:
+    try:  # what the upstream client makes of the URL and the environment's proxy, said now
+        Origin.parse(settings.upstream)
+    except UpstreamError as exc:
+        raise click.ClickException(str(exc)) from exc
     try:
         sock = bind_socket(settings.host, settings.port)
     except OSError as exc:

@@ -5,8 +5,10 @@ Behind a corporate proxy a direct SDK call works (httpx reads `HTTPS_PROXY`, `HT
 upstream client now goes the same way: an `https://` upstream through a `CONNECT` tunnel (TLS
 end to end, the proxy sees the host name only), an `http://` upstream through the proxy with
 the request's absolute URL on its request line (RFC 9112 3.2.2). Credentials in the proxy's
-URL go as `Proxy-Authorization: Basic`. `NO_PROXY` is read as urllib reads it (names, domain
-suffixes, `*`); an upstream on this machine (loopback) never goes through a proxy.
+URL go as `Proxy-Authorization: Basic`. `ALL_PROXY` stands in for a scheme's own, as in httpx.
+`NO_PROXY` is read as urllib reads it (names, domain suffixes, `*`), and its networks
+(`10.0.0.0/8`) as httpx reads them; an upstream on this machine (loopback) never goes through
+a proxy.
 
 Only `http://` proxies are supported: an `https://` proxy URL (TLS to the proxy itself) is
 refused at start with a message, not ignored.
@@ -17,10 +19,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import ipaddress
+import os
 import socket
 import urllib.request
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
+
+from llmtap.proxy.host_guard import is_loopback_name
 
 MAX_CONNECT_HEAD = 64 * 1024
 """Bytes of a proxy's answer to CONNECT before its blank line, at most."""
@@ -46,10 +51,11 @@ class Via:
 def via_from_environment(scheme: str, host: str) -> Via | None:
     """The proxy the environment names for an upstream `scheme://host`, or None (none set, the
     host in NO_PROXY, or on this machine). ValueError for a proxy URL llmtap cannot use."""
-    if _is_loopback(host):
+    if is_loopback_name(host):
         return None
-    url = urllib.request.getproxies().get(scheme)
-    if not url or urllib.request.proxy_bypass(host):
+    proxies = urllib.request.getproxies()
+    url = proxies.get(scheme) or proxies.get("all")  # ALL_PROXY, as httpx takes it
+    if not url or urllib.request.proxy_bypass(host) or _in_no_proxy_network(host):
         return None
     if "://" not in url:
         url = "http://" + url  # `HTTPS_PROXY=proxy:3128`, as curl and httpx take it
@@ -68,13 +74,21 @@ def via_from_environment(scheme: str, host: str) -> Via | None:
     return Via(parts.hostname, port, authorization, f"{shown_host}:{port}")
 
 
-def _is_loopback(host: str) -> bool:
-    if host.lower().rstrip(".") in ("localhost", "localhost6"):
-        return True
+def _in_no_proxy_network(host: str) -> bool:
+    """Whether `host`, an IP address, is in a network NO_PROXY lists (`10.0.0.0/8`), which
+    httpx honours and urllib's `proxy_bypass` does not."""
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return False
+    listed = os.environ.get("no_proxy") or os.environ.get("NO_PROXY") or ""
+    for entry in listed.split(","):
+        try:
+            if "/" in entry and address in ipaddress.ip_network(entry.strip(), strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
 
 
 async def open_tunnel(sock: socket.socket, via: Via, host_header: str) -> None:

@@ -196,6 +196,12 @@ def test_spaces_around_the_upstream_are_not_part_of_it(tmp_path: Path) -> None:
 
 
 def test_an_allowed_host_given_with_its_port_is_its_name() -> None:
-    """A Host is compared without its port: `proxy.example.org:8443` never matched."""
-    settings = Settings(allowed_hosts="Proxy.Example.org:8443, [::1]:80, plain")
-    assert settings.allowed_host_names == ("proxy.example.org", "[::1]", "plain")
+    """A Host is compared without its port: `proxy.example.org:8443` never matched, nor did
+    an IPv6 address written without brackets."""
+    from llmtap.proxy.host_guard import HostGuard
+
+    guard = HostGuard(Settings(allowed_hosts="Proxy.Example.org:8443, [fd00::6]:80, fd00::5"))
+    assert guard.listed == {b"proxy.example.org", b"[fd00::6]", b"[fd00::5]"}
+    for host in (b"proxy.example.org:8443", b"PROXY.example.org", b"[fd00::5]:8787"):
+        assert guard.refusal([(b"host", host)]) is None, host
+    assert guard.refusal([(b"host", b"evil.example")]) is not None

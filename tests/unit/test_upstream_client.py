@@ -18,7 +18,9 @@ from typing import Any
 
 import pytest
 import uvloop
+from click.testing import CliRunner
 
+from llmtap.proxy.cli import main as llmtap_cli
 from llmtap.proxy.upstream_client import (
     Origin,
     Response,
@@ -898,3 +900,14 @@ def test_no_proxy_and_this_machine_go_direct(run: Any, monkeypatch: pytest.Monke
     monkeypatch.setenv("HTTPS_PROXY", "https://proxy.example:3128")
     with pytest.raises(UpstreamError, match="only http:// proxies"):
         Origin.parse("https://api.openai.com/v1")
+    refused = CliRunner().invoke(llmtap_cli, ["serve", "--port", "0", "--db", "unused.db"])
+    assert refused.exit_code == 1 and "only http:// proxies" in refused.output  # at start
+    # as httpx reads them: ALL_PROXY for any scheme, and NO_PROXY's networks
+    monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.delenv("HTTP_PROXY")
+    monkeypatch.setenv("ALL_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "10.0.0.0/8")
+    assert Origin.parse("https://api.openai.com/v1").via is not None
+    assert Origin.parse("http://10.1.2.3:8000/v1").via is None
+    assert Origin.parse("http://11.1.2.3:8000/v1").via is not None
+    assert Origin.parse("http://127.1:8000/v1").via is None  # loopback in any form
