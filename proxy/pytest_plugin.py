@@ -18,10 +18,10 @@ a folder per class (`<module>/TestChat/test_x.yaml`), as its node id has a `::` 
 `-` and 8 hex of a hash of the name as written, so that `[a b]` and `[a_b]` stay apart.
 A name longer than `MAX_STEM` is cut and given its hash too. Two tests that would still share
 a file stop the run at collection. A replay miss fails its test, also when the code under test
-caught the 404. Recording a test that made no request removes its cassette (and warns: its
-client may have been made before the fixture); an upstream's 401 to the dummy key (auto with no
-key) is not kept. After the run (pytest-xdist's workers included), the terminal summary lists
-recordings that no test used (replay and auto).
+caught the 404. Recording a test that made no request removes its cassette (the summary says
+so: its client may have been made before the fixture); an upstream's 401 to the dummy key
+(auto with no key) is not kept. After the run (pytest-xdist's workers included), the terminal
+summary lists recordings that no test used (replay and auto).
 
 Imports are lazy: installing llmtap must cost other test suites nothing.
 """
@@ -32,7 +32,6 @@ import functools
 import hashlib
 import os
 import re
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +45,7 @@ if TYPE_CHECKING:
     from llmtap.recorder.replay import ReplayIndex
 
 DUMMY_KEY = "sk-llmtap-replay-no-key-needed"
+_REMOVED_PROPERTY = "llmtap_removed_cassette"
 _UNUSED_PROPERTY = "llmtap_unused_recordings"
 """A test's unused recordings travel in its report's user properties: from a pytest-xdist
 worker to the controller, which prints the summary."""
@@ -109,6 +109,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.stash[_FOLDER] = _cassette_folder(config)
     _unused_counts.clear()  # (a second session in one process: pytester's inline runs)
+    _removed.clear()
 
 
 def _cassette_folder(config: pytest.Config) -> Path | None:
@@ -127,15 +128,20 @@ def _cassette_folder(config: pytest.Config) -> Path | None:
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    """Unused recordings from each test's teardown report, here or from an xdist worker."""
+    """Unused recordings and removed cassettes from each test's teardown report, here or
+    from an xdist worker."""
     if report.when == "teardown":
         for name, value in report.user_properties:
             if name == _UNUSED_PROPERTY:
                 _unused_counts[report.nodeid] = int(value)
+            elif name == _REMOVED_PROPERTY:
+                _removed[report.nodeid] = str(value)
 
 
 _unused_counts: dict[str, int] = {}
 """(The logreport hook is given no config: the counts of this pytest process.)"""
+_removed: dict[str, str] = {}
+"""Cassettes removed because their test made no request through llmtap while recording."""
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -380,16 +386,9 @@ def llmtap(
                 # the test passed without calling the API: it calls it no more (one that
                 # failed or skipped before its call keeps its recordings)
                 cassette.unlink()
-                warnings.warn(
-                    pytest.PytestWarning(
-                        f"llmtap: {request.node.nodeid} made no request through llmtap "
-                        f"while recording, so its cassette {cassette} was removed. If it "
-                        "does call the API, its client was made before the llmtap "
-                        "fixture (at import, or in a fixture of wider scope) and went "
-                        "to the API directly"
-                    ),
-                    stacklevel=1,
-                )
+                # said in the summary, not as a warning (`filterwarnings = error` made the
+                # test an error in its teardown, the cassette already gone)
+                request.node.user_properties.append((_REMOVED_PROPERTY, str(cassette)))
 
 
 def _requests_made(db: Path) -> bool:
@@ -427,9 +426,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    unused = _unused_counts
-    if not unused:
-        return
-    terminalreporter.section("llmtap: recordings no test used")
-    for nodeid, count in sorted(unused.items()):
-        terminalreporter.write_line(f"{nodeid}: {count} unused recording(s)")
+    if _removed:
+        terminalreporter.section("llmtap: cassettes removed")
+        for nodeid, cassette in sorted(_removed.items()):
+            terminalreporter.write_line(f"{nodeid}: {cassette}")
+        terminalreporter.write_line(
+            "these tests made no request through llmtap while recording. If one does call the "
+            "API, its client was made before the llmtap fixture (at import, or in a fixture of "
+            "wider scope) and went to the API directly"
+        )
+    if _unused_counts:
+        terminalreporter.section("llmtap: recordings no test used")
+        for nodeid, count in sorted(_unused_counts.items()):
+            terminalreporter.write_line(f"{nodeid}: {count} unused recording(s)")

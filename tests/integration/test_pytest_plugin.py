@@ -515,18 +515,23 @@ def test_no_call(llmtap):
 def test_recording_a_test_that_made_no_call_through_llmtap_says_so(
     pytester: pytest.Pytester, upstream_server: ServerThread
 ) -> None:
-    """Its cassette is removed (the test calls the API no more), with a warning: a client made
-    before the fixture, at import or in a wider fixture, goes to the API directly."""
+    """Its cassette is removed (the test calls the API no more), and the summary says so: a
+    client made before the fixture, at import or in a wider fixture, goes to the API directly."""
     folder = pytester.path / "cassettes" / "test_llm"
     folder.mkdir(parents=True)
     (folder / "test_no_call.yaml").write_text("exchanges: []\n")
     pytester.makepyfile(test_llm=NO_CALL_THROUGH_LLMTAP)
     result = pytester.runpytest_subprocess(
-        "--llmtap-mode=record", f"--llmtap-upstream={upstream_server.url}/v1"
+        "--llmtap-mode=record",
+        f"--llmtap-upstream={upstream_server.url}/v1",
+        "-W",
+        "error",  # a warning in the fixture's teardown was an error then
     )
-    result.assert_outcomes(passed=1, warnings=1)
+    result.assert_outcomes(passed=1)
     assert not (folder / "test_no_call.yaml").exists()
-    assert "made no request through llmtap while recording" in result.stdout.str()
+    out = result.stdout.str()
+    assert "llmtap: cassettes removed" in out and "test_no_call.yaml" in out
+    assert "made no request through llmtap while recording" in out
 
 
 TWICE = (
