@@ -27,7 +27,7 @@ first) and lives in the writer process only.
 
 from __future__ import annotations
 
-import re
+import ast
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Any
@@ -175,7 +175,8 @@ a Python list: `Calling tools:\n[{'id': 'call_1', 'type': 'function', ...}]`), a
 as the user message after it: `Observation:\n...`, or `Call id: ...\nError:\n...` for a
 tool that failed. No `tool` message is ever sent (its OpenAIServerModel, ToolCallingAgent)."""
 _TEXT_RESULTS = ("Observation:\n", "Call id: ")
-_TEXT_CALL_ID = re.compile(r"""['"]id['"]: ['"]([^'"\\]{1,256})['"]""")
+_TEXT_CALLS_AT_MOST = 1 << 20
+"""Characters of smolagents' list of calls read at most: a longer one is not linked."""
 
 
 def _texts(message: Any) -> list[str]:
@@ -199,8 +200,22 @@ def _text_tool_results(messages: list[Any]) -> list[tuple[str, Any]]:
     if not results or not calls:
         return []
     result = results[0].removeprefix("Observation:\n")
-    ids = dict.fromkeys(m.group(1) for m in _TEXT_CALL_ID.finditer(calls[-1]))
-    return [(cid, result) for cid in ids]
+    return [(cid, result) for cid in _text_call_ids(calls[-1].removeprefix(_TEXT_CALLS))]
+
+
+def _text_call_ids(listed: str) -> list[str]:
+    """The ids of the calls in smolagents' Python list (`[{'id': 'call_1', ...}, ...]`), each
+    call's own `id` only (an argument named `id` is no call's); none when it does not read."""
+    if len(listed) > _TEXT_CALLS_AT_MOST:  # (the literal is parsed whole)
+        return []
+    try:
+        calls = ast.literal_eval(listed.strip())
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return []
+    if not isinstance(calls, list):
+        return []
+    ids = (c.get("id") for c in calls if isinstance(c, dict))
+    return list(dict.fromkeys(i for i in ids if isinstance(i, str)))
 
 
 def _is_chat_result(message: Any) -> bool:

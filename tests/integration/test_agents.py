@@ -647,6 +647,13 @@ def test_smolagents_text_form_of_a_tool_turn() -> None:
         "Call id: call_a\nError:\nno such city",
     )
     assert tool_results({"messages": [*conversation, calls, seen, text("user", "New task")]}) == []
+    with_an_id_argument = text(
+        "assistant",
+        "Calling tools:\n[{'id': 'call_c', 'type': 'function', 'function': {'name': 'ship', "
+        "'arguments': {'id': 'ord_77'}}}]",
+    )
+    shipped = {"messages": [*conversation, with_an_id_argument, text("user", "Observation:\nok")]}
+    assert tool_results(shipped) == [("call_c", "ok")]  # not the argument's `id`
     assert tool_results({"messages": [*conversation, text("assistant", "Observation:\nx")]}) == []
     assert tool_results({"messages": [text("assistant", "Calling tools: none"), seen]}) == []
 
