@@ -104,8 +104,7 @@ def _dump(value: Any) -> str:
 
 def _body(data: bytes) -> dict[str, Any]:
     """`json:` a JSON body as YAML when that gives back the very same bytes (compact JSON, as
-    OpenAI streams and SDKs send it); else `body:` the text when YAML gives it back as it is,
-    or the bytes (YAML's !!binary)."""
+    OpenAI streams and SDKs send it); else `body:` the text, or the bytes (YAML's !!binary)."""
     try:
         value = orjson.loads(data)
         if (
@@ -117,15 +116,9 @@ def _body(data: bytes) -> dict[str, Any]:
     except (orjson.JSONDecodeError, yaml.YAMLError):
         pass
     try:
-        text = data.decode("utf-8")
+        return {"body": data.decode("utf-8")}  # (`_text` writes it so that YAML gives it back)
     except UnicodeDecodeError:
         return {"body": data}
-    try:  # the text as YAML gives back the very same text, or the bytes go as they are
-        if yaml.safe_load(_dump({"body": text}))["body"] == text:
-            return {"body": text}
-    except yaml.YAMLError:
-        pass
-    return {"body": data}
 
 
 def _raw(side: dict[str, Any]) -> bytes:
