@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import click
+
 from llmtap.recorder.records import Mode
 
 
@@ -185,6 +187,9 @@ def check_setting(name: str, value: Any) -> None:
         meta["check"](value)
 
 
+_CLICK_TYPES: dict[type, click.ParamType] = {int: click.INT, float: click.FLOAT}
+
+
 def environment_settings(names: Iterable[str]) -> dict[str, Any]:
     """The settings among `names` that an `LLMTAP_<NAME>` environment variable gives, read as
     `llmtap serve` reads them (a switch takes true/false, 1/0, yes/no, on/off; an empty value
@@ -195,27 +200,16 @@ def environment_settings(names: Iterable[str]) -> dict[str, Any]:
         if raw is None or raw == "":
             continue
         default = _FIELDS[name].default
+        # click's own types, as `llmtap serve`'s options read the same variables
+        kind = click.BOOL if isinstance(default, bool) else _CLICK_TYPES.get(type(default))
         try:
-            if isinstance(default, bool):
-                value: Any = _switch(raw)
-            elif type(default) in (int, float):
-                value = type(default)(raw.strip())
-            else:
-                value = raw
+            value = (kind or click.STRING).convert(raw, None, None)
             check_setting(name, value)
-        except ValueError as exc:
-            raise ValueError(f"LLMTAP_{name.upper()}: {exc}") from None
+        except (ValueError, click.BadParameter) as exc:
+            message = exc.format_message() if isinstance(exc, click.BadParameter) else exc
+            raise ValueError(f"LLMTAP_{name.upper()}: {message}") from None
         found[name] = value
     return found
-
-
-def _switch(raw: str) -> bool:
-    word = raw.strip().lower()
-    if word in ("1", "true", "t", "yes", "y", "on"):
-        return True
-    if word in ("0", "false", "f", "no", "n", "off"):
-        return False
-    raise ValueError(f"{raw!r} is not a boolean")
 
 
 def setting_fields() -> list[Any]:

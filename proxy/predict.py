@@ -53,9 +53,10 @@ variables of MLflow's default templates, `messages` and `input` the request's ow
 (what `log_input_examples` stores); a row with none of them gives its first string column."""
 EMBEDDINGS_BATCH = 2048
 """The most inputs OpenAI's embeddings endpoint takes in one request: more rows go in several."""
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-"""Answers that say "not now" rather than "no": a rate limit, an upstream failing for a moment,
-and llmtap's own 502/504 when it could not reach the upstream (a connection error)."""
+RETRY_STATUSES = frozenset({408, 409, 429})
+"""Answers that say "not now" rather than "no", besides every 5xx (an upstream failing for a
+moment, and llmtap's own 502/504 when it could not reach it): a timeout, a lock conflict, a
+rate limit. The OpenAI SDK's list (`_should_retry`), as is its `x-should-retry` header."""
 MAX_RETRIES = 2
 """Retries of a call after its first attempt (the OpenAI SDK's default, `DEFAULT_MAX_RETRIES`)."""
 FIRST_RETRY_WAIT = 0.5
@@ -299,10 +300,11 @@ async def run_prediction(
         )
     if calls.failed:  # the first failure, not a row stopped after it
         raise calls.failed[0]
-    for result in results:  # (a row cancelled)
-        if isinstance(result, BaseException):
+    answered: list[tuple[list[Any], str | None]] = []
+    for result in results:
+        if isinstance(result, BaseException):  # (a row cancelled)
             raise result
-    answered = [result for result in results if not isinstance(result, BaseException)]
+        answered.append(result)
     values = [value for answer, _ in answered for value in answer]
     return Prediction(values, [trace_id for _, trace_id in answered if trace_id is not None])
 
@@ -393,12 +395,13 @@ def retry_wait(response: httpx.Response | None, attempt: int) -> float | None:
     first) got `response` (None: no answer, a connection error); None: do not send it again.
 
     As the OpenAI SDK does (`_should_retry`, `_calculate_retry_timeout`): up to MAX_RETRIES
-    retries of RETRY_STATUSES and connection errors, after the `retry-after-ms` or
+    retries of RETRY_STATUSES, 5xx (as `x-should-retry` says, when it does) and connection
+    errors, after the `retry-after-ms` or
     `retry-after` the upstream asked for, else after an exponential backoff with jitter; a
     wait asked for beyond MAX_RETRY_WAIT is not made, and the answer stands."""
     if attempt >= MAX_RETRIES:
         return None
-    if response is not None and response.status_code not in RETRY_STATUSES:
+    if response is not None and not _retryable(response):
         return None
     asked = retry_after(response.headers) if response is not None else None
     if asked is not None and asked > MAX_RETRY_WAIT:
@@ -407,6 +410,13 @@ def retry_wait(response: httpx.Response | None, attempt: int) -> float | None:
         return asked
     backoff = min(FIRST_RETRY_WAIT * 2**attempt, MAX_RETRY_WAIT)
     return backoff * (1 - 0.25 * random.random())  # jitter: rows refused together part
+
+
+def _retryable(response: httpx.Response) -> bool:
+    told = response.headers.get("x-should-retry")  # the server's word first, as in the SDK
+    if told in ("true", "false"):
+        return told == "true"
+    return response.status_code in RETRY_STATUSES or response.status_code >= 500
 
 
 def retry_after(headers: httpx.Headers) -> float | None:

@@ -133,8 +133,9 @@ def test_a_call_still_failing_after_two_retries_fails_the_prediction(
     [
         refusal("429 Too Many Requests", b"retry-after: 60\r\n"),  # longer than predict waits
         refusal("400 Bad Request"),  # a refusal that would come again
+        refusal("503 Service Unavailable", b"x-should-retry: false\r\n"),  # the server says so
     ],
-    ids=["long-retry-after", "400"],
+    ids=["long-retry-after", "400", "x-should-retry-false"],
 )
 def test_what_a_retry_would_not_mend_is_not_retried(
     start_proxy: Callable[..., Proxy], reply: bytes
@@ -144,7 +145,22 @@ def test_what_a_retry_would_not_mend_is_not_retried(
         started = time.monotonic()
         answer = predict(proxy, "hi")
         assert len(upstream.received) == 2
-    assert answer.status_code in (429, 400) and time.monotonic() - started < 5
+    assert answer.status_code in (429, 400, 503) and time.monotonic() - started < 5
+
+
+def test_a_conflict_and_a_timeout_are_retried_as_the_sdk_retries_them(
+    start_proxy: Callable[..., Proxy],
+) -> None:
+    """408 and 409 besides 429 and 5xx, as the OpenAI SDK's `_should_retry`."""
+    with scripted(
+        json_reply(completion("recorded")),
+        refusal("409 Conflict", b"retry-after-ms: 10\r\n"),
+        refusal("408 Request Timeout", b"retry-after-ms: 10\r\n"),
+        json_reply(completion("third time")),
+    ) as upstream:
+        proxy = recorded_version(start_proxy, f"{upstream.url}/v1")
+        answer = predict(proxy, "hi")
+    assert answer.status_code == 200 and answer.json()["predictions"] == ["third time"]
 
 
 def closed_port_url() -> str:
