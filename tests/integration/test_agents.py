@@ -278,6 +278,12 @@ async def same_ids_upstream(scope: dict[str, Any], receive: Any, send: Any) -> N
     await answer_json(send, answer)
 
 
+def two_rounds_client(proxy: Proxy) -> OpenAI:
+    """A client of `same_ids_upstream` asking for two rounds of tool calls a run."""
+    rounds = {"x-test-rounds": "2"}
+    return OpenAI(base_url=proxy.base_url, api_key=TEST_KEY, max_retries=0, default_headers=rounds)
+
+
 def test_every_run_gets_its_tool_spans_though_the_upstream_reuses_call_ids(
     start_proxy: Any,
 ) -> None:
@@ -299,10 +305,7 @@ def test_the_same_run_twice_with_ids_numbered_per_answer_is_two_runs(start_proxy
     taken for the answer to that call (the first run got 9 spans, the second 1)."""
     with ServerThread(same_ids_upstream) as upstream:
         proxy = start_proxy(upstream=f"{upstream.url}/v1")
-        rounds = {"x-test-rounds": "2"}
-        with OpenAI(
-            base_url=proxy.base_url, api_key=TEST_KEY, max_retries=0, default_headers=rounds
-        ) as c:
+        with two_rounds_client(proxy) as c:
             assert run_chat_agent(c, "weather in Oslo") == run_chat_agent(c, "weather in Oslo")
         runs = traces(proxy)
     assert len(runs) == 2
@@ -542,10 +545,7 @@ def test_runs_going_at_once_stay_apart_over_several_rounds_of_the_same_call_ids(
     them: the runs merged and a TOOL span was lost (a review with pydantic-ai, every attempt)."""
     with ServerThread(same_ids_upstream) as upstream:
         proxy = start_proxy(upstream=f"{upstream.url}/v1")
-        headers = {"x-test-rounds": "2"}
-        with OpenAI(
-            base_url=proxy.base_url, api_key=TEST_KEY, max_retries=0, default_headers=headers
-        ) as c:
+        with two_rounds_client(proxy) as c:
             runs = {
                 city: [{"role": "user", "content": f"weather in {city}"}]
                 for city in ("Oslo", "Lima")
