@@ -73,3 +73,21 @@ def json_reply(body: bytes, status: str = "200 OK", extra: bytes = b"") -> bytes
         + f"content-length: {len(body)}\r\n\r\n".encode()
         + body
     )
+
+
+def chat_completion_body(text: str, input_tokens: int = 1, output_tokens: int = 1) -> dict:
+    """A non-streamed `chat.completion` answering `text`, as OpenAI writes one."""
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o-mini",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        ],
+        "usage": {
+            "prompt_tokens": input_tokens,
+            "completion_tokens": output_tokens,
+            "total_tokens": input_tokens + output_tokens,
+        },
+    }

@@ -19,29 +19,14 @@ from click.testing import CliRunner
 
 from llmtap.proxy.cli_models import predict as predict_command
 from tests.conftest import TEST_KEY, Proxy
-from tests.raw_upstream import RawUpstream, Received, json_reply, raw_upstream
+from tests.raw_upstream import RawUpstream, Received, chat_completion_body, json_reply, raw_upstream
 
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
 
 
 def completion(text: str) -> bytes:
-    return orjson.dumps(
-        {
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "created": 1,
-            "model": "gpt-4o-mini",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-        }
-    )
+    return orjson.dumps(chat_completion_body(text))
 
 
 def refusal(status: str, extra: bytes = b"") -> bytes:

@@ -14,21 +14,9 @@ from llmtap.recorder.recording import Recording
 from llmtap.recorder.records import RequestContext
 from llmtap.recorder.sqlite import SqliteStore, checkpoint, checkpoint_connection
 from llmtap.recorder.tracing import build_batch
+from tests.raw_upstream import chat_completion_body
 
-CHAT = {
-    "id": "chatcmpl-1",
-    "object": "chat.completion",
-    "created": 1,
-    "model": "gpt-4o-mini",
-    "choices": [
-        {
-            "index": 0,
-            "message": {"role": "assistant", "content": "hi \u00e9 \U0001f600 \u6f22"},
-            "finish_reason": "stop",
-        }
-    ],
-    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
-}
+CHAT = chat_completion_body("hi \u00e9 \U0001f600 \u6f22", input_tokens=3)
 
 
 def chat_recording(ctx: RequestContext | None = None, status: int = 200) -> Recording:
