@@ -10,6 +10,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from llmtap.proxy.conversation import Message, SpanView, readable, show_first_history
+
 
 def _console(soft_wrap: bool = False) -> Console:
     return Console(soft_wrap=soft_wrap, highlight=False)
@@ -92,6 +94,68 @@ def _span_facts(attrs: dict[str, Any]) -> list[str]:
     return facts
 
 
+MESSAGE_SHOWN = 600
+"""Characters of one message's text `llmtap trace` prints (the whole is in `--json`)."""
+
+
+def _cut(text: str, limit: int = MESSAGE_SHOWN) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _compact(arguments: str) -> str:
+    """Tool arguments on one line: the view indents them for the page."""
+    try:
+        return orjson.dumps(orjson.loads(arguments)).decode()
+    except orjson.JSONDecodeError:
+        return arguments
+
+
+def _indented(label: str, text: str) -> str:
+    """`label: text`, its further lines indented under the text."""
+    lines = _cut(text).splitlines() or [""]
+    pad = " " * (len(label) + 4)
+    return "\n".join([f"  {label}: {lines[0]}", *(pad + line for line in lines[1:])])
+
+
+def _message_lines(m: Message) -> list[str]:
+    role = m.role + (f" {m.name}" if m.name else "")
+    if m.tool_call_id:
+        role += f" [{m.tool_call_id}]"
+    lines = []
+    text = m.text + "".join(f" [{note}]" for note in m.notes)
+    if text or not m.tool_calls:
+        ends = f"  ({m.finish_reason})" if m.finish_reason and not m.tool_calls else ""
+        lines.append(_indented(role, text) + ends)
+    for call in m.tool_calls:
+        lines.append(_indented(f"{m.role} -> {call.name}", _compact(call.arguments)))
+    return lines
+
+
+def _view_lines(view: SpanView) -> list[str]:
+    """What a span said, as a conversation (see `llmtap.proxy.conversation`)."""
+    if view.tool is not None:
+        call = _indented(f"call {view.tool.name}", _compact(view.tool.arguments))
+        return [call, _indented("result", view.tool_result or "")]
+    if view.embedding:
+        return [f"  {view.embedding}"]
+    lines = []
+    if view.history:
+        earlier = len(view.history)
+        lines.append(f"  ({earlier} earlier message{'s' * (earlier != 1)})")
+    for m in view.messages:
+        lines.extend(_message_lines(m))
+    return lines
+
+
+def _agent_view(span: dict[str, Any]) -> SpanView:
+    """An agent run's root read as the call it sums up: what the run began with and its
+    latest answer (the page shows these on its calls; a terminal reads the root first)."""
+    inputs = span["inputs"] if isinstance(span["inputs"], dict) else {}
+    endpoint = "chat.completions" if "messages" in inputs else "responses"
+    as_call = {**span, "span_type": "CHAT_MODEL", "attributes": {"endpoint": endpoint}}
+    return readable(as_call)
+
+
 def print_trace(trace: dict[str, Any]) -> None:
     # long lines as they are: piped to grep or a file, rich cut recorded JSON at 80 columns
     console = _console(soft_wrap=True)
@@ -103,7 +167,12 @@ def print_trace(trace: dict[str, Any]) -> None:
         f"experiment={escape(info['experiment'])}  session={escape(info['session'] or '-')}  "
         f"tokens={info['usage']['total_tokens']}"
     )
-    for span in trace["spans"]:
+    spans = trace["spans"]
+    views = {
+        s["span_id"]: _agent_view(s) if s["span_type"] == "AGENT" else readable(s) for s in spans
+    }
+    show_first_history(spans, views)
+    for span in spans:
         ms = (span["end_time_ns"] - span["start_time_ns"]) / 1e6
         facts = "".join(f"  {fact}" for fact in _span_facts(span["attributes"]))
         console.print(
@@ -112,5 +181,8 @@ def print_trace(trace: dict[str, Any]) -> None:
         )
         if span["status"]["message"]:
             console.print(f"  [red]{escape(span['status']['message'])}[/red]")
-        console.print(f"  in:  {_preview(span['inputs'])}", markup=False)
-        console.print(f"  out: {_preview(span['outputs'])}", markup=False)
+        lines = _view_lines(views[span["span_id"]])
+        if not lines:  # nothing read as a conversation (another endpoint): its JSON
+            lines = [f"  in:  {_preview(span['inputs'])}", f"  out: {_preview(span['outputs'])}"]
+        for line in lines:
+            console.print(line, markup=False)

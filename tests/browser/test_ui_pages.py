@@ -9,8 +9,9 @@ import httpx
 import pytest
 from markupsafe import escape
 
-from llmtap.proxy.ui import Message as UiMessage
-from llmtap.proxy.ui import conversation, format_cost, span_tree, split_history
+from llmtap.proxy.conversation import Message as UiMessage
+from llmtap.proxy.conversation import conversation, split_history
+from llmtap.proxy.ui import format_cost, span_tree
 from llmtap.proxy.ui_queries import MODEL_INDEX, TraceFilter, iso_time, like_pattern
 from tests.browser.conftest import Site
 from tests.conftest import Proxy

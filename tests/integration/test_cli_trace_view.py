@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 from openai import OpenAI
 
+from llmtap.proxy.tables import MESSAGE_SHOWN
 from tests.conftest import Proxy
 from tests.integration.test_agents import run_chat_agent
 
@@ -63,3 +64,63 @@ def test_a_streamed_call_says_so(proxy: Proxy, client: OpenAI) -> None:
     (info,) = httpx.get(f"{proxy.url}/api/traces").json()["traces"]
     (line,) = span_lines(proxy, info["trace_id"]).values()
     assert "model=gpt-4o-mini" in line and "  streamed  tokens " in line, line
+
+
+def shown_trace(proxy: Proxy) -> str:
+    """`llmtap trace` of the one trace recorded, as a terminal shows it."""
+    proxy.flush()
+    (info,) = httpx.get(f"{proxy.url}/api/traces").json()["traces"]
+    shown = subprocess.run(
+        [LLMTAP, "trace", info["trace_id"], "--db", str(proxy.db)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    return shown.stdout
+
+
+LONG_INSTRUCTIONS = "You are a careful assistant who answers in full sentences. " * 12
+
+
+def test_a_responses_answer_shows_after_long_instructions(proxy: Proxy, client: OpenAI) -> None:
+    """The answer of a Responses call comes after ~20 fields of metadata and the instructions
+    in its JSON: the terminal shows it as the conversation's last turn."""
+    answer = client.responses.create(
+        model="gpt-4o-mini", input="What is a trace?", instructions=LONG_INSTRUCTIONS
+    )
+    shown = shown_trace(proxy)
+    assert "  user: What is a trace?\n" in shown, shown
+    assert f"  assistant: {answer.output_text}\n" in shown, shown
+
+
+def test_a_chat_after_a_long_system_message_shows_its_question_and_answer(
+    proxy: Proxy, client: OpenAI
+) -> None:
+    answer = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[
+            {"role": "system", "content": LONG_INSTRUCTIONS},
+            {"role": "user", "content": "first line\nsecond line"},
+        ],
+    )
+    shown = shown_trace(proxy)
+    text = answer.choices[0].message.content
+    assert text and "\n" in text  # (the simulator echoes the question)
+    # a text's further lines are indented under its first
+    assert "  user: first line\n        second line\n" in shown, shown
+    assert "  assistant: " + text.replace("\n", "\n" + " " * 13) + "  (stop)\n" in shown, shown
+    assert f"  system: {LONG_INSTRUCTIONS[:MESSAGE_SHOWN]}…\n" in shown, shown  # cut
+
+
+def test_an_agent_run_shows_its_calls_results_and_answer(proxy: Proxy, client: OpenAI) -> None:
+    run_chat_agent(client, "weather in Paris")
+    shown = shown_trace(proxy)
+    call = '{"city":"weather in Paris"}'
+    assert f"  assistant -> get_weather: {call}\n" in shown, shown
+    assert f"  call get_weather: {call}\n  result: sunny, 21 C in weather in Paris\n" in shown
+    assert "  tool [call_" in shown and "(1 earlier message)" in shown, shown
+    # the root, printed first, sums the run up: what it began with and its answer
+    root = shown.split("\n\n")[1]
+    assert root.startswith("agent run AGENT OK"), shown
+    assert "  user: weather in Paris\n" in root and "  assistant: The tool returned" in root
