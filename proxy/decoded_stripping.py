@@ -22,22 +22,21 @@ failed there too).
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import brotli
-import zstandard
-
 from llmtap.proxy.usage_injection import UsageStripper
-from llmtap.recorder.decoding import PIECE_AT_MOST, Decoder, Identity, decoder_for
+from llmtap.recorder.decoding import (
+    DECODING_ERRORS,
+    PIECE_AT_MOST,
+    Decoder,
+    Identity,
+    decoder_for,
+)
 
 Headers = list[tuple[bytes, bytes]]
 Message = dict[str, Any]
 Send = Callable[[Message], Awaitable[None]]
-
-DECODING_ERRORS = (zlib.error, brotli.error, zstandard.ZstdError, ValueError)
-"""What the decoders raise on bytes that do not decode (`DecodedTooLarge` is a ValueError)."""
 
 
 class UndecodableStream(Exception):

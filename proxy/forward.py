@@ -51,7 +51,12 @@ from llmtap.proxy.upstream_client import (
     UpstreamError,
     shown_url,
 )
-from llmtap.proxy.usage_injection import injected_body, streams_usage_unasked
+from llmtap.proxy.usage_injection import (
+    REFUSAL_READ,
+    injected_body,
+    refuses_usage,
+    streams_usage_unasked,
+)
 from llmtap.recorder.matching import content_encoding, decoded_request
 from llmtap.recorder.memory import return_freed_memory
 from llmtap.recorder.recording import FAULT_REASON, Recording
@@ -262,13 +267,15 @@ class Forwarder:
             try:
                 upstream = await self._request(rec.method, target, headers, body)
                 if rec.usage_injected and upstream.status in (400, 422):
-                    # a server that refuses stream_options (a 422 from a pydantic server that
-                    # forbids extra fields) gets the request exactly as sent
-                    upstream.release()
-                    rec.usage_injected = False
-                    upstream = await self._request(
-                        rec.method, target, original_headers, rec.request_body
-                    )
+                    said = await _front_of(upstream, REFUSAL_READ)
+                    if refuses_usage(said, _header_of(upstream.raw_headers, b"content-encoding")):
+                        upstream.release()
+                        rec.usage_injected = False
+                        upstream = await self._request(
+                            rec.method, target, original_headers, rec.request_body
+                        )
+                    else:
+                        upstream.unread(said)
             finally:  # (before the handlers below: their awaits are not to be cancelled)
                 if cycle is not None:
                     setattr(cycle, ON_LOST, None)
@@ -506,6 +513,24 @@ def _asks_for_stream(rec: Recording) -> bool:
     except orjson.JSONDecodeError:
         return False
     return isinstance(parsed, dict) and parsed.get("stream") is True
+
+
+async def _front_of(upstream: Response, at_most: int) -> bytes:
+    """The first `at_most` bytes of an answer's body, or all of it if shorter."""
+    pieces: list[bytes] = []
+    size = 0
+    while size < at_most and (piece := await upstream.read()):
+        pieces.append(piece)
+        size += len(piece)
+    return b"".join(pieces)
+
+
+def _header_of(raw_headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    """A response header's value (a name in any case), or None."""
+    for key, value in raw_headers:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
 
 
 def _uncompressed(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -23,7 +23,6 @@ from typing import Any
 from llmtap.proxy.accept_encoding import accepts
 from llmtap.proxy.config import Settings, replay_speed
 from llmtap.proxy.decoded_stripping import (
-    DECODING_ERRORS,
     Stripper,
     UndecodableStream,
     decoder_only,
@@ -31,7 +30,7 @@ from llmtap.proxy.decoded_stripping import (
     stripper_for,
 )
 from llmtap.proxy.errors import UpstreamAborted, openai_error
-from llmtap.recorder.decoding import DECODED_AT_MOST, decode_at_most, is_identity
+from llmtap.recorder.decoding import DECODED_AT_MOST, DECODING_ERRORS, decode_at_most, is_identity
 from llmtap.recorder.matching import content_encoding, decoded_request
 from llmtap.recorder.recording import Recording
 from llmtap.recorder.replay import Miss, Recorded, ReplayIndex

@@ -410,7 +410,7 @@ class UpstreamClient:
 class Response:
     """One response: status, raw headers, and the body through `read()`."""
 
-    __slots__ = ("status", "raw_headers", "_conn", "_released")
+    __slots__ = ("status", "raw_headers", "_conn", "_released", "_unread")
 
     def __init__(self, conn: _Connection, status: int, raw_headers: list[tuple[bytes, bytes]]):
         self.status = status
@@ -418,11 +418,15 @@ class Response:
         """(name, value) as received, names in the server's case."""
         self._conn = conn
         self._released = False
+        self._unread = b""
 
     async def read(self) -> bytes:
         """The body bytes that have arrived since the last read, waiting for some if none
         has; b"" at the end of the body. Raises `TimeoutError` or `UpstreamError` if the
         upstream stalls or breaks, after the bytes that came before the break."""
+        if self._unread:
+            data, self._unread = self._unread, b""
+            return data
         if self._released:  # the connection may serve another request by now
             return b""
         conn = self._conn
@@ -434,6 +438,11 @@ class Response:
             if conn.error is not None:
                 raise conn.error
             await conn.wait()
+
+    def unread(self, data: bytes) -> None:
+        """Give back bytes read: the next `read` returns them first (a body looked at before
+        it is relayed)."""
+        self._unread = data + self._unread
 
     def release(self) -> None:
         """Done with the response: the connection is pooled if the body was read to the end

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from llmtap.recorder.decoding import DECODING_ERRORS, decoder_for
 from llmtap.recorder.stream_usage import usage_on_request
 
 _BLANK_LINE = re.compile(rb"(?:\r\n|\n|\r(?!\n))(?:\r\n|\n|\r)")
@@ -61,6 +62,23 @@ def injected_body(path: str, body: bytes) -> bytes | None:
     options.pop("continuous_usage_stats", None)
     request["stream_options"] = {**options, "include_usage": True}
     return orjson.dumps(request)
+
+
+REFUSAL_READ = 64 << 10
+"""Bytes of a 400 or 422 answer read to tell a refusal of `stream_options` from any other."""
+
+
+def refuses_usage(body: bytes, content_encoding: str | None) -> bool:
+    """Whether a 400 or 422 answer to a request llmtap asked usage for refuses the option: a
+    server that forbids unknown fields (a pydantic 422 naming `stream_options`) or predates
+    it. Then the request goes again exactly as sent; any other error is the client's own,
+    relayed as it came, and the request is not sent twice."""
+    try:
+        text = decoder_for(content_encoding).decompress(body, 16 * REFUSAL_READ)
+    except DECODING_ERRORS:
+        text = body
+    text = text.lower()
+    return any(name in text for name in (b"stream_options", b"include_usage", b"stream options"))
 
 
 class UsageStripper:
@@ -187,12 +205,31 @@ def strip_event(event: bytes) -> bytes | None:
         return event
     if chunk["usage"] is None:
         return _without_usage_null(event, lines, data_at, payload, chunk)
-    if not chunk.get("choices"):
-        return None  # the usage chunk exists only because llmtap asked for it
+    choices = chunk.get("choices")
+    if not choices or (isinstance(choices, list) and all(map(_says_nothing, choices))):
+        # the usage chunk exists only because llmtap asked for it: OpenAI's has no choices,
+        # LiteLLM's a choice with an empty delta (`{"index": 0}` on legacy completions)
+        return None
     # usage on a content chunk: OpenAI never does this, however it is asked; the providers
     # that do (Mistral, Together and others put it on their last chunk) do it unasked, so the
     # client would have received it directly too
     return event
+
+
+_NOTHING = (None, "", [], {})
+
+
+def _says_nothing(choice: Any) -> bool:
+    """A choice with nothing in it but its index: no text, no delta, no finish reason."""
+    if not isinstance(choice, dict):
+        return False
+    for key, value in choice.items():
+        if key == "delta" and isinstance(value, dict):
+            if any(v not in _NOTHING for v in value.values()):
+                return False
+        elif key != "index" and value not in _NOTHING:
+            return False
+    return True
 
 
 def _field_value(line: bytes) -> bytes:

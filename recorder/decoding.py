@@ -24,6 +24,10 @@ class DecodedTooLarge(ValueError):
     gigabytes (a compression bomb, from a hostile or broken upstream)."""
 
 
+DECODING_ERRORS = (zlib.error, brotli.error, zstandard.ZstdError, ValueError)
+"""What the decoders raise on bytes that do not decode (`DecodedTooLarge` is a ValueError)."""
+
+
 class Decoder(Protocol):
     def decompress(self, data: bytes, at_most: int = 0) -> bytes:
         """`data` decoded; with `at_most`, DecodedTooLarge rather than more than that many

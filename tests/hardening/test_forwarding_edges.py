@@ -390,6 +390,28 @@ def test_a_server_refusing_stream_options_with_422_gets_the_request_as_sent(
     assert [s["status_code"] for s in spans(proxy)] == ["OK"]
 
 
+def test_a_stream_the_server_refuses_for_its_own_reason_is_sent_once(
+    start_proxy: Callable[..., Proxy],
+) -> None:
+    """A 400 that is the client's own (an unknown model, LiteLLM's answer) to a stream llmtap
+    asked usage for: relayed as it came, and the request not sent again (twice the latency,
+    twice the rate limit, two failures in a gateway's cooldown count)."""
+    error = b'{"error": {"message": "Invalid model name passed in model=nonexistent"}}'
+
+    def refusing(request: Received) -> bytes:
+        return json_reply(error, "400 Bad Request")
+
+    with raw_upstream(refusing) as upstream:
+        proxy = start_proxy(upstream=f"{upstream.url}/v1")
+        body = orjson.dumps({**CHAT, "stream": True})
+        answer = httpx.post(f"{proxy.base_url}/chat/completions", content=body)
+        sent = len(upstream.received)
+    assert answer.status_code == 400 and answer.content == error
+    assert sent == 1
+    (span,) = spans(proxy)
+    assert span["status_code"] == "ERROR" and "Invalid model name" in span["status_message"]
+
+
 def test_an_azure_deployment_path_is_traced_and_gets_its_usage(
     start_proxy: Callable[..., Proxy],
 ) -> None:

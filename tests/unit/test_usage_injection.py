@@ -157,6 +157,34 @@ def test_usage_on_a_content_chunk_is_left_as_the_provider_sent_it(spaced: bool) 
         assert strip_all(data, [cut]) == data
 
 
+@pytest.mark.parametrize(
+    ("empty_choice", "dropped"),
+    [
+        ({"index": 0, "delta": {}}, True),  # LiteLLM's chat usage chunk
+        ({"index": 0}, True),  # LiteLLM's legacy completions usage chunk
+        ({"index": 0, "delta": {"content": None, "role": None}, "finish_reason": None}, True),
+        ({"index": 0, "text": "", "logprobs": None, "finish_reason": None}, True),
+        ({"index": 0, "delta": {}, "finish_reason": "stop"}, False),  # unasked on the last
+        ({"index": 0, "delta": {"content": "."}}, False),
+    ],
+)
+def test_a_usage_chunk_whose_choices_say_nothing_is_dropped(
+    empty_choice: dict[str, Any], dropped: bool
+) -> None:
+    """A usage chunk that holds choices with nothing in them (LiteLLM's) exists only because
+    usage was asked for, as OpenAI's `"choices": []` does; a choice that says something (a
+    finish reason, text) is the provider's own last chunk, with the usage it sends unasked."""
+    usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    before = b"".join(
+        b"data: " + orjson.dumps(chunk(i, f"w{i}", False)) + b"\n\n" for i in range(2)
+    )
+    last = b"data: " + orjson.dumps({"choices": [empty_choice], "usage": usage}) + b"\n\n"
+    data = before + last + b"data: [DONE]\n\n"
+    expected = before + b"data: [DONE]\n\n" if dropped else data
+    for cut in random.Random(2).sample(range(len(data) + 1), 20):
+        assert strip_all(data, [cut]) == expected
+
+
 def test_streams_without_usage_pass_untouched() -> None:
     plain = stream(3, False)
     assert strip_all(plain, [5, 50, 51]) == plain
