@@ -3,6 +3,10 @@ VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed-stamp
 
+# the suite's tests mostly wait on servers and subprocesses: two pytest-xdist workers take it
+# from ~14 to ~8 minutes on 2 cores (TEST_WORKERS=0 runs it in one process)
+TEST_WORKERS ?= 2
+
 AGENTS_VENV ?= .venv-agents
 AGENTS_STAMP := $(AGENTS_VENV)/.installed-stamp
 
@@ -30,7 +34,7 @@ demo: $(STAMP)
 	$(VENV)/bin/llmtap demo
 
 test: $(STAMP) $(AGENTS_STAMP) node-deps
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS)
 
 quick-test: $(STAMP)
-	$(VENV)/bin/python -m pytest -m 'not slow'
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) -m 'not slow'
