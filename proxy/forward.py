@@ -62,6 +62,7 @@ from llmtap.recorder.memory import return_freed_memory
 from llmtap.recorder.recording import FAULT_REASON, Recording
 from llmtap.recorder.records import Mode
 from llmtap.recorder.sqlite import key_salt_of
+from llmtap.recorder.sse import SSE_START_BYTES, begins_as_sse
 from llmtap.recorder.writer import TrackedStream, Writer
 
 log = logging.getLogger("llmtap.proxy")
@@ -312,15 +313,19 @@ class Forwarder:
         relay_headers, stored = split_response_headers(upstream.raw_headers)
         rec.respond(upstream.status, stored)
         content_type, encoding = _content_headers(relay_headers)
-        streamed = content_type == b"text/event-stream"
-        # a stream can run for minutes: a task waits for the client to leave and cancels the
-        # relay. Any other body is relayed as it comes, and under uvicorn the connection's
-        # `disconnected` flag, read between pieces, says the same without a task per request.
-        if streamed:
-            cycle = None
-        watch = _DisconnectWatch(receive) if cycle is None else None
+        watch: _DisconnectWatch | None = None
         complete = False
         try:
+            streamed = content_type == b"text/event-stream" or await _unlabelled_stream(
+                rec, upstream
+            )
+            # a stream can run for minutes: a task waits for the client to leave and cancels
+            # the relay. Any other body is relayed as it comes, and under uvicorn the
+            # connection's `disconnected` flag, read between pieces, says the same without a
+            # task per request.
+            if streamed:
+                cycle = None
+            watch = _DisconnectWatch(receive) if cycle is None else None
             if cycle is not None and cycle.disconnected:
                 raise ClientGone()
             start = {
@@ -513,6 +518,19 @@ def _asks_for_stream(rec: Recording) -> bool:
     except orjson.JSONDecodeError:
         return False
     return isinstance(parsed, dict) and parsed.get("stream") is True
+
+
+async def _unlabelled_stream(rec: Recording, upstream: Response) -> bool:
+    """Whether a successful answer to a request that asked for a stream is one, whatever its
+    content type: a quick server's default (no type, text/plain, text/html) or a JSON label.
+    The SDKs read it as a stream all the same, so llmtap relays it as one (usage taken out,
+    each event as it comes) and records it as one. Its first bytes are looked at only then."""
+    if upstream.status >= 300 or rec.method != "POST" or b'"stream"' not in rec.request_body:
+        return False
+    first = await _front_of(upstream, SSE_START_BYTES)
+    upstream.unread(first)
+    rec.unlabelled_stream = begins_as_sse(first) and _asks_for_stream(rec)
+    return rec.unlabelled_stream
 
 
 async def _front_of(upstream: Response, at_most: int) -> bytes:

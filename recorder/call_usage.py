@@ -38,7 +38,7 @@ class CallUsage:
 _SELECT = (
     "SELECT exchange_id, method, path, query, request_headers, request_body, status, "
     f"response_headers, {RESPONSE_BODY} AS response_body, started_ns, ended_ns, error, "
-    "usage_injected FROM exchanges WHERE exchange_id = ?"
+    "usage_injected, stream FROM exchanges WHERE exchange_id = ?"
 )
 
 
@@ -98,6 +98,7 @@ def _usage_of_row(tracer: Tracer, row: sqlite3.Row) -> tuple[int, int, int, floa
         rec.respond(row["status"], [tuple(p) for p in orjson.loads(row["response_headers"])])  # type: ignore[misc]
         rec.feed(unpack_body(bytes(row["response_body"])))
     rec.usage_injected = bool(row["usage_injected"])
+    rec.unlabelled_stream = bool(row["stream"])  # (whatever its content type says)
     rec.finish()
     if row["error"]:
         rec.error = row["error"]

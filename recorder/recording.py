@@ -70,6 +70,9 @@ class Recording:
     """Fixed at creation, so that writing the recording again updates the same trace."""
     usage_injected: bool = False
     """llmtap asked the upstream for stream usage the client did not request."""
+    unlabelled_stream: bool = False
+    """The answer is an SSE stream its server labelled otherwise (application/json, text/plain
+    or no type): relayed and recorded as a stream, as the SDKs read it."""
     fault: str | None = None
     """The kind of fault llmtap injected (`llmtap-fault`): its span is an ERROR that says so."""
     dropped: int = 0

@@ -17,6 +17,18 @@ _BOM = "\ufeff"
 _LINE_ENDS = (b"\n", b"\r")
 
 
+_FIELDS = (b"data:", b"event:", b"id:", b"retry:", b":")
+SSE_START_BYTES = 8
+"""Bytes enough for `begins_as_sse` to tell."""
+
+
+def begins_as_sse(body: bytes) -> bool:
+    """Whether a body begins as an SSE stream does: a field or a comment, after a BOM or line
+    ends. No JSON, text or HTML answer begins so."""
+    start = body.removeprefix(b"\xef\xbb\xbf").lstrip(b"\r\n")
+    return start.startswith(_FIELDS)
+
+
 class SplitStream:
     """A whole stream split by `split_simple`: each event's `data` as bytes (`payloads`),
     its `event:` name (`names`, None when no event has one), and where it was dispatched."""

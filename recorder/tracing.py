@@ -215,7 +215,7 @@ def _left_in_background(rec: Recording) -> bool:
 def exchange_of(rec: Recording) -> tuple[Exchange, bool]:
     """The raw exchange of a recording, and whether its answer was a stream."""
     content_type = header(rec.response_headers, "content-type") or ""
-    is_stream = content_type.startswith("text/event-stream")
+    is_stream = rec.unlabelled_stream or content_type.startswith("text/event-stream")
     body: bytes | PieceSpool | None
     if rec.error_status:
         body = rec.error_body

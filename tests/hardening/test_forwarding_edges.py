@@ -16,6 +16,7 @@ import httpx
 import orjson
 import pytest
 from click.testing import CliRunner
+from openai import OpenAI
 
 from llmtap.proxy.cli import main
 from tests.conftest import Proxy
@@ -77,6 +78,41 @@ def sse_with_length(request: Received) -> bytes:
         + f"content-length: {len(body)}\r\n\r\n".encode()
         + body
     )
+
+
+@pytest.mark.parametrize("label", [b"application/json", b"text/plain; charset=utf-8", None])
+def test_a_stream_its_server_labels_otherwise_is_relayed_and_recorded_as_one(
+    start_proxy: Callable[..., Proxy], label: bytes | None
+) -> None:
+    """A quick server sends its SSE with no content type, text/plain or a JSON label; the SDK
+    reads it as a stream all the same. llmtap relayed it as a body: the usage it asked for
+    reached the client, and the span was an ERROR ("not a JSON object") with no output."""
+
+    def mislabelled(request: Received) -> bytes:
+        answer = sse_with_length(request).replace(b"content-type: text/event-stream\r\n", b"")
+        return (
+            answer.replace(b"\r\n", b"\r\ncontent-type: " + label + b"\r\n", 1) if label else answer
+        )
+
+    with raw_upstream(mislabelled) as upstream:
+        proxy = start_proxy(upstream=f"{upstream.url}/v1")
+        body = orjson.dumps({**CHAT, "stream": True})
+        direct = httpx.post(f"{upstream.url}/v1/chat/completions", content=body)
+        answer = httpx.post(f"{proxy.base_url}/chat/completions", content=body)
+        client = OpenAI(base_url=proxy.base_url, api_key="sk-test")
+        chunks = list(client.chat.completions.create(**CHAT, stream=True))  # type: ignore[call-overload]
+    assert direct.headers.get("content-type") == (label.decode() if label else None)
+    assert answer.content == direct.content and b'"usage"' not in answer.content
+    assert [c.choices[0].delta.content for c in chunks] == ["hi", None]
+    for span in spans(proxy):
+        assert span["status_code"] == "OK", span["status_message"]
+        attributes = json.loads(span["attributes"])
+        assert attributes["stream"] is True and attributes["usage"]["total_tokens"] == 2
+    (outputs,) = {row["outputs"] for row in proxy.query("SELECT outputs FROM spans")}
+    assert json.loads(outputs)["choices"][0]["message"]["content"] == "hi"
+    replayer = start_proxy(db=str(proxy.db), mode="replay")
+    again = httpx.post(f"{replayer.base_url}/chat/completions", content=body)
+    assert again.content == direct.content
 
 
 def test_a_stream_with_a_content_length_keeps_a_true_length(
