@@ -218,6 +218,38 @@ def _text_call_ids(listed: str) -> list[str]:
     return list(dict.fromkeys(i for i in ids if isinstance(i, str)))
 
 
+_HISTORY = ("<CONVERSATION HISTORY>", "</CONVERSATION HISTORY>")
+"""How the Agents SDK wraps the run so far for the agent a run hands off to, with
+`RunConfig(nest_handoff_history=True)`: one message whose text numbers each earlier item, its
+calls and their results as JSON (`2. {"call_id": ..., "output": ..., "type":
+"function_call_output"}`), and no `function_call_output` item."""
+
+
+def _nested_history_results(entries: list[Any]) -> list[tuple[str, Any]]:
+    """(call id, result) for the results that end the Agents SDK's nested handoff history,
+    when the request ends with it: the handoff's own, which the agent handed to answers."""
+    if not entries or not isinstance(entries[-1], dict):
+        return []
+    for text in reversed(_texts(entries[-1])):
+        start, end = text.rfind(_HISTORY[0]), text.rfind(_HISTORY[1])
+        if start < 0 or end < start:
+            continue
+        found = []
+        for line in reversed(text[start + len(_HISTORY[0]) : end].strip("\n").split("\n")):
+            number, dot, item = line.partition(". ")
+            if not (dot and number.isdigit() and item.startswith("{")):
+                break
+            try:
+                parsed = orjson.loads(item)
+            except orjson.JSONDecodeError:
+                break
+            if not _is_responses_result(parsed) or not isinstance(parsed.get("call_id"), str):
+                break
+            found.append((parsed["call_id"], parsed.get("output")))
+        return found[::-1]
+    return []
+
+
 def _is_chat_result(message: Any) -> bool:
     return _role(message) in ("tool", "function")
 
@@ -264,7 +296,7 @@ def tool_results(inputs: Any) -> list[tuple[str, Any]]:
         else:
             break
     if not found and isinstance(messages, list):
-        found = _text_tool_results(messages)[::-1]
+        found = (_text_tool_results(messages) or _nested_history_results(messages))[::-1]
     items = inputs.get("input")
     end = _without_extras(items, _is_responses_result) if isinstance(items, list) else 0
     for i in range(end - 1, -1, -1):
@@ -276,6 +308,8 @@ def tool_results(inputs: Any) -> list[tuple[str, Any]]:
         if fields is None or not isinstance(item.get(fields[0]), str):
             break
         found.append((item[fields[0]], item.get(fields[1])))
+    if not found and isinstance(items, list):
+        found = _nested_history_results(items)[::-1]
     found.reverse()
     return found
 

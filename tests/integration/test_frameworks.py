@@ -77,6 +77,23 @@ def test_agents_sdk_function_tool_run_is_one_trace(proxy: Proxy) -> None:
     assert seen["final"] and seen["final"] in json.dumps(second["outputs"])
 
 
+def test_agents_sdk_nested_handoff_history_is_one_run(proxy: Proxy) -> None:
+    """With `nest_handoff_history` the agent handed to gets the run so far as one message of
+    text, the handoff's call and result as lines of JSON in it, and no `function_call_output`
+    item: the handoff's side of the run was a trace of its own, without the handoff's TOOL
+    span."""
+    seen = run_app("agents_sdk_nested_handoff.py", proxy)
+    spans = only_trace_spans(proxy)
+    kinds = [s["span_type"] for s in spans]
+    assert kinds.count("CHAT_MODEL") == seen["calls"] == 3, kinds
+    assert kinds[0] == "AGENT" and kinds.count("AGENT") == 1, kinds
+    tools = {s["name"]: s for s in spans if s["span_type"] == "TOOL"}
+    assert set(tools) == {"transfer_to_weather_agent", "get_weather"}
+    assert "Weather agent" in tools["transfer_to_weather_agent"]["outputs"]
+    assert tools["get_weather"]["outputs"].startswith("sunny and 21 C")
+    assert all(s["parent_id"] == spans[0]["span_id"] for s in spans[1:])
+
+
 def test_smolagents_text_tool_calls_are_one_run_with_its_tool_spans(proxy: Proxy) -> None:
     """smolagents sends a run's tool calls back as text and their results as a user message
     (`Observation:`), never as `tool` messages: each call was a trace of its own, with no

@@ -1,0 +1,36 @@
+"""The OpenAI Agents SDK with `RunConfig(nest_handoff_history=True)`: a triage agent hands off
+to a weather agent, which gets the run so far as one message of text (the handoff's call and
+its result among it), then calls its tool and answers.
+
+Run in its own virtual environment, with OPENAI_BASE_URL pointing at llmtap.
+"""
+
+import json
+
+from agents import Agent, RunConfig, Runner, function_tool, set_tracing_disabled
+
+set_tracing_disabled(True)  # the SDK's own trace upload is not under test here
+
+
+@function_tool
+def get_weather(city: str) -> str:
+    """The current weather in a city."""
+    return f"sunny and 21 C in {city}"
+
+
+weather = Agent(
+    name="Weather agent",
+    instructions="Answer weather questions with the get_weather tool.",
+    tools=[get_weather],
+    model="gpt-4o-mini",
+)
+triage = Agent(
+    name="Triage",
+    instructions="Hand weather questions off.",
+    handoffs=[weather],
+    model="gpt-4o-mini",
+)
+result = Runner.run_sync(
+    triage, "What is the weather in Oslo?", run_config=RunConfig(nest_handoff_history=True)
+)
+print(json.dumps({"final": result.final_output, "calls": len(result.raw_responses)}))
