@@ -258,7 +258,11 @@ def build_span(
     else:
         problems.append("request body is not a JSON object")
     attributes["model"] = inputs.get("model") if isinstance(inputs, dict) else None
-    attributes["stream"] = is_stream
+    # a stream the client asked for is one even when an error came instead (a 400 as JSON)
+    asked = isinstance(inputs, dict) and inputs.get("stream") is True
+    attributes["stream"] = is_stream or (
+        asked and exchange.status is not None and exchange.status >= 400
+    )
     attributes["http_status"] = exchange.status
     error: Any = None
     stream_error: Any = None  # an error event in the stream

@@ -446,6 +446,7 @@ def test_a_stream_the_server_refuses_for_its_own_reason_is_sent_once(
     assert sent == 1
     (span,) = spans(proxy)
     assert span["status_code"] == "ERROR" and "Invalid model name" in span["status_message"]
+    assert json.loads(span["attributes"])["stream"] is True  # asked for, an error instead
 
 
 def test_an_azure_deployment_path_is_traced_and_gets_its_usage(
