@@ -113,7 +113,10 @@ def _page_token_param(request: Request) -> tuple[int, int] | None:
 
 
 def api_routes(
-    settings: Settings, reader: TraceReader, health: Callable[[], dict[str, Any]] | None
+    settings: Settings,
+    reader: TraceReader,
+    health: Callable[[], dict[str, Any]] | None,
+    replay: Callable[[], dict[str, Any]] | None = None,
 ) -> list[BaseRoute]:
     async def get_health(request: Request) -> JSONResponse:
         return JSONResponse(
@@ -124,6 +127,7 @@ def api_routes(
                 "upstream": shown_url(settings.upstream),  # without its credentials
                 "db": settings.db,
                 "store": health() if health is not None else None,
+                "replay": replay() if replay is not None else None,
             }
         )
 

@@ -114,7 +114,12 @@ class LlmtapApp:
             routes=[
                 ApiNotFound(),  # first: its partial match is the one the router falls back on
                 *model_routes(ModelReader(settings.db), reader, self),  # before `api_routes`
-                *api_routes(settings, reader, health),
+                *api_routes(
+                    settings,
+                    reader,
+                    health,
+                    self.replayer.health if settings.mode in (Mode.REPLAY, Mode.AUTO) else None,
+                ),
                 *ui_routes(reader),
             ],
             exception_handlers={

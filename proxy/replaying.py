@@ -17,6 +17,7 @@ upstream instead, which records the real thing.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,6 +47,8 @@ _RESHAPED = frozenset({"content-type", "content-encoding"})
 _NO_BODY = frozenset({204, 304})
 """Statuses whose answer has no body, so its Content-Length is not the body's (RFC 9110 8.6)."""
 
+log = logging.getLogger("llmtap.replay")
+
 
 class Replayer:
     def __init__(self, settings: Settings, new_episodes: bool = False) -> None:
@@ -65,8 +68,14 @@ class Replayer:
         self._loaded: asyncio.Future[int] | None = None
         self.miss_count = 0
         self.first_miss: str | None = None
-        """How many requests were answered with a replay miss, and what the first lacked (the
-        pytest plugin fails a test whose code swallowed the 404)."""
+        self.last_miss: str | None = None
+        """How many requests were answered with a replay miss, and what the first (the pytest
+        plugin fails a test whose code swallowed the 404) and the latest lacked (`/api/health`:
+        a suite in another language whose code catches the 404 shows its stale recordings)."""
+
+    def health(self) -> dict[str, Any]:
+        """Replay's part of `/api/health`."""
+        return {"misses": self.miss_count, "last_miss": self.last_miss}
 
     async def ready(self) -> ReplayIndex:
         """The index, built on first use (in a thread: it reads the whole store)."""
@@ -144,6 +153,10 @@ class Replayer:
         self.miss_count += 1
         if self.first_miss is None:
             self.first_miss = message
+        self.last_miss = message
+        # not a recording (a recorded miss would read as an incomplete recording of the
+        # request): a line in the log, and the count in /api/health
+        log.warning("replay miss (404): %s", message)
         error = openai_error(404, "llmtap_replay_miss", message, "replay_miss")
         await send(
             {

@@ -133,6 +133,31 @@ def test_a_miss_says_what_differs_from_the_nearest_recording(start: Start, upstr
     assert miss.status_code == 404 and "nothing was recorded" in miss.json()["error"]["message"]
 
 
+def test_misses_are_logged_and_counted_in_health(
+    start: Start, upstream: str, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """A suite in another language whose code catches the 404 left no sign of its stale
+    recordings: no trace, no log line, no count."""
+    replay = start(mode="replay", upstream=upstream)
+    assert httpx.get(f"{replay.url}/api/health").json()["replay"] == {
+        "misses": 0,
+        "last_miss": None,
+    }
+    with caplog.at_level("WARNING", logger="llmtap.replay"):
+        for text in ("one", "two"):
+            miss = httpx.post(f"{replay.url}/v1/embeddings", json={"model": "x", "input": text})
+            assert miss.status_code == 404
+    said = miss.json()["error"]["message"]
+    assert httpx.get(f"{replay.url}/api/health").json()["replay"] == {
+        "misses": 2,
+        "last_miss": said,
+    }
+    logged = [r.getMessage() for r in caplog.records if r.name == "llmtap.replay"]
+    assert len(logged) == 2 and logged[-1] == f"replay miss (404): {said}"
+    recording = start(upstream=upstream, db=str(tmp_path / "recorded.db"))
+    assert httpx.get(f"{recording.url}/api/health").json()["replay"] is None
+
+
 def test_a_query_matches_however_an_sdk_writes_it(start: Start) -> None:
     """Python's SDK writes `after=file-b&limit=2` and `a+b`, Node's `limit=2&after=file-b` and
     `a%20b` (and Python's auto-pager the Node order): the same call recorded by one missed
