@@ -5,7 +5,8 @@
     ├── BadControl         400       an `llmtap-*` header or a request llmtap cannot follow
     ├── HostNotAllowed     403       a Host header llmtap does not answer to (DNS rebinding)
     ├── CrossOriginRequest 403       a request from a web page on another origin
-    ├── UpstreamUnreachable 502      refused, reset, DNS, TLS: no response came
+    ├── UpstreamUnreachable 502      refused, DNS, TLS: the request did not reach it
+    ├── UpstreamNoAnswer    502      it had the request, then closed, reset or sent no HTTP
     ├── UpstreamTimeout     504      no byte within `read_timeout` (or no connection in time)
     └── ReplayMiss          404      replay mode and no recording matches (see replay)
 
@@ -61,6 +62,15 @@ class UpstreamUnreachable(LlmtapError):
     status = 502
     type = "llmtap_upstream_error"
     code = "upstream_unreachable"
+
+
+class UpstreamNoAnswer(LlmtapError):
+    """The upstream took the request and closed, reset or broke the connection before its
+    answer's head: unlike an unreachable upstream, it may have acted on the request."""
+
+    status = 502
+    type = "llmtap_upstream_error"
+    code = "upstream_no_answer"
 
 
 class UpstreamTimeout(LlmtapError):

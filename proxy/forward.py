@@ -35,6 +35,7 @@ from llmtap.proxy.errors import (
     LlmtapError,
     RequestTooLarge,
     UpstreamAborted,
+    UpstreamNoAnswer,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
@@ -45,10 +46,13 @@ from llmtap.proxy.stream_cut import StreamCut
 from llmtap.proxy.stream_end import EndFinder
 from llmtap.proxy.upstream_client import (
     Origin,
+    RequestUnsent,
     Response,
     UnsendableRequest,
     UpstreamClient,
+    UpstreamDisconnected,
     UpstreamError,
+    UpstreamProtocolError,
     shown_url,
 )
 from llmtap.proxy.usage_injection import (
@@ -295,13 +299,22 @@ class Forwarder:
             )
             return
         except (UpstreamError, OSError) as exc:
-            await self._answer_error(
-                send,
-                rec,
-                UpstreamUnreachable(
-                    f"llmtap: could not reach the upstream {self.base}: {exc or type(exc).__name__}"
-                ),
-            )
+            reason = str(exc) or type(exc).__name__
+            if isinstance(exc, UpstreamProtocolError):
+                error: LlmtapError = UpstreamNoAnswer(
+                    f"llmtap: the upstream {self.base} took the request and answered with "
+                    f"something that is not HTTP: {reason}"
+                )
+            elif isinstance(exc, UpstreamDisconnected) and not isinstance(exc, RequestUnsent):
+                error = UpstreamNoAnswer(
+                    f"llmtap: the upstream {self.base} took the request and closed the "
+                    f"connection before answering (it may have acted on it): {reason}"
+                )
+            else:
+                error = UpstreamUnreachable(
+                    f"llmtap: could not reach the upstream {self.base}: {reason}"
+                )
+            await self._answer_error(send, rec, error)
             return
         except asyncio.CancelledError:
             if cycle is None or not cycle.disconnected:  # llmtap stopping, its grace over
@@ -353,7 +366,9 @@ class Forwarder:
             if not rec.committed:  # a client leaving after [DONE] had all it wanted
                 self._submit(rec.fail("client disconnected"))
         except (UpstreamError, OSError, TimeoutError) as exc:
-            reason = "timeout" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+            reason = str(exc) or type(exc).__name__
+            if isinstance(exc, TimeoutError):  # (with what it waited for, when it says)
+                reason = f"timeout ({exc})" if str(exc) else "timeout"
             self._submit(rec.fail(f"upstream broke mid-response: {reason}"))
             raise UpstreamAborted(reason) from exc
         finally:

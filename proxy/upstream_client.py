@@ -104,6 +104,10 @@ class UpstreamDisconnected(UpstreamError):
     """The upstream closed or reset the connection before the response was complete."""
 
 
+class RequestUnsent(UpstreamDisconnected):
+    """The connection was closed before the request went out: nothing reached the upstream."""
+
+
 class UpstreamProtocolError(UpstreamError):
     """The upstream sent something that is not an HTTP/1.x response."""
 
@@ -645,7 +649,7 @@ class _Connection(asyncio.Protocol):
         transport.write(data)
         if transport.is_closing():  # the write failed at once: nothing reached the upstream
             self.unsent = True
-            self._fail(UpstreamDisconnected("the connection was closed before the request"))
+            self._fail(RequestUnsent("the connection was closed before the request"))
         else:
             self.last_read = self.loop.time()
             self.timer = self.loop.call_at(

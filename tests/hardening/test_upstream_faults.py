@@ -79,7 +79,8 @@ def fetch(proxy: Proxy, fault: str) -> tuple[int | None, bytes, Exception | None
 
 CASES = [
     # fault, status the client sees, the stream breaks, span status, span message contains
-    ("reset-before-headers", 502, False, "ERROR", "could not reach the upstream"),
+    # it had the request: "could not reach" would send the user to look at their network
+    ("reset-before-headers", 502, False, "ERROR", "took the request and closed the connection"),
     ("reset-mid-stream", 200, True, "ERROR", "upstream broke mid-response"),
     # every choice finished, only [DONE] missing (some providers never send it): whole
     ("no-done", 200, False, "OK", ""),
@@ -89,7 +90,7 @@ CASES = [
     ("status-429", 429, False, "ERROR", "Rate limit"),
     ("status-500", 500, False, "ERROR", "server had an error"),
     ("slow-first-byte-ms=2000", 504, False, "ERROR", "did not answer in time"),
-    ("stall-mid-stream-ms=2000", 200, True, "ERROR", "upstream broke mid-response: timeout"),
+    ("stall-mid-stream-ms=2000", 200, True, "ERROR", "mid-response: timeout (no data for"),
     ("garbage", 200, False, "ERROR", "not a JSON object"),
 ]
 
