@@ -40,7 +40,12 @@ from llmtap.proxy.errors import (
     UpstreamUnreachable,
 )
 from llmtap.proxy.faults import ArmedFaults, answer_fault
-from llmtap.proxy.headers import split_request_headers, split_response_headers
+from llmtap.proxy.headers import (
+    client_key,
+    masked_key,
+    split_request_headers,
+    split_response_headers,
+)
 from llmtap.proxy.replaying import Replayer
 from llmtap.proxy.stream_cut import StreamCut
 from llmtap.proxy.stream_end import EndFinder
@@ -352,7 +357,7 @@ class Forwarder:
                 await self._relay_head_alone(send, rec, upstream, start, cycle)
             else:
                 await send(start)
-                await self._relay_body(send, rec, upstream, cycle)
+                await self._relay_body(send, rec, upstream, cycle, headers)
             complete = True
         except ClientGone:
             self._submit(rec.fail("client disconnected"))
@@ -445,7 +450,12 @@ class Forwarder:
         await send({"type": "http.response.body", "body": rest, "more_body": False})
 
     async def _relay_body(
-        self, send: Send, rec: Recording, upstream: Response, cycle: Any | None
+        self,
+        send: Send,
+        rec: Recording,
+        upstream: Response,
+        cycle: Any | None,
+        headers: list[tuple[str, str]],
     ) -> None:
         # hold back one chunk: the last one goes out only after the commit
         pending: bytes | None = None
@@ -468,6 +478,8 @@ class Forwarder:
                 # was in memory three times over (the pieces, the frame, a copy). Untracked in
                 # `_forward`, once what ended it is recorded.
                 tracked = self.writer.track(rec)
+        if rec.status is not None and rec.status >= 400 and tracked is None:
+            _without_client_key(rec, headers)
         await self._commit(rec.finish())
         if cycle is not None and cycle.disconnected:
             # it left while the commit was waited for: it never had the last piece (its SDK
@@ -533,6 +545,18 @@ def _asks_for_stream(rec: Recording) -> bool:
     except orjson.JSONDecodeError:
         return False
     return isinstance(parsed, dict) and parsed.get("stream") is True
+
+
+def _without_client_key(rec: Recording, headers: list[tuple[str, str]]) -> None:
+    """The recorded copy of an error answer without the client's key, which some servers echo
+    ("Incorrect API key provided: <the key>"): masked as OpenAI masks it. The client gets the
+    answer as sent."""
+    key = client_key(headers)
+    if key is None or not any(key in chunk for chunk in rec.chunks):
+        if key is None or len(rec.chunks) < 2 or key not in b"".join(rec.chunks):
+            return
+        rec.chunks, rec.chunk_times_ns = [b"".join(rec.chunks)], rec.chunk_times_ns[-1:]
+    rec.chunks = [chunk.replace(key, masked_key(key)) for chunk in rec.chunks]
 
 
 async def _unlabelled_stream(rec: Recording, upstream: Response) -> bool:

@@ -61,6 +61,21 @@ class SplitHeaders:
     """As sent: the body's length the client declared (None: chunked, or no body)."""
 
 
+def client_key(headers: list[tuple[str, str]]) -> bytes | None:
+    """The key the client sent (`Authorization: Bearer ...`, `api-key`...), for taking it out
+    of what is recorded; None without one (or one too short to be told from other text)."""
+    for name, value in headers:
+        if name.encode("latin-1") in KEY_HEADERS:
+            token = value.split(" ", 1)[-1].strip().encode("latin-1")
+            return token if len(token) >= 12 else None
+    return None
+
+
+def masked_key(key: bytes) -> bytes:
+    """A key as OpenAI's own error messages show one: its start and its last 4 characters."""
+    return key[:3] + b"***" + key[-4:]
+
+
 def fingerprint(secret: str, salt: bytes = b"") -> str:
     """A short non-reversible tag that tells keys apart without revealing them: keyed by the
     database's own salt (`schema.key_salt`), so that it matches no list of known keys."""

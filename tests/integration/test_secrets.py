@@ -206,3 +206,36 @@ def test_the_key_fingerprint_is_keyed_by_the_databases_own_salt(start_proxy: Any
     unkeyed = "fp-" + hashlib.blake2b(TEST_KEY.encode(), digest_size=6).hexdigest()
     assert unkeyed not in fingerprints
     assert fingerprints[0] != fingerprints[1]  # two databases, one key: nothing links them
+
+
+def test_an_error_echoing_the_key_is_recorded_with_the_key_masked(start_proxy: Any) -> None:
+    """Some OpenAI-compatible servers answer a bad key with the whole key in the message
+    (OpenAI itself masks it): the client gets the answer as sent, the record the key masked."""
+    from openai import AuthenticationError
+
+    from tests.raw_upstream import Received, json_reply, raw_upstream
+
+    key = "sk-test-Echoed0123456789abcdefWXYZ"
+
+    def echoing(request: Received) -> bytes:
+        sent = (request.header("authorization") or "").removeprefix("Bearer ")
+        message = f"Incorrect API key provided: {sent}. Check it."
+        return json_reply(
+            b'{"error": {"message": "' + message.encode() + b'", "code": "invalid_api_key"}}',
+            "401 Unauthorized",
+        )
+
+    with raw_upstream(echoing) as upstream:
+        proxy = start_proxy(upstream=f"{upstream.url}/v1")
+        with (
+            OpenAI(base_url=proxy.base_url, api_key=key, max_retries=0) as client,
+            pytest.raises(AuthenticationError) as caught,
+        ):
+            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+    assert key in str(caught.value)  # as the server sent it
+    proxy.flush()
+    (span,) = proxy.query("SELECT status_code, status_message FROM spans")
+    assert span["status_code"] == "ERROR"
+    assert "Incorrect API key provided: sk-***WXYZ. Check it." in span["status_message"]
+    blob = database_bytes(proxy.db)
+    assert b"Incorrect API key provided" in blob and key[3:20].encode() not in blob
