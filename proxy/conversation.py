@@ -189,7 +189,8 @@ def _completion(inputs: dict[str, Any], outputs: Any) -> list[Message]:
 
 
 def _responses(inputs: dict[str, Any], outputs: Any) -> list[Message]:
-    messages = [Message("system", inputs["instructions"])] if inputs.get("instructions") else []
+    instructions = inputs.get("instructions")  # (text, or a list of parts)
+    messages = [Message("system", _text_and_notes(instructions)[0])] if instructions else []
     given = inputs.get("input")
     items: Iterable[Any] = given if isinstance(given, list) else [given] if given else []
     messages.extend(response_item(i, False) for i in items)

@@ -66,12 +66,14 @@ from llmtap.proxy.usage_injection import (
     refuses_usage,
     streams_usage_unasked,
 )
+from llmtap.recorder.decoding import DECODING_ERRORS, decode_at_most, encoded, is_identity
 from llmtap.recorder.matching import content_encoding, decoded_request
 from llmtap.recorder.memory import return_freed_memory
 from llmtap.recorder.recording import FAULT_REASON, Recording
 from llmtap.recorder.records import Mode
 from llmtap.recorder.sqlite import key_salt_of
 from llmtap.recorder.sse import SSE_START_BYTES, begins_as_sse
+from llmtap.recorder.tracing import header
 from llmtap.recorder.writer import TrackedStream, Writer
 
 log = logging.getLogger("llmtap.proxy")
@@ -461,8 +463,11 @@ class Forwarder:
         pending: bytes | None = None
         received = 0
         tracked: TrackedStream | None = None
+        # an error answer may echo the client's key: recorded masked from its first piece on,
+        # so that a record of a body cut short has it masked too (the client gets it as sent)
+        key = client_key(headers) if rec.status is not None and rec.status >= 400 else None
         while chunk := await upstream.read():
-            rec.feed(chunk)
+            rec.feed(chunk.replace(key, masked_key(key)) if key and key in chunk else chunk)
             if pending is not None:
                 await send({"type": "http.response.body", "body": pending, "more_body": True})
             pending = chunk
@@ -478,8 +483,8 @@ class Forwarder:
                 # was in memory three times over (the pieces, the frame, a copy). Untracked in
                 # `_forward`, once what ended it is recorded.
                 tracked = self.writer.track(rec)
-        if rec.status is not None and rec.status >= 400 and tracked is None:
-            _without_client_key(rec, headers)
+        if key is not None and tracked is None:
+            _without_key(rec, key)
         await self._commit(rec.finish())
         if cycle is not None and cycle.disconnected:
             # it left while the commit was waited for: it never had the last piece (its SDK
@@ -547,16 +552,33 @@ def _asks_for_stream(rec: Recording) -> bool:
     return isinstance(parsed, dict) and parsed.get("stream") is True
 
 
-def _without_client_key(rec: Recording, headers: list[tuple[str, str]]) -> None:
-    """The recorded copy of an error answer without the client's key, which some servers echo
-    ("Incorrect API key provided: <the key>"): masked as OpenAI masks it. The client gets the
-    answer as sent."""
-    key = client_key(headers)
-    if key is None or not any(key in chunk for chunk in rec.chunks):
-        if key is None or len(rec.chunks) < 2 or key not in b"".join(rec.chunks):
+ERROR_BODY_MASKED = 1 << 20
+"""An error answer is looked at for the client's key up to this size (they are a few hundred
+bytes; a larger one is no echo of a request)."""
+
+
+def _without_key(rec: Recording, key: bytes) -> None:
+    """The recorded copy of a whole error answer without the client's key, which some servers
+    echo ("Incorrect API key provided: <the key>"), where the pieces alone did not show it:
+    across two pieces, or compressed (decoded, masked and encoded again, so that the copy
+    still is what its headers say)."""
+    coding = header(rec.response_headers, "content-encoding")
+    body = b"".join(rec.chunks)
+    if len(body) > ERROR_BODY_MASKED:
+        return
+    if not is_identity(coding):
+        try:
+            plain = decode_at_most(body, coding, 16 * ERROR_BODY_MASKED)
+        except DECODING_ERRORS:
             return
-        rec.chunks, rec.chunk_times_ns = [b"".join(rec.chunks)], rec.chunk_times_ns[-1:]
-    rec.chunks = [chunk.replace(key, masked_key(key)) for chunk in rec.chunks]
+        if plain is None or key not in plain:
+            return
+        body = encoded(plain.replace(key, masked_key(key)), coding)
+    elif key in body:
+        body = body.replace(key, masked_key(key))
+    else:
+        return
+    rec.chunks, rec.chunk_times_ns = [body], rec.chunk_times_ns[-1:]
 
 
 async def _unlabelled_stream(rec: Recording, upstream: Response) -> bool:
@@ -573,12 +595,17 @@ async def _unlabelled_stream(rec: Recording, upstream: Response) -> bool:
 
 
 async def _front_of(upstream: Response, at_most: int) -> bytes:
-    """The first `at_most` bytes of an answer's body, or all of it if shorter."""
+    """The first `at_most` bytes of an answer's body, or all of it if shorter, or what came
+    before it broke or stalled: its head is still to be relayed, and the relay then meets
+    the same failure as it would have (an abort after the head, not a 502 or uvicorn's 500)."""
     pieces: list[bytes] = []
     size = 0
-    while size < at_most and (piece := await upstream.read()):
-        pieces.append(piece)
-        size += len(piece)
+    try:
+        while size < at_most and (piece := await upstream.read()):
+            pieces.append(piece)
+            size += len(piece)
+    except (UpstreamError, OSError, TimeoutError):
+        pass
     return b"".join(pieces)
 
 

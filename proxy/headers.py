@@ -66,8 +66,9 @@ def client_key(headers: list[tuple[str, str]]) -> bytes | None:
     of what is recorded; None without one (or one too short to be told from other text)."""
     for name, value in headers:
         if name.encode("latin-1") in KEY_HEADERS:
-            token = value.split(" ", 1)[-1].strip().encode("latin-1")
-            return token if len(token) >= 12 else None
+            token = _token(value).encode("latin-1")
+            if len(token) >= 12:
+                return token
     return None
 
 
@@ -79,8 +80,13 @@ def masked_key(key: bytes) -> bytes:
 def fingerprint(secret: str, salt: bytes = b"") -> str:
     """A short non-reversible tag that tells keys apart without revealing them: keyed by the
     database's own salt (`schema.key_salt`), so that it matches no list of known keys."""
-    token = secret.split(" ", 1)[-1].strip()
+    token = _token(secret)
     return "fp-" + hashlib.blake2b(token.encode(), digest_size=6, key=salt[:64]).hexdigest()
+
+
+def _token(value: str) -> str:
+    """A credential header's token: its value without the scheme (`Bearer `)."""
+    return value.split(" ", 1)[-1].strip()
 
 
 _VALUE_START_BYTES = frozenset(start[0] for start in VALUE_STARTS)

@@ -181,7 +181,10 @@ def print_trace(trace: dict[str, Any]) -> None:
         )
         if span["status"]["message"]:
             console.print(f"  [red]{escape(span['status']['message'])}[/red]")
-        lines = _view_lines(views[span["span_id"]])
+        try:
+            lines = _view_lines(views[span["span_id"]])
+        except Exception:  # noqa: BLE001 - a recorded body beyond the reading: its JSON
+            lines = []
         if not lines:  # nothing read as a conversation (another endpoint): its JSON
             lines = [f"  in:  {_preview(span['inputs'])}", f"  out: {_preview(span['outputs'])}"]
         for line in lines:

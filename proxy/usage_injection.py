@@ -9,6 +9,7 @@ The client receives the events it would have received directly, byte for byte.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any
 from urllib.parse import urlsplit
@@ -77,8 +78,22 @@ def refuses_usage(body: bytes, content_encoding: str | None) -> bool:
         text = decoder_for(content_encoding).decompress(body, 16 * REFUSAL_READ)
     except DECODING_ERRORS:
         text = body
+    # a pydantic 422 echoes the request under `input`: the option llmtap added is in it
+    with contextlib.suppress(orjson.JSONDecodeError):
+        text = orjson.dumps(_without_inputs(orjson.loads(text)))
     text = text.lower()
     return any(name in text for name in (b"stream_options", b"include_usage", b"stream options"))
+
+
+def _without_inputs(value: Any, depth: int = 0) -> Any:
+    """A JSON error without the `input` members that echo what was sent."""
+    if depth > 32:
+        return None
+    if isinstance(value, dict):
+        return {k: _without_inputs(v, depth + 1) for k, v in value.items() if k != "input"}
+    if isinstance(value, list):
+        return [_without_inputs(v, depth + 1) for v in value]
+    return value
 
 
 class UsageStripper:

@@ -12,6 +12,7 @@ to a sane size.
 
 from __future__ import annotations
 
+import gzip
 import zlib
 from typing import Protocol
 
@@ -163,6 +164,21 @@ def readable(content_encoding: str | None) -> bool:
     except ValueError:
         return False
     return True
+
+
+def encoded(data: bytes, content_encoding: str | None) -> bytes:
+    """`data` encoded again in a coding `decoder_for` reads: a body changed after decoding
+    (a key masked) that must still be what its Content-Encoding says."""
+    name = (content_encoding or "").strip().lower()
+    if name in ("gzip", "x-gzip"):
+        return gzip.compress(data)
+    if name == "deflate":
+        return zlib.compress(data)
+    if name == "br":
+        return brotli.compress(data)
+    if name == "zstd":
+        return zstandard.ZstdCompressor().compress(data)
+    return data
 
 
 def decode_at_most(body: bytes, content_encoding: str | None, at_most: int) -> bytes | None:

@@ -449,6 +449,54 @@ def test_a_stream_the_server_refuses_for_its_own_reason_is_sent_once(
     assert json.loads(span["attributes"])["stream"] is True  # asked for, an error instead
 
 
+def test_a_422_that_echoes_the_request_is_not_taken_for_a_refusal_of_stream_options(
+    start_proxy: Callable[..., Proxy],
+) -> None:
+    """A pydantic server's 422 about another field echoes the request under `input`, with the
+    `stream_options` llmtap added in it: that is no refusal of the option."""
+
+    def pydantic(request: Received) -> bytes:
+        echoed = json.loads(request.body)
+        detail = [{"type": "missing", "loc": ["body", "messages"], "input": echoed}]
+        return json_reply(orjson.dumps({"detail": detail}), "422 Unprocessable Entity")
+
+    with raw_upstream(pydantic) as upstream:
+        proxy = start_proxy(upstream=f"{upstream.url}/v1")
+        body = orjson.dumps({"model": "m", "mesages": [], "stream": True})
+        answer = httpx.post(f"{proxy.base_url}/chat/completions", content=body)
+        sent = len(upstream.received)
+    assert answer.status_code == 422 and sent == 1
+
+
+@pytest.mark.parametrize("status", [b"400 Bad Request", b"200 OK"])
+def test_a_body_that_breaks_before_it_is_looked_at_is_relayed_as_it_came(
+    start_proxy: Callable[..., Proxy], status: bytes
+) -> None:
+    """llmtap reads the start of a 400 to a stream it asked usage for (a refusal of the
+    option?) and of a 2xx to a request that says "stream" (a stream labelled otherwise?).
+    A body that broke there gave a 502 "closed the connection before answering" (the 400 lost)
+    or uvicorn's plain-text 500: the client now gets the head as sent, then the abort."""
+
+    def cut(request: Received) -> bytes:
+        return (
+            b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
+            b"content-length: 100\r\n\r\n" + (b'{"error": ' if status[:1] == b"4" else b"")
+        )  # and the rest never comes (a 200's first byte neither)
+
+    with raw_upstream(cut) as upstream:
+        proxy = start_proxy(upstream=f"{upstream.url}/v1", read_timeout=1)
+        body = orjson.dumps({**CHAT, "stream": status.startswith(b"400")})
+        with (
+            pytest.raises(httpx.RemoteProtocolError),
+            httpx.stream("POST", f"{proxy.base_url}/chat/completions", content=body) as answer,
+        ):
+            assert answer.status_code == int(status[:3])
+            answer.read()
+    (span,) = spans(proxy)
+    assert "upstream broke mid-response" in span["status_message"], span["status_message"]
+    assert json.loads(span["attributes"])["http_status"] == int(status[:3])
+
+
 def test_an_azure_deployment_path_is_traced_and_gets_its_usage(
     start_proxy: Callable[..., Proxy],
 ) -> None:

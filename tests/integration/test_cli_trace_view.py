@@ -124,3 +124,17 @@ def test_an_agent_run_shows_its_calls_results_and_answer(proxy: Proxy, client: O
     root = shown.split("\n\n")[1]
     assert root.startswith("agent run AGENT OK"), shown
     assert "  user: weather in Paris\n" in root and "  assistant: The tool returned" in root
+
+
+def test_instructions_sent_as_parts_are_shown_as_their_text(proxy: Proxy, client: OpenAI) -> None:
+    """`instructions` as a list of parts (not a string): `llmtap trace` raised a TypeError."""
+    client.post(
+        "/responses",
+        cast_to=dict,
+        body={
+            "model": "gpt-4o-mini",
+            "input": "hi",
+            "instructions": [{"type": "input_text", "text": "Be brief."}],
+        },
+    )
+    assert "  system: Be brief.\n" in shown_trace(proxy)

@@ -208,34 +208,62 @@ def test_the_key_fingerprint_is_keyed_by_the_databases_own_salt(start_proxy: Any
     assert fingerprints[0] != fingerprints[1]  # two databases, one key: nothing links them
 
 
-def test_an_error_echoing_the_key_is_recorded_with_the_key_masked(start_proxy: Any) -> None:
-    """Some OpenAI-compatible servers answer a bad key with the whole key in the message
-    (OpenAI itself masks it): the client gets the answer as sent, the record the key masked."""
-    from openai import AuthenticationError
+ECHOED_KEY = "sk-test-Echoed0123456789abcdefWXYZ"
 
-    from tests.raw_upstream import Received, json_reply, raw_upstream
 
-    key = "sk-test-Echoed0123456789abcdefWXYZ"
+def _echoing(coding: str) -> Any:
+    """A server that answers a bad key with the whole key in its message: in one piece, gzipped
+    or brotli'd (the SDK asks for gzip), or cut short of its declared length."""
+    import gzip
 
-    def echoing(request: Received) -> bytes:
+    import brotli
+
+    from tests.raw_upstream import Received
+
+    def answer(request: Received) -> bytes:
         sent = (request.header("authorization") or "").removeprefix("Bearer ")
-        message = f"Incorrect API key provided: {sent}. Check it."
-        return json_reply(
-            b'{"error": {"message": "' + message.encode() + b'", "code": "invalid_api_key"}}',
-            "401 Unauthorized",
-        )
+        body = b'{"error": {"message": "Incorrect API key provided: ' + sent.encode()
+        body += b'. Check it.", "code": "invalid_api_key"}}'
+        extra, length = b"", len(body)
+        if coding == "gzip":
+            body = gzip.compress(body)
+            extra, length = b"content-encoding: gzip\r\n", len(body)
+        elif coding == "br":
+            body = brotli.compress(body)
+            extra, length = b"content-encoding: br\r\n", len(body)
+        elif coding == "cut":
+            length = len(body) + 50  # the rest never comes: llmtap's read times out
+        head = b"HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\n" + extra
+        return head + f"content-length: {length}\r\n\r\n".encode() + body
 
-    with raw_upstream(echoing) as upstream:
-        proxy = start_proxy(upstream=f"{upstream.url}/v1")
+    return answer
+
+
+@pytest.mark.parametrize("coding", ["identity", "gzip", "br", "cut"])
+def test_an_error_echoing_the_key_is_recorded_with_the_key_masked(
+    start_proxy: Any, coding: str
+) -> None:
+    """Some OpenAI-compatible servers answer a bad key with the whole key in the message
+    (OpenAI itself masks it): the client gets the answer as sent, the record the key masked,
+    whether the answer is compressed or cut short."""
+    import openai
+
+    from tests.raw_upstream import raw_upstream
+
+    with raw_upstream(_echoing(coding)) as upstream:
+        proxy = start_proxy(upstream=f"{upstream.url}/v1", read_timeout=1)
         with (
-            OpenAI(base_url=proxy.base_url, api_key=key, max_retries=0) as client,
-            pytest.raises(AuthenticationError) as caught,
+            OpenAI(base_url=proxy.base_url, api_key=ECHOED_KEY, max_retries=0) as client,
+            pytest.raises(openai.APIError) as caught,
         ):
             client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
-    assert key in str(caught.value)  # as the server sent it
+    if coding != "cut":
+        assert isinstance(caught.value, openai.AuthenticationError)
+        assert ECHOED_KEY in str(caught.value)  # as the server sent it
     proxy.flush()
-    (span,) = proxy.query("SELECT status_code, status_message FROM spans")
+    (span,) = proxy.query("SELECT status_code, status_message, outputs FROM spans")
     assert span["status_code"] == "ERROR"
-    assert "Incorrect API key provided: sk-***WXYZ. Check it." in span["status_message"]
+    shown = span["status_message"] + (span["outputs"] or "")
+    assert "Incorrect API key provided: sk-***WXYZ. Check it." in shown, shown
     blob = database_bytes(proxy.db)
-    assert b"Incorrect API key provided" in blob and key[3:20].encode() not in blob
+    assert ECHOED_KEY[3:20].encode() not in blob
