@@ -7,27 +7,13 @@ Run in its own virtual environment, with OPENAI_BASE_URL pointing at llmtap.
 
 import json
 
-from agents import Agent, RunConfig, Runner, function_tool, set_tracing_disabled
+from agents import Agent, RunConfig, Runner
+from agents_sdk_weather import weather_agent
 
-set_tracing_disabled(True)  # the SDK's own trace upload is not under test here
-
-
-@function_tool
-def get_weather(city: str) -> str:
-    """The current weather in a city."""
-    return f"sunny and 21 C in {city}"
-
-
-weather = Agent(
-    name="Weather agent",
-    instructions="Answer weather questions with the get_weather tool.",
-    tools=[get_weather],
-    model="gpt-4o-mini",
-)
 triage = Agent(
     name="Triage",
     instructions="Hand weather questions off.",
-    handoffs=[weather],
+    handoffs=[weather_agent],
     model="gpt-4o-mini",
 )
 result = Runner.run_sync(
