@@ -86,6 +86,9 @@ _JSON_HEADERS = [(b"content-type", b"application/json")]
 _TRIM_AFTER_REFUSED = 4 << 20
 """A body refused as too large past this size leaves its bytes in the C heap: given back."""
 _DOT_SEGMENT = re.compile(r"(?:^|/)\.{1,2}(?:/|$)")
+_STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
+"""What a body asking for a stream holds somewhere (confirmed by parsing it, `_asks_for_stream`,
+only when its answer then looks like one)."""
 
 
 class Forwarder:
@@ -587,6 +590,9 @@ async def _unlabelled_stream(rec: Recording, upstream: Response) -> bool:
     The SDKs read it as a stream all the same, so llmtap relays it as one (usage taken out,
     each event as it comes) and records it as one. Its first bytes are looked at only then."""
     if upstream.status >= 300 or rec.method != "POST" or b'"stream"' not in rec.request_body:
+        return False
+    if _STREAM_TRUE.search(rec.request_body) is None:
+        # `"stream": false` (LangChain sends it on every call): no wait for a first byte
         return False
     first = await _front_of(upstream, SSE_START_BYTES)
     upstream.unread(first)

@@ -485,7 +485,7 @@ def test_a_body_that_breaks_before_it_is_looked_at_is_relayed_as_it_came(
 
     with raw_upstream(cut) as upstream:
         proxy = start_proxy(upstream=f"{upstream.url}/v1", read_timeout=1)
-        body = orjson.dumps({**CHAT, "stream": status.startswith(b"400")})
+        body = orjson.dumps({**CHAT, "stream": True})
         with (
             pytest.raises(httpx.RemoteProtocolError),
             httpx.stream("POST", f"{proxy.base_url}/chat/completions", content=body) as answer,
@@ -495,6 +495,43 @@ def test_a_body_that_breaks_before_it_is_looked_at_is_relayed_as_it_came(
     (span,) = spans(proxy)
     assert "upstream broke mid-response" in span["status_message"], span["status_message"]
     assert json.loads(span["attributes"])["http_status"] == int(status[:3])
+
+
+def test_an_answer_to_stream_false_goes_out_without_waiting_for_its_first_bytes(
+    start_proxy: Callable[..., Proxy],
+) -> None:
+    """LangChain sends `"stream": false` on every call: its answer's head went out only once
+    8 bytes of the body had come (llmtap looked for a stream labelled otherwise), so a server
+    that sends a byte and then thinks held the head back."""
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    body = orjson.dumps(COMPLETION)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            head = (
+                f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}"
+            )
+            conn.sendall(head.encode() + b"\r\n\r\n" + body[:1])
+            time.sleep(2)
+            conn.sendall(body[1:])
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        proxy = start_proxy(upstream=f"http://127.0.0.1:{listener.getsockname()[1]}/v1")
+        started = time.monotonic()
+        request = orjson.dumps({**CHAT, "stream": False})
+        with httpx.stream("POST", f"{proxy.base_url}/chat/completions", content=request) as r:
+            head_after = time.monotonic() - started
+            assert r.status_code == 200 and r.read() == body
+    finally:
+        thread.join(5)
+        listener.close()
+    assert head_after < 1.5, head_after  # (the body's rest came 2 s after its first byte)
 
 
 def test_an_azure_deployment_path_is_traced_and_gets_its_usage(
