@@ -73,7 +73,6 @@ from llmtap.recorder.recording import FAULT_REASON, Recording
 from llmtap.recorder.records import Mode
 from llmtap.recorder.sqlite import key_salt_of
 from llmtap.recorder.sse import SSE_START_BYTES, begins_as_sse
-from llmtap.recorder.tracing import header
 from llmtap.recorder.writer import TrackedStream, Writer
 
 log = logging.getLogger("llmtap.proxy")
@@ -283,7 +282,9 @@ class Forwarder:
                 upstream = await self._request(rec.method, target, headers, body)
                 if rec.usage_injected and upstream.status in (400, 422):
                     said = await _front_of(upstream, REFUSAL_READ)
-                    if refuses_usage(said, _header_of(upstream.raw_headers, b"content-encoding")):
+                    named = [(name.lower(), value) for name, value in upstream.raw_headers]
+                    coding = _content_headers(named)[1].decode("latin-1")
+                    if refuses_usage(said, coding):
                         upstream.release()
                         rec.usage_injected = False
                         upstream = await self._request(
@@ -565,7 +566,7 @@ def _without_key(rec: Recording, key: bytes) -> None:
     echo ("Incorrect API key provided: <the key>"), where the pieces alone did not show it:
     across two pieces, or compressed (decoded, masked and encoded again, so that the copy
     still is what its headers say)."""
-    coding = header(rec.response_headers, "content-encoding")
+    coding = content_encoding(rec.response_headers)
     body = b"".join(rec.chunks)
     if len(body) > ERROR_BODY_MASKED:
         return
@@ -613,14 +614,6 @@ async def _front_of(upstream: Response, at_most: int) -> bytes:
     except (UpstreamError, OSError, TimeoutError):
         pass
     return b"".join(pieces)
-
-
-def _header_of(raw_headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
-    """A response header's value (a name in any case), or None."""
-    for key, value in raw_headers:
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return None
 
 
 def _uncompressed(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -25,7 +25,7 @@ SSE_START_BYTES = 8
 def begins_as_sse(body: bytes) -> bool:
     """Whether a body begins as an SSE stream does: a field or a comment, after a BOM or line
     ends. No JSON, text or HTML answer begins so."""
-    start = body.removeprefix(b"\xef\xbb\xbf").lstrip(b"\r\n")
+    start = body.removeprefix(_BOM.encode()).lstrip(b"\r\n")
     return start.startswith(_FIELDS)
 
 
